@@ -1,0 +1,80 @@
+"""Wall time of one full EVAD forward on the CPU (torch reference), e.g. vit_b_ktp at 288x512.
+
+    python benchmarks/forward_cpu.py --preset vit_b_ktp --height 288 --width 512 --runs 3
+
+Prints the token counts, the analytic GFLOPs, each run's wall time and the median; ``--json PATH``
+also writes them (machine, torch version, threads, date) for ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from evad.models import PRESETS, build_model, flops
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="vit_b_ktp", choices=list(PRESETS))
+    ap.add_argument("--height", type=int, default=288)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up run")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = build_model(args.preset).eval()
+    clip = torch.randn(args.batch, 3, 16, args.height, args.width)
+    times = []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(clip)
+        warm = time.perf_counter() - t0
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            model(clip)
+            times.append(time.perf_counter() - t0)
+    s = (args.height // 16) * (args.width // 16)
+    tokens = [8 * s] + [k.shape[1] + s for k in out.kept_indices]
+    gflops = flops(args.preset, args.height, args.width)["total"]
+    result = {
+        "preset": args.preset, "height": args.height, "width": args.width, "batch": args.batch,
+        "tokens": tokens, "gflops_per_clip": round(gflops, 1),
+        "warmup_s": round(warm, 3), "runs_s": [round(t, 3) for t in times],
+        "median_s": round(statistics.median(times), 3),
+        "device": f"CPU: {cpu_name()}",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+    print(f"{args.preset} {args.batch}x3x16x{args.height}x{args.width}: tokens "
+          f"{' -> '.join(map(str, tokens))}, {gflops:.1f} GFLOPs/clip, {result['threads']} threads")
+    print(f"warm-up {warm:.2f} s; runs {', '.join(f'{t:.2f}' for t in times)} s; "
+          f"median {result['median_s']:.2f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

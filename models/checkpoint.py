@@ -1,0 +1,327 @@
+"""Loading and saving EVAD checkpoints in the released layout.
+
+Released files are ``torch.save`` dicts ``{"model_state": state_dict, "cfg": yaml_string, "epoch",
+"optimizer_state", ...}``. The training config (``cfg``) is the source of the preset: keep rates,
+widths, classes. Where there is none, the architecture is matched from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from evad.errors import CheckpointError
+from evad.models.evad import EVAD
+from evad.models.presets import PRESETS, Preset, get_preset
+
+__all__ = [
+    "cfg_from_preset",
+    "load_checkpoint",
+    "official_state_dict",
+    "preset_from_cfg",
+    "save_checkpoint",
+]
+
+# Keys the released files carry that inference does not use.
+_TRAINING_ONLY = re.compile(r"^criterion\.")
+_EMPTY_WEIGHT = torch.tensor([1.0, 0.1])  # the no-object weight of the released loss
+
+
+def _tuple(v: Any) -> tuple:
+    return tuple(v)
+
+
+# One table both ways: preset field <-> key path in the released training config.
+_CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
+    ("embed_dim", "ViT.EMBED_DIM", int),
+    ("depth", "ViT.DEPTH", int),
+    ("num_heads", "ViT.NUM_HEADS", int),
+    ("mlp_ratio", "ViT.MLP_RATIO", float),
+    ("patch_size", "ViT.PATCH_SIZE", int),
+    ("tubelet_size", "ViT.TUBELET_SIZE", int),
+    ("fpn_taps", "ViT.FPN_INDICES", _tuple),
+    ("keyframe_weight", "MODEL.KTP.ENHANCED_WEIGHT", float),
+    ("decoder_dim", "MODEL.CRD.EMBED_DIM", int),
+    ("decoder_depth", "MODEL.CRD.DEPTH", int),
+    ("decoder_heads", "MODEL.CRD.NUM_HEADS", int),
+    ("box_extend", "MODEL.CRD.ROI_EXTENSION", _tuple),
+    ("num_classes", "MODEL.NUM_CLASSES", int),
+    ("num_proposals", "MODEL.SparseRCNN.NUM_PROPOSALS", int),
+    ("loc_stages", "MODEL.SparseRCNN.NUM_HEADS", int),
+    ("fpn_dim", "MODEL.SparseRCNN.HIDDEN_DIM", int),
+    ("dynamic_dim", "MODEL.SparseRCNN.DIM_DYNAMIC", int),
+    ("loc_heads", "MODEL.SparseRCNN.NHEADS", int),
+    ("loc_ffn_dim", "MODEL.SparseRCNN.DIM_FEEDFORWARD", int),
+    ("num_cls_layers", "MODEL.SparseRCNN.NUM_CLS", int),
+    ("num_reg_layers", "MODEL.SparseRCNN.NUM_REG", int),
+    ("action_hidden", "MODEL.SparseRCNN.ACT_FC_DIM", int),
+    ("person_threshold", "MODEL.SparseRCNN.PERSON_THRESHOLD", float),
+    ("pooler_resolution", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", int),
+    ("pooler_sampling_ratio", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", int),
+    ("short_side", "AVA.MIN_SIZE_TEST", int),
+    ("max_long_side", "AVA.MAX_SIZE_TEST", int),
+    ("mean", "DATA.MEAN", _tuple),
+    ("std", "DATA.STD", _tuple),
+    ("num_frames", "DATA.NUM_FRAMES", int),
+    ("frame_stride", "DATA.SAMPLING_RATE", int),
+]
+_KEEP_RATES = "MODEL.KTP.KEEP_RATES"
+_PRETRAIN_SIZE = "ViT.PRETRAIN_IMG_SIZE"
+_PRESET_NAME = "DEPLOY.PRESET"  # written by this project only; absent from released files
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``!!python/tuple`` and other python tags as plain lists/maps."""
+
+
+def _plain(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_TolerantLoader.add_multi_constructor("tag:yaml.org,2002:python/", _plain)
+
+
+def _get(cfg: Mapping, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(cfg: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cfg = cfg.setdefault(part, {})
+    cfg[leaf] = value
+
+
+def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
+    """The preset a released training config describes (keys missing from it keep ``base``'s or
+    the vit_b_ktp values).
+
+    Raises:
+        CheckpointError: the config is not YAML or has values of the wrong type.
+    """
+    if isinstance(cfg, str):
+        try:
+            cfg = yaml.load(cfg, Loader=_TolerantLoader) or {}
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"the checkpoint's cfg is not valid YAML ({e})") from e
+    if not isinstance(cfg, Mapping):
+        raise CheckpointError("the checkpoint's cfg is not a mapping of config keys")
+    fields: dict[str, Any] = {}
+    try:
+        for name, path, conv in _CFG_FIELDS:
+            value = _get(cfg, path)
+            if value is not None:
+                fields[name] = conv(value)
+        rates = _get(cfg, _KEEP_RATES)
+        if rates is not None:
+            fields["keep_rates"] = {i: float(r) for i, r in enumerate(rates) if float(r) < 1.0}
+        size = _get(cfg, _PRETRAIN_SIZE)
+        if size is not None:
+            base_p = base or PRESETS["vit_b_ktp"]
+            t = int(fields.get("num_frames", base_p.num_frames)) // int(
+                fields.get("tubelet_size", base_p.tubelet_size))
+            g = int(size) // int(fields.get("patch_size", base_p.patch_size))
+            fields["pretrain_grid"] = (t, g, g)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's cfg has a value of the wrong type ({e})") from e
+    name = _get(cfg, _PRESET_NAME)
+    start = base or (PRESETS[name] if name in PRESETS else PRESETS["vit_b_ktp"])
+    preset = start.replace(**fields)
+    return preset.replace(name=name if isinstance(name, str) else _closest_name(preset))
+
+
+def _closest_name(p: Preset) -> str:
+    """The released preset these fields describe (ignoring the class count), else "custom"."""
+    for name, known in PRESETS.items():
+        if p.replace(name=name, num_classes=known.num_classes) == known:
+            return name
+    return "custom"
+
+
+def cfg_from_preset(p: Preset) -> str:
+    """A config YAML (released key names) that ``preset_from_cfg`` reads back to ``p``."""
+    cfg: dict = {}
+    for name, path, _ in _CFG_FIELDS:
+        value = getattr(p, name)
+        _set(cfg, path, list(value) if isinstance(value, tuple) else value)
+    _set(cfg, _KEEP_RATES, [float(p.keep_rates.get(i, 1.0)) for i in range(p.depth)])
+    _set(cfg, _PRETRAIN_SIZE, p.pretrain_grid[1] * p.patch_size)
+    _set(cfg, _PRESET_NAME, p.name)
+    return yaml.safe_dump(cfg, sort_keys=True)
+
+
+def official_state_dict(model: EVAD) -> dict[str, torch.Tensor]:
+    """The model's state dict as the released files store it (with the loss's
+    ``criterion.empty_weight`` buffer, which inference ignores)."""
+    sd = dict(model.state_dict())
+    sd["criterion.empty_weight"] = _EMPTY_WEIGHT.clone()
+    return sd
+
+
+def save_checkpoint(model: EVAD, path: str | os.PathLike, epoch: int = 0,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write ``model`` in the released layout, atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "epoch": epoch,
+        "model_state": official_state_dict(model),
+        "optimizer_state": optimizer_state or {},
+        "cfg": cfg_from_preset(model.preset),
+        "amp": None,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path, trusted: bool) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as e:  # torch.load raises many types for bad files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("it was saved with Python objects the safe loader refuses; if you trust the file, "
+                "load it with trusted=True" if "weights_only" in str(e) or "Unsupported global"
+                in str(e) else "is it truncated, or not a PyTorch checkpoint?")
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]} ({hint})") from e
+
+
+def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    for key in ("model_state", "model", "module", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            sd, extra = obj[key], {k: v for k, v in obj.items() if k != key}
+            break
+    else:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            sd, extra = obj, {}
+        else:
+            raise CheckpointError(
+                f"{path} has no state dict: expected a 'model_state', 'model', 'module' or "
+                f"'state_dict' entry or a bare state dict; found keys {sorted(obj)[:8]}")
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: state dict entry {k!r} is a {type(v).__name__}, "
+                                  "not a tensor")
+        k = k[len("module."):] if k.startswith("module.") else k
+        if not _TRAINING_ONLY.match(k):
+            out[k] = v
+    return out, extra
+
+
+def _preset_from_shapes(sd: Mapping[str, torch.Tensor]) -> Preset:
+    """Match the architecture by tensor shapes (keep rates cannot be read from weights)."""
+    try:
+        classes = int(sd["det_head.decoder.blocks.0.action_logits.weight"].shape[0])
+    except KeyError:
+        raise CheckpointError("the state dict has no det_head.decoder.blocks.0.action_logits: "
+                              "it is not an EVAD checkpoint") from None
+    shapes = {k: tuple(v.shape) for k, v in sd.items() if not _TRAINING_ONLY.match(k)}
+    for name in ("vit_b_ktp", "vit_l_ktp", "tiny"):
+        p = get_preset(name, num_classes=classes)
+        with torch.device("meta"):
+            ref = EVAD(p).state_dict()
+        if {k: tuple(v.shape) for k, v in ref.items()} == shapes:
+            if name == "vit_b_ktp":
+                warnings.warn("checkpoint has no cfg: architecture matched ViT-B by shapes; keep "
+                              "rates cannot be read from weights, so vit_b_ktp's (0.7 at blocks "
+                              "3, 6, 9) are assumed. Pass preset= or keep_rate= to choose.",
+                              stacklevel=3)
+            return p
+    raise CheckpointError("the checkpoint has no cfg and its shapes match no known preset "
+                          f"({', '.join(PRESETS)}); pass preset= with the right sizes")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (artefact metadata ties exports to their checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    keep_rate: float | None = None,
+    preset: str | Preset | None = None,
+    trusted: bool = False,
+) -> tuple[EVAD, dict]:
+    """Load an EVAD checkpoint (released layout, or a bare / wrapped state dict), eval mode.
+
+    Args:
+        path: the ``.pth`` / ``.pyth`` file.
+        keep_rate: override the trained keep rate of every pruning block (the paper runs a
+            0.7-trained model at 0.6 .. 0.9 without retraining); 1.0 disables pruning.
+        preset: force the architecture instead of reading it from ``cfg`` or the shapes.
+        trusted: allow arbitrary pickled objects (``torch.load(weights_only=False)``).
+
+    Returns:
+        (model, meta) where meta holds ``preset`` (Preset), ``preset_source`` ("argument", "cfg"
+        or "shapes"), ``trained_keep_rates``, ``epoch``, ``sha256`` and ``path``.
+
+    Raises:
+        CheckpointError: unreadable file, no state dict, missing or unexpected keys (listed), or
+            tensors whose shapes do not fit the preset.
+    """
+    path = Path(path)
+    sd, extra = _extract_state_dict(_read(path, trusted), path)
+    if preset is not None:
+        p, source = (get_preset(preset) if isinstance(preset, str) else preset), "argument"
+    elif extra.get("cfg") is not None:
+        p, source = preset_from_cfg(extra["cfg"]), "cfg"
+    else:
+        p, source = _preset_from_shapes(sd), "shapes"
+    trained = dict(p.keep_rates)
+    if keep_rate is not None:
+        p = p.replace(keep_rate=keep_rate)
+    model = EVAD(p)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        raise CheckpointError(
+            f"{path} does not match preset {p.name!r} ({source}): "
+            f"{len(missing)} missing key(s) [{show(missing)}], "
+            f"{len(unexpected)} unexpected key(s) [{show(unexpected)}]")
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(sd[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) have shapes that do not fit preset "
+                              f"{p.name!r} ({source}): {'; '.join(wrong[:4])}")
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    meta = {"preset": p, "preset_source": source, "trained_keep_rates": trained,
+            "epoch": extra.get("epoch"), "sha256": file_sha256(path), "path": str(path)}
+    return model, meta

@@ -1,0 +1,271 @@
+"""The EVAD detector: KTP encoder, Sparse R-CNN localization, context refinement decoder.
+
+``shared/docs/evad-architecture.md`` is the specification; module and parameter names follow
+the released code so that official checkpoints load by key name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evad.models.localization import FPN, RCNNHead
+from evad.models.presets import Preset
+from evad.models.roi_align_3d import roi_align_3d
+from evad.models.vit import Attention, Mlp, SinusoidPositions, VisionTransformer
+
+__all__ = ["EVAD", "EVADOutput", "build_model", "clip_boxes", "extend_boxes"]
+
+
+@dataclass
+class EVADOutput:
+    """What one forward returns.
+
+    boxes: (B, n, 4) x1y1x2y2 of the last localization stage, input pixels, clipped to the image.
+    person_scores: (B, n) softmax person probability of the last stage.
+    action_logits: (B, n, classes) of the last decoder block (apply sigmoid for probabilities).
+    kept_indices: one (B, K_i) int64 per pruning block: kept non-keyframe positions (original
+        non-keyframe order), in that block's top-k order.
+    stage_logits / stage_boxes / block_action_logits: every localization stage's (B, n, 2) logits
+        and (B, n, 4) unclipped boxes, every decoder block's logits (for deep supervision); filled
+        only with ``forward(..., all_stages=True)``.
+    """
+
+    boxes: torch.Tensor
+    person_scores: torch.Tensor
+    action_logits: torch.Tensor
+    kept_indices: list[torch.Tensor]
+    stage_logits: list[torch.Tensor] = field(default_factory=list)
+    stage_boxes: list[torch.Tensor] = field(default_factory=list)
+    block_action_logits: list[torch.Tensor] = field(default_factory=list)
+
+
+def clip_boxes(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """Clip (B, n, 4) x1y1x2y2 boxes to [0, w - 1] x [0, h - 1]; image_size (B, 2) as (h, w)."""
+    hi = (image_size.flip(-1) - 1).to(boxes.dtype).repeat(1, 2)[:, None]  # (B, 1, 4): w h w h
+    return torch.minimum(boxes.clamp(min=0), hi)
+
+
+def extend_boxes(boxes: torch.Tensor, ratio: tuple[float, float],
+                 image_size: torch.Tensor) -> torch.Tensor:
+    """Grow (B, n, 4) boxes by ``ratio`` (x, y) of their +1 size, half on each side, then clip."""
+    rx, ry = ratio
+    w = boxes[..., 2] - boxes[..., 0] + 1
+    h = boxes[..., 3] - boxes[..., 1] + 1
+    pad = torch.stack((-rx * w / 2, -ry * h / 2, rx * w / 2, ry * h / 2), dim=-1)
+    return clip_boxes(boxes + pad, image_size)
+
+
+class DecoderBlock(nn.Module):
+    """Context refinement block (pre-norm) with its own action head on the last n tokens."""
+
+    def __init__(self, dim: int, heads: int, p: Preset) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=p.layer_norm_eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=p.layer_norm_eps)
+        self.mlp = Mlp(dim, int(dim * p.mlp_ratio))
+        self.act_module = nn.Sequential(
+            nn.Linear(dim, p.action_hidden, bias=False), nn.LayerNorm(p.action_hidden), nn.ReLU()
+        )
+        self.action_logits = nn.Linear(p.action_hidden, p.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))[0]
+        return x + self.mlp(self.norm2(x))
+
+    def head(self, actors: torch.Tensor) -> torch.Tensor:
+        """(B, n, dim) actor tokens -> (B, n, classes) action logits."""
+        return self.action_logits(self.act_module(actors))
+
+
+class Decoder(nn.Module):
+    def __init__(self, p: Preset) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            DecoderBlock(p.decoder_dim, p.decoder_heads, p) for _ in range(p.decoder_depth)
+        )
+
+
+class EVADHead(nn.Module):
+    """``det_head``: the localization stages and the classification branch (CRD)."""
+
+    def __init__(self, p: Preset) -> None:
+        super().__init__()
+        self.preset = p
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, p.decoder_dim))
+        self.s0_headseries = nn.ModuleList(RCNNHead(p) for _ in range(p.loc_stages))
+        self.encoder_to_decoder = nn.Linear(p.embed_dim, p.decoder_dim, bias=False)
+        self.decoder = Decoder(p)
+        self.pos_embed = SinusoidPositions(p.pretrain_grid, p.decoder_dim)
+
+    def dense_map(self, x: torch.Tensor, idx: torch.Tensor,
+                  grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scatter kept decoder tokens back into the full (t, h, w) grid, and add positions.
+
+        Args:
+            x: (B, M, C_d) projected tokens, keyframe first, then kept tokens in top-k order.
+            idx: (B, M - S) their original non-keyframe positions.
+            grid: (t, h, w).
+
+        Returns:
+            dense (B, t*h*w, C_d) in the original temporal order, dropped positions holding
+            ``mask_token``, plus positions; tokens (B, M, C_d) = x plus their positions.
+        """
+        t, h, w = grid
+        s, key = h * w, t // 2
+        b, _, dim = x.shape
+        pos = self.pos_embed(h, w, x)
+        pos_nonkey = torch.cat((pos[: key * s], pos[(key + 1) * s:]))
+        # Placement quirk of the released weights: kept tokens, in top-k order, fill the kept
+        # positions in ASCENDING order (a boolean-mask assignment), not their own positions.
+        slots = torch.sort(idx, dim=1).values
+        others = self.mask_token.expand(b, (t - 1) * s, dim).scatter(
+            1, slots[..., None].expand(-1, -1, dim), x[:, s:]
+        )
+        dense = torch.cat((others[:, : key * s], x[:, :s], others[:, key * s:]), dim=1) + pos
+        tokens = x + torch.cat((pos[key * s:(key + 1) * s].expand(b, -1, -1), pos_nonkey[slots]), 1)
+        return dense, tokens
+
+    def classify(self, x_enc: torch.Tensor, idx: torch.Tensor, actors: torch.Tensor,
+                 grid: tuple[int, int, int], all_blocks: bool = False) -> list[torch.Tensor]:
+        """Action logits from the context refinement decoder.
+
+        Args:
+            x_enc: (B, M, C_e) encoder tokens, keyframe first, then kept tokens in top-k order.
+            idx: (B, M - S) original non-keyframe positions of the kept tokens.
+            actors: (B, n, 4) extended actor boxes, input pixels.
+            grid: (t, h, w) token grid.
+
+        Returns:
+            [(B, n, classes)] of the last block, or of every block with ``all_blocks``.
+        """
+        t, h, w = grid
+        b = x_enc.shape[0]
+        dense, tokens = self.dense_map(self.encoder_to_decoder(x_enc), idx, grid)
+        dim = dense.shape[2]
+        n = actors.shape[1]
+        batch = torch.arange(b, device=dense.device, dtype=actors.dtype).repeat_interleave(n)
+        rois = torch.cat((batch[:, None], actors.reshape(b * n, 4)), dim=1)
+        fmap = dense.transpose(1, 2).reshape(b, dim, t, h, w)
+        p = self.preset
+        pooled = roi_align_3d(fmap, rois, p.pooler_resolution, p.pooler_resolution,
+                              1.0 / p.patch_size, p.pooler_sampling_ratio, True)
+        actor_tokens = pooled.amax(dim=(3, 4)).mean(dim=2).reshape(b, n, dim)
+
+        z = torch.cat((tokens, actor_tokens), dim=1)
+        logits = []
+        blocks = self.decoder.blocks
+        for i, blk in enumerate(blocks):
+            z = blk(z)
+            if all_blocks or i == len(blocks) - 1:
+                logits.append(blk.head(z[:, -n:]))
+        return logits
+
+
+class EVAD(VisionTransformer):
+    """EVAD video action detector (torch reference).
+
+    ``forward(clip, image_size=None, kept_indices=None)`` with clip (B, 3, 16, H, W) normalised,
+    H and W multiples of 32, and image_size (B, 2) the unpadded (h, w) in pixels.
+    """
+
+    def __init__(self, p: Preset) -> None:
+        p.validate()
+        super().__init__(p)
+        FPN.build(self, p.embed_dim, p.fpn_dim)
+        self.init_proposal_features = nn.Embedding(p.num_proposals, p.loc_hidden)
+        self.init_proposal_boxes = nn.Embedding(p.num_proposals, 4)
+        self.det_head = EVADHead(p)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random initialisation in the spirit of the released code (seed torch first)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for prm in self.det_head.parameters():
+            if prm.dim() > 1:
+                nn.init.xavier_uniform_(prm)
+        nn.init.normal_(self.init_proposal_features.weight)
+        self.init_proposal_boxes.weight[:, :2] = 0.5
+        self.init_proposal_boxes.weight[:, 2:] = 1.0
+
+    def forward(  # type: ignore[override]
+        self,
+        clip: torch.Tensor,
+        image_size: torch.Tensor | None = None,
+        kept_indices: Sequence[torch.Tensor] | None = None,
+        all_stages: bool = False,
+    ) -> EVADOutput:
+        """Detect actors and classify their actions on the keyframe of each clip.
+
+        Args:
+            clip: (B, 3, T, H, W) normalised frames, H and W multiples of 32.
+            image_size: (B, 2) unpadded (h, w) in input pixels; default (H, W).
+            kept_indices: force each pruning block's decision (one (B, K_i) tensor per block).
+            all_stages: also return every stage's and decoder block's outputs (training).
+        """
+        p = self.preset
+        b, _, _, height, width = clip.shape
+        if height % 32 or width % 32:
+            raise ValueError(f"clip is {height}x{width}; H and W must be multiples of 32 (pad "
+                             "bottom/right with zeros after normalisation)")
+        if image_size is None:
+            image_size = clip.new_tensor([height, width]).expand(b, 2)
+        image_size = image_size.to(clip.dtype)
+        enc = self.encode(clip, kept_indices)
+        res = enc.taps
+        res = [F.interpolate(res[0], scale_factor=4.0, mode="nearest"),
+               F.interpolate(res[1], scale_factor=2.0, mode="nearest"), res[2],
+               F.interpolate(res[3], scale_factor=0.5, mode="nearest")]
+        feats = FPN.forward(self, res)
+
+        whwh = image_size.flip(-1).repeat(1, 2)[:, None]  # (B, 1, 4)
+        cxcywh = self.init_proposal_boxes.weight
+        init = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), 1)
+        boxes = init[None] * whwh
+        pro = self.init_proposal_features.weight[None].expand(b, -1, -1)
+        stage_logits, stage_boxes = [], []
+        for head in self.det_head.s0_headseries:
+            logits, new_boxes, pro = head(feats, boxes, pro)
+            stage_logits.append(logits)
+            stage_boxes.append(new_boxes)
+            boxes = new_boxes.detach()
+
+        grid = (p.num_frames // p.tubelet_size, height // p.patch_size, width // p.patch_size)
+        actors = extend_boxes(boxes, p.box_extend, image_size)
+        action = self.det_head.classify(enc.x, enc.idx, actors, grid, all_blocks=all_stages)
+        out = EVADOutput(
+            boxes=clip_boxes(boxes, image_size),
+            person_scores=torch.softmax(stage_logits[-1], dim=-1)[..., 0],
+            action_logits=action[-1],
+            kept_indices=enc.kept,
+        )
+        if all_stages:
+            out.stage_logits, out.stage_boxes, out.block_action_logits = (
+                stage_logits, stage_boxes, action)
+        return out
+
+
+def build_model(preset: str | Preset = "vit_b_ktp", **overrides) -> EVAD:
+    """A randomly initialised EVAD (seed torch before calling for reproducible weights).
+
+    Args:
+        preset: a preset name (``evad.models.PRESETS``) or a Preset.
+        overrides: preset fields to replace, e.g. ``num_classes=24`` or ``keep_rate=0.6``.
+    """
+    from evad.models.presets import get_preset
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return EVAD(p.replace(**overrides) if overrides else p)

@@ -1,0 +1,162 @@
+"""``evad::roi_align_3d``: RoIAlign applied to every temporal slice of a (B, C, T, H, W) map.
+
+Semantics are those of torchvision's compiled ``roi_align`` (= detectron2 ROIAlignV2 = ONNX
+``RoiAlign`` with ``coordinate_transformation_mode=half_pixel``), see
+``shared/docs/evad-architecture.md`` "RoIAlign semantics" and ``plugins/roi_align_3d/README.md``:
+
+- with ``aligned`` the box is shifted by -0.5 (in feature pixels) and not forced to size >= 1;
+- each of the ``out_h x out_w`` bins averages ``sampling_ratio ** 2`` bilinear samples;
+- a sample with y < -1 or y > H or x < -1 or x > W contributes 0 but still counts in the average;
+  otherwise y, x below 0 are set to 0 and the upper neighbour is clamped to the last row/column.
+
+Implementation: bilinear sampling on a regular grid is separable, and so is the zero rule, so one
+bin is ``Wy[i] @ F @ Wx[j]^T`` with ``Wy`` (out_h, H) and ``Wx`` (out_w, W) interpolation matrices
+(at most ``2 * sampling_ratio`` non-zeros per row, already averaged over the samples). This keeps
+the reference vectorised, exact to rounding, and small in memory (no per-sample gathers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["interpolation_matrix", "roi_align_3d"]
+
+# Bounds the (rois, C*T, H, out_w) intermediate of one matmul to about 64 Mi elements.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def interpolation_matrix(
+    start: torch.Tensor, size: torch.Tensor, bins: int, sampling_ratio: int, length: int
+) -> torch.Tensor:
+    """Averaged bilinear weights of the sampling points of ``bins`` bins along one axis.
+
+    Args:
+        start: (R,) first edge of each RoI along the axis, feature pixels (already scaled/shifted).
+        size: (R,) RoI extent along the axis, feature pixels.
+        bins: number of output bins along the axis.
+        sampling_ratio: samples per bin along the axis (> 0).
+        length: feature-map extent along the axis (H or W).
+
+    Returns:
+        (R, bins, length) weights, in ``start``'s dtype: bin ``i`` of RoI ``r`` is
+        ``sum_p W[r, i, p] * f[p]``.
+    """
+    dtype, device = start.dtype, start.device
+    bin_size = size / bins
+    grid = torch.arange(bins, dtype=dtype, device=device)[:, None]
+    sub = torch.arange(sampling_ratio, dtype=dtype, device=device)[None, :] + 0.5
+    step = bin_size[:, None, None]
+    # (R, bins, sampling_ratio) sample coordinates, in the compiled kernel's order of operations.
+    pos = start[:, None, None] + grid[None] * step + sub[None] * step / sampling_ratio
+    valid = (pos >= -1.0) & (pos <= float(length))
+    pos = pos.clamp(min=0.0)
+    low = pos.floor()
+    at_end = low >= length - 1
+    low = torch.where(at_end, torch.full_like(low, length - 1), low)
+    frac = torch.where(at_end, torch.zeros_like(pos), pos - low)
+    low_i = low.long()
+    high_i = torch.where(at_end, low_i, low_i + 1)
+    scale = valid.to(dtype) / sampling_ratio
+    cells = torch.arange(length, device=device)
+    w = ((1.0 - frac) * scale)[..., None] * (low_i[..., None] == cells) + (frac * scale)[
+        ..., None
+    ] * (high_i[..., None] == cells)
+    return w.sum(dim=2)
+
+
+def _roi_align_3d(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_height: int,
+    output_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> torch.Tensor:
+    if features.dim() != 5:
+        raise ValueError(f"features must be (B, C, T, H, W), got shape {tuple(features.shape)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (R, 5) [batch, x1, y1, x2, y2], got {tuple(rois.shape)}")
+    if sampling_ratio <= 0:
+        raise ValueError("sampling_ratio must be > 0 (the adaptive mode is not supported)")
+    b, c, t, h, w = features.shape
+    r = rois.shape[0]
+    out = features.new_zeros((r, c, t, output_height, output_width))
+    if r == 0:
+        return out
+    rois = rois.to(features.dtype)
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    rw = rois[:, 3] * spatial_scale - offset - x1
+    rh = rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    wy = interpolation_matrix(y1, rh, output_height, sampling_ratio, h)  # (R, oh, H)
+    wx = interpolation_matrix(x1, rw, output_width, sampling_ratio, w)  # (R, ow, W)
+    batch = rois[:, 0].long()
+    flat = features.reshape(b, c * t, h, w)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, c * t * h * output_width))
+    for bi in range(b):
+        sel = (batch == bi).nonzero().flatten()
+        for s in range(0, sel.numel(), chunk):
+            ids = sel[s : s + chunk]
+            # (n, C*T, H, W) @ (n, 1, W, ow) -> (n, C*T, H, ow); then Wy (n, 1, oh, H) @ that.
+            cols = torch.matmul(flat[bi].unsqueeze(0), wx[ids].transpose(1, 2).unsqueeze(1))
+            bins = torch.matmul(wy[ids].unsqueeze(1), cols)
+            out[ids] = bins.reshape(ids.numel(), c, t, output_height, output_width)
+    return out
+
+
+@torch.library.custom_op("evad::roi_align_3d", mutates_args=())
+def roi_align_3d(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_height: int = 7,
+    output_width: int = 7,
+    spatial_scale: float = 1.0 / 16,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> torch.Tensor:
+    """RoIAlign of every temporal slice of ``features`` (torch reference of ``evad::RoIAlign3D``).
+
+    Args:
+        features: (B, C, T, H, W) float feature map.
+        rois: (R, 5) float rows ``[batch_index, x1, y1, x2, y2]``, input pixels.
+        output_height, output_width: bins per RoI.
+        spatial_scale: feature pixels per input pixel (1/16 for a stride-16 map).
+        sampling_ratio: samples per bin along each axis (> 0).
+        aligned: half-pixel offset (ROIAlignV2); False reproduces the legacy RoIAlign.
+
+    Returns:
+        (R, C, T, output_height, output_width), ``features``' dtype.
+    """
+    return _roi_align_3d(
+        features, rois, output_height, output_width, spatial_scale, sampling_ratio, aligned
+    )
+
+
+@roi_align_3d.register_fake
+def _(features, rois, output_height=7, output_width=7, spatial_scale=1.0 / 16, sampling_ratio=2,
+      aligned=True):
+    b, c, t, h, w = features.shape
+    return features.new_empty((rois.shape[0], c, t, output_height, output_width))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    features, rois, *attrs = inputs
+    ctx.save_for_backward(rois)
+    ctx.shape, ctx.attrs = features.shape, attrs
+
+
+def _backward(ctx, grad):
+    # The op is linear in the features, so the vjp of a zero map of the same shape is exact.
+    (rois,) = ctx.saved_tensors
+    with torch.enable_grad():
+        probe = grad.new_zeros(ctx.shape).requires_grad_(True)
+        out = _roi_align_3d(probe, rois, *ctx.attrs)
+        (grad_features,) = torch.autograd.grad(out, probe, grad)
+    return grad_features, None, None, None, None, None, None
+
+
+roi_align_3d.register_autograd(_backward, setup_context=_setup_context)
