@@ -79,6 +79,21 @@ _PRETRAIN_SIZE = "ViT.PRETRAIN_IMG_SIZE"
 _PRESET_NAME = "DEPLOY.PRESET"  # written by this project only; absent from released files
 
 
+# Released-config keys this reference implements only at their released value: a checkpoint
+# trained with another value would load but compute something else, so it is refused.
+_FIXED_CFG: list[tuple[str, Callable[[Any, Preset], bool], str]] = [
+    ("ViT.QK_SCALE", lambda v, p: v is None, "null (head_dim ** -0.5)"),
+    ("MODEL.SparseRCNN.ACTIVATION", lambda v, p: v == "relu", "'relu'"),
+    ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", lambda v, p: v == "ROIAlignV2", "'ROIAlignV2'"),
+    ("MODEL.SparseRCNN.SOFTMAX_POSE", lambda v, p: not v, "False"),
+    ("MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES", lambda v, p: not v, "0"),
+    ("MODEL.CRD.MLP_RATIO", lambda v, p: float(v) == p.mlp_ratio, "ViT.MLP_RATIO"),
+    ("DETECTION.ROI_XFORM_RESOLUTION", lambda v, p: int(v) == p.pooler_resolution,
+     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
+    ("DETECTION.SPATIAL_SCALE_FACTOR", lambda v, p: int(v) == p.patch_size, "ViT.PATCH_SIZE"),
+]
+
+
 class _TolerantLoader(yaml.SafeLoader):
     """SafeLoader that reads ``!!python/tuple`` and other python tags as plain lists/maps."""
 
@@ -101,6 +116,12 @@ def _get(cfg: Mapping, path: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def _has(cfg: Mapping, path: str) -> bool:
+    *parents, leaf = path.split(".")
+    node = _get(cfg, ".".join(parents)) if parents else cfg
+    return isinstance(node, Mapping) and leaf in node
 
 
 def _set(cfg: dict, path: str, value: Any) -> None:
@@ -145,6 +166,11 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
     name = _get(cfg, _PRESET_NAME)
     start = base or (PRESETS[name] if name in PRESETS else PRESETS["vit_b_ktp"])
     preset = start.replace(**fields)
+    for path, accepted, want in _FIXED_CFG:
+        if _has(cfg, path) and not accepted(_get(cfg, path), preset):
+            raise CheckpointError(f"the checkpoint was trained with {path} = {_get(cfg, path)!r}; "
+                                  f"this reference implements only {want}, so it would compute "
+                                  "something else")
     return preset.replace(name=name if isinstance(name, str) else _closest_name(preset))
 
 

@@ -66,8 +66,12 @@ class SinusoidPositions:
     def __call__(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         """(t * h * w, dim) table for an (h, w) grid, in ``like``'s dtype and device."""
         key = (h, w, like.dtype, like.device)
-        if key not in self._cache:
-            self._cache[key] = sinusoid_table(self.grid, self.dim, (h, w)).to(like)
+        if key in self._cache:
+            return self._cache[key]
+        table = sinusoid_table(self.grid, self.dim, (h, w))
+        if type(like) is not torch.Tensor:  # tracing (fake/functional tensors): never cache
+            return table.to(dtype=like.dtype)
+        self._cache[key] = table.to(like)
         return self._cache[key]
 
 

@@ -8,22 +8,12 @@ import torch
 from evad.models import EVAD, build_model
 
 
-def sharpen_attention(model: torch.nn.Module, factor: float) -> None:
-    """Scale every encoder ``attn.qkv.weight`` so attention logits spread (order 1): random
-    weights otherwise give near-uniform attention whose importance values tie within float noise
-    (shared/docs/design.md, "Near-ties")."""
-    with torch.no_grad():
-        for name, prm in model.named_parameters():
-            if name.startswith("blocks.") and name.endswith("attn.qkv.weight"):
-                prm.mul_(factor)
-
-
 @pytest.fixture(scope="session")
 def tiny_model() -> EVAD:
+    """Random tiny weights, calmed (``EVAD.calm``): attention logits of order 1, so importance
+    scores do not tie within float noise (shared/docs/design.md, "Near-ties")."""
     torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    sharpen_attention(model, 4.0)
-    return model
+    return build_model("tiny").eval().calm()
 
 
 @pytest.fixture

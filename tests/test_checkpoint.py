@@ -219,3 +219,21 @@ def test_unreadable_files(tmp_path) -> None:
     torch.save({"epoch": 1, "cfg": "a: 1"}, empty)
     with pytest.raises(CheckpointError, match="has no state dict"):
         load_checkpoint(empty)
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("ViT", "QK_SCALE", 0.1), ("MODEL.SparseRCNN", "ACTIVATION", "gelu"),
+    ("MODEL.ROI_BOX_HEAD", "POOLER_TYPE", "ROIAlign"), ("MODEL.SparseRCNN", "SOFTMAX_POSE", True),
+    ("MODEL.CRD", "MLP_RATIO", 2.0), ("DETECTION", "SPATIAL_SCALE_FACTOR", 8),
+])
+def test_unsupported_cfg_values_are_refused(section, key, value) -> None:
+    cfg = yaml.safe_load(cfg_from_preset(get_preset("vit_b_ktp")))
+    node = cfg
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[key] = value
+    with pytest.raises(CheckpointError, match=f"{key} = "):
+        preset_from_cfg(yaml.safe_dump(cfg))
+    node[key] = {"QK_SCALE": None, "ACTIVATION": "relu", "POOLER_TYPE": "ROIAlignV2",
+                 "SOFTMAX_POSE": False, "MLP_RATIO": 4.0, "SPATIAL_SCALE_FACTOR": 16}[key]
+    assert preset_from_cfg(yaml.safe_dump(cfg)).name == "vit_b_ktp"  # released values pass

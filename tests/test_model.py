@@ -94,7 +94,7 @@ def test_fp64_and_fp32_agree(tiny_model, clip_small) -> None:
     with torch.no_grad():
         ref = m64(clip_small.double())
         got = tiny_model(clip_small)
-        # (1) the same decisions at every pruning block (sharpened attention: no near-ties here)
+        # (1) the same decisions at every pruning block (calmed weights: no near-ties here)
         for a, b in zip(ref.kept_indices, got.kept_indices, strict=True):
             assert torch.equal(a, b)
         # (2) the continuous outputs agree

@@ -1,0 +1,249 @@
+"""``evad-export`` (checkpoint -> ONNX [-> engine]) and ``evad-parity`` (backend vs torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evad.errors import ConfigError, EvadError
+
+__all__ = ["export_main", "parity_main", "seeded_inputs"]
+
+_EXPORT_EPILOG = """\
+examples:
+  evad-export --ckpt vitb_ktp.pth --onnx-only          # ONNX + parity check in ONNX Runtime
+  evad-export --ckpt vitb_ktp.pth --keep-rate 0.6      # run a 0.7-trained model at 0.6
+  evad-export --ckpt vitb_ktp.pth --fp16               # ... -> TensorRT fp16 engine
+  evad-export --preset tiny --onnx-only                # random weights, for trying the tools
+
+The ONNX graph: inputs clip (B, 3, 16, H, W) float32 normalised and zero padded, image_size
+(B, 2) int64 unpadded (h, w); outputs boxes (B, n, 4) input pixels, person_scores (B, n),
+action_probs (B, n, classes), kept_idx_<block> (B, K) per pruning block. The batch is dynamic.
+Custom ops are nodes in domain 'evad' with model-local functions, so plain onnxruntime runs it.
+"""
+
+
+def _log(stage: str, msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"{stage}: {msg}", flush=True)
+
+
+def seeded_inputs(n: int, batch: int, frames: int, height: int, width: int,
+                  seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` batches of seeded normal clips (normalised-frame statistics) and their sizes."""
+    rng = np.random.default_rng(seed)
+    clips = [rng.standard_normal((batch, 3, frames, height, width), dtype=np.float32)
+             for _ in range(n)]
+    sizes = [np.tile(np.array([[height, width]], dtype=np.int64), (batch, 1)) for _ in range(n)]
+    return clips, sizes
+
+
+def _progress(items, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="clip", disable=quiet, leave=False)
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="evad-export", description="Export an EVAD checkpoint to ONNX (and a TensorRT "
+        "engine), checking parity against the torch reference on the way.",
+        epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", type=Path, help="checkpoint (.pth/.pyth, the released layout)")
+    src.add_argument("--preset", help="export a randomly initialised preset instead (tiny, "
+                     "vit_b_ktp, ...), seeded by --seed")
+    ap.add_argument("--keep-rate", type=float, default=None,
+                    help="override the trained keep rate of every pruning block (0 < r <= 1)")
+    ap.add_argument("--height", type=int, default=288, help="input height, multiple of 32 "
+                    "(default 288: the released short side)")
+    ap.add_argument("--width", type=int, default=512, help="input width, multiple of 32 "
+                    "(default 512: 16:9 video at short side 288)")
+    ap.add_argument("--out", type=Path, default=Path("exports"), help="output folder "
+                    "(default ./exports)")
+    ap.add_argument("--name", default=None, help="file stem (default: the checkpoint's)")
+    ap.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, >= 17)")
+    prec = ap.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="build an fp16 engine")
+    prec.add_argument("--bf16", action="store_true", help="build a bf16 engine")
+    ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
+    ap.add_argument("--parity-clips", type=int, default=1,
+                    help="seeded clips for the ONNX Runtime parity check (0 skips it)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --preset weights and clips")
+    ap.add_argument("--quiet", action="store_true", help="only errors and the summary")
+    return ap
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    args = _export_parser().parse_args(argv)
+    try:
+        return _export(args)
+    except (EvadError, OSError) as e:
+        print(f"evad-export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evad-export: interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from evad.export.metadata import build_metadata, write_metadata
+    from evad.export.onnx_export import export_onnx, save_model, validate_size
+    from evad.models import build_model, flops, keep_fraction, load_checkpoint
+
+    # Validate everything cheap before any slow work.
+    validate_size(args.height, args.width)
+    if args.keep_rate is not None:
+        keep_fraction(args.keep_rate)
+    if args.ckpt is not None and not args.ckpt.is_file():
+        raise EvadError(f"checkpoint {args.ckpt} does not exist")
+    if args.parity_clips < 0:
+        raise ConfigError("--parity-clips must be >= 0")
+    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    q = args.quiet
+    t0 = time.perf_counter()
+    if args.ckpt is not None:
+        model, meta = load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
+        sha, stem = meta["sha256"], args.ckpt.stem
+        _log("export", f"loaded {args.ckpt} ({meta['preset_source']}: preset "
+             f"{meta['preset'].name}, trained keep rates {meta['trained_keep_rates'] or 'none'})"
+             f" in {time.perf_counter() - t0:.1f} s", q)
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(args.preset, keep_rate=args.keep_rate).eval().calm()
+        sha, stem = None, f"{args.preset}_random{args.seed}"
+        _log("export", f"preset {args.preset} with RANDOM weights (seed {args.seed}, calmed: "
+             "see EVAD.calm)", q)
+    p = model.preset
+    f = flops(p, args.height, args.width)
+    out = args.out / f"{args.name or stem}.onnx"
+    meta = build_metadata(p, args.height, args.width, args.opset, checkpoint_sha256=sha,
+                          precision=precision,
+                          exporter=f"torch.onnx dynamo (torch {torch.__version__})")
+    if args.ckpt is None:
+        meta["random_seed"] = args.seed
+    rates = ", ".join(f"{r} at block {b}" for b, r in sorted(p.keep_rates.items())) or "none"
+    _log("export", f"input {args.height}x{args.width}, keep {rates}, tokens "
+         f"{' -> '.join(map(str, meta['tokens']))}, {f['total']:.1f} GFLOPs/clip", q)
+
+    t1 = time.perf_counter()
+    _log("export", "tracing and converting (the dynamo exporter takes a while) ...", q)
+    proto = export_onnx(model, args.height, args.width, args.opset)
+    write_metadata(proto, meta)
+    save_model(proto, out)
+    size_mb = sum(x.stat().st_size for x in out.parent.glob(out.name + "*")) / 1e6
+    export_s = time.perf_counter() - t1
+    _log("export", f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}) in {export_s:.1f} s", q)
+
+    report = None
+    if args.parity_clips:
+        from evad.export.ort_session import OnnxRuntimeModel
+        from evad.export.parity import compare
+
+        ort_model = OnnxRuntimeModel(out, providers=["CPUExecutionProvider"])
+        clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
+                                     args.width, args.seed)
+        report = compare(model, ort_model, clips, sizes,
+                         progress=lambda xs: _progress(xs, "parity", q))
+        for line in report.lines():
+            _log("parity", f"ORT CPU vs torch fp32: {line}", q)
+        _log("parity", "PASS" if report.passed else "FAIL", q)
+
+    engine_msg = None
+    if not args.onnx_only:
+        engine_msg = (f"not built: this evad-deploy has no TensorRT engine builder yet (it comes "
+                      f"with the TensorRT plugins and engines stage); the {precision} request is "
+                      f"recorded in the ONNX metadata. Rerun with --onnx-only to stop after the "
+                      f"ONNX, or run the ONNX with onnxruntime.")
+        _log("engine", engine_msg, False)
+
+    print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
+          f"{args.height}x{args.width}, tokens {' -> '.join(map(str, meta['tokens']))}, "
+          f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
+          + (f"\n  parity (ORT CPU, {report.clips} clip): "
+             f"{'PASS' if report.passed else 'FAIL'}, boxes {report.box_max_abs:.1e} px, "
+             f"probs {report.prob_max_abs:.1e}" if report else "")
+          + (f"\n  engine: {precision}, not built" if engine_msg else ""))
+    if report is not None and not report.passed:
+        return 1
+    return 3 if engine_msg else 0
+
+
+def _parity_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="evad-parity", description="Compare an exported EVAD ONNX model, run in ONNX "
+        "Runtime, against the torch reference on seeded clips; exit 1 when a threshold of "
+        "shared/docs/design.md fails.",
+        epilog="Reported per pruning block: kept-token Jaccard, boundary flips and order swaps "
+        "with the reference's score gaps; then box, person-score and action-probability "
+        "differences and the detection match rate. The torch run is forced to the backend's "
+        "decisions, so near-ties cannot hide continuous errors.")
+    ap.add_argument("--onnx", type=Path, required=True, help="the exported .onnx")
+    ap.add_argument("--ckpt", type=Path, default=None,
+                    help="the checkpoint it was exported from (required unless the ONNX was "
+                    "exported from a --preset with random weights)")
+    ap.add_argument("--clips", type=int, default=2, help="seeded clips (default 2)")
+    ap.add_argument("--batch", type=int, default=1, help="clips per run (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                    help="ONNX Runtime execution provider (default cpu)")
+    ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    return ap
+
+
+def parity_main(argv: list[str] | None = None) -> int:
+    args = _parity_parser().parse_args(argv)
+    try:
+        return _parity(args)
+    except (EvadError, OSError) as e:
+        print(f"evad-parity: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parity(args: argparse.Namespace) -> int:
+    import torch
+
+    from evad.export.metadata import preset_of, read_metadata
+    from evad.export.ort_session import OnnxRuntimeModel
+    from evad.export.parity import compare
+    from evad.models import build_model, load_checkpoint
+
+    if args.clips < 1 or args.batch < 1:
+        raise ConfigError("--clips and --batch must be >= 1")
+    meta = read_metadata(args.onnx)
+    preset = preset_of(meta)
+    if args.ckpt is not None:
+        model, cmeta = load_checkpoint(args.ckpt, preset=preset)
+        if meta.get("checkpoint_sha256") and meta["checkpoint_sha256"] != cmeta["sha256"]:
+            raise EvadError(f"{args.onnx} was exported from another checkpoint (sha256 "
+                            f"{meta['checkpoint_sha256'][:12]}..., {args.ckpt} is "
+                            f"{cmeta['sha256'][:12]}...)")
+    elif meta.get("random_seed") is not None:
+        torch.manual_seed(meta["random_seed"])
+        model = build_model(preset).eval().calm()
+    else:
+        raise ConfigError(f"{args.onnx} was exported from a checkpoint: pass it with --ckpt")
+    provider = "CUDAExecutionProvider" if args.provider == "cuda" else "CPUExecutionProvider"
+    backend = OnnxRuntimeModel(args.onnx, providers=[provider])
+    h, w = meta["input_size"]
+    clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
+    report = compare(model, backend, clips, sizes,
+                     progress=lambda xs: _progress(xs, "parity", False))
+    print(f"parity: {args.onnx} (ORT {backend.providers[0]}) vs torch fp32, {report.clips} "
+          f"batch(es) of {args.batch}")
+    for line in report.lines():
+        print(f"  {line}")
+    print("PASS" if report.passed else "FAIL")
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        os.replace(tmp, args.json)
+    return 0 if report.passed else 1

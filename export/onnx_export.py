@@ -1,0 +1,157 @@
+"""torch -> ONNX for the whole detector: one graph from clip to detections.
+
+Why the dynamo exporter (``torch.onnx.export(dynamo=True)``): it is the exporter current
+PyTorch supports (the TorchScript exporter is deprecated and warns on every call), it reads our
+``torch.library.custom_op`` registrations through their fake kernels, so the keep count K stays a
+function of the input shapes, and its ``custom_translation_table`` lets each custom op become one
+``evad`` node. Two things it does not do, which this module adds: it would inline an onnxscript
+body (so the translation emits the registered ``evad`` op instead), and it does not attach
+model-local functions (so the FunctionProtos are appended after export).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from evad.errors import ConfigError, EvadError
+from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
+from evad.models.evad import EVAD
+
+__all__ = ["DEFAULT_OPSET", "DetectorGraph", "check_model", "export_onnx", "output_names",
+           "save_model"]
+
+DEFAULT_OPSET = 18
+_TWO_GB = 2 * 1024**3
+
+
+class DetectorGraph(nn.Module):
+    """What the ONNX graph computes.
+
+    Inputs: ``clip`` (B, 3, T, H, W) float32, normalised and zero padded; ``image_size`` (B, 2)
+    int64, the unpadded (h, w). Outputs: ``boxes`` (B, n, 4) x1y1x2y2 input pixels,
+    ``person_scores`` (B, n), ``action_probs`` (B, n, classes) after sigmoid, and
+    ``kept_idx_<i>`` (B, K_i) int64 per pruning block.
+    """
+
+    def __init__(self, model: EVAD) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, clip: torch.Tensor, image_size: torch.Tensor):
+        out = self.model(clip, image_size)
+        return (out.boxes, out.person_scores, torch.sigmoid(out.action_logits),
+                *out.kept_indices)
+
+
+def output_names(model: EVAD, height: int, width: int) -> list[str]:
+    """Graph output names, one ``kept_idx_<i>`` per block that prunes at this input size."""
+    from evad.models.flops import token_counts
+
+    counts = token_counts(model.preset, height, width)
+    pruning = [b for b in range(model.preset.depth) if counts[b + 1] < counts[b]]
+    return ["boxes", "person_scores", "action_probs", *(f"kept_idx_{b}" for b in pruning)]
+
+
+def validate_size(height: int, width: int) -> None:
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise ConfigError(f"input size {height}x{width}: height and width must be positive "
+                          "multiples of 32 (e.g. 288x512)")
+
+
+def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Export ``model`` (eval mode) to an ONNX model with ``evad`` custom nodes and functions.
+
+    Args:
+        model: the torch reference.
+        height, width: the fixed input size in pixels (multiples of 32).
+        opset: default-domain opset (>= 17).
+        dynamic_batch: make the batch dimension symbolic ("batch").
+
+    Returns:
+        The checked model (full checker and strict shape inference pass).
+
+    Raises:
+        ConfigError: bad size or opset. EvadError: the exporter or the checks failed.
+    """
+    validate_size(height, width)
+    if opset < 17:
+        raise ConfigError(f"opset {opset}: the export needs opset >= 17 (LayerNormalization)")
+    model = model.eval()
+    # Batch 2 as the example: torch.export specialises a dimension of size 1.
+    clip = torch.zeros(2, 3, model.preset.num_frames, height, width)
+    image_size = torch.tensor([[height, width]] * 2, dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    shapes = {"clip": {0: batch}, "image_size": {0: batch}} if dynamic_batch else None
+    names = output_names(model, height, width)
+    log = io.StringIO()
+    # torch.onnx logs a warning per torchvision op it cannot register: noise for this model.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                DetectorGraph(model), (clip, image_size), dynamo=True, opset_version=opset,
+                input_names=["clip", "image_size"], output_names=names, dynamic_shapes=shapes,
+                custom_translation_table=TRANSLATIONS, verbose=False,
+            )
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvadError(f"torch.onnx.export failed: {first}") from e
+    proto = program.model_proto
+    used = {n.op_type for n in proto.graph.node if n.domain == DOMAIN}
+    proto.functions.extend(f for f in function_protos() if f.name in used)
+    return check_model(proto)
+
+
+def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Full checker and strict shape inference; returns the model with inferred shapes."""
+    try:
+        if proto.ByteSize() < _TWO_GB:
+            onnx.checker.check_model(proto, full_check=True)
+            return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+                                                     data_prop=True)
+        with tempfile.TemporaryDirectory() as tmp:  # > 2 GB: check through a file
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save_model(proto, path, save_as_external_data=True)
+            onnx.checker.check_model(path, full_check=True)
+            onnx.shape_inference.infer_shapes_path(path, path, check_type=True, strict_mode=True,
+                                                   data_prop=True)
+            return onnx.load(path)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise EvadError(f"the exported ONNX model fails onnx's checks: {e}") from e
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``proto`` atomically; weights go to ``<name>.onnx.data`` when the file would pass
+    protobuf's 2 GB limit. Nothing is left at ``path`` if writing fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = proto.ByteSize() >= _TWO_GB
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
+        if external:
+            onnx.save_model(proto, str(tmp), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=path.name + ".data")
+            os.replace(tmp_dir / (path.name + ".data"), path.parent / (path.name + ".data"))
+        else:
+            onnx.save_model(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        for f in tmp_dir.iterdir():
+            f.unlink()
+        tmp_dir.rmdir()
+    return path

@@ -1,0 +1,156 @@
+"""The ``evad`` ONNX domain (version 1): op schemas, exporter translations, local functions.
+
+Each custom op is emitted as a node in domain ``evad`` (so TensorRT binds our plugins by name)
+AND defined by a model-local FunctionProto of the same name whose body uses standard ONNX ops
+only (so any ONNX Runtime runs the file with no custom library). Contracts:
+``plugins/roi_align_3d/README.md`` and ``plugins/keyframe_topk_prune/README.md``.
+
+The bodies are written in onnxscript and compiled to FunctionProtos; the translations are the
+``custom_translation_table`` entries of the dynamo exporter. The op schemas are registered with
+``onnx.defs`` so that onnxscript emits the nodes with their attributes and the checker knows them.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import defs
+from onnxscript import FLOAT, INT64, script
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+from evad.errors import ConfigError
+from evad.models.keyframe_topk_prune import keyframe_topk_prune
+from evad.models.roi_align_3d import roi_align_3d
+
+__all__ = ["DOMAIN", "FUNCTIONS", "TRANSLATIONS", "function_protos", "register_schemas"]
+
+DOMAIN = "evad"
+VERSION = 1
+evad = Opset(DOMAIN, VERSION)
+_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+_INT64 = 7  # onnx.TensorProto.INT64
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def _schema(name: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
+            attrs: list[tuple[str, defs.OpSchema.AttrType]], doc: str) -> defs.OpSchema:
+    param = defs.OpSchema.FormalParameter
+    return defs.OpSchema(
+        name, DOMAIN, VERSION, doc=doc,
+        inputs=[param(n, t) for n, t in inputs], outputs=[param(n, t) for n, t in outputs],
+        type_constraints=[("T", _FLOATS, "float tensors"), ("I", ["tensor(int64)"], "indices")],
+        attributes=[defs.OpSchema.Attribute(n, t, n, required=True) for n, t in attrs],
+    )
+
+
+_A = defs.OpSchema.AttrType
+SCHEMAS = [
+    _schema("RoIAlign3D", [("features", "T"), ("rois", "T")], [("output", "T")],
+            [("output_height", _A.INT), ("output_width", _A.INT), ("spatial_scale", _A.FLOAT),
+             ("sampling_ratio", _A.INT), ("aligned", _A.INT)],
+            "RoIAlign of every temporal slice of (B, C, T, H, W); see plugins/roi_align_3d."),
+    _schema("KeyframeTopKPrune", [("q", "T"), ("k", "T"), ("x_nonkey", "T"), ("idx", "I")],
+            [("x_kept", "T"), ("idx_kept", "I")],
+            [("keep_num", _A.INT), ("keep_den", _A.INT), ("keyframe_weight", _A.FLOAT)],
+            "Keyframe-weighted top-k token pruning; see plugins/keyframe_topk_prune."),
+]
+
+
+def register_schemas() -> None:
+    """Register the ``evad`` op schemas with onnx (idempotent)."""
+    for s in SCHEMAS:
+        if not defs.has(s.name, s.domain):
+            defs.register_schema(s)
+
+
+register_schemas()
+
+
+# --- local function bodies (standard ops only) -------------------------------------------------
+
+@script(evad, default_opset=op)
+def RoIAlign3D(features, rois, output_height: int, output_width: int, spatial_scale: float,
+               sampling_ratio: int, aligned: int):
+    """Fold T into the batch, replicate each RoI T times (batch index b * T + t), standard
+    RoiAlign with half_pixel coordinates (= aligned; the exporter refuses aligned = 0), unfold."""
+    fshape = op.Shape(features)
+    b = op.Slice(fshape, [0], [1])
+    c = op.Slice(fshape, [1], [2])
+    t = op.Slice(fshape, [2], [3])
+    hw = op.Slice(fshape, [3], [5])
+    folded = op.Reshape(op.Transpose(features, perm=[0, 2, 1, 3, 4]),
+                        op.Concat(op.Mul(b, t), c, hw, axis=0))
+    r = op.Slice(op.Shape(rois), [0], [1])
+    batch = op.Cast(op.Slice(rois, [0], [1], [1]), to=_INT64)  # (R, 1)
+    steps = op.Range(op.Constant(value_int=0), op.Squeeze(t, [0]), op.Constant(value_int=1))
+    slice_idx = op.Reshape(op.Add(op.Mul(batch, t), op.Unsqueeze(steps, [0])), [-1])
+    boxes = op.Reshape(op.Expand(op.Unsqueeze(op.Slice(rois, [1], [5], [1]), [1]),
+                                 op.Concat(r, t, [4], axis=0)), [-1, 4])
+    pooled = op.RoiAlign(folded, boxes, slice_idx, mode="avg", output_height=output_height,
+                         output_width=output_width, sampling_ratio=sampling_ratio,
+                         spatial_scale=spatial_scale,
+                         coordinate_transformation_mode="half_pixel")
+    bins = op.Slice(op.Shape(pooled), [2], [4])
+    return op.Transpose(op.Reshape(pooled, op.Concat(r, t, c, bins, axis=0)),
+                        perm=[0, 2, 1, 3, 4])
+
+
+@script(evad, default_opset=op)
+def KeyframeTopKPrune(q, k, x_nonkey, idx, keep_num: int, keep_den: int, keyframe_weight: float):
+    """Importance = mean over heads of the keyframe-weighted column sums of softmax(q k^T) / N,
+    in fp32; K = (keep_num * N + keep_den - 1) // keep_den - S; TopK; gather."""
+    probs = op.Softmax(op.MatMul(op.Cast(q, to=_FLOAT),
+                                 op.Transpose(op.Cast(k, to=_FLOAT), perm=[0, 1, 3, 2])), axis=-1)
+    n = op.Slice(op.Shape(q), [2], [3])  # (1,) int64
+    xshape = op.Shape(x_nonkey)
+    s = op.Sub(n, op.Slice(xshape, [1], [2]))
+    cols = op.Slice(probs, s, n, [3])  # (B, H, N, N - S): non-keyframe keys
+    rows = op.Range(op.Constant(value_int=0), op.Squeeze(n, [0]), op.Constant(value_int=1))
+    w_kf = op.Constant(value_float=keyframe_weight)
+    one = op.Constant(value_float=1.0)
+    weights = op.Reshape(op.Where(op.Less(rows, s), w_kf, one), [1, 1, -1, 1])
+    summed = op.ReduceSum(op.Mul(cols, weights), [2], keepdims=0)  # (B, H, N - S)
+    score = op.ReduceMean(op.Div(summed, op.Cast(n, to=_FLOAT)), [1], keepdims=0)
+    num = op.Constant(value_int=keep_num)
+    den = op.Constant(value_int=keep_den)
+    kk = op.Sub(op.Div(op.Add(op.Mul(num, n), op.Sub(den, op.Constant(value_int=1))), den), s)
+    _, pos = op.TopK(score, kk, axis=1, largest=1, sorted=1)
+    idx_kept = op.GatherElements(idx, pos, axis=1)
+    pos3 = op.Expand(op.Unsqueeze(pos, [2]),
+                     op.Concat(op.Shape(pos), op.Slice(xshape, [2], [3]), axis=0))
+    x_kept = op.GatherElements(x_nonkey, pos3, axis=1)
+    return x_kept, idx_kept
+
+
+FUNCTIONS = (RoIAlign3D, KeyframeTopKPrune)
+
+
+def function_protos() -> list[onnx.FunctionProto]:
+    """The FunctionProtos to attach to an exported model (domain ``evad``)."""
+    return [f.to_function_proto() for f in FUNCTIONS]
+
+
+# --- dynamo exporter translations ---------------------------------------------------------------
+# Defaults must equal the torch ops' defaults: the exporter drops arguments equal to them.
+
+def _translate_roi_align_3d(features: FLOAT, rois: FLOAT, output_height: int = 7,
+                            output_width: int = 7, spatial_scale: float = 1.0 / 16,
+                            sampling_ratio: int = 2, aligned: bool = True) -> FLOAT:
+    if not aligned:
+        raise ConfigError("evad::RoIAlign3D exports aligned=True only (EVAD's ROIAlignV2); the "
+                          "local function implements the half-pixel mode")
+    return evad.RoIAlign3D(features, rois, output_height=output_height,
+                           output_width=output_width, spatial_scale=spatial_scale,
+                           sampling_ratio=sampling_ratio, aligned=1)
+
+
+def _translate_keyframe_topk_prune(q: FLOAT, k: FLOAT, x_nonkey: FLOAT, idx: INT64,
+                                   keep_num: int, keep_den: int, keyframe_weight: float):
+    return evad.KeyframeTopKPrune(q, k, x_nonkey, idx, keep_num=keep_num, keep_den=keep_den,
+                                  keyframe_weight=keyframe_weight, _num_outputs=2)
+
+
+TRANSLATIONS = {
+    roi_align_3d._opoverload: _translate_roi_align_3d,
+    keyframe_topk_prune._opoverload: _translate_keyframe_topk_prune,
+}

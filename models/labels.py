@@ -1,0 +1,42 @@
+"""Action label names: AVA v2.2 (80 classes, ids 1..80; output i is id i + 1)."""
+
+from __future__ import annotations
+
+__all__ = ["AVA_ACTIONS", "AVA_EVAL_IDS", "label_names"]
+
+AVA_ACTIONS: tuple[str, ...] = (
+    # person movement (ids 1-14)
+    "bend/bow (at the waist)", "crawl", "crouch/kneel", "dance", "fall down", "get up",
+    "jump/leap", "lie/sleep", "martial art", "run/jog", "sit", "stand", "swim", "walk",
+    # object manipulation (ids 15-63)
+    "answer phone", "brush teeth", "carry/hold (an object)", "catch (an object)", "chop",
+    "climb (e.g., a mountain)", "clink glass", "close (e.g., a door, a box)", "cook", "cut", "dig",
+    "dress/put on clothing", "drink", "drive (e.g., a car, a truck)", "eat", "enter", "exit",
+    "extract", "fishing", "hit (an object)", "kick (an object)", "lift/pick up",
+    "listen (e.g., to music)", "open (e.g., a window, a car door)", "paint", "play board game",
+    "play musical instrument", "play with pets", "point to (an object)", "press",
+    "pull (an object)", "push (an object)", "put down", "read",
+    "ride (e.g., a bike, a car, a horse)", "row boat", "sail boat", "shoot", "shovel", "smoke",
+    "stir", "take a photo", "text on/look at a cellphone", "throw", "touch (an object)",
+    "turn (e.g., a screwdriver)", "watch (e.g., TV)", "work on a computer", "write",
+    # person interaction (ids 64-80)
+    "fight/hit (a person)", "give/serve (an object) to (a person)", "grab (a person)",
+    "hand clap", "hand shake", "hand wave", "hug (a person)", "kick (a person)", "kiss (a person)",
+    "lift (a person)", "listen to (a person)", "play with kids", "push (another person)",
+    "sing to (e.g., self, a person, a group)", "take (an object) from (a person)",
+    "talk to (e.g., self, a person, a group)", "watch (a person)",
+)
+
+# The 60 classes the AVA evaluation scores (ava_action_list_v2.1_for_activitynet_2018).
+AVA_EVAL_IDS: tuple[int, ...] = (
+    1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34, 36,
+    37, 38, 41, 43, 45, 46, 47, 48, 49, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66,
+    67, 68, 69, 70, 72, 73, 74, 76, 77, 78, 79, 80,
+)
+
+
+def label_names(num_classes: int) -> list[str]:
+    """Names of the model's outputs: AVA's for 80 classes, else ``class_<id>`` (ids from 1)."""
+    if num_classes == len(AVA_ACTIONS):
+        return list(AVA_ACTIONS)
+    return [f"class_{i + 1}" for i in range(num_classes)]

@@ -1,0 +1,82 @@
+"""The parity judge itself: it must flag real differences and forgive only near-ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evad.export.cli import seeded_inputs
+from evad.export.parity import FP32_THRESHOLDS, compare
+
+
+def _torch_backend(model, tamper=None):
+    """A backend made of the torch reference (optionally altered): tests the judge alone."""
+
+    def run(clip, size):
+        with torch.no_grad():
+            out = model(torch.from_numpy(clip), torch.from_numpy(size))
+        res = {"boxes": out.boxes.numpy(), "person_scores": out.person_scores.numpy(),
+               "action_probs": torch.sigmoid(out.action_logits).numpy()}
+        for blk, kept in zip(model.pruning_blocks, out.kept_indices, strict=True):
+            res[f"kept_idx_{blk}"] = kept.numpy()
+        return tamper(res) if tamper else res
+
+    return run
+
+
+def _inputs():
+    return seeded_inputs(1, 1, 16, 96, 160, seed=5)
+
+
+def test_identical_backend_passes(tiny_model) -> None:
+    report = compare(tiny_model, _torch_backend(tiny_model), *_inputs(), FP32_THRESHOLDS)
+    assert report.passed and report.box_max_abs == 0 and report.prob_max_abs == 0
+    assert [d.jaccard for d in report.blocks] == [1.0, 1.0, 1.0]
+    assert report.matched == report.detections
+
+
+def test_probability_error_fails(tiny_model) -> None:
+    def tamper(r):
+        r["action_probs"] = r["action_probs"] + 1e-3
+        return r
+
+    report = compare(tiny_model, _torch_backend(tiny_model, tamper), *_inputs())
+    assert not report.passed and any("action prob max abs" in f for f in report.failures)
+
+
+def test_wrong_decision_is_a_failure_with_its_gap(tiny_model) -> None:
+    def tamper(r):
+        kept = r["kept_idx_9"].copy()
+        kept[:, [0, -1]] = kept[:, [-1, 0]]  # swap the most and the least important kept token
+        r["kept_idx_9"] = kept
+        return r
+
+    report = compare(tiny_model, _torch_backend(tiny_model, tamper), *_inputs())
+    block9 = [d for d in report.blocks if d.block == 9][0]
+    assert block9.jaccard == 1.0 and block9.order_swaps == 2 and block9.order_gap > 1e-3
+    assert not report.passed and "block 9" in report.failures[0]
+
+
+def test_dropped_token_lowers_jaccard(tiny_model) -> None:
+    def tamper(r):
+        kept = r["kept_idx_3"].copy()
+        present, later = set(kept[0].tolist()), set(r["kept_idx_6"][0].tolist())
+        j = max(j for j in range(kept.shape[1]) if kept[0, j] not in later)  # unused later
+        kept[0, j] = next(i for i in range(10**6) if i not in present)  # a token it dropped
+        r["kept_idx_3"] = kept
+        return r
+
+    report = compare(tiny_model, _torch_backend(tiny_model, tamper), *_inputs())
+    block3 = [d for d in report.blocks if d.block == 3][0]
+    assert block3.differing == 2 and np.isclose(block3.jaccard, 275 / 277)
+    assert not report.passed
+
+
+def test_inconsistent_decisions_are_reported(tiny_model) -> None:
+    def tamper(r):
+        r["kept_idx_6"] = r["kept_idx_6"].copy()
+        r["kept_idx_6"][0, 0] = 10**6  # a token that does not exist
+        return r
+
+    report = compare(tiny_model, _torch_backend(tiny_model, tamper), *_inputs())
+    assert not report.passed and "inconsistent" in report.failures[0]
