@@ -1,0 +1,1 @@
+"""evad.datasets (work in progress)."""

@@ -1,0 +1,1 @@
+"""evad.engines (work in progress)."""

@@ -1,0 +1,1 @@
+"""evad.evaluation (work in progress)."""

@@ -1,0 +1,1 @@
+"""evad.plugins (work in progress)."""

@@ -1,0 +1,1 @@
+"""evad.runtime (work in progress)."""

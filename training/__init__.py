@@ -1,0 +1,1 @@
+"""evad.training (work in progress)."""
