@@ -1,1 +1,1 @@
-"""evad.evaluation (work in progress)."""
+"""evad.evaluation: frame-level mAP by the AVA evaluation protocol (``evad-eval``)."""

@@ -145,7 +145,8 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
         tmp = tmp_dir / path.name
         if external:
             onnx.save_model(proto, str(tmp), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=path.name + ".data")
+                            all_tensors_to_one_file=True, location=path.name + ".data",
+                            size_threshold=0)
             os.replace(tmp_dir / (path.name + ".data"), path.parent / (path.name + ".data"))
         else:
             onnx.save_model(proto, str(tmp))

@@ -203,16 +203,24 @@ def official_state_dict(model: EVAD) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: EVAD, path: str | os.PathLike, epoch: int = 0,
-                    optimizer_state: dict | None = None) -> Path:
-    """Write ``model`` in the released layout, atomically (temporary file, then rename)."""
+                    optimizer_state: dict | None = None, extra: dict | None = None,
+                    half: bool = False) -> Path:
+    """Write ``model`` in the released layout, atomically (temporary file, then rename).
+
+    ``extra`` adds top-level entries (e.g. the trainer's step); ``half`` stores floating point
+    weights as fp16 (half the file; ``load_checkpoint`` restores fp32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = official_state_dict(model)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     blob = {
         "epoch": epoch,
-        "model_state": official_state_dict(model),
+        "model_state": state,
         "optimizer_state": optimizer_state or {},
         "cfg": cfg_from_preset(model.preset),
         "amp": None,
+        **(extra or {}),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)

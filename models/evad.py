@@ -16,7 +16,13 @@ from torch import nn
 from evad.models.localization import FPN, RCNNHead
 from evad.models.presets import Preset
 from evad.models.roi_align_3d import roi_align_3d
-from evad.models.vit import Attention, Mlp, SinusoidPositions, VisionTransformer
+from evad.models.vit import (
+    Attention,
+    EncoderOutput,
+    Mlp,
+    SinusoidPositions,
+    VisionTransformer,
+)
 
 __all__ = ["EVAD", "EVADOutput", "build_model", "clip_boxes", "extend_boxes"]
 
@@ -236,36 +242,11 @@ class EVAD(VisionTransformer):
             kept_indices: force each pruning block's decision (one (B, K_i) tensor per block).
             all_stages: also return every stage's and decoder block's outputs (training).
         """
-        p = self.preset
-        b, _, _, height, width = clip.shape
-        if height % 32 or width % 32:
-            raise ValueError(f"clip is {height}x{width}; H and W must be multiples of 32 (pad "
-                             "bottom/right with zeros after normalisation)")
-        if image_size is None:
-            image_size = clip.new_tensor([height, width]).expand(b, 2)
-        image_size = image_size.to(clip.dtype)
+        image_size = self._image_size(clip, image_size)
         enc = self.encode(clip, kept_indices)
-        res = enc.taps
-        res = [F.interpolate(res[0], scale_factor=4.0, mode="nearest"),
-               F.interpolate(res[1], scale_factor=2.0, mode="nearest"), res[2],
-               F.interpolate(res[3], scale_factor=0.5, mode="nearest")]
-        feats = FPN.forward(self, res)
-
-        whwh = image_size.flip(-1).repeat(1, 2)[:, None]  # (B, 1, 4)
-        cxcywh = self.init_proposal_boxes.weight
-        init = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), 1)
-        boxes = init[None] * whwh
-        pro = self.init_proposal_features.weight[None].expand(b, -1, -1)
-        stage_logits, stage_boxes = [], []
-        for head in self.det_head.s0_headseries:
-            logits, new_boxes, pro = head(feats, boxes, pro)
-            stage_logits.append(logits)
-            stage_boxes.append(new_boxes)
-            boxes = new_boxes.detach()
-
-        grid = (p.num_frames // p.tubelet_size, height // p.patch_size, width // p.patch_size)
-        actors = extend_boxes(boxes, p.box_extend, image_size)
-        action = self.det_head.classify(enc.x, enc.idx, actors, grid, all_blocks=all_stages)
+        stage_logits, stage_boxes = self.localize(enc, image_size)
+        boxes = stage_boxes[-1].detach()
+        action = self.classify_actions(enc, boxes, image_size, clip.shape[-2:], all_stages)
         out = EVADOutput(
             boxes=clip_boxes(boxes, image_size),
             person_scores=torch.softmax(stage_logits[-1], dim=-1)[..., 0],
@@ -276,6 +257,52 @@ class EVAD(VisionTransformer):
             out.stage_logits, out.stage_boxes, out.block_action_logits = (
                 stage_logits, stage_boxes, action)
         return out
+
+    @staticmethod
+    def _image_size(clip: torch.Tensor, image_size: torch.Tensor | None) -> torch.Tensor:
+        b, _, _, height, width = clip.shape
+        if height % 32 or width % 32:
+            raise ValueError(f"clip is {height}x{width}; H and W must be multiples of 32 (pad "
+                             "bottom/right with zeros after normalisation)")
+        if image_size is None:
+            image_size = clip.new_tensor([height, width]).expand(b, 2)
+        return image_size.to(clip.dtype)
+
+    def localize(self, enc: EncoderOutput,
+                 image_size: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Sparse R-CNN stages on the FPN of the keyframe taps.
+
+        Returns:
+            per stage: (B, n, 2) person/no-object logits and (B, n, 4) x1y1x2y2 boxes (input
+            pixels, unclipped; each stage refines the previous stage's detached boxes).
+        """
+        res = enc.taps
+        res = [F.interpolate(res[0], scale_factor=4.0, mode="nearest"),
+               F.interpolate(res[1], scale_factor=2.0, mode="nearest"), res[2],
+               F.interpolate(res[3], scale_factor=0.5, mode="nearest")]
+        feats = FPN.forward(self, res)
+        whwh = image_size.flip(-1).repeat(1, 2)[:, None]  # (B, 1, 4)
+        cxcywh = self.init_proposal_boxes.weight
+        init = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), 1)
+        boxes = init[None] * whwh
+        pro = self.init_proposal_features.weight[None].expand(image_size.shape[0], -1, -1)
+        stage_logits, stage_boxes = [], []
+        for head in self.det_head.s0_headseries:
+            logits, new_boxes, pro = head(feats, boxes, pro)
+            stage_logits.append(logits)
+            stage_boxes.append(new_boxes)
+            boxes = new_boxes.detach()
+        return stage_logits, stage_boxes
+
+    def classify_actions(self, enc: EncoderOutput, boxes: torch.Tensor, image_size: torch.Tensor,
+                         input_hw: Sequence[int], all_blocks: bool = False) -> list[torch.Tensor]:
+        """Action logits of actor ``boxes`` (B, n, 4) x1y1x2y2 input pixels (extended and clipped
+        here) from the context refinement decoder: the last block's, or every block's."""
+        p = self.preset
+        grid = (p.num_frames // p.tubelet_size, input_hw[0] // p.patch_size,
+                input_hw[1] // p.patch_size)
+        actors = extend_boxes(boxes, p.box_extend, image_size)
+        return self.det_head.classify(enc.x, enc.idx, actors, grid, all_blocks=all_blocks)
 
 
 def build_model(preset: str | Preset = "vit_b_ktp", **overrides) -> EVAD:

@@ -150,6 +150,14 @@ PRESETS: dict[str, Preset] = {
         fpn_dim=64, num_proposals=20, loc_stages=2, loc_heads=4, dynamic_dim=16, loc_ffn_dim=256,
         decoder_dim=96, decoder_depth=2, decoder_heads=3, action_hidden=256,
     ),
+    # The shipped demo model (trained on evad.datasets.synthetic): small enough to train on a
+    # 2-core CPU and to commit as fp16 under 5 MB.
+    "demo": Preset(
+        name="demo", embed_dim=96, depth=8, num_heads=3, keep_rates={2: 0.7, 4: 0.7, 6: 0.7},
+        fpn_taps=(1, 3, 5, 7), fpn_dim=64, num_proposals=16, loc_stages=2, loc_heads=4,
+        dynamic_dim=16, loc_ffn_dim=256, decoder_dim=96, decoder_depth=2, decoder_heads=3,
+        action_hidden=256, num_classes=8, short_side=128,
+    ),
 }
 
 

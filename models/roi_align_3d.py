@@ -64,26 +64,16 @@ def interpolation_matrix(
     return w.sum(dim=2)
 
 
-def _roi_align_3d(
-    features: torch.Tensor,
-    rois: torch.Tensor,
-    output_height: int,
-    output_width: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> torch.Tensor:
+def _weights(features: torch.Tensor, rois: torch.Tensor, output_height: int, output_width: int,
+             spatial_scale: float, sampling_ratio: int, aligned: bool):
+    """Validated inputs -> (wy (R, oh, H), wx (R, ow, W), batch index (R,))."""
     if features.dim() != 5:
         raise ValueError(f"features must be (B, C, T, H, W), got shape {tuple(features.shape)}")
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (R, 5) [batch, x1, y1, x2, y2], got {tuple(rois.shape)}")
     if sampling_ratio <= 0:
         raise ValueError("sampling_ratio must be > 0 (the adaptive mode is not supported)")
-    b, c, t, h, w = features.shape
-    r = rois.shape[0]
-    out = features.new_zeros((r, c, t, output_height, output_width))
-    if r == 0:
-        return out
+    h, w = features.shape[-2:]
     rois = rois.to(features.dtype)
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
@@ -92,20 +82,57 @@ def _roi_align_3d(
     rh = rois[:, 4] * spatial_scale - offset - y1
     if not aligned:
         rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
-    wy = interpolation_matrix(y1, rh, output_height, sampling_ratio, h)  # (R, oh, H)
-    wx = interpolation_matrix(x1, rw, output_width, sampling_ratio, w)  # (R, ow, W)
-    batch = rois[:, 0].long()
-    flat = features.reshape(b, c * t, h, w)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, c * t * h * output_width))
+    wy = interpolation_matrix(y1, rh, output_height, sampling_ratio, h)
+    wx = interpolation_matrix(x1, rw, output_width, sampling_ratio, w)
+    return wy, wx, rois[:, 0].long()
+
+
+def _groups(batch: torch.Tensor, b: int, per_roi: int):
+    """(batch element, RoI ids) pieces of at most _CHUNK_ELEMENTS / per_roi RoIs each."""
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, per_roi))
     for bi in range(b):
         sel = (batch == bi).nonzero().flatten()
         for s in range(0, sel.numel(), chunk):
-            ids = sel[s : s + chunk]
-            # (n, C*T, H, W) @ (n, 1, W, ow) -> (n, C*T, H, ow); then Wy (n, 1, oh, H) @ that.
-            cols = torch.matmul(flat[bi].unsqueeze(0), wx[ids].transpose(1, 2).unsqueeze(1))
-            bins = torch.matmul(wy[ids].unsqueeze(1), cols)
-            out[ids] = bins.reshape(ids.numel(), c, t, output_height, output_width)
+            yield bi, sel[s: s + chunk]
+
+
+def _apply(features: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
+           batch: torch.Tensor) -> torch.Tensor:
+    """out[r, c, t] = wy[r] @ features[batch[r], c, t] @ wx[r]^T, as two large GEMMs per batch
+    element: (C*T*H, W) @ (W, n*ow) for all its RoIs, then (n, oh, H) @ (n, H, C*T*ow)."""
+    b, c, t, h, w = features.shape
+    r, oh, ow, ct = wy.shape[0], wy.shape[1], wx.shape[1], c * t
+    out = features.new_zeros((r, c, t, oh, ow))
+    rows = features.reshape(b, ct * h, w)
+    for bi, ids in _groups(batch, b, ct * h * ow):
+        n = ids.numel()
+        cols = (rows[bi] @ wx[ids].reshape(n * ow, w).T).reshape(ct, h, n, ow)
+        bins = torch.bmm(wy[ids], cols.permute(2, 1, 0, 3).reshape(n, h, ct * ow))
+        out[ids] = bins.reshape(n, oh, c, t, ow).permute(0, 2, 3, 1, 4)
     return out
+
+
+def _apply_transposed(grad: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
+                      batch: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The adjoint of ``_apply``: d features = sum_r wy[r]^T @ grad[r] @ wx[r]."""
+    b, c, t, h, w = shape
+    oh, ow, ct = wy.shape[1], wx.shape[1], c * t
+    out = grad.new_zeros((b, ct * h, w))
+    for bi, ids in _groups(batch, b, ct * h * ow):
+        n = ids.numel()
+        g = grad[ids].permute(0, 3, 1, 2, 4).reshape(n, oh, ct * ow)
+        cols = torch.bmm(wy[ids].transpose(1, 2), g).reshape(n, h, ct, ow)
+        cols = cols.permute(2, 1, 0, 3).reshape(ct * h, n * ow)
+        out[bi] += cols @ wx[ids].reshape(n * ow, w)
+    return out.reshape(shape)
+
+
+def _roi_align_3d(features: torch.Tensor, rois: torch.Tensor, output_height: int,
+                  output_width: int, spatial_scale: float, sampling_ratio: int,
+                  aligned: bool) -> torch.Tensor:
+    wy, wx, batch = _weights(features, rois, output_height, output_width, spatial_scale,
+                             sampling_ratio, aligned)
+    return _apply(features, wy, wx, batch)
 
 
 @torch.library.custom_op("evad::roi_align_3d", mutates_args=())
@@ -145,18 +172,14 @@ def _(features, rois, output_height=7, output_width=7, spatial_scale=1.0 / 16, s
 
 def _setup_context(ctx, inputs, output) -> None:
     features, rois, *attrs = inputs
-    ctx.save_for_backward(rois)
-    ctx.shape, ctx.attrs = features.shape, attrs
+    wy, wx, batch = _weights(features, rois, *attrs)
+    ctx.save_for_backward(wy, wx, batch)
+    ctx.shape = features.shape
 
 
 def _backward(ctx, grad):
-    # The op is linear in the features, so the vjp of a zero map of the same shape is exact.
-    (rois,) = ctx.saved_tensors
-    with torch.enable_grad():
-        probe = grad.new_zeros(ctx.shape).requires_grad_(True)
-        out = _roi_align_3d(probe, rois, *ctx.attrs)
-        (grad_features,) = torch.autograd.grad(out, probe, grad)
-    return grad_features, None, None, None, None, None, None
+    wy, wx, batch = ctx.saved_tensors
+    return _apply_transposed(grad, wy, wx, batch, ctx.shape), None, None, None, None, None, None
 
 
 roi_align_3d.register_autograd(_backward, setup_context=_setup_context)
