@@ -19,7 +19,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["ACTIONS", "Actor", "Scene", "generate_dataset", "render_video", "write_label_map"]
+__all__ = [
+    "ACTIONS",
+    "Actor",
+    "Scene",
+    "generate_dataset",
+    "make_demo_video",
+    "render_video",
+    "write_label_map",
+]
 
 ACTIONS: tuple[str, ...] = ("walk", "run", "jump", "wave", "sit", "crouch", "spin", "carry")
 _ID = {name: i + 1 for i, name in enumerate(ACTIONS)}
@@ -77,21 +85,30 @@ class Scene:
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random texture with stripes and blobs: enough structure to need learning."""
-    base = rng.uniform(40, 200, size=3)
+    # muted, mid-tone backgrounds: the figures (saturated colours) must stay separable
+    grey = rng.uniform(70, 170)
+    base = grey + rng.uniform(-25, 25, size=3)
     small = rng.normal(0, 1, size=(max(2, h // 24), max(2, w // 24), 3)).astype(np.float32)
-    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(15, 40)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(6, 16)
     img += base
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for _ in range(rng.integers(2, 5)):
         ang, freq = rng.uniform(0, math.pi), rng.uniform(0.01, 0.06)
         amp = rng.uniform(5, 20)
         img += (amp * np.sin(freq * (xx * math.cos(ang) + yy * math.sin(ang))))[..., None]
-    for _ in range(rng.integers(3, 9)):
-        c = tuple(float(v) for v in rng.uniform(30, 230, size=3))
+    for _ in range(rng.integers(1, 5)):
+        c = tuple(float(v) for v in grey + rng.uniform(-50, 50, size=3))
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(20, 120)),
                                       y0 + int(rng.integers(20, 120))), c, -1)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _actor_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour, very dark or very bright: figures contrast with the background."""
+    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(180, 256),
+                      rng.choice([rng.integers(20, 60), rng.integers(210, 256)])]]])
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
 def make_scene(seed: int, width: int = 640, height: int = 360, fps: float = 15.0,
@@ -112,7 +129,7 @@ def make_scene(seed: int, width: int = 640, height: int = 360, fps: float = 15.0
         actors.append(Actor(
             x=float(rng.uniform(0.1, 0.9) * width), y=float(rng.uniform(0.75, 0.98) * height),
             height=h, direction=int(rng.choice([-1, 1])), growth=float(rng.uniform(-0.04, 0.04)),
-            color=tuple(int(v) for v in rng.integers(0, 256, size=3)), segments=segs))
+            color=_actor_colour(rng), segments=segs))
     poles = [(float(rng.uniform(0, width)), float(rng.uniform(-60, 60)), int(rng.integers(8, 25)))
              for _ in range(int(rng.integers(0, 3)))]
     return Scene(seed, width, height, fps, duration, bg, pan, actors, poles)
@@ -205,7 +222,7 @@ def _draw_actor(frame: np.ndarray, a: Actor, t: float, width: int) -> tuple[floa
     j = _skeleton(seg.move, seg.hand, t, h)
     flip = -a.direction if seg.move in ("walk", "run") else 1
     pts = {k: (x + flip * dx, y + dy) for k, (dx, dy) in j.items()}
-    thick = max(2, int(0.05 * h))
+    thick = max(3, int(0.08 * h))
     col = a.color
     dark = tuple(int(c * 0.6) for c in col)
 
@@ -218,7 +235,7 @@ def _draw_actor(frame: np.ndarray, a: Actor, t: float, width: int) -> tuple[floa
     line("hip", "neck")
     for p, q in (("hip", "kr"), ("kr", "fr"), ("neck", "er"), ("er", "hr")):
         line(p, q)
-    r = max(3, int(0.08 * h))
+    r = max(4, int(0.1 * h))
     cv2.circle(frame, (int(pts["head"][0]), int(pts["head"][1])), r, col, -1, cv2.LINE_AA)
     if seg.hand == "carry":
         cx, cy = pts["hr"]
@@ -320,3 +337,20 @@ def generate_dataset(out: str | os.PathLike, num_videos: int, seed: int = 0,
     os.replace(tmp, out / "annotations.csv")
     write_label_map(out / "label_map.pbtxt")
     return out
+
+
+DEMO_SEED = 424242  # the demo video's scene: never among the training seeds (0 .. 10**5)
+
+
+def make_demo_video(path: str | os.PathLike, duration: float = 20.0) -> Path:
+    """Write the demo video (640x360, 15 fps, ``duration`` s; a held-out scene) and its AVA
+    ground truth beside it (``<stem>.csv``). Deterministic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene = make_scene(DEMO_SEED, duration=duration)
+    rows = render_video(scene, path, path.stem)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path.with_suffix(".csv"))
+    return path

@@ -73,6 +73,14 @@ def _export_parser() -> argparse.ArgumentParser:
     prec.add_argument("--fp16", action="store_true", help="build an fp16 engine")
     prec.add_argument("--bf16", action="store_true", help="build a bf16 engine")
     ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
+    ap.add_argument("--engine-batch", default="1,1,8", metavar="MIN,OPT,MAX",
+                    help="engine optimisation profile, clips per run (default 1,1,8)")
+    ap.add_argument("--plugins", choices=["cpp", "python"], default=None,
+                    help="TensorRT plugins to build with (default cpp, python when "
+                    "libevad_plugins.so is missing)")
+    ap.add_argument("--timing-cache", type=Path, default=None,
+                    help="TensorRT timing cache, reused across builds (default "
+                    "<out>/timing.cache)")
     ap.add_argument("--parity-clips", type=int, default=1,
                     help="seeded clips for the ONNX Runtime parity check (0 skips it)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --preset weights and clips")
@@ -92,6 +100,17 @@ def export_main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _engine_batch(text: str) -> tuple[int, int, int]:
+    """``"1,2,8"`` -> (1, 2, 8); ConfigError unless 1 <= min <= opt <= max."""
+    try:
+        lo, opt, hi = (int(x) for x in text.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--engine-batch {text!r}: give MIN,OPT,MAX, e.g. 1,1,8") from e
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"--engine-batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
 def _export(args: argparse.Namespace) -> int:
     import torch
 
@@ -107,6 +126,7 @@ def _export(args: argparse.Namespace) -> int:
         raise EvadError(f"checkpoint {args.ckpt} does not exist")
     if args.parity_clips < 0:
         raise ConfigError("--parity-clips must be >= 0")
+    batch = _engine_batch(args.engine_batch)
     precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     q = args.quiet
     t0 = time.perf_counter()
@@ -158,12 +178,26 @@ def _export(args: argparse.Namespace) -> int:
         _log("parity", "PASS" if report.passed else "FAIL", q)
 
     engine_msg = None
+    engine_path = None
     if not args.onnx_only:
-        engine_msg = (f"not built: this evad-deploy has no TensorRT engine builder yet (it comes "
-                      f"with the TensorRT plugins and engines stage); the {precision} request is "
-                      f"recorded in the ONNX metadata. Rerun with --onnx-only to stop after the "
-                      f"ONNX, or run the ONNX with onnxruntime.")
-        _log("engine", engine_msg, False)
+        from evad.engines import build as build_engine
+        from evad.engines import missing_for_engine_build
+
+        # The C++ plugin library is optional: the builder falls back to the Python plugins.
+        missing = [m for m in missing_for_engine_build() if "plugin library" not in m]
+        if missing:
+            flag = "" if precision == "fp32" else f" --{precision}"
+            engine_msg = (f"not built: the {precision} TensorRT engine step needs "
+                          + "; ".join(missing) + f". The ONNX is written ({out}); rerun with "
+                          "--onnx-only to stop after it, or rerun this command with"
+                          f"{flag} on a machine with a GPU and TensorRT.")
+            _log("engine", engine_msg, False)
+        else:
+            engine_path = build_engine(out, precision=precision, batch=batch,
+                                       timing_cache=args.timing_cache or args.out
+                                       / "timing.cache", plugins=args.plugins,
+                                       log=lambda m: _log("engine", m.removeprefix("engine: "),
+                                                          q))
 
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
           f"{args.height}x{args.width}, tokens {' -> '.join(map(str, meta['tokens']))}, "
@@ -171,7 +205,8 @@ def _export(args: argparse.Namespace) -> int:
           + (f"\n  parity (ORT CPU, {report.clips} clip): "
              f"{'PASS' if report.passed else 'FAIL'}, boxes {report.box_max_abs:.1e} px, "
              f"probs {report.prob_max_abs:.1e}" if report else "")
-          + (f"\n  engine: {precision}, not built" if engine_msg else ""))
+          + (f"\n  engine: {precision}, not built" if engine_msg else "")
+          + (f"\n  engine: {engine_path} ({precision})" if engine_path else ""))
     if report is not None and not report.passed:
         return 1
     return 3 if engine_msg else 0

@@ -87,7 +87,13 @@ def test_keep_rate_override_and_engine_step(tiny_ckpt, tmp_path, capsys) -> None
     code = export_main(["--ckpt", str(tiny_ckpt), "--keep-rate", "0.6", "--height", str(H),
                         "--width", str(W), "--out", str(tmp_path), "--fp16"])
     out = capsys.readouterr().out
-    assert code == 3  # ONNX written, parity passed, engine step not available
+    from evad.engines import missing_for_engine_build
+
+    missing = [m for m in missing_for_engine_build() if "plugin library" not in m]
+    if not missing:
+        pytest.skip("this machine builds engines: the engine step is tested in test_engines")
+    assert code == 3  # ONNX written, parity passed, engine step not available here
+    assert all(m in out for m in missing)  # names exactly what is missing (TensorRT, a GPU)
     assert "480 -> 288 -> 173 -> 104" in out  # ceil(0.6 * N) at each pruning block
     assert "engine: not built" in out and "--onnx-only" in out
     meta = read_metadata(tmp_path / "tiny.onnx")

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="demo", help="preset to train (default demo)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--checkpoint-every", type=int, default=250)
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         from evad.training.trainer import TrainConfig, train
 
         cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, steps=args.steps,
-                          batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                          batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                          threads=args.threads,
                           checkpoint_every=args.checkpoint_every)
         path = train(cfg, resume=args.resume, progress=not args.quiet)
         print(f"evad-train: checkpoint {path}")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# CI for the TensorRT plugins on a clean CPU machine (no GPU, no full TensorRT):
+#   1. installs what the plugin tests need into the active Python environment:
+#      the runtime-only TensorRT (plugin registry), TensorRT-RTX (CPU ONNX parse/build check),
+#      onnxconverter-common (fp16 ONNX for strongly typed TensorRT 11), Triton (the Python
+#      plugins' kernels, run here under TRITON_INTERPRET=1 and compiled to cubin), cmake if
+#      missing;
+#   2. when evad is installed: builds libevad_kernels.so, libevad_plugins.so and the CPU check
+#      library with CMake + nvcc for sm_80 and sm_90 (TensorRT headers: kernel-lens==2.0.1 from
+#      PyPI, cached under plugins/build/, which git ignores); otherwise the tests' session
+#      fixture builds them;
+#   3. with --test: runs the plugin, kernel and engine tests (the GPU ones skip with a reason).
+# Run from .ci/run inside its venv, before the README's test command (or after the install).
+# Needs nvcc (CUDA 12.x/13.x) on PATH or in /usr/local/cuda/bin; without it this fails rather
+# than letting the tests skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+python -m pip install -q tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings \
+    tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings onnxconverter-common==1.16.0 \
+    triton==3.9.0
+if ! command -v cmake >/dev/null; then
+    python -m pip install -q 'cmake>=3.24'
+fi
+if ! command -v nvcc >/dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+    echo "plugins.sh: nvcc not found: install the CUDA toolkit (12.x or 13.x)" >&2
+    exit 1
+fi
+export CUDACXX="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+# Before `pip install -e .` (as in .ci/run) only the installs happen: the tests build the
+# libraries themselves (a session fixture, incremental in plugins/build/).
+if python -c "import evad.plugins.build" 2>/dev/null; then
+    evad-build-plugins --archs "80;90" -j "$(nproc)"
+fi
+echo "plugins.sh: done in $(( $(date +%s) - t0 )) s"
+if [ "${1:-}" = "--test" ]; then
+    pytest -q tests/test_kernels_cpu.py tests/test_plugins.py tests/test_plugins_triton.py \
+        tests/test_engines.py \
+        tests/test_kernels_gpu.py tests/test_engines_gpu.py
+fi

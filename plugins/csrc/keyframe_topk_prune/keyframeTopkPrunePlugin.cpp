@@ -1,0 +1,267 @@
+/*
+ * evad::KeyframeTopKPrune plugin glue: shapes (K from N and N - S with dimension expressions),
+ * types, formats, workspace, fields. The maths is in the kernel library
+ * (evad_keyframe_topk_prune); nothing here touches tensor data.
+ */
+#include "keyframeTopkPrunePlugin.h"
+
+#include "evadKernels.h"
+#include "pluginCommon.h"
+
+#include <exception>
+
+using namespace nvinfer1;
+
+namespace evad
+{
+namespace plugin
+{
+namespace
+{
+constexpr char const* kNAME = "KeyframeTopKPrune";
+constexpr int32_t kIN_Q = 0;
+constexpr int32_t kIN_K = 1;
+constexpr int32_t kIN_X = 2;
+constexpr int32_t kIN_IDX = 3;
+constexpr int32_t kNB_INPUTS = 4;
+constexpr int32_t kOUT_X = 4; // positions in inOut
+constexpr int32_t kOUT_IDX = 5;
+constexpr int32_t kNB_OUTPUTS = 2;
+
+bool ranksOk(int32_t q, int32_t k, int32_t x, int32_t idx)
+{
+    return q == 4 && k == 4 && x == 3 && idx == 2;
+}
+} // namespace
+
+KeyframeTopKPrunePlugin::KeyframeTopKPrunePlugin(KeyframeTopKPruneParams const& params)
+    : mParams(params)
+{
+    initFields();
+}
+
+void KeyframeTopKPrunePlugin::initFields()
+{
+    mFields = {PluginField("keep_num", &mParams.keepNum, PluginFieldType::kINT32, 1),
+        PluginField("keep_den", &mParams.keepDen, PluginFieldType::kINT32, 1),
+        PluginField("keyframe_weight", &mParams.keyframeWeight, PluginFieldType::kFLOAT32, 1)};
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+}
+
+IPluginCapability* KeyframeTopKPrunePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* KeyframeTopKPrunePlugin::clone() noexcept
+{
+    try
+    {
+        return new KeyframeTopKPrunePlugin(mParams);
+    }
+    catch (std::exception const& e)
+    {
+        logError("KeyframeTopKPrune::clone", e.what());
+    }
+    return nullptr;
+}
+
+char const* KeyframeTopKPrunePlugin::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* KeyframeTopKPrunePlugin::getPluginVersion() const noexcept
+{
+    return kVERSION;
+}
+
+char const* KeyframeTopKPrunePlugin::getPluginNamespace() const noexcept
+{
+    return kNAMESPACE;
+}
+
+int32_t KeyframeTopKPrunePlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS
+        || !ranksOk(in[kIN_Q].desc.dims.nbDims, in[kIN_K].desc.dims.nbDims, in[kIN_X].desc.dims.nbDims,
+            in[kIN_IDX].desc.dims.nbDims))
+    {
+        logError("KeyframeTopKPrune::configurePlugin", "expects q, k (B, H, N, d), x_nonkey (B, N - S, C), idx (B, N - S)");
+        return -1;
+    }
+    return 0;
+}
+
+int32_t KeyframeTopKPrunePlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbOutputs != kNB_OUTPUTS || nbInputs != kNB_INPUTS)
+    {
+        return -1;
+    }
+    outputTypes[0] = inputTypes[kIN_X];
+    outputTypes[1] = DataType::kINT64;
+    return 0;
+}
+
+int32_t KeyframeTopKPrunePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
+    DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
+    IExprBuilder& exprBuilder) noexcept
+{
+    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS
+        || !ranksOk(inputs[kIN_Q].nbDims, inputs[kIN_K].nbDims, inputs[kIN_X].nbDims, inputs[kIN_IDX].nbDims))
+    {
+        logError("KeyframeTopKPrune::getOutputShapes", "expects q, k (B, H, N, d), x_nonkey (B, N - S, C), idx (B, N - S)");
+        return -1;
+    }
+    // K = ceil(keep_num * N / keep_den) - S with S = N - M, i.e. ceil(keep_num * N / keep_den) - N + M:
+    // a function of the input shapes only, in integer dimension expressions.
+    IDimensionExpr const* n = inputs[kIN_Q].d[2];
+    IDimensionExpr const* m = inputs[kIN_X].d[1];
+    IDimensionExpr const* kept = exprBuilder.operation(DimensionOperation::kCEIL_DIV,
+        *exprBuilder.operation(DimensionOperation::kPROD, *n, *exprBuilder.constant(mParams.keepNum)),
+        *exprBuilder.constant(mParams.keepDen));
+    IDimensionExpr const* kk = exprBuilder.operation(
+        DimensionOperation::kSUM, *exprBuilder.operation(DimensionOperation::kSUB, *kept, *n), *m);
+    outputs[0].nbDims = 3;
+    outputs[0].d[0] = inputs[kIN_X].d[0];
+    outputs[0].d[1] = kk;
+    outputs[0].d[2] = inputs[kIN_X].d[2];
+    outputs[1].nbDims = 2;
+    outputs[1].d[0] = inputs[kIN_IDX].d[0];
+    outputs[1].d[1] = kk;
+    return 0;
+}
+
+bool KeyframeTopKPrunePlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (pos < 0 || pos >= nbInputs + nbOutputs || inOut[pos].desc.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    DataType const t = inOut[pos].desc.type;
+    switch (pos)
+    {
+    case kIN_Q: return kernelType(t) >= 0;                         // fp32, fp16, bf16
+    case kIN_K:
+    case kIN_X:
+    case kOUT_X: return t == inOut[kIN_Q].desc.type;               // one float type for all
+    case kIN_IDX:
+    case kOUT_IDX: return t == DataType::kINT64;
+    default: return false;
+    }
+}
+
+int32_t KeyframeTopKPrunePlugin::getNbOutputs() const noexcept
+{
+    return kNB_OUTPUTS;
+}
+
+size_t KeyframeTopKPrunePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
+    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    // Sized for the profile's largest shapes: (B, H, N) row statistics, (B, H, M) column sums,
+    // sort buffers and CUB's temporary storage.
+    Dims const& q = inputs[kIN_Q].max;
+    return evad_keyframe_topk_prune_workspace_size(q.d[0], q.d[1], q.d[2], inputs[kIN_X].max.d[1]);
+}
+
+int32_t KeyframeTopKPrunePlugin::onShapeChange(
+    PluginTensorDesc const* /*in*/, int32_t /*nbInputs*/, PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept
+{
+    return 0;
+}
+
+int32_t KeyframeTopKPrunePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    Dims const& q = inputDesc[kIN_Q].dims;
+    Dims const& x = inputDesc[kIN_X].dims;
+    size_t const bytes = evad_keyframe_topk_prune_workspace_size(q.d[0], q.d[1], q.d[2], x.d[1]);
+    int const err = evad_keyframe_topk_prune(kernelType(inputDesc[kIN_Q].type), inputs[kIN_Q], inputs[kIN_K],
+        inputs[kIN_X], static_cast<int64_t const*>(inputs[kIN_IDX]), outputs[0], static_cast<int64_t*>(outputs[1]),
+        q.d[0], q.d[1], q.d[2], static_cast<int32_t>(q.d[3]), x.d[1], x.d[2], mParams.keepNum, mParams.keepDen,
+        mParams.keyframeWeight, workspace, bytes, stream);
+    if (err != 0)
+    {
+        logError("KeyframeTopKPrune::enqueue", cudaGetErrorString(static_cast<cudaError_t>(err)));
+        return -1;
+    }
+    return 0;
+}
+
+IPluginV3* KeyframeTopKPrunePlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+{
+    return clone();
+}
+
+PluginFieldCollection const* KeyframeTopKPrunePlugin::getFieldsToSerialize() noexcept
+{
+    return &mFieldCollection;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+KeyframeTopKPrunePluginCreator::KeyframeTopKPrunePluginCreator()
+{
+    mFields = {PluginField("keep_num", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("keep_den", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("keyframe_weight", nullptr, PluginFieldType::kFLOAT32, 1)};
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+}
+
+char const* KeyframeTopKPrunePluginCreator::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* KeyframeTopKPrunePluginCreator::getPluginVersion() const noexcept
+{
+    return kVERSION;
+}
+
+char const* KeyframeTopKPrunePluginCreator::getPluginNamespace() const noexcept
+{
+    return kNAMESPACE;
+}
+
+PluginFieldCollection const* KeyframeTopKPrunePluginCreator::getFieldNames() noexcept
+{
+    return &mFieldCollection;
+}
+
+IPluginV3* KeyframeTopKPrunePluginCreator::createPlugin(
+    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+{
+    try
+    {
+        KeyframeTopKPruneParams p;
+        p.keepNum = static_cast<int32_t>(readInt(requireField(fc, "keep_num")));
+        p.keepDen = static_cast<int32_t>(readInt(requireField(fc, "keep_den")));
+        p.keyframeWeight = readFloat(requireField(fc, "keyframe_weight"));
+        if (p.keepNum < 1 || p.keepDen < p.keepNum || !(p.keyframeWeight > 0.F))
+        {
+            throw std::invalid_argument("1 <= keep_num <= keep_den and keyframe_weight > 0 required");
+        }
+        return new KeyframeTopKPrunePlugin(p);
+    }
+    catch (std::exception const& e)
+    {
+        logError("KeyframeTopKPrune::createPlugin", e.what());
+    }
+    return nullptr;
+}
+
+} // namespace plugin
+} // namespace evad

@@ -1,0 +1,247 @@
+/*
+ * evad::RoIAlign3D plugin glue: shapes, types, formats, fields. The maths is in the kernel
+ * library (evad_roi_align_3d); nothing here touches tensor data.
+ */
+#include "roiAlign3dPlugin.h"
+
+#include "evadKernels.h"
+#include "pluginCommon.h"
+
+#include <exception>
+
+using namespace nvinfer1;
+
+namespace evad
+{
+namespace plugin
+{
+namespace
+{
+constexpr char const* kNAME = "RoIAlign3D";
+constexpr int32_t kIN_FEATURES = 0;
+constexpr int32_t kIN_ROIS = 1;
+constexpr int32_t kNB_INPUTS = 2;
+constexpr int32_t kNB_OUTPUTS = 1;
+} // namespace
+
+RoIAlign3DPlugin::RoIAlign3DPlugin(RoIAlign3DParams const& params)
+    : mParams(params)
+{
+    initFields();
+}
+
+void RoIAlign3DPlugin::initFields()
+{
+    // The serialized fields are the creator's fields: a deserialized plugin is recreated by
+    // createPlugin from exactly these.
+    mFields = {PluginField("output_height", &mParams.outputHeight, PluginFieldType::kINT32, 1),
+        PluginField("output_width", &mParams.outputWidth, PluginFieldType::kINT32, 1),
+        PluginField("spatial_scale", &mParams.spatialScale, PluginFieldType::kFLOAT32, 1),
+        PluginField("sampling_ratio", &mParams.samplingRatio, PluginFieldType::kINT32, 1),
+        PluginField("aligned", &mParams.aligned, PluginFieldType::kINT32, 1)};
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+}
+
+IPluginCapability* RoIAlign3DPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* RoIAlign3DPlugin::clone() noexcept
+{
+    try
+    {
+        return new RoIAlign3DPlugin(mParams);
+    }
+    catch (std::exception const& e)
+    {
+        logError("RoIAlign3D::clone", e.what());
+    }
+    return nullptr;
+}
+
+char const* RoIAlign3DPlugin::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* RoIAlign3DPlugin::getPluginVersion() const noexcept
+{
+    return kVERSION;
+}
+
+char const* RoIAlign3DPlugin::getPluginNamespace() const noexcept
+{
+    return kNAMESPACE;
+}
+
+int32_t RoIAlign3DPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || in[kIN_FEATURES].desc.dims.nbDims != 5
+        || in[kIN_ROIS].desc.dims.nbDims != 2)
+    {
+        logError("RoIAlign3D::configurePlugin", "expects features (B, C, T, H, W) and rois (R, 5)");
+        return -1;
+    }
+    return 0;
+}
+
+int32_t RoIAlign3DPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbOutputs != kNB_OUTPUTS || nbInputs != kNB_INPUTS)
+    {
+        return -1;
+    }
+    outputTypes[0] = inputTypes[kIN_FEATURES];
+    return 0;
+}
+
+int32_t RoIAlign3DPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
+    int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || inputs[kIN_FEATURES].nbDims != 5
+        || inputs[kIN_ROIS].nbDims != 2)
+    {
+        logError("RoIAlign3D::getOutputShapes", "expects features (B, C, T, H, W) and rois (R, 5)");
+        return -1;
+    }
+    // (R, C, T, output_height, output_width)
+    outputs[0].nbDims = 5;
+    outputs[0].d[0] = inputs[kIN_ROIS].d[0];
+    outputs[0].d[1] = inputs[kIN_FEATURES].d[1];
+    outputs[0].d[2] = inputs[kIN_FEATURES].d[2];
+    outputs[0].d[3] = exprBuilder.constant(mParams.outputHeight);
+    outputs[0].d[4] = exprBuilder.constant(mParams.outputWidth);
+    return 0;
+}
+
+bool RoIAlign3DPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (pos < 0 || pos >= nbInputs + nbOutputs || inOut[pos].desc.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    // features in fp32/fp16/bf16; rois and output in the same type.
+    if (pos == kIN_FEATURES)
+    {
+        return kernelType(inOut[pos].desc.type) >= 0;
+    }
+    return inOut[pos].desc.type == inOut[kIN_FEATURES].desc.type;
+}
+
+int32_t RoIAlign3DPlugin::getNbOutputs() const noexcept
+{
+    return kNB_OUTPUTS;
+}
+
+size_t RoIAlign3DPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
+    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    return 0;
+}
+
+int32_t RoIAlign3DPlugin::onShapeChange(
+    PluginTensorDesc const* /*in*/, int32_t /*nbInputs*/, PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept
+{
+    return 0;
+}
+
+int32_t RoIAlign3DPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+    void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
+{
+    Dims const& f = inputDesc[kIN_FEATURES].dims;
+    int32_t const type = kernelType(inputDesc[kIN_FEATURES].type);
+    int const err = evad_roi_align_3d(type, inputs[kIN_FEATURES], inputs[kIN_ROIS], outputs[0], f.d[0], f.d[1],
+        f.d[2], f.d[3], f.d[4], inputDesc[kIN_ROIS].dims.d[0], mParams.outputHeight, mParams.outputWidth,
+        mParams.spatialScale, mParams.samplingRatio, mParams.aligned, stream);
+    if (err != 0)
+    {
+        logError("RoIAlign3D::enqueue", cudaGetErrorString(static_cast<cudaError_t>(err)));
+        return -1;
+    }
+    return 0;
+}
+
+IPluginV3* RoIAlign3DPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+{
+    return clone();
+}
+
+PluginFieldCollection const* RoIAlign3DPlugin::getFieldsToSerialize() noexcept
+{
+    return &mFieldCollection;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+RoIAlign3DPluginCreator::RoIAlign3DPluginCreator()
+{
+    mFields = {PluginField("output_height", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("output_width", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("spatial_scale", nullptr, PluginFieldType::kFLOAT32, 1),
+        PluginField("sampling_ratio", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("aligned", nullptr, PluginFieldType::kINT32, 1)};
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+}
+
+char const* RoIAlign3DPluginCreator::getPluginName() const noexcept
+{
+    return kNAME;
+}
+
+char const* RoIAlign3DPluginCreator::getPluginVersion() const noexcept
+{
+    return kVERSION;
+}
+
+char const* RoIAlign3DPluginCreator::getPluginNamespace() const noexcept
+{
+    return kNAMESPACE;
+}
+
+PluginFieldCollection const* RoIAlign3DPluginCreator::getFieldNames() noexcept
+{
+    return &mFieldCollection;
+}
+
+IPluginV3* RoIAlign3DPluginCreator::createPlugin(
+    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+{
+    try
+    {
+        // Every attribute is required (the ONNX schema requires them): a missing one is an error,
+        // not a silent default.
+        RoIAlign3DParams p;
+        p.outputHeight = static_cast<int32_t>(readInt(requireField(fc, "output_height")));
+        p.outputWidth = static_cast<int32_t>(readInt(requireField(fc, "output_width")));
+        p.spatialScale = readFloat(requireField(fc, "spatial_scale"));
+        p.samplingRatio = static_cast<int32_t>(readInt(requireField(fc, "sampling_ratio")));
+        p.aligned = static_cast<int32_t>(readInt(requireField(fc, "aligned")));
+        if (p.outputHeight < 1 || p.outputWidth < 1 || p.samplingRatio < 1 || !(p.spatialScale > 0.F)
+            || (p.aligned != 0 && p.aligned != 1))
+        {
+            throw std::invalid_argument("output_height, output_width, sampling_ratio >= 1, spatial_scale > 0, "
+                                        "aligned in {0, 1} required");
+        }
+        return new RoIAlign3DPlugin(p);
+    }
+    catch (std::exception const& e)
+    {
+        logError("RoIAlign3D::createPlugin", e.what());
+    }
+    return nullptr;
+}
+
+} // namespace plugin
+} // namespace evad

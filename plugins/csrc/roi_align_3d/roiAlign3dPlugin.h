@@ -1,0 +1,97 @@
+/*
+ * evad::RoIAlign3D, version 1: IPluginV3 (core, build, runtime capabilities) and its
+ * IPluginCreatorV3One. Contract: plugins/roi_align_3d/README.md. Kernel: kernels/roiAlign3dKernel.cu.
+ */
+#ifndef EVAD_ROI_ALIGN_3D_PLUGIN_H
+#define EVAD_ROI_ALIGN_3D_PLUGIN_H
+
+#include "NvInferRuntime.h"
+
+#include <string>
+#include <vector>
+
+namespace evad
+{
+namespace plugin
+{
+
+//! Attributes of RoIAlign3D (the ONNX node's, same names).
+struct RoIAlign3DParams
+{
+    int32_t outputHeight{7};
+    int32_t outputWidth{7};
+    float spatialScale{1.F / 16.F};
+    int32_t samplingRatio{2};
+    int32_t aligned{1};
+};
+
+class RoIAlign3DPlugin : public nvinfer1::IPluginV3,
+                         public nvinfer1::IPluginV3OneCore,
+                         public nvinfer1::IPluginV3OneBuild,
+                         public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    explicit RoIAlign3DPlugin(RoIAlign3DParams const& params);
+    ~RoIAlign3DPlugin() override = default;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+
+    // IPluginV3OneBuild
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+        nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs,
+        int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut,
+        int32_t nbInputs, int32_t nbOutputs) noexcept override;
+    int32_t getNbOutputs() const noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+private:
+    void initFields();
+
+    RoIAlign3DParams mParams;
+    std::vector<nvinfer1::PluginField> mFields;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+class RoIAlign3DPluginCreator : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    RoIAlign3DPluginCreator();
+    ~RoIAlign3DPluginCreator() override = default;
+
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    std::vector<nvinfer1::PluginField> mFields;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+} // namespace plugin
+} // namespace evad
+
+#endif // EVAD_ROI_ALIGN_3D_PLUGIN_H
