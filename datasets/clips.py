@@ -14,17 +14,9 @@ import torch
 from evad.datasets.ava import Keyframe, read_ava_csv
 from evad.errors import EvadError
 from evad.models.presets import Preset
+from evad.resize import resized_size
 
 __all__ = ["ClipDataset", "collate", "decode_video", "resized_size"]
-
-
-def resized_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
-    """(h, w) after scaling the short side to ``short_side`` with the long side at most
-    ``max_long_side`` (sizes rounded with int(x + 0.5), as the released pre-processing)."""
-    scale = short_side / min(height, width)
-    if max(height, width) * scale > max_long_side:
-        scale = max_long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def decode_video(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, float]:

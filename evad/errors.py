@@ -11,3 +11,12 @@ class ConfigError(EvadError, ValueError):
 
 class CheckpointError(EvadError):
     """A checkpoint file is missing, unreadable, or does not match the model."""
+
+
+class VideoError(EvadError):
+    """A video (or frame directory) is missing, empty, corrupt, or in a codec OpenCV cannot
+    decode."""
+
+
+class BackendError(EvadError):
+    """An inference backend is unavailable, or its model does not fit the input."""

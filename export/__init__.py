@@ -2,23 +2,22 @@
 
 ``export_onnx`` builds the graph, ``evad.export.ops`` defines the ``evad`` ONNX domain,
 ``evad.export.metadata`` the artefact metadata, ``evad.export.parity`` the backend comparison;
-``evad-export`` and ``evad-parity`` are the commands.
+``evad-export`` and ``evad-parity`` are the commands. Names are imported on first use, so an
+ONNX Runtime deployment that only reads metadata and runs sessions never imports torch.
 """
 
-from evad.export.metadata import build_metadata, preset_of, read_metadata, write_metadata
-from evad.export.onnx_export import DetectorGraph, export_onnx, save_model
-from evad.export.parity import FP32_THRESHOLDS, REDUCED_THRESHOLDS, ParityReport, compare
+from importlib import import_module
 
-__all__ = [
-    "FP32_THRESHOLDS",
-    "REDUCED_THRESHOLDS",
-    "DetectorGraph",
-    "ParityReport",
-    "build_metadata",
-    "compare",
-    "export_onnx",
-    "preset_of",
-    "read_metadata",
-    "save_model",
-    "write_metadata",
-]
+_WHERE = {
+    "build_metadata": "metadata", "preset_of": "metadata", "read_metadata": "metadata",
+    "write_metadata": "metadata", "DetectorGraph": "onnx_export", "export_onnx": "onnx_export",
+    "save_model": "onnx_export", "FP32_THRESHOLDS": "parity", "REDUCED_THRESHOLDS": "parity",
+    "ParityReport": "parity", "compare": "parity",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"evad.export.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'evad.export' has no attribute {name!r}")

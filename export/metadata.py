@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 import evad
 from evad.errors import EvadError
-from evad.models.flops import token_counts
-from evad.models.labels import label_names
-from evad.models.presets import Preset
+
+if TYPE_CHECKING:
+    from evad.models.presets import Preset
 
 __all__ = ["FORMAT_VERSION", "build_metadata", "preset_of", "read_metadata", "write_metadata"]
 
@@ -29,6 +29,9 @@ def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
                    checkpoint_sha256: str | None = None, labels: list[str] | None = None,
                    precision: str = "fp32", exporter: str = "") -> dict[str, Any]:
     """The metadata of an ONNX export of ``preset`` at ``height`` x ``width`` input pixels."""
+    from evad.models.flops import token_counts
+    from evad.models.labels import label_names
+
     counts = token_counts(preset, height, width)
     s = (height // preset.patch_size) * (width // preset.patch_size)
     kept = [counts[b + 1] for b in sorted(preset.keep_rates) if counts[b + 1] < counts[b]]
@@ -95,4 +98,6 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
 
 def preset_of(meta: dict[str, Any]) -> Preset:
     """The Preset an export was made with."""
+    from evad.models.presets import Preset
+
     return Preset.from_dict(meta["preset"])

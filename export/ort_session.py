@@ -55,8 +55,12 @@ class OnnxRuntimeModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
 
-    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
-        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name."""
+    def __call__(self, clip: np.ndarray, image_size: np.ndarray,
+                 run_options=None) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name.
+
+        ``run_options``: an ``onnxruntime.RunOptions`` (e.g. to shrink the memory arena)."""
         feeds = {"clip": np.ascontiguousarray(clip, dtype=np.float32),
                  "image_size": np.ascontiguousarray(image_size, dtype=np.int64)}
-        return dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+        outs = self.session.run(None, feeds, run_options)
+        return dict(zip(self.output_names, outs, strict=True))

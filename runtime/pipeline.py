@@ -1,0 +1,209 @@
+"""The detection loop: a decoding thread feeds clips through a bounded queue to the backend.
+
+The ``ClipProducer`` thread decodes, resizes and assembles normalised clips; the calling thread
+batches them, runs the backend, post-processes and writes. OpenCV decoding, ``cv2.resize`` and
+onnxruntime / torch / TensorRT all release the GIL, so decoding overlaps inference. Memory stays
+bounded whatever the video's length: the thread keeps only the resized frames that a pending
+clip can still use (about ``num_frames * frame_stride`` of them) and the queue holds at most
+one batch of clips (at least 2): enough for the thread to fill the next batch while the backend
+runs this one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evad.runtime.backends import Backend
+from evad.runtime.outputs import DetectionWriter
+from evad.runtime.postprocess import Person, keyframe_people
+from evad.runtime.preprocess import Preprocessor
+from evad.runtime.sampling import Keyframe, KeyframeSelector, clip_offsets
+from evad.runtime.video import VideoInfo, iter_frames
+
+__all__ = ["ClipProducer", "RunStats", "detect"]
+
+_END = object()
+
+
+@dataclass
+class RunStats:
+    """What a run did. Times in seconds (wall clock)."""
+
+    keyframes: int = 0
+    people: int = 0
+    frames: int = 0
+    wall_s: float = 0.0
+    inference_s: float = 0.0  # inside backend.run, the calling thread
+    producer_s: float = 0.0  # decode + resize + clip assembly, the producer thread
+    producer_wait_s: float = 0.0  # producer blocked on a full queue
+    batches: list[int] = field(default_factory=list)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.keyframes / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class ClipProducer(threading.Thread):
+    """Decode ``info`` and put ``(Keyframe, clip (3, T, H, W) float32)`` on ``self.queue`` in
+    keyframe order, then a final sentinel; an exception is passed on through the queue.
+
+    Args:
+        info: the video (``open_video``).
+        pre: the video's pre-processing.
+        keyframe_stride_s: seconds between keyframes.
+        num_frames, frame_stride: the clip (16 frames, every 4th).
+        skip: keyframe indices not to produce (done in a resumed run).
+        queue_clips: queue bound (clips).
+    """
+
+    def __init__(self, info: VideoInfo, pre: Preprocessor, keyframe_stride_s: float,
+                 num_frames: int, frame_stride: int, skip: set[int] | None = None,
+                 queue_clips: int = 4) -> None:
+        super().__init__(name="evad-decode", daemon=True)
+        self.info, self.pre = info, pre
+        self.keyframe_stride_s = keyframe_stride_s
+        self.offsets = clip_offsets(num_frames, frame_stride)
+        self.skip = skip or set()
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_clips))
+        self.stop_event = threading.Event()
+        self.frames = 0
+        self.busy_s = 0.0
+        self.wait_s = 0.0
+
+    def _put(self, item: object) -> None:
+        t0 = time.perf_counter()
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.wait_s += time.perf_counter() - t0
+
+    def _emit(self, kf: Keyframe, window: dict[int, np.ndarray], last: int) -> None:
+        idx = [min(max(kf.frame + o, 0), last) for o in self.offsets]
+        self._put((kf, self.pre.clip([window[j] for j in idx])))
+
+    def run(self) -> None:
+        t_start = time.perf_counter()
+        try:
+            selector = KeyframeSelector(self.keyframe_stride_s)
+            window: dict[int, np.ndarray] = {}  # resized RGB frames a clip may still need
+            pending: deque[Keyframe] = deque()
+            low = 0  # every frame index below this is evicted
+            i = -1
+            for i, t, frame in iter_frames(self.info):
+                if self.stop_event.is_set():
+                    return
+                window[i] = self.pre.resize(frame)
+                for kf in selector.push(i, t):
+                    if kf.index not in self.skip:
+                        pending.append(kf)
+                while pending and pending[0].frame + self.offsets[-1] <= i:
+                    self._emit(pending.popleft(), window, i)
+                # The next keyframe's frame is at least i - 1 (the frame before the one that
+                # settles it), so nothing before its first clip frame is needed again.
+                need = (pending[0].frame if pending else i - 1) + self.offsets[0]
+                while low < need:
+                    window.pop(low, None)
+                    low += 1
+            self.frames = i + 1
+            while pending:  # the end of the video: clamp to the last frame
+                self._emit(pending.popleft(), window, i)
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(e)
+        finally:
+            self.busy_s = time.perf_counter() - t_start - self.wait_s
+
+    def clips(self) -> Iterator[tuple[Keyframe, np.ndarray]]:
+        """The produced clips, in order; re-raises the thread's exception."""
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait for it (unblocking a full queue)."""
+        self.stop_event.set()
+        while self.is_alive():
+            try:
+                while True:
+                    self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            self.join(timeout=0.1)
+
+
+def detect(info: VideoInfo, backend: Backend, pre: Preprocessor, writer: DetectionWriter, *,
+           keyframe_stride_s: float = 1.0, batch_size: int = 1,
+           person_threshold: float | None = None, keep_all_if_none: bool = False,
+           on_batch: Callable[[int], None] | None = None) -> RunStats:
+    """Run the whole video through ``backend``, writing each batch with ``writer``.
+
+    Args:
+        info, backend, pre: the video, the model, and their pre-processing.
+        writer: an opened ``DetectionWriter`` (its done keyframes are skipped).
+        keyframe_stride_s: seconds between keyframes.
+        batch_size: clips per backend call.
+        person_threshold: default: the model's (metadata).
+        keep_all_if_none: the official fallback (keep every box when none passes).
+        on_batch: called with the number of keyframes after each batch (progress bar).
+
+    Returns:
+        RunStats of the keyframes run now (resumed ones not counted).
+    """
+    spec = backend.spec
+    thr = spec.person_threshold if person_threshold is None else person_threshold
+    stats = RunStats()
+    producer = ClipProducer(info, pre, keyframe_stride_s, spec.num_frames, spec.frame_stride,
+                            skip=writer.done, queue_clips=max(2, batch_size))
+    rh, rw = pre.resized
+    t0 = time.perf_counter()
+    producer.start()
+    try:
+        batch: list[tuple[Keyframe, np.ndarray]] = []
+
+        def flush() -> None:
+            clip = np.stack([c for _, c in batch])
+            size = np.tile(np.array([[rh, rw]], np.int64), (len(batch), 1))
+            t = time.perf_counter()
+            out = backend.run(clip, size)
+            stats.inference_s += time.perf_counter() - t
+            items: list[tuple[Keyframe, list[Person]]] = []
+            for b, (kf, _) in enumerate(batch):
+                people = keyframe_people(out["boxes"][b], out["person_scores"][b],
+                                         out["action_probs"][b], pre.scale, pre.frame_size,
+                                         thr, keep_all_if_none)
+                items.append((kf, people))
+                stats.people += len(people)
+            writer.write_batch(items)
+            stats.keyframes += len(batch)
+            stats.batches.append(len(batch))
+            if on_batch is not None:
+                on_batch(len(batch))
+            batch.clear()
+
+        for item in producer.clips():
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        producer.stop()
+    stats.wall_s = time.perf_counter() - t0
+    stats.frames = producer.frames
+    stats.producer_s = producer.busy_s
+    stats.producer_wait_s = producer.wait_s
+    return stats
