@@ -15,6 +15,10 @@ As the AVA evaluation code (the PASCAL VOC metric of the TF object detection API
   ground truth are false positives; detections with x1 >= x2 or y1 >= y2 are dropped (the AVA
   code removes such invalid boxes before matching).
 IoU uses areas without the +1 pixel convention, on normalised coordinates.
+
+This is the evaluation the EVAD and SlowFast repositories ship (and that the EVAD paper's AVA
+numbers come from). ActivityNet's ``get_ava_performance.py`` differs in one respect: it keeps
+only the 50 highest-scoring rows per keyframe and sorts them by score before matching.
 """
 
 from __future__ import annotations

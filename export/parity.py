@@ -43,11 +43,14 @@ class Thresholds:
     min_match_rate: float | None = None  # detections matched at IoU >= match_iou
     match_iou: float = 0.9
     tie_rtol: float = 1e-6  # relative score gap under which a different decision is a near-tie
+    judge_decisions: bool = True  # fail a decision beyond a near-tie (else: report it only)
 
 
 FP32_THRESHOLDS = Thresholds()
+# fp16/bf16 engines: flips and swaps are reported with their gaps; the bars are the design's
 REDUCED_THRESHOLDS = Thresholds(box_max_abs=None, prob_max_abs=None, prob_mean_abs=0.01,
-                                min_jaccard=0.97, min_match_rate=0.98, tie_rtol=1e-2)
+                                min_jaccard=0.97, min_match_rate=0.98, tie_rtol=1e-2,
+                                judge_decisions=False)
 
 
 @dataclass
@@ -194,6 +197,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((union <= 0) & same, 1.0, iou)
 
 
+def _match_one_to_one(iou: np.ndarray, thr: float) -> int:
+    """Greedy one-to-one matching (highest IoU first) of an (n, m) IoU matrix: pairs >= thr."""
+    if iou.size == 0:
+        return 0
+    iou = iou.copy()
+    matched = 0
+    while True:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        if iou[i, j] < thr:
+            return matched
+        matched += 1
+        iou[i, :], iou[:, j] = -1.0, -1.0
+
+
 def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
             sizes: Sequence[np.ndarray], thresholds: Thresholds = FP32_THRESHOLDS,
             progress: Callable | None = None) -> ParityReport:
@@ -246,10 +263,9 @@ def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
             keep = ref.person_scores[b].numpy() >= thr
             mine = got["person_scores"][b] >= thr
             ref_boxes, got_boxes = ref.boxes[b].numpy()[keep], got["boxes"][b][mine]
-            report.detections += int(keep.sum())
-            if keep.any() and mine.any():
-                iou = _iou(ref_boxes, got_boxes)
-                report.matched += int((iou.max(1) >= thresholds.match_iou).sum())
+            # one-to-one: a backend's extra (phantom) detections count against the rate too
+            report.detections += max(int(keep.sum()), int(mine.sum()))
+            report.matched += _match_one_to_one(_iou(ref_boxes, got_boxes), thresholds.match_iou)
         report.clips += 1
     report.prob_mean_abs = prob_sum / max(prob_n, 1)
     _judge(report, thresholds)
@@ -257,7 +273,7 @@ def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
 
 
 def _judge(r: ParityReport, t: Thresholds) -> None:
-    for d in r.blocks:
+    for d in r.blocks if t.judge_decisions else []:
         if not d.ok:
             r.failures.append(
                 f"block {d.block}: decision differs from the reference beyond a near-tie "

@@ -159,7 +159,7 @@ def _take_forced(x_nonkey: torch.Tensor, idx: torch.Tensor, forced: torch.Tensor
                          f"{(idx.shape[0], kk)}")
     lookup = idx.new_full((idx.shape[0], int(idx.max()) + 1 if idx.numel() else 1), -1)
     lookup.scatter_(1, idx, torch.arange(idx.shape[1], device=idx.device).expand_as(idx))
-    if int(forced.max()) >= lookup.shape[1]:
+    if int(forced.min()) < 0 or int(forced.max()) >= lookup.shape[1]:
         raise ValueError("forced kept indices name tokens that were already dropped")
     pos = torch.gather(lookup, 1, forced.to(idx.device))
     if bool((pos < 0).any()):

@@ -10,6 +10,7 @@ Heavy dependencies load lazily: torch only for the torch backend, TensorRT only 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,13 +220,22 @@ def _ort_cuda() -> bool:
 
 
 def sibling_engine(onnx: Path | None) -> Path | None:
-    """An engine built beside an ONNX file (``x.engine`` or ``x.plan`` next to ``x.onnx``)."""
+    """An engine built beside an ONNX file (``x.engine`` or ``x.plan`` next to ``x.onnx``) from
+    THAT file: an engine whose sidecar records another ONNX hash (the ONNX was re-exported
+    since) is stale and not used."""
     if onnx is None:
         return None
     for ext in (".engine", ".plan"):
         p = onnx.with_suffix(ext)
         if p.is_file():
-            return p
+            sidecar = p.with_name(p.name + ".json")
+            try:
+                recorded = json.loads(sidecar.read_text()).get("onnx_sha256")
+            except (OSError, ValueError):
+                return None
+            from evad.engines.builder import onnx_sha256
+
+            return p if recorded == onnx_sha256(onnx) else None
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -101,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{_PROG}: error: {msg}", file=sys.stderr)
         return 2
+    except Exception as e:  # a library error (onnxruntime, OpenCV, torch): still one line
+        if os.environ.get("EVAD_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"{_PROG}: error: {type(e).__name__}: {msg[:300]} (set EVAD_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         writer = state.get("writer")
         if writer is not None and writer.jsonl_path.is_file() and state.get("finished"):
