@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from evad.models.labels import SYNTHETIC_ACTIONS
+
 __all__ = [
     "ACTIONS",
     "Actor",
@@ -29,7 +31,7 @@ __all__ = [
     "write_label_map",
 ]
 
-ACTIONS: tuple[str, ...] = ("walk", "run", "jump", "wave", "sit", "crouch", "spin", "carry")
+ACTIONS: tuple[str, ...] = SYNTHETIC_ACTIONS
 _ID = {name: i + 1 for i, name in enumerate(ACTIONS)}
 _MOVES = ("stand", "walk", "run", "jump", "sit", "crouch", "spin")
 # hand actions each movement allows ("stand" alone is not an action: it needs one)

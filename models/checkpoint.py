@@ -55,6 +55,7 @@ _CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("decoder_heads", "MODEL.CRD.NUM_HEADS", int),
     ("box_extend", "MODEL.CRD.ROI_EXTENSION", _tuple),
     ("num_classes", "MODEL.NUM_CLASSES", int),
+    ("labels", "DEPLOY.LABELS", _tuple),  # this project's key: class names beside AVA's
     ("num_proposals", "MODEL.SparseRCNN.NUM_PROPOSALS", int),
     ("loc_stages", "MODEL.SparseRCNN.NUM_HEADS", int),
     ("fpn_dim", "MODEL.SparseRCNN.HIDDEN_DIM", int),
@@ -226,6 +227,9 @@ def save_checkpoint(model: EVAD, path: str | os.PathLike, epoch: int = 0,
     os.close(fd)
     try:
         torch.save(blob, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

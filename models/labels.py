@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AVA_ACTIONS", "AVA_EVAL_IDS", "label_names"]
+__all__ = ["AVA_ACTIONS", "AVA_EVAL_IDS", "SYNTHETIC_ACTIONS", "label_names"]
 
 AVA_ACTIONS: tuple[str, ...] = (
     # person movement (ids 1-14)
@@ -35,8 +35,16 @@ AVA_EVAL_IDS: tuple[int, ...] = (
 )
 
 
-def label_names(num_classes: int) -> list[str]:
-    """Names of the model's outputs: AVA's for 80 classes, else ``class_<id>`` (ids from 1)."""
+# The actions of evad.datasets.synthetic (the demo model's classes, ids 1..8).
+SYNTHETIC_ACTIONS: tuple[str, ...] = ("walk", "run", "jump", "wave", "sit", "crouch", "spin",
+                                      "carry")
+
+
+def label_names(num_classes: int, names: tuple[str, ...] = ()) -> list[str]:
+    """Names of the model's outputs: ``names`` when it has one per class, AVA's for 80 classes,
+    else ``class_<id>`` (ids from 1)."""
+    if len(names) == num_classes:
+        return list(names)
     if num_classes == len(AVA_ACTIONS):
         return list(AVA_ACTIONS)
     return [f"class_{i + 1}" for i in range(num_classes)]

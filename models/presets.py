@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from evad.errors import ConfigError
+from evad.models.labels import SYNTHETIC_ACTIONS
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
@@ -53,6 +54,7 @@ class Preset:
     decoder_heads: int = 6
     action_hidden: int = 2048
     num_classes: int = 80
+    labels: tuple[str, ...] = ()  # class names when not AVA's (see evad.models.labels)
     box_extend: tuple[float, float] = (0.4, 0.2)  # (x, y) fraction of the box size
     # Inference constants and pre-processing.
     person_threshold: float = 0.7
@@ -120,7 +122,8 @@ class Preset:
     def from_dict(cls, d: dict) -> Preset:
         d = dict(d)
         d["keep_rates"] = {int(k): float(v) for k, v in d.get("keep_rates", {}).items()}
-        for key in ("pretrain_grid", "fpn_taps", "box_weights", "box_extend", "mean", "std"):
+        for key in ("pretrain_grid", "fpn_taps", "box_weights", "box_extend", "mean", "std",
+                    "labels"):
             if key in d:
                 d[key] = tuple(d[key])
         p = cls(**d)
@@ -156,7 +159,7 @@ PRESETS: dict[str, Preset] = {
         name="demo", embed_dim=96, depth=8, num_heads=3, keep_rates={2: 0.7, 4: 0.7, 6: 0.7},
         fpn_taps=(1, 3, 5, 7), fpn_dim=64, num_proposals=16, loc_stages=2, loc_heads=4,
         dynamic_dim=16, loc_ffn_dim=256, decoder_dim=96, decoder_depth=2, decoder_heads=3,
-        action_hidden=256, num_classes=8, short_side=128,
+        action_hidden=256, num_classes=8, labels=SYNTHETIC_ACTIONS, short_side=128,
     ),
 }
 
