@@ -275,6 +275,8 @@ def create_backend(kind: str, engine: Path | None = None, onnx: Path | None = No
                 raise BackendError("no CUDA GPU visible")
             return TrtBackend(eng), notes
         except EvadError as e:
+            if engine is not None:  # asked for by name: a mismatched engine is refused
+                raise
             notes.append(f"skipped trt ({e})")
     elif onnx is not None or ckpt is not None:
         notes.append("skipped trt (no engine given)")

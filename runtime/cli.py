@@ -167,6 +167,9 @@ def _run(args: argparse.Namespace, state: dict) -> int:
     batch = args.batch_size or (8 if backend.on_gpu else 1)
     person_thr = spec.person_threshold if args.person_threshold is None else args.person_threshold
     video_id = args.video_id or info.video_id
+    if any(c in video_id for c in ',\n\r"'):
+        raise ConfigError(f"video id {video_id!r} has a comma, quote or newline, which the AVA "
+                          "CSV cannot hold: pass --video-id NAME")
     out_dir = args.out if args.out is not None else Path("runs") / video_id
     stat = info.path.stat()
     settings = {
