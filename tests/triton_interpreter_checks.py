@@ -1,0 +1,112 @@
+"""The Python plugins' Triton kernels (plugins/triton_kernels.py) without a GPU: run on the CPU
+under TRITON_INTERPRET=1 (fp32, fp16) against the torch reference, and compiled to cubin for
+sm_80 and sm_90 (shared/docs/environment-facts.md). Interpreter runs are ~240x slower than
+torch: sizes stay small.
+
+Not collected directly (the name has no test_ prefix): tests/test_plugins_triton.py runs this
+file in a fresh interpreter, because Triton's interpreter mode is fixed per process when the
+kernels are decorated, and earlier tests in the same process can leave Triton in compiled mode.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Triton picks interpreter or compiler when a kernel is decorated: conftest.py sets
+# TRITON_INTERPRET=1 on machines without a GPU before any test module is imported.
+if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # in CI it must run
+    pytest.importorskip("triton", reason="Triton not installed (pip install triton)")
+
+import torch  # noqa: E402
+
+from evad.models.keyframe_topk_prune import importance, keyframe_topk_prune  # noqa: E402
+from evad.models.roi_align_3d import roi_align_3d  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("the interpreter checks run where TRITON_INTERPRET=1 (conftest.py sets it on "
+                "machines without a GPU; on a GPU the compiled kernels are tested instead)",
+                allow_module_level=True)
+
+from evad.plugins import triton_kernels as tk  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("b", "h", "n", "s", "d", "wkf"), [(1, 2, 70, 14, 24, 2.0),
+                                                             (2, 1, 33, 1, 16, 1.0)])
+def test_importance(dtype, b, h, n, s, d, wkf) -> None:
+    g = torch.Generator().manual_seed(n)
+    q = (torch.randn(b, h, n, d, generator=g) * 2 * d**-0.5).to(dtype)
+    k = torch.randn(b, h, n, d, generator=g).to(dtype)
+    ref = importance(q, k, s, wkf)  # fp32 whatever the input type
+    got = tk.importance_triton(q, k, s, wkf)
+    assert got.dtype == torch.float32
+    assert ((got - ref).abs() / ref).max().item() <= 2e-5
+
+
+def test_prune_identical_on_ranked_inputs() -> None:
+    g = torch.Generator().manual_seed(3)
+    b, h, n, s, d = 2, 2, 60, 12, 16
+    q = 0.1 * torch.randn(b, h, n, d, generator=g)
+    q[..., 0] = 1.0
+    k = torch.randn(b, h, n, d, generator=g)
+    ranks = torch.stack([torch.randperm(n - s, generator=g) for _ in range(b)])
+    k[:, :, s:, :] = 0.0
+    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / (n - s))
+    x = torch.randn(b, n - s, 8, generator=g)
+    idx = torch.stack([torch.randperm(n - s, generator=g) for _ in range(b)])
+    ref_x, ref_i = keyframe_topk_prune(q, k, x, idx, 7, 10, 1.0)
+    got_x, got_i = tk.keyframe_topk_prune_triton(q, k, x, idx, 7, 10, 1.0)
+    assert torch.equal(got_i, ref_i) and torch.equal(got_x, ref_x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align(dtype, aligned: bool) -> None:
+    g = torch.Generator().manual_seed(4)
+    f = torch.randn(2, 3, 2, 9, 13, generator=g).to(dtype)
+    rois = torch.tensor([[0, 10.0, 20, 100, 120], [1, -50, -30, 300, 200],
+                         [0, -400, -300, -200, -100], [1, 5, 5, 5, 5], [1, 0, 0, 208, 144]])
+    ref = roi_align_3d(f.float(), rois, 7, 7, 1 / 16, 2, aligned)
+    got = tk.roi_align_3d_triton(f, rois.to(dtype), 7, 7, 1 / 16, 2, aligned)
+    assert got.dtype == dtype
+    assert (got.float() - ref).abs().max().item() <= (1e-5 if dtype == torch.float32 else 4e-3)
+
+
+_COMPILE = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from evad.plugins import triton_kernels as tk
+    i32, f32 = "i32", "fp32"
+    kernels = [
+        (tk._row_lse_kernel, dict(q_ptr="*fp16", k_ptr="*fp16", lse_ptr="*fp32", n=i32, d=i32),
+         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)),
+        (tk._column_sum_kernel, dict(q_ptr="*fp32", k_ptr="*fp32", lse_ptr="*fp32",
+                                     out_ptr="*fp32", n=i32, s=i32, d=i32, keyframe_weight=f32),
+         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)),
+        (tk._roi_align_kernel, dict(f_ptr="*fp16", roi_ptr="*fp16", out_ptr="*fp16", total=i32,
+                                    c=i32, t=i32, h=i32, w=i32, spatial_scale=f32, offset=f32,
+                                    clamp_size=f32), dict(OUT_H=7, OUT_W=7, SR=2, BLOCK=128)),
+    ]
+    for cc in (80, 90):
+        for fn, sig, const in kernels:
+            sig = {**sig, **{k: "constexpr" for k in const}}
+            compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                      target=GPUTarget("cuda", cc, 32))
+            assert len(compiled.asm["cubin"]) > 1000
+            print("CUBIN", cc, fn.__name__)
+""")
+
+
+def test_kernels_compile_to_cubin_for_sm80_sm90() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("CUBIN") == 6
