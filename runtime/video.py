@@ -226,6 +226,12 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
         while True:
             ok, frame = cap.read()
             if not ok or frame is None:
+                # Containers announce frame counts only roughly; a large shortfall means the
+                # stream broke off (a truncated or damaged file): say so, keep what was decoded.
+                if info.frame_count > 0 and i < 0.95 * info.frame_count:
+                    print(f"warning: decoding of {info.path} stopped at frame {i} of the "
+                          f"{info.frame_count} it announces ({i / max(info.fps, 1e-9):.1f} s); "
+                          "the file may be truncated or damaged", file=sys.stderr)
                 return
             # microsecond rounding drops float noise such as 0.30000000000000006
             t = round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, 6)

@@ -257,3 +257,25 @@ def test_bad_videos_raise_one_line(tmp_path):
         with pytest.raises(VideoError, match=msg) as e:
             open_video(tmp_path / name)
         assert "\n" not in str(e.value)
+
+
+def test_truncated_stream_warns(tmp_path, capsys) -> None:
+    """A file that decodes only partly (cut at 60% of its bytes) keeps the decoded frames and
+    says that decoding stopped early."""
+    from evad.runtime.video import iter_frames, open_video
+
+    path = tmp_path / "t.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(50):
+        writer.write(np.full((48, 64, 3), i * 5, np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    info = open_video(cut)
+    n = sum(1 for _ in iter_frames(info))
+    err = capsys.readouterr().err
+    assert 0 < n < 0.95 * info.frame_count
+    assert f"stopped at frame {n} of the {info.frame_count}" in err
+    assert sum(1 for _ in iter_frames(open_video(path))) == 50  # the whole file: no warning
+    assert "warning" not in capsys.readouterr().err
