@@ -102,6 +102,18 @@ def make_classes(trt: ModuleType) -> dict[str, Any]:
                 trt.IPluginV3OneRuntime):
         op_name = ""
         outputs = 1
+        int64_positions: tuple[int, ...] = ()  # index tensors among inputs + outputs
+
+        def supports_format_combination(self, pos, in_out, num_inputs) -> bool:
+            """Linear layout; input 0 any float type, index tensors int64, the rest as input 0."""
+            desc = in_out[pos].desc
+            if desc.format != trt.TensorFormat.LINEAR:
+                return False
+            if pos == 0:
+                return desc.type in float_types
+            if pos in self.int64_positions:
+                return desc.type == trt.DataType.INT64
+            return desc.type == in_out[0].desc.type
 
         def __init__(self, attrs: dict[str, float | int]) -> None:
             trt.IPluginV3.__init__(self)
@@ -168,14 +180,6 @@ def make_classes(trt: ModuleType) -> dict[str, Any]:
             out[4] = expr_builder.constant(self.attrs["output_width"])
             return [out]
 
-        def supports_format_combination(self, pos, in_out, num_inputs) -> bool:
-            desc = in_out[pos].desc
-            if desc.format != trt.TensorFormat.LINEAR:
-                return False
-            if pos == 0:
-                return desc.type in float_types
-            return desc.type == in_out[0].desc.type
-
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
             roi_align_3d, _ = _ops()
             a = self.attrs
@@ -207,15 +211,7 @@ def make_classes(trt: ModuleType) -> dict[str, Any]:
             io[0], io[1] = idx[0], kk
             return [xo, io]
 
-        def supports_format_combination(self, pos, in_out, num_inputs) -> bool:
-            desc = in_out[pos].desc
-            if desc.format != trt.TensorFormat.LINEAR:
-                return False
-            if pos == 0:
-                return desc.type in float_types
-            if pos in (3, 5):
-                return desc.type == trt.DataType.INT64
-            return desc.type == in_out[0].desc.type
+        int64_positions = (3, 5)  # idx and idx_kept
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
             _, keyframe_topk_prune = _ops()
