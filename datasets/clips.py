@@ -1,5 +1,6 @@
-"""Training clips from a folder of videos and an AVA CSV: 16 frames every 4th frame around each
-annotated keyframe, pre-processed exactly as at inference (shared/docs/evad-architecture.md,
+"""Training clips from a folder of videos and an AVA CSV: the preset's ``num_frames`` frames
+``frame_stride`` apart around each annotated keyframe (16 x 4 for the released presets),
+pre-processed exactly as at inference (shared/docs/evad-architecture.md,
 "Pre-processing")."""
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from evad.datasets import GENERATOR_VERSION
 from evad.models.labels import SYNTHETIC_ACTIONS
 
 __all__ = [
     "ACTIONS",
+    "GENERATOR_VERSION",
     "Actor",
     "Scene",
     "generate_dataset",
@@ -121,7 +123,7 @@ def make_scene(seed: int, width: int = 640, height: int = 360, fps: float = 15.0
     bg = _texture(rng, height, width + int(abs(pan) * duration) + 2)
     actors = []
     for _ in range(int(rng.integers(1, 5))):
-        h = float(rng.uniform(0.3, 0.6) * height)
+        h = float(rng.uniform(0.4, 0.7) * height)
         segs, t = [], 0.0
         while t < duration:
             move = str(rng.choice(_MOVES))
@@ -138,6 +140,7 @@ def make_scene(seed: int, width: int = 640, height: int = 360, fps: float = 15.0
 
 
 _SPEED = {"walk": 0.45, "run": 1.3}  # body heights per second
+BOX_MARGIN = 0.08  # person-box margin on every side, in figure heights
 
 
 def _position(a: Actor, t: float, width: int) -> tuple[float, float, float]:
@@ -224,7 +227,7 @@ def _draw_actor(frame: np.ndarray, a: Actor, t: float, width: int) -> tuple[floa
     j = _skeleton(seg.move, seg.hand, t, h)
     flip = -a.direction if seg.move in ("walk", "run") else 1
     pts = {k: (x + flip * dx, y + dy) for k, (dx, dy) in j.items()}
-    thick = max(3, int(0.08 * h))
+    thick = max(3, int(0.11 * h))
     col = a.color
     dark = tuple(int(c * 0.6) for c in col)
 
@@ -241,12 +244,15 @@ def _draw_actor(frame: np.ndarray, a: Actor, t: float, width: int) -> tuple[floa
     cv2.circle(frame, (int(pts["head"][0]), int(pts["head"][1])), r, col, -1, cv2.LINE_AA)
     if seg.hand == "carry":
         cx, cy = pts["hr"]
-        s = int(0.12 * h)
+        s = int(0.22 * h)  # a parcel a third of the body high: visible at the demo's 128 px
         cv2.rectangle(frame, (int(cx), int(cy - s)), (int(cx + flip * 1.4 * s), int(cy + s // 2)),
                       (200 - col[0] // 2, 120, 60 + col[2] // 3), -1)
     xs = [p[0] for p in pts.values()]
     ys = [p[1] for p in pts.values()] + [pts["head"][1] - r]
-    pad = thick / 2
+    # The box is the figure's extent plus a margin of BOX_MARGIN heights, loose like AVA's
+    # annotated boxes: a tight box round a side-on stick figure is a few pixels wide, which
+    # would make IoU 0.5 a test of sub-pixel precision rather than of finding the person.
+    pad = thick / 2 + BOX_MARGIN * h
     return (min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from evad.datasets.clips import ClipDataset
+from evad.evaluation.ava_eval import by_score
 from evad.models.presets import Preset
 
 __all__ = ["Backend", "detect", "onnx_backend", "torch_backend", "write_rows"]
@@ -46,7 +47,8 @@ def detect(backend: Backend, data: ClipDataset, preset: Preset, batch: int = 4,
 
     As the released evaluation: proposals with person score >= the threshold (the preset's,
     0.7) are detections, all of them if none passes; each contributes one row per class with the
-    action probability as the score. Boxes are normalised by the unpadded image size.
+    action probability as the score. Boxes are normalised by the unpadded image size; each
+    keyframe's rows are listed by descending score (``by_score``).
     """
     from tqdm import tqdm
 
@@ -64,11 +66,13 @@ def detect(backend: Backend, data: ClipDataset, preset: Preset, batch: int = 4,
             keep = out["person_scores"][j] >= thr
             if not keep.any() and keep_all_if_none:
                 keep[:] = True
+            kf_rows = []
             for box, probs in zip(out["boxes"][j][keep], out["action_probs"][j][keep],
                                   strict=True):
                 norm = (box / np.array([w, h, w, h], dtype=np.float64)).clip(0, 1)
-                rows.extend((kf.video, kf.timestamp, tuple(float(v) for v in norm), c + 1,
-                             float(p)) for c, p in enumerate(probs))
+                kf_rows.extend((kf.video, kf.timestamp, tuple(float(v) for v in norm), c + 1,
+                                float(p)) for c, p in enumerate(probs))
+            rows.extend(by_score(kf_rows, lambda r: r[4]))
     return rows
 
 

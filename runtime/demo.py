@@ -19,8 +19,10 @@ def cache_dir() -> Path:
 
 def default_video() -> Path:
     """The demo video: 20 s, 640x360, 15 fps, four actors (a scene the demo model never saw),
-    with its AVA ground truth beside it (``demo.csv``)."""
-    path = cache_dir() / "demo.mp4"
+    with its AVA ground truth beside it (``demo.csv``), in a folder per generator version."""
+    from evad.datasets import GENERATOR_VERSION
+
+    path = cache_dir() / f"video_v{GENERATOR_VERSION}" / "demo.mp4"
     if not path.is_file():
         from evad.datasets.synthetic import make_demo_video
 

@@ -10,7 +10,9 @@ the summary.
 
 CSV rows (no header, AVA's result format): ``video_id, timestamp, x1, y1, x2, y2, action_id,
 score`` with the box normalised by the frame size, one row per person and action whose
-probability is >= ``csv_min_score`` (default 0: every class, as the AVA evaluation expects).
+probability is >= ``csv_min_score`` (default 0: every class, as the AVA evaluation expects),
+each keyframe's rows by descending score (``evad.evaluation.ava_eval.by_score``: the AVA code
+matches in file order).
 JSONL: one object per keyframe, ``{"keyframe", "time", "frame", "frame_time", "people":
 [{"box" (source pixels), "box_norm", "person_score", "actions": [{"id", "name", "score"}]}]}``.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evad.errors import EvadError
+from evad.evaluation.ava_eval import by_score
 from evad.runtime.postprocess import Person
 from evad.runtime.sampling import Keyframe
 
@@ -159,12 +162,14 @@ class DetectionWriter:
         json_lines = []
         for kf, people in items:
             ts = format_time(kf.time_s)
+            rows = []
             for p in people:
                 x1, y1, x2, y2 = (f"{v:.4f}" for v in p.box_norm)
                 for c, s in enumerate(p.action_probs):
                     if s >= self.csv_min_score:
-                        csv_lines.append(f"{self.video_id},{ts},{x1},{y1},{x2},{y2},{c + 1},"
-                                         f"{s:.6f}\n")
+                        rows.append((s, f"{self.video_id},{ts},{x1},{y1},{x2},{y2},{c + 1},"
+                                        f"{s:.6f}\n"))
+            csv_lines += [line for _, line in by_score(rows, lambda r: r[0])]
             rec = {"keyframe": kf.index, "time": kf.time_s, "frame": kf.frame,
                    "frame_time": round(kf.frame_time_s, 6),
                    "people": [{"box": [round(float(v), 1) for v in p.box],

@@ -52,7 +52,17 @@ def test_clip_dataset_preprocessing(tmp_path) -> None:
     ds = ClipDataset(root, p)
     assert resized_size(360, 640, 128, 1333) == (128, 228)
     clip, size, boxes, actions = ds.__getitem__(0, flip=False)
-    assert clip.shape == (3, 16, 128, 256) and size.tolist() == [128, 228]
+    t = p.num_frames
+    assert clip.shape == (3, t, 128, 256) and size.tolist() == [128, 228]
+    # frame j is the decoded frame keyframe + frame_stride * (j - T // 2), normalised
+    kf = ds.keyframes[0]
+    frames = ds.frames[kf.video]
+    centre = round(kf.timestamp * ds.fps[kf.video])
+    for j in (0, t // 2, t - 1):
+        want = (frames[centre + p.frame_stride * (j - t // 2)].astype(np.float32)
+                - np.float32(p.mean) * 255) / (np.float32(p.std) * 255)
+        np.testing.assert_allclose(clip[:, j, :, :228].permute(1, 2, 0).numpy(), want,
+                                   rtol=0, atol=1e-5)
     assert float(clip[:, :, :, 228:].abs().max()) == 0.0  # zero padding after normalisation
     assert actions.shape == (len(boxes), 8) and bool((actions.sum(1) >= 1).all())
     assert float(boxes[:, 2].max()) <= 228 and float(boxes[:, 0].min()) >= 0
@@ -60,4 +70,4 @@ def test_clip_dataset_preprocessing(tmp_path) -> None:
     torch.testing.assert_close(flipped[:, :, :, :228], clip[:, :, :, :228].flip(-1))
     torch.testing.assert_close(fboxes[:, 0], 228 - boxes[:, 2])
     batch = collate([ds[0], ds[1]])
-    assert batch[0].shape == (2, 3, 16, 128, 256) and len(batch[2]) == 2
+    assert batch[0].shape == (2, 3, t, 128, 256) and len(batch[2]) == 2

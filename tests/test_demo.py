@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from evad.datasets import GENERATOR_VERSION
 from evad.datasets.clips import ClipDataset
 from evad.datasets.synthetic import generate_dataset
 from evad.evaluation.ava_eval import evaluate, read_rows
@@ -45,6 +46,9 @@ def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
     m_torch = evaluate(gt, detect(torch_backend(model), clips, preset), classes)["mAP"]
     m_ort = evaluate(gt, detect(onnx_backend(onnx_path), clips, preset), classes)["mAP"]
     assert abs(m_torch - m_ort) <= 0.005, (m_torch, m_ort)
+    # the shipped weights detect: 0.637 on these 3 scenes when the model was shipped (0.585 on
+    # the 40 held-out videos); random weights score below 0.05
+    assert m_torch >= 0.45, m_torch
 
 
 def test_trt_run_with_no_arguments(tmp_path, monkeypatch) -> None:
@@ -60,4 +64,4 @@ def test_trt_run_with_no_arguments(tmp_path, monkeypatch) -> None:
     rows = list(csv.reader(open(out / "detections.csv")))
     assert rows and all(r[0] == "demo" and 0 <= float(r[2]) <= float(r[4]) <= 1 for r in rows)
     assert (out / "annotated.mp4").stat().st_size > 10_000
-    assert (tmp_path / "cache" / "demo.mp4").is_file()
+    assert (tmp_path / "cache" / f"video_v{GENERATOR_VERSION}" / "demo.mp4").is_file()

@@ -8,8 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from evad.evaluation.ava_eval import average_precision, evaluate
+from evad.datasets.clips import ClipDataset
+from evad.datasets.synthetic import generate_dataset
+from evad.evaluation.ava_eval import average_precision, by_score, evaluate
 from evad.evaluation.cli import main
+from evad.evaluation.detect import detect
+from evad.models import get_preset
 
 BOX = (0.0, 0.0, 0.5, 0.5)
 FAR = (0.6, 0.6, 0.9, 0.9)
@@ -62,6 +66,37 @@ def test_duplicates_and_input_order() -> None:
     assert evaluate(g, d)["per_class"][1]["ap"] == pytest.approx(0.5)
     d = [det("v", 1, BOX, 1, 0.9), det("v", 1, BOX, 1, 0.3)]
     assert evaluate(g, d)["per_class"][1]["ap"] == pytest.approx(1.0)
+
+
+def test_writers_list_each_keyframe_by_score(tmp_path) -> None:
+    """detect() lists a keyframe's rows by descending score, so a duplicate proposal that the
+    model returns first cannot take the match from the better one (see test above)."""
+    assert by_score([("a", 0.2), ("b", 0.9), ("c", 0.2), ("d", 0.5)], lambda r: r[1]) == [
+        ("b", 0.9), ("d", 0.5), ("a", 0.2), ("c", 0.2)]  # ties keep their order
+    preset = get_preset("demo")
+    data = generate_dataset(tmp_path / "d", 1, seed=3, duration=2.0, progress=False)
+    clips = ClipDataset(data, preset)
+    truth = clips[0][2].numpy()[:1]  # the first person's box, resized pixels
+
+    def backend(clip, size):  # proposal 0: the person with a low action score; 1: same box
+        b = len(clip)
+        boxes = np.repeat(np.concatenate([truth, truth, [[0, 0, 4, 4]]])[None], b, 0)
+        probs = np.zeros((b, 3, 8), np.float32)
+        probs[:, :, 0] = [0.3, 0.9, 0.6]
+        return {"boxes": boxes, "person_scores": np.full((b, 3), 0.9, np.float32),
+                "action_probs": probs}
+
+    rows = detect(backend, clips, preset)
+    scores = [r[4] for r in rows]
+    assert scores[:3] == pytest.approx([0.9, 0.6, 0.3]) and scores[3:] == [0.0] * 21
+    walk = [r for r in rows if r[3] == 1]
+    # one person: the truth box as detect() wrote it
+    one_person = [gt(clips.keyframes[0].video, 1.0, walk[0][2], 1)]
+    assert evaluate(one_person, walk)["per_class"][1]["ap"] == pytest.approx(1.0)
+    # as the model returned them (0.3 first) the match would go to the duplicate
+    as_returned = sorted(walk, key=lambda r: r[4] > 0.35)  # 0.3, 0.9, 0.6, ...
+    # 0.9 FP, 0.6 FP, 0.3 TP: precision 1/3 at recall 1
+    assert evaluate(one_person, as_returned)["per_class"][1]["ap"] == pytest.approx(1 / 3)
 
 
 def test_iou_exactly_at_threshold_is_a_match() -> None:

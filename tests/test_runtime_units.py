@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -168,6 +171,14 @@ def test_writer_resume_drops_a_cut_line_and_its_csv_rows(tmp_path):
     rows = (tmp_path / "detections.csv.partial").read_text().splitlines()
     assert rows == ["v,0,0.0000,0.0000,0.5000,0.5000,1,0.600000",
                     "v,0,0.0000,0.0000,0.5000,0.5000,2,0.100000"]
+    # a keyframe's rows are listed by descending score across people and classes
+    two = keyframe_people(np.array([[0, 0, 4, 4], [4, 4, 8, 8]], np.float32),
+                          np.array([0.9, 0.8], np.float32),
+                          np.array([[0.2, 0.1], [0.7, 0.3]], np.float32), (1, 1), (8, 8), 0.5)
+    w2.write_batch([(Keyframe(1, 1.0, 10, 1.0), two)])
+    rows = (tmp_path / "detections.csv.partial").read_text().splitlines()[2:]
+    assert [r.split(",")[-2:] for r in rows] == [["1", "0.700000"], ["2", "0.300000"],
+                                                 ["1", "0.200000"], ["2", "0.100000"]]
     w2.close()
     with pytest.raises(EvadError, match="keyframe_stride"):
         DetectionWriter(tmp_path, "v", ["a"], {**settings, "keyframe_stride": 2.0},
@@ -279,3 +290,22 @@ def test_truncated_stream_warns(tmp_path, capsys) -> None:
     assert f"stopped at frame {n} of the {info.frame_count}" in err
     assert sum(1 for _ in iter_frames(open_video(path))) == 50  # the whole file: no warning
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_ort_path_imports_no_torch(tmp_path) -> None:
+    """The runtime's modules and the demo video lookup work where torch cannot be imported
+    (a CPU/ORT deployment needs no torch; shared/docs/design.md)."""
+    from evad.datasets import GENERATOR_VERSION
+
+    cached = tmp_path / f"video_v{GENERATOR_VERSION}" / "demo.mp4"
+    cached.parent.mkdir()
+    cached.write_bytes(b"")  # present: no generation needed
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import evad.runtime.backends, evad.runtime.cli, evad.runtime.outputs\n"
+            "import evad.runtime.pipeline, evad.runtime.render\n"
+            "from evad.runtime.demo import default_video\n"
+            "print(default_video())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "EVAD_CACHE": str(tmp_path)}, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(cached)
