@@ -122,6 +122,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     Every record's ``step`` is the 0-based index of the step it follows."""
     if cfg.val_every < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
         raise EvadError("val_every, checkpoint_every and log_every must be >= 1 steps")
+    if cfg.proposal_init not in ("grid", "image"):
+        raise EvadError(f"proposal_init must be 'grid' or 'image', not {cfg.proposal_init!r}")
     from tqdm import tqdm
 
     if cfg.threads:
@@ -141,8 +143,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     model = build_model(preset).train()
     if cfg.proposal_init == "grid":
         grid_proposals(model)
-    elif cfg.proposal_init != "image":
-        raise EvadError(f"proposal_init must be 'grid' or 'image', not {cfg.proposal_init!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     last = out / "last.pth"
