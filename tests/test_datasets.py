@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from evad.datasets.ava import read_ava_csv, read_label_map
-from evad.datasets.clips import ClipDataset, collate, resized_size
+from evad.datasets.clips import ClipDataset, collate, decode_video, resized_size
 from evad.datasets.synthetic import ACTIONS, generate_dataset, make_scene, render_frame
 from evad.models import get_preset
 
@@ -56,8 +56,10 @@ def test_clip_dataset_preprocessing(tmp_path) -> None:
     assert clip.shape == (3, t, 128, 256) and size.tolist() == [128, 228]
     # frame j is the decoded frame keyframe + frame_stride * (j - T // 2), normalised
     kf = ds.keyframes[0]
-    frames = ds.frames[kf.video]
-    centre = round(kf.timestamp * ds.fps[kf.video])
+    frames, fps = decode_video(root / "videos" / f"{kf.video}.mp4", (128, 228))
+    centre = round(kf.timestamp * fps)
+    # only frames some clip samples are held: 3 keyframes x 8 frames of the 60
+    assert len(frames) == 60 and len(ds.frames[kf.video]) == 3 * t
     for j in (0, t // 2, t - 1):
         want = (frames[centre + p.frame_stride * (j - t // 2)].astype(np.float32)
                 - np.float32(p.mean) * 255) / (np.float32(p.std) * 255)

@@ -46,9 +46,9 @@ def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
     m_torch = evaluate(gt, detect(torch_backend(model), clips, preset), classes)["mAP"]
     m_ort = evaluate(gt, detect(onnx_backend(onnx_path), clips, preset), classes)["mAP"]
     assert abs(m_torch - m_ort) <= 0.005, (m_torch, m_ort)
-    # the shipped weights detect: 0.637 on these 3 scenes when the model was shipped (0.585 on
+    # the shipped weights detect: 0.646 on these 3 scenes when the model was shipped (0.647 on
     # the 40 held-out videos); random weights score below 0.05
-    assert m_torch >= 0.45, m_torch
+    assert m_torch >= 0.55, m_torch
 
 
 def test_trt_run_with_no_arguments(tmp_path, monkeypatch) -> None:
