@@ -3,13 +3,17 @@
 #   1. installs what the plugin tests need into the active Python environment:
 #      the runtime-only TensorRT (plugin registry), TensorRT-RTX (CPU ONNX parse/build check),
 #      onnxconverter-common (fp16 ONNX for strongly typed TensorRT 11), Triton (the Python
-#      plugins' kernels, run here under TRITON_INTERPRET=1 and compiled to cubin), cmake if
-#      missing;
+#      plugins' kernels, required by them: run here under TRITON_INTERPRET=1 and compiled to
+#      cubin), cmake if missing;
 #   2. when evad is installed: builds libevad_kernels.so, libevad_plugins.so and the CPU check
-#      library with CMake + nvcc for sm_80 and sm_90 (TensorRT headers: kernel-lens==2.0.1 from
-#      PyPI, cached under plugins/build/, which git ignores); otherwise the tests' session
-#      fixture builds them;
-#   3. with --test: runs the plugin, kernel and engine tests (the GPU ones skip with a reason).
+#      library with CMake + nvcc for sm_80 and sm_90 from plugins/CMakeLists.txt, which links
+#      the object libraries of plugins/common/ and of each op folder (plugins/roi_align_3d/,
+#      plugins/keyframe_topk_prune/; TensorRT headers: kernel-lens==2.0.1 from PyPI, cached
+#      under plugins/build/, which git ignores); otherwise the tests' session fixture builds
+#      them;
+#   3. with --test: runs the op contract, plugin, kernel and engine tests (the GPU ones skip
+#      with a reason); tests/test_op_contracts.py fails when plugins/common/evadOpContract.h
+#      drifts from evad/op_contracts.py (regenerate: python -m evad.op_contracts --header).
 # Run from .ci/run inside its venv, before the README's test command (or after the install).
 # Needs nvcc (CUDA 12.x/13.x) on PATH or in /usr/local/cuda/bin; without it this fails rather
 # than letting the tests skip.
@@ -34,7 +38,7 @@ if python -c "import evad.plugins.build" 2>/dev/null; then
 fi
 echo "plugins.sh: done in $(( $(date +%s) - t0 )) s"
 if [ "${1:-}" = "--test" ]; then
-    pytest -q tests/test_kernels_cpu.py tests/test_plugins.py tests/test_plugins_triton.py \
-        tests/test_engines.py \
+    pytest -q tests/test_op_contracts.py tests/test_kernels_cpu.py tests/test_plugins.py \
+        tests/test_plugins_triton.py tests/test_engines.py \
         tests/test_kernels_gpu.py tests/test_engines_gpu.py
 fi

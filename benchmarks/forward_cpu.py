@@ -15,9 +15,13 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
-from evad.models import PRESETS, build_model, flops
+from evad.models import PRESETS, build_model
+from evad.models.flops import flops
+from evad.models.runner import TorchRunner
+from evad.runner import kept_blocks, kept_idx_name
 
 
 def cpu_name() -> str:
@@ -43,19 +47,20 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(args.preset).eval()
-    clip = torch.randn(args.batch, 3, 16, args.height, args.width)
+    runner = TorchRunner(build_model(args.preset), args.preset, "cpu")
+    frames = runner.model.preset.num_frames
+    clip = torch.randn(args.batch, 3, frames, args.height, args.width).numpy()
+    size = np.tile(np.array([[args.height, args.width]], np.int64), (args.batch, 1))
     times = []
-    with torch.inference_mode():
+    t0 = time.perf_counter()
+    out = runner(clip, size)
+    warm = time.perf_counter() - t0
+    for _ in range(args.runs):
         t0 = time.perf_counter()
-        out = model(clip)
-        warm = time.perf_counter() - t0
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            model(clip)
-            times.append(time.perf_counter() - t0)
+        runner(clip, size)
+        times.append(time.perf_counter() - t0)
     s = (args.height // 16) * (args.width // 16)
-    tokens = [8 * s] + [k.shape[1] + s for k in out.kept_indices]
+    tokens = [frames // 2 * s] + [out[kept_idx_name(b)].shape[1] + s for b in kept_blocks(out)]
     gflops = flops(args.preset, args.height, args.width)["total"]
     result = {
         "preset": args.preset, "height": args.height, "width": args.width, "batch": args.batch,
@@ -66,7 +71,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
     }
-    print(f"{args.preset} {args.batch}x3x16x{args.height}x{args.width}: tokens "
+    print(f"{args.preset} {args.batch}x3x{frames}x{args.height}x{args.width}: tokens "
           f"{' -> '.join(map(str, tokens))}, {gflops:.1f} GFLOPs/clip, {result['threads']} threads")
     print(f"warm-up {warm:.2f} s; runs {', '.join(f'{t:.2f}' for t in times)} s; "
           f"median {result['median_s']:.2f} s")

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from forward_cpu import cpu_name
 
-from evad.export import preset_of, read_metadata
-from evad.export.cli import seeded_inputs
-from evad.export.ort_session import OnnxRuntimeModel
+from evad.export import preset_of, seeded_inputs
+from evad.metadata import read_metadata
 from evad.models import build_model, load_checkpoint
+from evad.models.runner import TorchRunner
+from evad.runtime.backends import open_runner
 
 
 def main() -> None:
@@ -43,15 +44,14 @@ def main() -> None:
         torch.manual_seed(meta["random_seed"])
         model = build_model(preset).eval().calm()
     t0 = time.perf_counter()
-    ort_model = OnnxRuntimeModel(args.onnx, providers=["CPUExecutionProvider"])
+    ort_model, _ = open_runner("ort", onnx=args.onnx)
+    torch_model = TorchRunner(model, "reference", "cpu")
     session_s = time.perf_counter() - t0
     h, w = meta["input_size"]
     (clip,), (size,) = seeded_inputs(1, args.batch, preset.num_frames, h, w)
-    clip_t, size_t = torch.from_numpy(clip), torch.from_numpy(size)
 
     def run_torch() -> None:
-        with torch.inference_mode():
-            model(clip_t, size_t)
+        torch_model(clip, size)
 
     def run_ort() -> None:
         ort_model(clip, size)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from forward_cpu import cpu_name
 
-from evad.runtime.backends import OrtBackend
+from evad.runtime.backends import open_runner
 from evad.runtime.outputs import DetectionWriter
 from evad.runtime.pipeline import ClipProducer, detect
 from evad.runtime.preprocess import Preprocessor
@@ -49,14 +49,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="evad-overlap-"))
     video = args.video or make_video(tmp / "sample.mp4", 20.0, 640, 360, 25.0)
     info = open_video(video)
-    backend = OrtBackend(args.onnx, threads=args.threads)
+    backend, _ = open_runner("ort", onnx=args.onnx, threads=args.threads, shrink_arena=True)
     spec = backend.spec
     pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
                               spec.mean, spec.std, spec.input_size, spec.name)
     # warm-up: ORT's first run allocates its arena
     clip = np.zeros((args.batch, 3, spec.num_frames, *pre.padded), np.float32)
     size = np.tile(np.array([pre.resized], np.int64), (args.batch, 1))
-    backend.run(clip, size)
+    backend(clip, size)
 
     rounds = []
     for r in range(args.repeat):
@@ -83,7 +83,7 @@ def main() -> None:
         runs = -(-n // args.batch)
         t0 = time.perf_counter()
         for _ in range(runs):
-            backend.run(batch, size)
+            backend(batch, size)
         infer = time.perf_counter() - t0
         rounds.append({"total_s": round(total, 2), "decode_only_s": round(decode, 2),
                        "inference_only_s": round(infer, 2),

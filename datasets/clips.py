@@ -1,21 +1,22 @@
 """Training clips from a folder of videos and an AVA CSV: the preset's ``num_frames`` frames
 ``frame_stride`` apart around each annotated keyframe (16 x 4 for the released presets),
-pre-processed exactly as at inference (shared/docs/evad-architecture.md,
-"Pre-processing")."""
+pre-processed exactly as at inference (docs/model.md, "Pre-processing")."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from evad.datasets.ava import Keyframe, read_ava_csv
 from evad.errors import EvadError
+from evad.lazy import lazy_import
 from evad.models.presets import Preset
 from evad.resize import resized_size
+
+cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = ["ClipDataset", "collate", "decode_video", "resized_size"]
 

@@ -16,11 +16,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from evad.datasets import GENERATOR_VERSION
+from evad.lazy import lazy_import
 from evad.models.labels import SYNTHETIC_ACTIONS
+
+cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = [
     "ACTIONS",

@@ -1,16 +1,23 @@
-"""evad.engines: ONNX -> TensorRT engine (profiles, precision, timing cache, metadata sidecar)
-and the TensorRT runtime model. TensorRT and torch are imported on first use, so this package
-imports on machines without them."""
+"""evad.engines: ONNX -> TensorRT engine, and the TensorRT runner.
 
-from evad.engines.builder import (
-    EngineMismatchError,
-    build,
-    check_engine_metadata,
-    engine_metadata,
-    missing_for_engine_build,
-    read_engine_metadata,
-    strip_evad_functions,
-)
+One job per module: ``onnx_prep`` (the ONNX as the parser should see it), ``environment``
+(what a build lacks; the GPU/TensorRT setup), ``builder`` (parse -> configure -> build -> write),
+``metadata`` (the ``.engine.json`` sidecar), ``trt_runner`` (:class:`TrtRunner`), ``cli``
+(``evad-build-engine``). Names load on first use (PEP 562), so the runner and the metadata
+import without onnx, and everything imports without TensorRT.
+"""
 
-__all__ = ["EngineMismatchError", "build", "check_engine_metadata", "engine_metadata",
-           "missing_for_engine_build", "read_engine_metadata", "strip_evad_functions"]
+from evad.lazy import lazy_exports
+
+_WHERE = {
+    "build": "builder", "check_batch_profile": "builder", "PRECISIONS": "builder",
+    "Missing": "environment", "missing_for_engine_build": "environment",
+    "running_environment": "environment", "EngineMismatchError": "metadata",
+    "check_engine_metadata": "metadata", "engine_metadata": "metadata",
+    "read_engine_metadata": "metadata", "onnx_sha256": "metadata", "FP32_OPS": "onnx_prep",
+    "strip_evad_functions": "onnx_prep", "to_mixed_precision": "onnx_prep",
+    "TrtRunner": "trt_runner",
+}
+__all__ = sorted(_WHERE)
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

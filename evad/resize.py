@@ -1,4 +1,4 @@
-"""The frame resize of the specification (shared/docs/evad-architecture.md, "Pre-processing"),
+"""The frame resize of the specification (docs/model.md, "Pre-processing"),
 shared by training data and the runtime; no heavy imports."""
 
 from __future__ import annotations

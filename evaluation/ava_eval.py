@@ -20,7 +20,8 @@ This is the evaluation the EVAD and SlowFast repositories ship (and that the EVA
 numbers come from). ActivityNet's ``get_ava_performance.py`` differs in one respect: it keeps
 only the 50 highest-scoring rows per keyframe and sorts them by score before matching. The
 project's writers (``evad-eval --data``, ``evad-trt-run``) list each keyframe's rows by score
-(``by_score``), so both protocols match a keyframe's detections in the same order.
+(``evad.runtime.outputs.by_score``), so both protocols match a keyframe's detections in the
+same order.
 """
 
 from __future__ import annotations
@@ -28,28 +29,16 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from evad.errors import EvadError
 
-__all__ = ["average_precision", "by_score", "evaluate", "read_rows"]
+__all__ = ["average_precision", "evaluate", "read_rows"]
 
-T = TypeVar("T")
 Row = tuple[str, float, tuple[float, float, float, float], int, float]
-
-
-def by_score(rows: list[T], score: Callable[[T], float]) -> list[T]:
-    """One keyframe's detection rows, highest ``score(row)`` first (ties keep their order).
-
-    The AVA code matches a keyframe's detections in file order, so a lower-scored duplicate
-    listed first would take the match and turn the better detection into a false positive.
-    Listed by score, the matching is the VOC one (best detection first).
-    """
-    return sorted(rows, key=score, reverse=True)  # stable: reverse keeps the order of ties
 
 
 def _key(video: str, ts: float) -> tuple[str, float]:

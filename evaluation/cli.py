@@ -9,7 +9,14 @@ import os
 import sys
 from pathlib import Path
 
+from evad.datasets.ava import read_excluded, read_label_map
+from evad.datasets.clips import ClipDataset
 from evad.errors import EvadError
+from evad.evaluation.ava_eval import evaluate, read_rows
+from evad.evaluation.detect import detect
+from evad.export.metadata import preset_of
+from evad.runtime.backends import open_runner
+from evad.runtime.outputs import write_csv_atomic
 
 __all__ = ["main"]
 
@@ -40,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
     try:
-        from evad.datasets.ava import read_excluded, read_label_map
-        from evad.evaluation.ava_eval import evaluate, read_rows
-
         if (args.det is None) == (args.data is None):
             raise EvadError("pass either --det CSV or --data DIR with --ckpt/--onnx")
         gt_path = args.gt or (args.data / "annotations.csv" if args.data else None)
@@ -76,24 +80,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> list[tuple]:
-    from evad.datasets.clips import ClipDataset
-    from evad.evaluation.detect import detect, onnx_backend, torch_backend, write_rows
-
     if (args.ckpt is None) == (args.onnx is None):
         raise EvadError("with --data pass exactly one of --ckpt (torch) and --onnx (ORT)")
     if args.onnx is not None:
-        from evad.export.metadata import preset_of, read_metadata
-
-        preset = preset_of(read_metadata(args.onnx))
-        backend = onnx_backend(args.onnx)
+        runner, _ = open_runner("ort", onnx=args.onnx)
+        preset = preset_of(runner.metadata)  # type: ignore[attr-defined]
     else:
-        from evad.models import load_checkpoint
-
-        model, meta = load_checkpoint(args.ckpt)
-        preset, backend = meta["preset"], torch_backend(model)
-    rows = detect(backend, ClipDataset(args.data, preset), preset, progress=True)
+        runner, _ = open_runner("torch", ckpt=args.ckpt)
+        preset = runner.model.preset  # type: ignore[attr-defined]
+    rows = detect(runner, ClipDataset(args.data, preset), progress=True)
     if args.write_det:
-        write_rows(rows, args.write_det)
+        write_csv_atomic(rows, args.write_det)
     return rows
 
 

@@ -26,6 +26,8 @@ from torch import nn
 from evad.errors import ConfigError, EvadError
 from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
 from evad.models.evad import EVAD
+from evad.models.runner import pruning_blocks_at
+from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, INPUTS, kept_idx_name
 
 __all__ = ["DEFAULT_OPSET", "DetectorGraph", "check_model", "export_onnx", "output_names",
            "save_model"]
@@ -55,11 +57,8 @@ class DetectorGraph(nn.Module):
 
 def output_names(model: EVAD, height: int, width: int) -> list[str]:
     """Graph output names, one ``kept_idx_<i>`` per block that prunes at this input size."""
-    from evad.models.flops import token_counts
-
-    counts = token_counts(model.preset, height, width)
-    pruning = [b for b in range(model.preset.depth) if counts[b + 1] < counts[b]]
-    return ["boxes", "person_scores", "action_probs", *(f"kept_idx_{b}" for b in pruning)]
+    return [*DETECTIONS,
+            *(kept_idx_name(b) for b in pruning_blocks_at(model.preset, height, width))]
 
 
 def validate_size(height: int, width: int) -> None:
@@ -92,7 +91,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     clip = torch.zeros(2, 3, model.preset.num_frames, height, width)
     image_size = torch.tensor([[height, width]] * 2, dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    shapes = {"clip": {0: batch}, "image_size": {0: batch}} if dynamic_batch else None
+    shapes = {INPUT_CLIP: {0: batch}, INPUT_IMAGE_SIZE: {0: batch}} if dynamic_batch else None
     names = output_names(model, height, width)
     log = io.StringIO()
     # torch.onnx logs a warning per torchvision op it cannot register: noise for this model.
@@ -102,7 +101,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 DetectorGraph(model), (clip, image_size), dynamo=True, opset_version=opset,
-                input_names=["clip", "image_size"], output_names=names, dynamic_shapes=shapes,
+                input_names=list(INPUTS), output_names=names, dynamic_shapes=shapes,
                 custom_translation_table=TRANSLATIONS, verbose=False,
             )
     except ConfigError:

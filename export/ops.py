@@ -2,7 +2,8 @@
 
 Each custom op is emitted as a node in domain ``evad`` (so TensorRT binds our plugins by name)
 AND defined by a model-local FunctionProto of the same name whose body uses standard ONNX ops
-only (so any ONNX Runtime runs the file with no custom library). Contracts:
+only (so any ONNX Runtime runs the file with no custom library). The schemas (inputs, outputs,
+attributes) are made from the op contracts in ``evad.op_contracts``, described in
 ``plugins/roi_align_3d/README.md`` and ``plugins/keyframe_topk_prune/README.md``.
 
 The bodies are written in onnxscript and compiled to FunctionProtos; the translations are the
@@ -21,39 +22,50 @@ from onnxscript.values import Opset
 from evad.errors import ConfigError
 from evad.models.keyframe_topk_prune import keyframe_topk_prune
 from evad.models.roi_align_3d import roi_align_3d
+from evad.op_contracts import (
+    CONTRACTS,
+    DOMAIN_VERSION,
+    KEYFRAME_TOPK_PRUNE,
+    NAMESPACE,
+    ROI_ALIGN_3D,
+    OpContract,
+)
 
 __all__ = ["DOMAIN", "FUNCTIONS", "TRANSLATIONS", "function_protos", "register_schemas"]
 
-DOMAIN = "evad"
-VERSION = 1
-evad = Opset(DOMAIN, VERSION)
+DOMAIN = NAMESPACE
+evad = Opset(DOMAIN, DOMAIN_VERSION)
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _INT64 = 7  # onnx.TensorProto.INT64
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
-def _schema(name: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
-            attrs: list[tuple[str, defs.OpSchema.AttrType]], doc: str) -> defs.OpSchema:
+_ATTR = {"int": defs.OpSchema.AttrType.INT, "float": defs.OpSchema.AttrType.FLOAT}
+#: input / output tensors that hold indices (int64); every other one is a float tensor
+_INDEX_TENSORS = {"idx", "idx_kept"}
+
+
+def _schema(c: OpContract, doc: str) -> defs.OpSchema:
+    """The ONNX schema of one contract: tensors in order, every field a required attribute."""
     param = defs.OpSchema.FormalParameter
+
+    def tensors(names: tuple[str, ...]) -> list:
+        return [param(n, "I" if n in _INDEX_TENSORS else "T") for n in names]
+
     return defs.OpSchema(
-        name, DOMAIN, VERSION, doc=doc,
-        inputs=[param(n, t) for n, t in inputs], outputs=[param(n, t) for n, t in outputs],
+        c.name, c.domain, c.version, doc=doc, inputs=tensors(c.inputs),
+        outputs=tensors(c.outputs),
         type_constraints=[("T", _FLOATS, "float tensors"), ("I", ["tensor(int64)"], "indices")],
-        attributes=[defs.OpSchema.Attribute(n, t, n, required=True) for n, t in attrs],
+        attributes=[defs.OpSchema.Attribute(f.name, _ATTR[f.kind], f.doc, required=True)
+                    for f in c.fields],
     )
 
 
-_A = defs.OpSchema.AttrType
-SCHEMAS = [
-    _schema("RoIAlign3D", [("features", "T"), ("rois", "T")], [("output", "T")],
-            [("output_height", _A.INT), ("output_width", _A.INT), ("spatial_scale", _A.FLOAT),
-             ("sampling_ratio", _A.INT), ("aligned", _A.INT)],
-            "RoIAlign of every temporal slice of (B, C, T, H, W); see plugins/roi_align_3d."),
-    _schema("KeyframeTopKPrune", [("q", "T"), ("k", "T"), ("x_nonkey", "T"), ("idx", "I")],
-            [("x_kept", "T"), ("idx_kept", "I")],
-            [("keep_num", _A.INT), ("keep_den", _A.INT), ("keyframe_weight", _A.FLOAT)],
-            "Keyframe-weighted top-k token pruning; see plugins/keyframe_topk_prune."),
-]
+_DOCS = {
+    "RoIAlign3D": "RoIAlign of every temporal slice of (B, C, T, H, W); see plugins/roi_align_3d.",
+    "KeyframeTopKPrune": "Keyframe-weighted top-k token pruning; see plugins/keyframe_topk_prune.",
+}
+SCHEMAS = [_schema(c, _DOCS[name]) for name, c in CONTRACTS.items()]
 
 
 def register_schemas() -> None:
@@ -131,14 +143,22 @@ def function_protos() -> list[onnx.FunctionProto]:
 
 
 # --- dynamo exporter translations ---------------------------------------------------------------
-# Defaults must equal the torch ops' defaults: the exporter drops arguments equal to them.
+# Defaults are the contract's, as the torch ops': the exporter drops arguments equal to them.
+_R = ROI_ALIGN_3D.defaults
 
-def _translate_roi_align_3d(features: FLOAT, rois: FLOAT, output_height: int = 7,
-                            output_width: int = 7, spatial_scale: float = 1.0 / 16,
-                            sampling_ratio: int = 2, aligned: bool = True) -> FLOAT:
+
+def _translate_roi_align_3d(features: FLOAT, rois: FLOAT,
+                            output_height: int = int(_R["output_height"]),
+                            output_width: int = int(_R["output_width"]),
+                            spatial_scale: float = float(_R["spatial_scale"]),
+                            sampling_ratio: int = int(_R["sampling_ratio"]),
+                            aligned: bool = bool(_R["aligned"])) -> FLOAT:
     if not aligned:
         raise ConfigError("evad::RoIAlign3D exports aligned=True only (EVAD's ROIAlignV2); the "
                           "local function implements the half-pixel mode")
+    ROI_ALIGN_3D.validate({"output_height": output_height, "output_width": output_width,
+                           "spatial_scale": float(spatial_scale),
+                           "sampling_ratio": sampling_ratio, "aligned": 1})
     return evad.RoIAlign3D(features, rois, output_height=output_height,
                            output_width=output_width, spatial_scale=spatial_scale,
                            sampling_ratio=sampling_ratio, aligned=1)
@@ -146,6 +166,8 @@ def _translate_roi_align_3d(features: FLOAT, rois: FLOAT, output_height: int = 7
 
 def _translate_keyframe_topk_prune(q: FLOAT, k: FLOAT, x_nonkey: FLOAT, idx: INT64,
                                    keep_num: int, keep_den: int, keyframe_weight: float):
+    KEYFRAME_TOPK_PRUNE.validate({"keep_num": keep_num, "keep_den": keep_den,
+                                  "keyframe_weight": float(keyframe_weight)})
     return evad.KeyframeTopKPrune(q, k, x_nonkey, idx, keep_num=keep_num, keep_den=keep_den,
                                   keyframe_weight=keyframe_weight, _num_outputs=2)
 

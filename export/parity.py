@@ -1,7 +1,7 @@
 """Parity of a backend against the torch reference, under discrete decisions.
 
 A backend decides which tokens each pruning block keeps; near-ties make two correct backends
-decide differently (``shared/docs/design.md``, "Parity under discrete decisions"). So each clip is
+decide differently (``docs/design.md``, "Parity under discrete decisions"). So each clip is
 checked in two halves, from ONE torch run forced to the backend's own decisions:
 
 1. decisions: at every pruning block, the reference's importance scores (computed by torch from
@@ -26,15 +26,33 @@ import torch
 
 from evad.models.evad import EVAD
 from evad.models.keyframe_topk_prune import importance, pruned_count
+from evad.runner import (
+    OUTPUT_ACTION_PROBS,
+    OUTPUT_BOXES,
+    OUTPUT_PERSON_SCORES,
+    Runner,
+    kept_blocks,
+    kept_idx_name,
+)
 
-__all__ = ["FP32_THRESHOLDS", "REDUCED_THRESHOLDS", "ParityReport", "Thresholds", "compare"]
+__all__ = ["FP32_THRESHOLDS", "REDUCED_THRESHOLDS", "ParityReport", "Thresholds", "compare",
+           "seeded_inputs"]
 
-Backend = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+def seeded_inputs(n: int, batch: int, frames: int, height: int, width: int,
+                  seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` batches of seeded normal clips (normalised-frame statistics) and their sizes:
+    clips (batch, 3, frames, height, width) float32, sizes (batch, 2) int64."""
+    rng = np.random.default_rng(seed)
+    clips = [rng.standard_normal((batch, 3, frames, height, width), dtype=np.float32)
+             for _ in range(n)]
+    sizes = [np.tile(np.array([[height, width]], dtype=np.int64), (batch, 1)) for _ in range(n)]
+    return clips, sizes
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Pass/fail bars of one comparison (design.md, "Precision and parity rules")."""
+    """Pass/fail bars of one comparison (``docs/design.md``, "Precision and parity rules")."""
 
     box_max_abs: float | None = 1e-2  # px
     prob_max_abs: float | None = 1e-4
@@ -211,14 +229,14 @@ def _match_one_to_one(iou: np.ndarray, thr: float) -> int:
         iou[i, :], iou[:, j] = -1.0, -1.0
 
 
-def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
+def compare(reference: EVAD, backend: Runner, clips: Sequence[np.ndarray],
             sizes: Sequence[np.ndarray], thresholds: Thresholds = FP32_THRESHOLDS,
             progress: Callable | None = None) -> ParityReport:
     """Run ``backend`` and the forced torch reference on each clip and compare.
 
     Args:
         reference: the torch model (eval mode) with the export's preset.
-        backend: ``(clip (B,3,T,H,W) float32, image_size (B,2) int64) -> dict`` with ``boxes``,
+        backend: any :class:`~evad.runner.Runner` (only its call is used): ``boxes``,
             ``person_scores``, ``action_probs`` and ``kept_idx_<block>`` arrays.
         clips, sizes: the inputs, one batch each.
         thresholds: the bars.
@@ -230,9 +248,8 @@ def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
     pairs = list(zip(clips, sizes, strict=True))
     for clip, size in (progress(pairs) if progress else pairs):
         got = backend(clip, size)
-        kept_keys = sorted((k for k in got if k.startswith("kept_idx_")),
-                           key=lambda k: int(k.rsplit("_", 1)[1]))
-        forced = [torch.from_numpy(np.asarray(got[k])).long() for k in kept_keys]
+        blocks = kept_blocks(got)
+        forced = [torch.from_numpy(np.asarray(got[kept_idx_name(b)])).long() for b in blocks]
         records, handles = _capture_scores(reference)
         try:
             with torch.no_grad():
@@ -244,16 +261,15 @@ def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
         finally:
             for h in handles:
                 h.remove()
-        blocks = [int(k.rsplit("_", 1)[1]) for k in kept_keys]
         if len(blocks) != len(ref.kept_indices):
             report.failures.append(f"backend reports {len(blocks)} pruning blocks, the reference "
                                    f"pruned in {len(ref.kept_indices)} ({pruning})")
             break
         for block, rec, chosen in zip(blocks, _pruning_records(records), forced, strict=True):
             report.blocks.extend(_decisions(block, rec, chosen, thresholds.tie_rtol))
-        boxes = np.abs(got["boxes"] - ref.boxes.numpy())
-        scores = np.abs(got["person_scores"] - ref.person_scores.numpy())
-        probs = np.abs(got["action_probs"] - torch.sigmoid(ref.action_logits).numpy())
+        boxes = np.abs(got[OUTPUT_BOXES] - ref.boxes.numpy())
+        scores = np.abs(got[OUTPUT_PERSON_SCORES] - ref.person_scores.numpy())
+        probs = np.abs(got[OUTPUT_ACTION_PROBS] - torch.sigmoid(ref.action_logits).numpy())
         report.box_max_abs = max(report.box_max_abs, float(boxes.max()))
         report.person_score_max_abs = max(report.person_score_max_abs, float(scores.max()))
         report.prob_max_abs = max(report.prob_max_abs, float(probs.max()))
@@ -261,8 +277,8 @@ def compare(reference: EVAD, backend: Backend, clips: Sequence[np.ndarray],
         thr = reference.preset.person_threshold
         for b in range(clip.shape[0]):
             keep = ref.person_scores[b].numpy() >= thr
-            mine = got["person_scores"][b] >= thr
-            ref_boxes, got_boxes = ref.boxes[b].numpy()[keep], got["boxes"][b][mine]
+            mine = got[OUTPUT_PERSON_SCORES][b] >= thr
+            ref_boxes, got_boxes = ref.boxes[b].numpy()[keep], got[OUTPUT_BOXES][b][mine]
             # one-to-one: a backend's extra (phantom) detections count against the rate too
             report.detections += max(int(keep.sum()), int(mine.sum()))
             report.matched += _match_one_to_one(_iou(ref_boxes, got_boxes), thresholds.match_iou)

@@ -1,29 +1,24 @@
 """evad.models: the torch reference EVAD, the single source of truth for the maths.
 
 Presets, the detector (``EVAD``, ``build_model``), the two custom ops as torch functions
-(``keyframe_topk_prune``, ``roi_align_3d``), checkpoint loading and analytic FLOP counts.
+(``keyframe_topk_prune``, ``roi_align_3d``), checkpoint loading, analytic FLOP counts and the
+torch :class:`~evad.runner.Runner` (``TorchRunner``).
+
+Names load on first use (PEP 562), so the torch-free modules of this stage (``presets``,
+``labels``, ``demo``) import without torch. Functions named like their module
+(``flops``, ``keyframe_topk_prune``, ``roi_align_3d``) are imported from that module
+(``from evad.models.flops import flops``): ``from evad.models import flops`` is the module.
 """
 
-from evad.models.checkpoint import load_checkpoint, official_state_dict, save_checkpoint
-from evad.models.evad import EVAD, EVADOutput, build_model
-from evad.models.flops import flops
-from evad.models.keyframe_topk_prune import keep_fraction, keyframe_topk_prune, pruned_count
-from evad.models.presets import PRESETS, Preset, get_preset
-from evad.models.roi_align_3d import roi_align_3d
+from evad.lazy import lazy_exports
 
-__all__ = [
-    "EVAD",
-    "PRESETS",
-    "EVADOutput",
-    "Preset",
-    "build_model",
-    "flops",
-    "get_preset",
-    "keep_fraction",
-    "keyframe_topk_prune",
-    "load_checkpoint",
-    "official_state_dict",
-    "pruned_count",
-    "roi_align_3d",
-    "save_checkpoint",
-]
+_WHERE = {
+    "load_checkpoint": "checkpoint", "official_state_dict": "checkpoint",
+    "save_checkpoint": "checkpoint", "EVAD": "evad", "EVADOutput": "evad",
+    "build_model": "evad", "keep_fraction": "keyframe_topk_prune",
+    "pruned_count": "keyframe_topk_prune", "PRESETS": "presets", "Preset": "presets",
+    "get_preset": "presets", "TorchRunner": "runner",
+}
+__all__ = sorted(_WHERE)
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

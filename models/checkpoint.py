@@ -7,7 +7,6 @@ widths, classes. Where there is none, the architecture is matched from the tenso
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -19,9 +18,10 @@ from typing import Any
 import torch
 import yaml
 
-from evad.errors import CheckpointError
+from evad.errors import CheckpointError, ConfigError
+from evad.hashing import file_sha256
 from evad.models.evad import EVAD
-from evad.models.presets import PRESETS, Preset, get_preset
+from evad.models.presets import LOC_ACTIVATIONS, POOLER_TYPES, PRESETS, Preset, get_preset
 
 __all__ = [
     "cfg_from_preset",
@@ -40,12 +40,23 @@ def _tuple(v: Any) -> tuple:
     return tuple(v)
 
 
+def _qk_scale(v: Any) -> float | None:
+    # the official Attention takes `qk_scale or head_dim ** -0.5`: null and 0 both mean the default
+    return float(v) if v else None
+
+
+def _top_k(v: Any) -> int:
+    # the official test step runs only `if NUM_EVAL_ACT_CLASSES > 0`: a negative count keeps all
+    return max(int(v), 0)
+
+
 # One table both ways: preset field <-> key path in the released training config.
 _CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("embed_dim", "ViT.EMBED_DIM", int),
     ("depth", "ViT.DEPTH", int),
     ("num_heads", "ViT.NUM_HEADS", int),
     ("mlp_ratio", "ViT.MLP_RATIO", float),
+    ("qk_scale", "ViT.QK_SCALE", _qk_scale),
     ("patch_size", "ViT.PATCH_SIZE", int),
     ("tubelet_size", "ViT.TUBELET_SIZE", int),
     ("fpn_taps", "ViT.FPN_INDICES", _tuple),
@@ -53,6 +64,7 @@ _CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("decoder_dim", "MODEL.CRD.EMBED_DIM", int),
     ("decoder_depth", "MODEL.CRD.DEPTH", int),
     ("decoder_heads", "MODEL.CRD.NUM_HEADS", int),
+    ("decoder_mlp_ratio", "MODEL.CRD.MLP_RATIO", float),
     ("box_extend", "MODEL.CRD.ROI_EXTENSION", _tuple),
     ("num_classes", "MODEL.NUM_CLASSES", int),
     ("labels", "DEPLOY.LABELS", _tuple),  # this project's key: class names beside AVA's
@@ -62,12 +74,18 @@ _CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("dynamic_dim", "MODEL.SparseRCNN.DIM_DYNAMIC", int),
     ("loc_heads", "MODEL.SparseRCNN.NHEADS", int),
     ("loc_ffn_dim", "MODEL.SparseRCNN.DIM_FEEDFORWARD", int),
+    ("loc_activation", "MODEL.SparseRCNN.ACTIVATION", str),
     ("num_cls_layers", "MODEL.SparseRCNN.NUM_CLS", int),
     ("num_reg_layers", "MODEL.SparseRCNN.NUM_REG", int),
     ("action_hidden", "MODEL.SparseRCNN.ACT_FC_DIM", int),
     ("person_threshold", "MODEL.SparseRCNN.PERSON_THRESHOLD", float),
+    ("softmax_pose", "MODEL.SparseRCNN.SOFTMAX_POSE", bool),  # the official code tests truth
+    ("num_eval_act_classes", "MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES", _top_k),
     ("pooler_resolution", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", int),
     ("pooler_sampling_ratio", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", int),
+    ("pooler_type", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", str),
+    ("action_pooler_resolution", "DETECTION.ROI_XFORM_RESOLUTION", int),
+    ("action_pooler_stride", "DETECTION.SPATIAL_SCALE_FACTOR", int),
     ("short_side", "AVA.MIN_SIZE_TEST", int),
     ("max_long_side", "AVA.MAX_SIZE_TEST", int),
     ("mean", "DATA.MEAN", _tuple),
@@ -75,23 +93,54 @@ _CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("num_frames", "DATA.NUM_FRAMES", int),
     ("frame_stride", "DATA.SAMPLING_RATE", int),
 ]
+_NULLABLE = {"qk_scale"}  # an explicit null is a value (the default scale), not a missing key
 _KEEP_RATES = "MODEL.KTP.KEEP_RATES"
 _PRETRAIN_SIZE = "ViT.PRETRAIN_IMG_SIZE"
 _PRESET_NAME = "DEPLOY.PRESET"  # written by this project only; absent from released files
 
+# Configs this project wrote before these keys had fields of their own: the reference then tied
+# each to another field, so a file of that time lacking the key keeps the tie.
+_TIED_BEFORE = {"DETECTION.ROI_XFORM_RESOLUTION": "pooler_resolution",
+                "DETECTION.SPATIAL_SCALE_FACTOR": "patch_size",
+                "MODEL.CRD.MLP_RATIO": "mlp_ratio"}
 
-# Released-config keys this reference implements only at their released value: a checkpoint
-# trained with another value would load but compute something else, so it is refused.
-_FIXED_CFG: list[tuple[str, Callable[[Any, Preset], bool], str]] = [
-    ("ViT.QK_SCALE", lambda v, p: v is None, "null (head_dim ** -0.5)"),
-    ("MODEL.SparseRCNN.ACTIVATION", lambda v, p: v == "relu", "'relu'"),
-    ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", lambda v, p: v == "ROIAlignV2", "'ROIAlignV2'"),
-    ("MODEL.SparseRCNN.SOFTMAX_POSE", lambda v, p: not v, "False"),
-    ("MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES", lambda v, p: not v, "0"),
-    ("MODEL.CRD.MLP_RATIO", lambda v, p: float(v) == p.mlp_ratio, "ViT.MLP_RATIO"),
-    ("DETECTION.ROI_XFORM_RESOLUTION", lambda v, p: int(v) == p.pooler_resolution,
-     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
-    ("DETECTION.SPATIAL_SCALE_FACTOR", lambda v, p: int(v) == p.patch_size, "ViT.PATCH_SIZE"),
+
+def _power_of_two(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f >= 1 and f == int(f) and not int(f) & (int(f) - 1)
+
+
+def _number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# Released-config values the official model code itself cannot run, checked on the raw values
+# so that each refusal names the official behaviour it stands for. Every other value of a key in
+# _CFG_FIELDS is honoured (Preset.validate refuses, with the reason, the few the official code
+# runs but this reference does not, e.g. adaptive RoIAlign sampling). Keys in neither table
+# either leave the inference model alone (schedules, losses, augmentation, ...: ignored) or change
+# its parameters (QKV_BIAS, NUM_ACT, learnable positions, ...), which the key/shape checks catch.
+_REFUSED: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("ViT.QK_SCALE", lambda v: v is None or _number(v),
+     "the official Attention multiplies q by it (vit_model.py), so it must be null or a number"),
+    ("MODEL.SparseRCNN.ACTIVATION", lambda v: v in LOC_ACTIVATIONS,
+     "the official RCNNHead runs 'relu' or 'gelu' only: its 'glu' halves DIM_FEEDFORWARD, which "
+     "linear2 cannot take, and other names raise in _get_activation_fn (head_helper.py)"),
+    ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", lambda v: v in POOLER_TYPES,
+     "detectron2's ROIPooler runs 'ROIAlignV2', 'ROIAlign' or 'ROIPool' on EVAD's axis-aligned "
+     "boxes; 'ROIAlignRotated' needs (R, 6) rotated boxes and other names raise ValueError"),
+    ("DETECTION.SPATIAL_SCALE_FACTOR", _power_of_two,
+     "the official actor pooler is a detectron2 ROIPooler with scale 1 / SPATIAL_SCALE_FACTOR, "
+     "which asserts that the feature stride is a power of two (>= 1)"),
+    ("DETECTION.ROI_XFORM_RESOLUTION", lambda v: _number(v) and float(v) == int(float(v)) >= 1,
+     "detectron2's ROIPooler asserts an integer output size"),
 ]
 
 
@@ -137,7 +186,8 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
     the vit_b_ktp values).
 
     Raises:
-        CheckpointError: the config is not YAML or has values of the wrong type.
+        CheckpointError: the config is not YAML, has values of the wrong type, or values the
+            official model cannot run or this reference does not build (the message says why).
     """
     if isinstance(cfg, str):
         try:
@@ -146,11 +196,15 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
             raise CheckpointError(f"the checkpoint's cfg is not valid YAML ({e})") from e
     if not isinstance(cfg, Mapping):
         raise CheckpointError("the checkpoint's cfg is not a mapping of config keys")
+    for path, accepted, why in _REFUSED:
+        if _has(cfg, path) and not accepted(_get(cfg, path)):
+            raise CheckpointError(f"the checkpoint was trained with {path} = {_get(cfg, path)!r}; "
+                                  f"the official model cannot run it: {why}")
     fields: dict[str, Any] = {}
     try:
         for name, path, conv in _CFG_FIELDS:
             value = _get(cfg, path)
-            if value is not None:
+            if value is not None or (name in _NULLABLE and _has(cfg, path)):
                 fields[name] = conv(value)
         rates = _get(cfg, _KEEP_RATES)
         if rates is not None:
@@ -166,12 +220,16 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
         raise CheckpointError(f"the checkpoint's cfg has a value of the wrong type ({e})") from e
     name = _get(cfg, _PRESET_NAME)
     start = base or (PRESETS[name] if name in PRESETS else PRESETS["vit_b_ktp"])
-    preset = start.replace(**fields)
-    for path, accepted, want in _FIXED_CFG:
-        if _has(cfg, path) and not accepted(_get(cfg, path), preset):
-            raise CheckpointError(f"the checkpoint was trained with {path} = {_get(cfg, path)!r}; "
-                                  f"this reference implements only {want}, so it would compute "
-                                  "something else")
+    if _has(cfg, _PRESET_NAME):
+        for path, tied in _TIED_BEFORE.items():
+            field_name = next(f for f, p, _ in _CFG_FIELDS if p == path)
+            if not _has(cfg, path):
+                fields[field_name] = fields.get(tied, getattr(start, tied))
+    try:
+        preset = start.replace(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"the checkpoint's cfg describes a model this reference cannot "
+                              f"build: {e}") from e
     return preset.replace(name=name if isinstance(name, str) else _closest_name(preset))
 
 
@@ -296,15 +354,6 @@ def _preset_from_shapes(sd: Mapping[str, torch.Tensor]) -> Preset:
             return p
     raise CheckpointError("the checkpoint has no cfg and its shapes match no known preset "
                           f"({', '.join(PRESETS)}); pass preset= with the right sizes")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (artefact metadata ties exports to their checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(

@@ -1,6 +1,6 @@
 """The EVAD detector: KTP encoder, Sparse R-CNN localization, context refinement decoder.
 
-``shared/docs/evad-architecture.md`` is the specification; module and parameter names follow
+``docs/model.md`` is the specification; module and parameter names follow
 the released code so that official checkpoints load by key name.
 """
 
@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evad.models.localization import FPN, RCNNHead
+from evad.models.localization import FPN, RCNNHead, pool_rois
 from evad.models.presets import Preset
-from evad.models.roi_align_3d import roi_align_3d
 from evad.models.vit import (
     Attention,
     EncoderOutput,
@@ -24,7 +23,10 @@ from evad.models.vit import (
     VisionTransformer,
 )
 
-__all__ = ["EVAD", "EVADOutput", "build_model", "clip_boxes", "extend_boxes"]
+__all__ = ["EVAD", "EVADOutput", "build_model", "clip_boxes", "extend_boxes", "keep_top_actions",
+           "pose_softmax_logits"]
+
+POSE_CLASSES = 14  # AVA's first 14 classes are the exclusive poses; the official code hard-codes 14
 
 
 @dataclass
@@ -33,7 +35,9 @@ class EVADOutput:
 
     boxes: (B, n, 4) x1y1x2y2 of the last localization stage, input pixels, clipped to the image.
     person_scores: (B, n) softmax person probability of the last stage.
-    action_logits: (B, n, classes) of the last decoder block (apply sigmoid for probabilities).
+    action_logits: (B, n, classes) of the last decoder block (apply sigmoid for probabilities;
+        with the preset's ``softmax_pose`` / ``num_eval_act_classes`` they are the logits of the
+        official scores, see ``EVADHead.classify``).
     kept_indices: one (B, K_i) int64 per pruning block: kept non-keyframe positions (original
         non-keyframe order), in that block's top-k order.
     stage_logits / stage_boxes / block_action_logits: every localization stage's (B, n, 2) logits
@@ -56,6 +60,28 @@ def clip_boxes(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
     return torch.minimum(boxes.clamp(min=0), hi)
 
 
+def pose_softmax_logits(logits: torch.Tensor, pose: int = POSE_CLASSES) -> torch.Tensor:
+    """Logits whose sigmoid is the softmax over the first ``pose`` classes (the rest unchanged).
+
+    sigmoid(z_i - logsumexp_{j != i} z_j) = softmax(z)_i, so the official SOFTMAX_POSE scores come
+    out of the same sigmoid as every other class, and the BCE of these logits is the official
+    BCE of the softmax probabilities. (..., C) -> (..., C).
+    """
+    k = min(pose, logits.shape[-1])
+    z = logits[..., :k]
+    others = z.unsqueeze(-2).expand(*z.shape, k)  # (..., i, j) = z_j
+    eye = torch.eye(k, dtype=torch.bool, device=z.device)
+    rest = torch.logsumexp(others.masked_fill(eye, float("-inf")), dim=-1)
+    return torch.cat((z - rest, logits[..., k:]), dim=-1)
+
+
+def keep_top_actions(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's top ``k`` logits kept, the others -inf (score 0 after the sigmoid), as the
+    official NUM_EVAL_ACT_CLASSES test step does on the scores. (..., C) -> (..., C)."""
+    values, idx = logits.topk(k, dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, values)
+
+
 def extend_boxes(boxes: torch.Tensor, ratio: tuple[float, float],
                  image_size: torch.Tensor) -> torch.Tensor:
     """Grow (B, n, 4) boxes by ``ratio`` (x, y) of their +1 size, half on each side, then clip."""
@@ -74,7 +100,7 @@ class DecoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=p.layer_norm_eps)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=p.layer_norm_eps)
-        self.mlp = Mlp(dim, int(dim * p.mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * p.decoder_mlp_ratio))
         self.act_module = nn.Sequential(
             nn.Linear(dim, p.action_hidden, bias=False), nn.LayerNorm(p.action_hidden), nn.ReLU()
         )
@@ -85,7 +111,8 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def head(self, actors: torch.Tensor) -> torch.Tensor:
-        """(B, n, dim) actor tokens -> (B, n, classes) action logits."""
+        """(B, n, dim) actor tokens -> (B, n, classes) action logits (raw: before the preset's
+        score options, which ``EVADHead.classify`` applies)."""
         return self.action_logits(self.act_module(actors))
 
 
@@ -148,7 +175,11 @@ class EVADHead(nn.Module):
             grid: (t, h, w) token grid.
 
         Returns:
-            [(B, n, classes)] of the last block, or of every block with ``all_blocks``.
+            [(B, n, classes)] of the last block, or of every block with ``all_blocks``. With
+            ``softmax_pose`` the pose logits are replaced by ``pose_softmax_logits`` (training
+            too: the official loss takes the softmax as well); with ``num_eval_act_classes`` in
+            eval mode only the top ones stay (``keep_top_actions``; the official code does this
+            at test time only).
         """
         t, h, w = grid
         b = x_enc.shape[0]
@@ -159,8 +190,11 @@ class EVADHead(nn.Module):
         rois = torch.cat((batch[:, None], actors.reshape(b * n, 4)), dim=1)
         fmap = dense.transpose(1, 2).reshape(b, dim, t, h, w)
         p = self.preset
-        pooled = roi_align_3d(fmap, rois, p.pooler_resolution, p.pooler_resolution,
-                              1.0 / p.patch_size, p.pooler_sampling_ratio, True)
+        # The official actor pooler is a detectron2 ROIPooler of its own: the DETECTION.* size and
+        # stride, the box head's sampling ratio and type; then AdaptiveMaxPool3d((t, 1, 1)) (max
+        # over the bins) and AvgPool3d((t, 1, 1)) (mean over time).
+        pooled = pool_rois(fmap, rois, p.action_pooler_resolution, 1.0 / p.action_pooler_stride,
+                           p.pooler_sampling_ratio, p.pooler_type)
         actor_tokens = pooled.amax(dim=(3, 4)).mean(dim=2).reshape(b, n, dim)
 
         z = torch.cat((tokens, actor_tokens), dim=1)
@@ -169,7 +203,12 @@ class EVADHead(nn.Module):
         for i, blk in enumerate(blocks):
             z = blk(z)
             if all_blocks or i == len(blocks) - 1:
-                logits.append(blk.head(z[:, -n:]))
+                out = blk.head(z[:, -n:])
+                if p.softmax_pose:
+                    out = pose_softmax_logits(out)
+                if p.num_eval_act_classes and not self.training:
+                    out = keep_top_actions(out, p.num_eval_act_classes)
+                logits.append(out)
         return logits
 
 

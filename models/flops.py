@@ -5,6 +5,10 @@ element (4 without affine), nearest upsampling as 1 per output element, and igno
 activations, RoIAlign, pooling and element-wise sums. ``matmul_flops`` keeps the matmul/conv part
 apart so it can be checked exactly against ``torch.utils.flop_counter.FlopCounterMode`` (which
 counts 2 per multiply-add and nothing else).
+
+So the preset's pooler type, actor RoI resolution and stride, activations, QK scale and score
+options leave the count unchanged; the box-head resolution (dynamic conv on S*S RoI features)
+and the encoder's and decoder's MLP ratios enter it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from evad.models.presets import PRESETS, Preset, get_preset
 
 __all__ = ["flops", "main", "token_counts"]
 
-# shared/docs/evad-architecture.md, "Reference figures" (square inputs of the short side).
+# The EVAD paper's GFLOPs (square inputs of the short side).
 PAPER_GFLOPS = {
     ("vit_b", 224, 1.0): 223.8, ("vit_b", 224, 0.7): 134.2,
     ("vit_b", 288, 1.0): 424.5, ("vit_b", 288, 0.7): 242.8,
@@ -95,7 +99,8 @@ def flops(preset: str | Preset, height: int, width: int, keep_rate: float | None
     m = counts[-1]
     n_act = r if num_actors is None else num_actors
     cd, a, L = p.decoder_dim, p.action_hidden, counts[-1] + n_act
-    blk = (L * cd * 3 * cd + 2 * L * L * cd + L * cd * cd + 2 * L * cd * int(cd * p.mlp_ratio)
+    blk = (L * cd * 3 * cd + 2 * L * L * cd + L * cd * cd
+           + 2 * L * cd * int(cd * p.decoder_mlp_ratio)
            + n_act * cd * a + n_act * a * p.num_classes)
     mm["decoder"] = m * c * cd + blk * p.decoder_depth
     other["decoder"] = (2 * 5 * L * cd + 5 * n_act * a) * p.decoder_depth

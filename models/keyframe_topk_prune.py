@@ -1,10 +1,12 @@
 """``evad::keyframe_topk_prune``: the keyframe-centric top-k token pruning of one KTP block.
 
-Contract (``shared/docs/design.md``, ``plugins/keyframe_topk_prune/README.md``): from the
+Contract (``evad.op_contracts.KEYFRAME_TOPK_PRUNE``, described in
+``plugins/keyframe_topk_prune/README.md``): from the
 block's scaled queries and keys, the importance of every non-keyframe token is the mean over
 query rows and heads of its softmax attention column, with keyframe rows (the first S) weighted
 by ``keyframe_weight``; the K most important non-keyframe tokens are kept, in descending order
-of importance.
+of importance; on equal importance the lower position in ``x_nonkey`` ranks first (a stable
+descending sort; ``torch.topk`` promises no order among equal values).
 
 The keep count is an exact fraction of the token count, ``K = ceil(keep_num * N / keep_den) - S``,
 written with integer arithmetic so exporters keep it a function of the input shapes.
@@ -17,6 +19,7 @@ from fractions import Fraction
 import torch
 
 from evad.errors import ConfigError
+from evad.op_contracts import kept_token_count, pruned_count
 
 __all__ = [
     "importance",
@@ -40,19 +43,6 @@ def keep_fraction(rate: float) -> tuple[int, int]:
         raise ConfigError(f"keep rate must be in (0, 1], got {rate}; the paper uses 0.5 .. 1.0")
     frac = Fraction(float(rate)).limit_denominator(1000)
     return frac.numerator, frac.denominator
-
-
-def kept_token_count(n: int, keep_num: int, keep_den: int):
-    """Tokens a pruning block keeps out of ``n`` (keyframe tokens included): ceil(n * num / den).
-
-    Works on Python ints and on symbolic sizes (exporters keep it dynamic).
-    """
-    return (keep_num * n + keep_den - 1) // keep_den
-
-
-def pruned_count(n: int, s: int, keep_num: int, keep_den: int):
-    """K, the non-keyframe tokens kept out of ``n - s``: ``ceil(n * num / den) - s``."""
-    return kept_token_count(n, keep_num, keep_den) - s
 
 
 def importance(q: torch.Tensor, k: torch.Tensor, s: int, keyframe_weight: float) -> torch.Tensor:
@@ -91,7 +81,7 @@ def _prune(q, k, x_nonkey, idx, keep_num, keep_den, keyframe_weight):
         raise ValueError(f"keep {keep_num}/{keep_den} of N={n} with S={s} keyframe tokens gives "
                          f"K={kk} non-keyframe tokens; it must be in 1..{n - s}")
     score = importance(q, k, s, keyframe_weight)
-    pos = torch.topk(score, kk, dim=1, largest=True, sorted=True).indices
+    pos = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :kk]
     x_kept = torch.gather(x_nonkey, 1, pos[..., None].expand(-1, -1, x_nonkey.shape[2]))
     return x_kept, torch.gather(idx, 1, pos)
 

@@ -1,18 +1,26 @@
 """Model presets: every size and behavioural number of an EVAD model, in one place.
 
-The four released configurations (``shared/docs/evad-architecture.md``, "Presets") plus
+The four released configurations (``docs/model.md``, "Presets") plus
 ``tiny``, which has every module type of the real model at small sizes, for tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from evad.errors import ConfigError
 from evad.models.labels import SYNTHETIC_ACTIONS
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+__all__ = ["LOC_ACTIVATIONS", "POOLER_TYPES", "PRESETS", "Preset", "get_preset"]
+
+# The values of MODEL.ROI_BOX_HEAD.POOLER_TYPE that detectron2's ROIPooler runs on EVAD's
+# axis-aligned boxes (its "ROIAlignRotated" needs (R, 6) rotated boxes and fails on them).
+POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")
+# MODEL.SparseRCNN.ACTIVATION values the official RCNNHead can run: its _get_activation_fn also
+# returns glu, but glu halves DIM_FEEDFORWARD and linear2 then cannot take the result.
+LOC_ACTIVATIONS = ("relu", "gelu")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,9 @@ class Preset:
     tubelet_size: int = 2
     num_frames: int = 16
     pretrain_grid: tuple[int, int, int] = (8, 14, 14)  # (t, h, w) of the position table
+    # Encoder attention logit scale (ViT.QK_SCALE); None: head_dim ** -0.5. The decoder always
+    # uses its own head_dim ** -0.5: the official head never passes QK_SCALE to it.
+    qk_scale: float | None = None
     keep_rates: dict[int, float] = field(default_factory=dict)
     keyframe_weight: float = 1.0
     fpn_taps: tuple[int, int, int, int] = (2, 5, 8, 11)
@@ -45,17 +56,31 @@ class Preset:
     loc_ffn_dim: int = 2048
     num_cls_layers: int = 1
     num_reg_layers: int = 3
-    pooler_resolution: int = 7
-    pooler_sampling_ratio: int = 2
+    pooler_resolution: int = 7  # box-head RoI bins per side (MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
+    pooler_sampling_ratio: int = 2  # samples per bin and axis, both RoI poolers
+    pooler_type: str = "ROIAlignV2"  # both RoI poolers, one of POOLER_TYPES
+    loc_activation: str = "relu"  # of each stage's FFN, one of LOC_ACTIVATIONS
     box_weights: tuple[float, float, float, float] = (2.0, 2.0, 1.0, 1.0)
     # Classification branch (context refinement decoder).
     decoder_dim: int = 384
     decoder_depth: int = 6
     decoder_heads: int = 6
+    decoder_mlp_ratio: float = 4.0  # MODEL.CRD.MLP_RATIO (its own key, not ViT.MLP_RATIO)
+    # Actor RoI pooling on the decoder's token map (DETECTION.ROI_XFORM_RESOLUTION and
+    # DETECTION.SPATIAL_SCALE_FACTOR): bins per side, then the max over the bins and the mean
+    # over time; the stride (input pixels per token, a power of two) scales the actor boxes.
+    action_pooler_resolution: int = 7
+    action_pooler_stride: int = 16
     action_hidden: int = 2048
     num_classes: int = 80
     labels: tuple[str, ...] = ()  # class names when not AVA's (see evad.models.labels)
     box_extend: tuple[float, float] = (0.4, 0.2)  # (x, y) fraction of the box size
+    # Official test-time action scores: softmax over the 14 AVA pose classes instead of their
+    # sigmoid (MODEL.SparseRCNN.SOFTMAX_POSE), and only each actor's top k scores kept, the rest
+    # 0 (MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES; 0 keeps all). Both are folded into the logits so
+    # that the sigmoid every consumer applies gives the official scores (see EVADHead.classify).
+    softmax_pose: bool = False
+    num_eval_act_classes: int = 0
     # Inference constants and pre-processing.
     person_threshold: float = 0.7
     frame_stride: int = 4
@@ -114,6 +139,40 @@ class Preset:
         if self.pretrain_grid[0] != self.num_frames // self.tubelet_size:
             raise ConfigError(f"{self.name}: pretrain_grid[0] = {self.pretrain_grid[0]} must be "
                               f"num_frames / tubelet_size = {self.num_frames // self.tubelet_size}")
+        self._validate_heads()
+
+    def _validate_heads(self) -> None:
+        """The RoI poolers, activations and score options, with the official behaviour each
+        limit comes from."""
+        if self.qk_scale is not None and not (math.isfinite(self.qk_scale) and self.qk_scale):
+            raise ConfigError(f"{self.name}: qk_scale must be None (head_dim ** -0.5) or a "
+                              "non-zero number (the official `qk_scale or head_dim ** -0.5` "
+                              "reads 0 as None)")
+        if self.pooler_type not in POOLER_TYPES:
+            raise ConfigError(f"{self.name}: pooler_type {self.pooler_type!r} is not one of "
+                              f"{', '.join(POOLER_TYPES)} (detectron2's ROIPooler types for "
+                              "axis-aligned boxes)")
+        if self.pooler_sampling_ratio <= 0 and self.pooler_type != "ROIPool":
+            raise ConfigError(f"{self.name}: pooler_sampling_ratio must be > 0; detectron2's "
+                              "adaptive mode (0: ceil(RoI size / bins) samples per bin, per RoI) "
+                              "is not implemented by evad::roi_align_3d")
+        if self.pooler_resolution < 1 or self.action_pooler_resolution < 1:
+            raise ConfigError(f"{self.name}: RoI pooler resolutions must be >= 1")
+        s = self.action_pooler_stride
+        if int(s) != s or s < 1 or int(s) & (int(s) - 1):
+            raise ConfigError(f"{self.name}: action_pooler_stride {s} must be a power of two >= 1 "
+                              "(detectron2's ROIPooler asserts its feature stride is one)")
+        if self.loc_activation not in LOC_ACTIVATIONS:
+            raise ConfigError(f"{self.name}: loc_activation {self.loc_activation!r} is not one "
+                              f"of {', '.join(LOC_ACTIVATIONS)} (the official RCNNHead FFN runs "
+                              "relu or gelu; its glu halves the width linear2 expects)")
+        if int(self.decoder_dim * self.decoder_mlp_ratio) < 1:
+            raise ConfigError(f"{self.name}: decoder_mlp_ratio {self.decoder_mlp_ratio} leaves "
+                              "no decoder MLP channels")
+        if not 0 <= self.num_eval_act_classes <= self.num_classes:
+            raise ConfigError(f"{self.name}: num_eval_act_classes {self.num_eval_act_classes} "
+                              f"must be in 0..num_classes = {self.num_classes} (the official "
+                              "torch.topk fails beyond the class count)")
 
     def to_dict(self) -> dict:
         """JSON-able fields (keep_rates keys become strings)."""
@@ -123,7 +182,13 @@ class Preset:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preset:
+        """Inverse of ``to_dict``. Dicts written before the action pooler and decoder MLP had
+        fields of their own (export metadata) describe models where they followed the box
+        pooler, the patch size and the encoder MLP, so those ties are kept for them."""
         d = dict(d)
+        for new, old in _TIED_BEFORE.items():
+            if new not in d and old in d:
+                d[new] = d[old]
         d["keep_rates"] = {int(k): float(v) for k, v in d.get("keep_rates", {}).items()}
         for key in ("pretrain_grid", "fpn_taps", "box_weights", "box_extend", "mean", "std",
                     "labels"):
@@ -133,6 +198,10 @@ class Preset:
         p.validate()
         return p
 
+
+# Fields that earlier versions of this reference did not have and tied to another field.
+_TIED_BEFORE = {"action_pooler_resolution": "pooler_resolution",
+                "action_pooler_stride": "patch_size", "decoder_mlp_ratio": "mlp_ratio"}
 
 _VIT_B = Preset(name="vit_b", box_extend=(0.0, 0.0))
 _KTP_B = {3: 0.7, 6: 0.7, 9: 0.7}
@@ -168,7 +237,8 @@ PRESETS: dict[str, Preset] = {
         num_frames=8, frame_stride=2, pretrain_grid=(4, 14, 14),
         # 3 stages (each stage's proposal self-attention is what suppresses duplicates; 2 vs 3
         # was not measured in isolation); 5 x 5 RoIs keep the fp16 weights under 5 MB with it.
-        pooler_resolution=5,
+        # It was trained with 5 x 5 actor RoIs too.
+        pooler_resolution=5, action_pooler_resolution=5,
     ),
 }
 

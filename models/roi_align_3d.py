@@ -1,8 +1,9 @@
 """``evad::roi_align_3d``: RoIAlign applied to every temporal slice of a (B, C, T, H, W) map.
 
 Semantics are those of torchvision's compiled ``roi_align`` (= detectron2 ROIAlignV2 = ONNX
-``RoiAlign`` with ``coordinate_transformation_mode=half_pixel``), see
-``shared/docs/evad-architecture.md`` "RoIAlign semantics" and ``plugins/roi_align_3d/README.md``:
+``RoiAlign`` with ``coordinate_transformation_mode=half_pixel``); the contract (fields, defaults,
+ranges) is ``evad.op_contracts.ROI_ALIGN_3D``, described in ``plugins/roi_align_3d/README.md``
+and ``docs/model.md``:
 
 - with ``aligned`` the box is shifted by -0.5 (in feature pixels) and not forced to size >= 1;
 - each of the ``out_h x out_w`` bins averages ``sampling_ratio ** 2`` bilinear samples;
@@ -19,7 +20,12 @@ from __future__ import annotations
 
 import torch
 
+from evad.op_contracts import ROI_ALIGN_3D
+
 __all__ = ["interpolation_matrix", "roi_align_3d"]
+
+# The op's defaults are the contract's (the exporter drops arguments equal to them).
+_D = ROI_ALIGN_3D.defaults
 
 # Bounds the (rois, C*T, H, out_w) intermediate of one matmul to about 64 Mi elements.
 _CHUNK_ELEMENTS = 1 << 26
@@ -139,11 +145,11 @@ def _roi_align_3d(features: torch.Tensor, rois: torch.Tensor, output_height: int
 def roi_align_3d(
     features: torch.Tensor,
     rois: torch.Tensor,
-    output_height: int = 7,
-    output_width: int = 7,
-    spatial_scale: float = 1.0 / 16,
-    sampling_ratio: int = 2,
-    aligned: bool = True,
+    output_height: int = int(_D["output_height"]),
+    output_width: int = int(_D["output_width"]),
+    spatial_scale: float = float(_D["spatial_scale"]),
+    sampling_ratio: int = int(_D["sampling_ratio"]),
+    aligned: bool = bool(_D["aligned"]),
 ) -> torch.Tensor:
     """RoIAlign of every temporal slice of ``features`` (torch reference of ``evad::RoIAlign3D``).
 
@@ -164,8 +170,9 @@ def roi_align_3d(
 
 
 @roi_align_3d.register_fake
-def _(features, rois, output_height=7, output_width=7, spatial_scale=1.0 / 16, sampling_ratio=2,
-      aligned=True):
+def _(features, rois, output_height=_D["output_height"], output_width=_D["output_width"],
+      spatial_scale=_D["spatial_scale"], sampling_ratio=_D["sampling_ratio"],
+      aligned=_D["aligned"]):
     b, c, t, h, w = features.shape
     return features.new_empty((rois.shape[0], c, t, output_height, output_width))
 

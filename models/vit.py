@@ -1,6 +1,6 @@
 """VideoMAE ViT encoder with keyframe-centric token pruning (KTP), and the shared transformer parts.
 
-Token layout (``shared/docs/evad-architecture.md``, "Encoder"): after the positions are added,
+Token layout (``docs/model.md``, "Encoder"): after the positions are added,
 the keyframe slice (temporal index t // 2) is moved to the front, so keyframe tokens are always
 the first S; ``idx`` tracks each surviving non-keyframe token's index in the original
 non-keyframe order.
@@ -76,12 +76,15 @@ class SinusoidPositions:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate q and v biases (k has none), as in VideoMAE."""
+    """Multi-head self-attention with separate q and v biases (k has none), as in VideoMAE.
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    ``qk_scale``: the query scale, None for head_dim ** -0.5 (the released ``ViT.QK_SCALE``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_scale: float | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
+        self.scale = (dim // num_heads) ** -0.5 if qk_scale is None else float(qk_scale)
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -113,10 +116,11 @@ class Block(nn.Module):
     """Pre-norm transformer block; with ``keep`` set it prunes non-keyframe tokens in between."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float,
-                 keep: tuple[int, int] | None = None, keyframe_weight: float = 1.0) -> None:
+                 keep: tuple[int, int] | None = None, keyframe_weight: float = 1.0,
+                 qk_scale: float | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qk_scale)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.keep = keep
@@ -209,7 +213,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(p.embed_dim, p.num_heads, p.mlp_ratio, p.layer_norm_eps,
                   keep_fraction(p.keep_rates[i]) if p.keep_rates.get(i, 1.0) < 1.0 else None,
-                  p.keyframe_weight)
+                  p.keyframe_weight, p.qk_scale)  # ViT.QK_SCALE reaches the encoder only
             for i in range(p.depth)
         )
         self.norm = nn.LayerNorm(p.embed_dim, eps=p.layer_norm_eps)

@@ -1,10 +1,14 @@
-"""evad.plugins: the TensorRT plugins of the ``evad`` ops, in C++ (CUDA) and in Python (torch).
+"""evad.plugins: the TensorRT plugins of the ``evad`` ops, in C++ (CUDA) and in Python (Triton).
 
-Both sets declare the same plugin names, version ("1"), namespace ("evad") and fields
-(:data:`PLUGIN_FIELDS`, the ONNX attributes of each op), so the engine builder can bind either:
-``load("cpp")`` loads ``libevad_plugins.so`` (built by ``evad-build-plugins``) into TensorRT's
-plugin registry, ``load("python")`` registers the Python creators
-(:mod:`evad.plugins.python_plugins`). Heavy imports (tensorrt, torch) happen on first use.
+Both sets implement the op contracts of :mod:`evad.op_contracts` (names, version "1", namespace
+"evad", the fields with their types and valid ranges), so the engine builder can bind either:
+``load("cpp")`` loads ``libevad_plugins.so`` (built by ``evad-build-plugins``; its creators read
+the generated header ``common/evadOpContract.h``) into TensorRT's plugin registry,
+``load("python")`` registers the Python creators (:mod:`evad.plugins.python_plugins`, Triton
+kernels). TensorRT, Triton and torch are imported on first use (:mod:`evad.lazy`).
+
+This stage imports no other evad stage: only :mod:`evad.errors`, :mod:`evad.lazy` and
+:mod:`evad.op_contracts` from first-party code.
 """
 
 from __future__ import annotations
@@ -14,20 +18,20 @@ from pathlib import Path
 from types import ModuleType
 
 from evad.errors import EvadError
+from evad.lazy import available, lazy_import
+from evad.op_contracts import CONTRACTS, NAMESPACE
+from evad.op_contracts import PLUGIN_VERSION as VERSION
+from evad.plugins import python_plugins
 
-__all__ = ["NAMESPACE", "PLUGIN_FIELDS", "VERSION", "PluginError", "library_dir", "library_path",
+__all__ = ["NAMESPACE", "VERSION", "PluginError", "library_dir", "library_path",
            "load", "tensorrt"]
 
-NAMESPACE = "evad"
-VERSION = "1"
-#: plugin name -> ordered (field name, kind) with kind "int" (INT32) or "float" (FLOAT32); the
-#: ONNX attributes of the op (export/ops.py) and the C++ creators' getFieldNames().
-PLUGIN_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "RoIAlign3D": (("output_height", "int"), ("output_width", "int"), ("spatial_scale", "float"),
-                   ("sampling_ratio", "int"), ("aligned", "int")),
-    "KeyframeTopKPrune": (("keep_num", "int"), ("keep_den", "int"),
-                          ("keyframe_weight", "float")),
-}
+_TENSORRT_INSTALL = ("pip install tensorrt (GPU machines) or tensorrt-lean-cu13-libs "
+                     "tensorrt-lean-cu13-bindings (plugin registry only)")
+#: the TensorRT Python modules that can register plugins, in order of preference
+_TENSORRT_MODULES = tuple(lazy_import(name, _TENSORRT_INSTALL) for name in
+                          ("tensorrt", "tensorrt_lean_bindings", "tensorrt_dispatch_bindings"))
+
 _LOADED: dict[str, object] = {}
 
 
@@ -42,17 +46,11 @@ def tensorrt() -> ModuleType:
     Raises:
         PluginError: none is installed (``tensorrt-stubs`` alone does not count).
     """
-    import importlib
-
-    for name in ("tensorrt", "tensorrt_lean_bindings", "tensorrt_dispatch_bindings"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "get_plugin_registry"):  # the stubs import as an empty package
+    for mod in _TENSORRT_MODULES:
+        # the stubs import as an empty package: no registry
+        if available(mod) and hasattr(mod, "get_plugin_registry"):
             return mod
-    raise PluginError("TensorRT is not installed: pip install tensorrt (GPU machines) or "
-                      "tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings (plugin registry only)")
+    raise PluginError(f"TensorRT is not installed: {_TENSORRT_INSTALL}")
 
 
 def library_dir() -> Path:
@@ -67,11 +65,11 @@ def library_path(name: str = "libevad_plugins.so") -> Path:
     return library_dir() / name
 
 
-def load(kind: str = "cpp", library: str | os.PathLike | None = None):
+def load(kind: str = "cpp", library: str | os.PathLike[str] | None = None):
     """Register one set of evad plugins in TensorRT's plugin registry (idempotent per kind).
 
     Args:
-        kind: ``"cpp"`` (libevad_plugins.so) or ``"python"`` (the torch plugins).
+        kind: ``"cpp"`` (libevad_plugins.so) or ``"python"`` (the Triton plugins).
         library: the .so for ``"cpp"`` (default :func:`library_path`).
 
     Returns:
@@ -79,6 +77,8 @@ def load(kind: str = "cpp", library: str | os.PathLike | None = None):
 
     Raises:
         PluginError: TensorRT or the library is missing, or a creator did not register.
+        MissingDependency: ``"python"`` without Triton (``pip install triton``).
+        EvadError: TensorRT refused a Python creator.
     """
     if kind not in ("cpp", "python"):
         raise PluginError(f"plugin kind {kind!r}: use 'cpp' or 'python'")
@@ -99,11 +99,9 @@ def load(kind: str = "cpp", library: str | os.PathLike | None = None):
                 raise PluginError(f"TensorRT could not load {path} (see its log above)")
             _LOADED[kind] = handle
         else:
-            from evad.plugins.python_plugins import register
-
-            _LOADED[kind] = register(trt)
-    for name in PLUGIN_FIELDS:
-        if registry.get_creator(name, VERSION, NAMESPACE) is None:
-            raise PluginError(f"plugin {NAMESPACE}::{name} v{VERSION} is not registered after "
-                              f"loading the {kind} plugins")
+            _LOADED[kind] = python_plugins.register(trt)  # MissingDependency without Triton
+    for c in CONTRACTS.values():
+        if registry.get_creator(c.name, c.plugin_version, c.domain) is None:
+            raise PluginError(f"plugin {c.domain}::{c.name} v{c.plugin_version} is not "
+                              f"registered after loading the {kind} plugins")
     return trt

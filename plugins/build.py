@@ -19,10 +19,11 @@ import zipfile
 from pathlib import Path
 
 from evad.errors import EvadError
+from evad.plugins import library_dir
 
-__all__ = ["DEFAULT_ARCHS", "build_cpu_check_library", "build_libraries", "cuda_include_dir",
-           "find_tensorrt_include",
-           "kernel_lens_headers", "main", "source_dir"]
+__all__ = ["DEFAULT_ARCHS", "build_cpu_check_library", "build_libraries", "common_dir",
+           "cuda_include_dir", "find_tensorrt_include", "kernel_lens_headers", "main",
+           "source_dir"]
 
 DEFAULT_ARCHS = "80;86;89;90"
 KERNEL_LENS = "kernel-lens==2.0.1"
@@ -31,8 +32,15 @@ _SYSTEM_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux
 
 
 def source_dir() -> Path:
-    """The folder holding CMakeLists.txt and csrc/ (this package's own folder)."""
+    """The CMake source tree: this package's own folder, holding CMakeLists.txt, ``common/``
+    and one folder per op (``roi_align_3d/``, ``keyframe_topk_prune/``)."""
     return Path(__file__).resolve().parent
+
+
+def common_dir() -> Path:
+    """``common/``: the sources both ops share (evadMath.h, evadKernels.h, the generated
+    evadOpContract.h, pluginCommon.h, the CPU check library, the C++ self-test in tests/)."""
+    return source_dir() / "common"
 
 
 def default_build_dir() -> Path:
@@ -41,7 +49,7 @@ def default_build_dir() -> Path:
     return Path(env) if env else source_dir() / "build"
 
 
-def find_tensorrt_include(explicit: str | os.PathLike | None = None) -> Path | None:
+def find_tensorrt_include(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The directory holding ``NvInferRuntime.h`` of a TensorRT install, or None."""
     cands = [explicit, os.environ.get("TensorRT_INCLUDE_DIR")]
     if os.environ.get("TensorRT_ROOT"):
@@ -124,8 +132,6 @@ def build_libraries(out_dir: Path | None = None, build_dir: Path | None = None,
     Raises:
         EvadError: cmake/nvcc missing or the build failed (with the tail of its log).
     """
-    from evad.plugins import library_dir
-
     out_dir = Path(out_dir) if out_dir else library_dir()
     build_dir = Path(build_dir) if build_dir else default_build_dir()
     if shutil.which("cmake") is None:
@@ -167,7 +173,7 @@ def build_cpu_check_library(out_dir: Path) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise EvadError("no host C++ compiler: install g++")
-    kdir = source_dir() / "csrc" / "kernels"
+    kdir = common_dir()
     out = Path(out_dir) / "libevad_kernels_cpu.so"
     cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
            f"-I{kdir}", str(kdir / "evadKernelsCpu.cpp"), "-o", str(out)]

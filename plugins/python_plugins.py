@@ -1,30 +1,222 @@
 """Python TensorRT plugins of the ``evad`` ops: IPluginV3 subclasses (core, build and runtime
-capabilities) with ``IPluginCreatorV3One`` creators, computing on TensorRT's stream. Same
-names, version, namespace and fields as the C++ plugins (:data:`evad.plugins.PLUGIN_FIELDS`),
-implemented independently of the CUDA kernels, so the two can be compared engine against engine.
+capabilities) with ``IPluginCreatorV3One`` creators, computing on TensorRT's stream with the
+Triton kernels of :mod:`evad.plugins.triton_kernels`, an implementation independent of the CUDA
+kernels, so the two plugin sets can be compared engine against engine.
 
-Kernels: the Triton kernels of :mod:`evad.plugins.triton_kernels` where Triton is installed
-(``EVAD_PYTHON_PLUGIN_BACKEND=torch`` forces the torch reference), else the torch reference.
+The op contracts (:mod:`evad.op_contracts`) give the names, version, namespace and fields. The
+creators read each field by its declared kind (:func:`read_fields`) and validate the values with
+:meth:`~evad.op_contracts.OpContract.validate`, as the C++ creators do with the generated header
+(``common/evadOpContract.h``, ``readContractFields`` in ``common/pluginCommon.h``): the same
+collections are refused with the same one-line message on stderr, and the creator returns None.
 
-The classes derive from the TensorRT module's own bases, which differ between the full
-``tensorrt`` and the runtime-only builds; :func:`make_classes` builds them for a given module.
+The pieces:
+
+- :func:`read_fields`, :func:`field_collection`: a PluginFieldCollection to contract values and
+  back;
+- :data:`OPS`: per op, what its plugin adds to the contract (output types and shapes, which
+  tensors are int64, its Triton kernel);
+- :func:`make_classes`: the plugin and creator classes over one TensorRT module's own bases
+  (the full ``tensorrt`` and the runtime-only bindings each have theirs, so the classes are
+  built per module): :func:`plugin_base`, then one subclass per op and its creator;
+- :func:`register`.
+
 Device memory is wrapped with ``__cuda_array_interface__`` (no pycuda). Unlike the C++ plugins
-these allocate temporaries from torch's caching allocator.
+these allocate temporaries from torch's caching allocator. Triton is required: without it
+:func:`register` raises :class:`~evad.lazy.MissingDependency` (``pip install triton``).
 """
 
 from __future__ import annotations
 
 import sys
-from types import ModuleType
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from evad.plugins import NAMESPACE, PLUGIN_FIELDS, VERSION
+from evad.errors import EvadError
+from evad.lazy import MissingDependency, available, lazy_import
+from evad.op_contracts import KEYFRAME_TOPK_PRUNE, ROI_ALIGN_3D, Field, OpContract
 
-__all__ = ["make_classes", "register"]
+if TYPE_CHECKING:
+    import torch
+    import triton
 
-_CLASSES: dict[int, dict[str, Any]] = {}
+    from evad.plugins import triton_kernels
+else:
+    torch = lazy_import("torch", "pip install torch")
+    triton = lazy_import("triton", "pip install triton")
+    # imports Triton: loaded on first use, after `triton` is known to be there (kernels())
+    triton_kernels = lazy_import("evad.plugins.triton_kernels", "pip install triton")
+
+__all__ = ["OPS", "OpPlugin", "Unreadable", "field_collection", "kernels", "make_classes",
+           "read_field", "read_fields", "register"]
+
+_INT_FIELD_TYPES = ("INT8", "INT16", "INT32", "INT64")
+_FLOAT_FIELD_TYPES = ("FLOAT32", "FLOAT64")
+
+
+# --- fields ---------------------------------------------------------------------------------------
+
+class Unreadable:
+    """A field the creators cannot read as its contract kind. Its repr completes the contract's
+    sentence (``spatial_scale must be a number, not a field of type INT32``), in the words of
+    the C++ creators (``readField`` in ``common/pluginCommon.h``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def read_field(field: Field, pf: Any) -> int | float | Unreadable:
+    """One PluginField read by the contract kind of ``field``, as the C++ creators read it.
+
+    Int fields accept INT8/16/32/64 data (a Python int); a FLOAT32/64 value is returned as a
+    float, which the contract refuses (``must be an integer, not 7.0``). Float fields accept
+    FLOAT32/64 data, rounded to float32 (what the plugins store). Anything else, and a field
+    that does not hold exactly one value, is :class:`Unreadable`.
+    """
+    if pf.size != 1:
+        return Unreadable(f"{pf.size} values")
+    type_name = pf.type.name
+    if type_name not in _INT_FIELD_TYPES + _FLOAT_FIELD_TYPES:
+        return Unreadable(f"a field of type {type_name}")
+    value = np.asarray(pf.data).reshape(-1)[0]
+    int_data = type_name in _INT_FIELD_TYPES
+    if field.kind == "int":
+        return int(value) if int_data else float(value)
+    if int_data:
+        return Unreadable(f"a field of type {type_name}")
+    with np.errstate(over="ignore"):  # past float32's range: inf, which the contract refuses
+        return float(np.float32(value))
+
+
+def read_fields(contract: OpContract, fc: Iterable[Any]) -> dict[str, int | float | Unreadable]:
+    """The contract's fields found in a PluginFieldCollection, each read by its kind
+    (:func:`read_field`), for :meth:`OpContract.validate`. Names outside the contract are
+    ignored (the ONNX parser passes ``plugin_version`` and ``plugin_namespace`` along); of a
+    repeated name the first counts, as in the C++ ``findField``."""
+    values: dict[str, int | float | Unreadable] = {}
+    for pf in fc:
+        if pf.name in contract.field_names and pf.name not in values:
+            values[pf.name] = read_field(contract.field(pf.name), pf)
+    return values
+
+
+def field_collection(trt: Any, contract: OpContract, values: dict[str, int | float] | None,
+                     keep: list[np.ndarray]) -> Any:
+    """The contract's fields as a PluginFieldCollection, in order, int fields INT32 and float
+    fields FLOAT32, holding ``values`` (None: names and types only, a creator's
+    ``field_names``). PluginField does not own its numpy buffer: ``keep`` receives the buffers
+    and must live as long as the collection."""
+    fields = []
+    for f in contract.fields:
+        dtype, ftype = ((np.int32, trt.PluginFieldType.INT32) if f.kind == "int"
+                        else (np.float32, trt.PluginFieldType.FLOAT32))
+        data = np.array([] if values is None else [values[f.name]], dtype=dtype)
+        keep.append(data)
+        fields.append(trt.PluginField(f.name, data, ftype))
+    return trt.PluginFieldCollection(fields)
+
+
+# --- the ops --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpPlugin:
+    """What the Python plugin of one op adds to its contract.
+
+    int64_positions: the index tensors among inputs + outputs (int64; the others share input
+        0's float type).
+    output_types: ``(trt, input types) -> output types``.
+    output_shapes: ``(trt, attrs, input DimsExprs, expression builder) -> output DimsExprs``.
+    kernel: the host function of :mod:`evad.plugins.triton_kernels`, called with the input
+        tensors and the contract's fields by name.
+    """
+
+    contract: OpContract
+    int64_positions: tuple[int, ...]
+    output_types: Callable[[Any, list[Any]], list[Any]]
+    output_shapes: Callable[[Any, dict[str, Any], list[Any], Any], list[Any]]
+    kernel: str
+
+
+def _roi_align_3d_types(trt: Any, input_types: list[Any]) -> list[Any]:
+    return [input_types[0]]
+
+
+def _roi_align_3d_shapes(trt: Any, attrs: dict[str, Any], inputs: list[Any],
+                         exprs: Any) -> list[Any]:
+    """(R, C, T, output_height, output_width) from features (B, C, T, H, W) and rois (R, 5)."""
+    features, rois = inputs
+    out = trt.DimsExprs(5)
+    out[0], out[1], out[2] = rois[0], features[1], features[2]
+    out[3] = exprs.constant(attrs["output_height"])
+    out[4] = exprs.constant(attrs["output_width"])
+    return [out]
+
+
+def _keyframe_topk_prune_types(trt: Any, input_types: list[Any]) -> list[Any]:
+    return [input_types[2], trt.DataType.INT64]
+
+
+def _keyframe_topk_prune_shapes(trt: Any, attrs: dict[str, Any], inputs: list[Any],
+                                exprs: Any) -> list[Any]:
+    """x_kept (B, K, C), idx_kept (B, K) with K = CEIL_DIV(N * keep_num, keep_den) - N + M
+    (= ceil(keep_num N / keep_den) - S, S = N - M), from q (B, H, N, d), x_nonkey (B, M, C)."""
+    q, _, x, idx = inputs
+    op = trt.DimensionOperation
+    n, m = q[2], x[1]
+    kept = exprs.operation(op.CEIL_DIV,
+                           exprs.operation(op.PROD, n, exprs.constant(attrs["keep_num"])),
+                           exprs.constant(attrs["keep_den"]))
+    kk = exprs.operation(op.SUM, exprs.operation(op.SUB, kept, n), m)
+    x_kept, idx_kept = trt.DimsExprs(3), trt.DimsExprs(2)
+    x_kept[0], x_kept[1], x_kept[2] = x[0], kk, x[2]
+    idx_kept[0], idx_kept[1] = idx[0], kk
+    return [x_kept, idx_kept]
+
+
+#: op name -> its Python plugin (plugins/<op>/README.md describe them)
+OPS: dict[str, OpPlugin] = {op.contract.name: op for op in (
+    OpPlugin(ROI_ALIGN_3D, (), _roi_align_3d_types, _roi_align_3d_shapes,
+             "roi_align_3d_triton"),
+    # importance in fp32 whatever the input type, two passes, no N x N buffer
+    OpPlugin(KEYFRAME_TOPK_PRUNE, (3, 5), _keyframe_topk_prune_types,
+             _keyframe_topk_prune_shapes, "keyframe_topk_prune_triton"),
+)}
+
+_KERNELS: dict[str, Callable[..., Any]] = {}
+
+
+def kernels() -> dict[str, Callable[..., Any]]:
+    """The Triton kernel of each op, by op name; resolved once (imports Triton and torch).
+
+    Raises:
+        MissingDependency: Triton is not installed (``pip install triton``).
+    """
+    if not _KERNELS:
+        if not available(triton):
+            raise MissingDependency("triton", "pip install triton",
+                                    "the Python TensorRT plugins run Triton kernels")
+        _KERNELS.update({name: getattr(triton_kernels, op.kernel) for name, op in OPS.items()})
+    return _KERNELS
+
+
+# --- the classes ----------------------------------------------------------------------------------
+
+def _tensor(trt: Any, ptr: int, desc: Any) -> Any:
+    """A torch CUDA tensor over a TensorRT binding (fp32, fp16, bf16, int64), without a copy."""
+    shape = tuple(int(d) for d in desc.dims)
+    if desc.type == trt.DataType.BF16:  # no typestr for bf16: view its bits
+        return torch.as_tensor(_DevicePointer(ptr, shape, "<i2"), device="cuda").view(
+            torch.bfloat16)
+    typestr = {trt.DataType.FLOAT: "<f4", trt.DataType.HALF: "<f2",
+               trt.DataType.INT64: "<i8"}[desc.type]
+    return torch.as_tensor(_DevicePointer(ptr, shape, typestr), device="cuda")
 
 
 class _DevicePointer:
@@ -35,96 +227,29 @@ class _DevicePointer:
                                          "data": (int(ptr), False), "version": 3}
 
 
-def _tensor(trt: ModuleType, ptr: int, desc: Any):
-    """Torch CUDA tensor over a TensorRT binding (fp32, fp16, bf16, int64)."""
-    import torch
-
-    shape = tuple(int(d) for d in desc.dims)
-    t = desc.type
-    if t == trt.DataType.BF16:  # no typestr for bf16: view its bits
-        return torch.as_tensor(_DevicePointer(ptr, shape, "<i2"), device="cuda").view(
-            torch.bfloat16)
-    typestr = {trt.DataType.FLOAT: "<f4", trt.DataType.HALF: "<f2",
-               trt.DataType.INT64: "<i8"}[t]
-    return torch.as_tensor(_DevicePointer(ptr, shape, typestr), device="cuda")
-
-
-def _ops() -> tuple[Any, Any]:
-    """(roi_align_3d, keyframe_topk_prune) implementations: Triton when available (and not
-    disabled by ``EVAD_PYTHON_PLUGIN_BACKEND=torch``), else the torch reference."""
-    import os
-
-    if os.environ.get("EVAD_PYTHON_PLUGIN_BACKEND", "triton") == "triton":
-        try:
-            from evad.plugins.triton_kernels import (
-                keyframe_topk_prune_triton,
-                roi_align_3d_triton,
-            )
-
-            return roi_align_3d_triton, keyframe_topk_prune_triton
-        except ImportError:
-            pass
-    from evad.models.keyframe_topk_prune import keyframe_topk_prune
-    from evad.models.roi_align_3d import roi_align_3d
-
-    return roi_align_3d, keyframe_topk_prune
-
-
-def _read_fields(name: str, fc: Any) -> dict[str, float | int]:
-    """The op's attributes from a PluginFieldCollection; every one is required."""
-    got = {f.name: np.asarray(f.data).reshape(-1) for f in fc}
-    out: dict[str, float | int] = {}
-    for field, kind in PLUGIN_FIELDS[name]:
-        if field not in got or got[field].size != 1:
-            raise ValueError(f"{NAMESPACE}::{name}: missing field {field}")
-        out[field] = int(got[field][0]) if kind == "int" else float(got[field][0])
-    return out
-
-
-def make_classes(trt: ModuleType) -> dict[str, Any]:
-    """``{"RoIAlign3D": (plugin class, creator class), ...}`` for the TensorRT module ``trt``."""
-    if id(trt) in _CLASSES:
-        return _CLASSES[id(trt)]
+def plugin_base(trt: Any) -> type:
+    """The IPluginV3 base class of the evad plugins over ``trt``'s own bases: everything but
+    the per-op parts, which subclasses take from their ``op`` (:class:`OpPlugin`)."""
     float_types = (trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.BF16)
+    bases = (trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild,
+             trt.IPluginV3OneRuntime)
 
-    def field_collection(name: str, values: dict[str, float | int] | None, keep: list):
-        # PluginField does not own its numpy buffer: the caller keeps `keep` alive with it.
-        fields = []
-        for field, kind in PLUGIN_FIELDS[name]:
-            dtype = np.int32 if kind == "int" else np.float32
-            ftype = trt.PluginFieldType.INT32 if kind == "int" else trt.PluginFieldType.FLOAT32
-            data = np.array([values[field]] if values else [], dtype=dtype)
-            keep.append(data)
-            fields.append(trt.PluginField(field, data, ftype))
-        return trt.PluginFieldCollection(fields)
+    class EvadPlugin(*bases):
+        """An evad op's IPluginV3 (core, build and runtime capabilities in one object) with
+        validated attributes ``attrs`` (the contract's fields) and its Triton kernel, resolved
+        here once for the plugin's life."""
 
-    class _Base(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild,
-                trt.IPluginV3OneRuntime):
-        op_name = ""
-        outputs = 1
-        int64_positions: tuple[int, ...] = ()  # index tensors among inputs + outputs
+        op: ClassVar[OpPlugin]
 
-        def supports_format_combination(self, pos, in_out, num_inputs) -> bool:
-            """Linear layout; input 0 any float type, index tensors int64, the rest as input 0."""
-            desc = in_out[pos].desc
-            if desc.format != trt.TensorFormat.LINEAR:
-                return False
-            if pos == 0:
-                return desc.type in float_types
-            if pos in self.int64_positions:
-                return desc.type == trt.DataType.INT64
-            return desc.type == in_out[0].desc.type
-
-        def __init__(self, attrs: dict[str, float | int]) -> None:
-            trt.IPluginV3.__init__(self)
-            trt.IPluginV3OneCore.__init__(self)
-            trt.IPluginV3OneBuild.__init__(self)
-            trt.IPluginV3OneRuntime.__init__(self)
-            self.plugin_name = self.op_name
-            self.plugin_version = VERSION
-            self.plugin_namespace = NAMESPACE
-            self.num_outputs = self.outputs
+        def __init__(self, attrs: dict[str, int | float]) -> None:
+            for base in bases:
+                base.__init__(self)
+            c = self.op.contract
+            self.plugin_name, self.plugin_version, self.plugin_namespace = (
+                c.name, c.plugin_version, c.domain)
+            self.num_outputs = len(c.outputs)
             self.attrs = dict(attrs)
+            self.kernel = kernels()[c.name]
             self._field_data: list[np.ndarray] = []
 
         def get_capability_interface(self, type):  # noqa: A002 (TensorRT's name)
@@ -135,7 +260,24 @@ def make_classes(trt: ModuleType) -> dict[str, Any]:
 
         def get_fields_to_serialize(self):
             self._field_data = []
-            return field_collection(self.op_name, self.attrs, self._field_data)
+            return field_collection(trt, self.op.contract, self.attrs, self._field_data)
+
+        def get_output_data_types(self, input_types):
+            return self.op.output_types(trt, input_types)
+
+        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
+            return self.op.output_shapes(trt, self.attrs, inputs, expr_builder)
+
+        def supports_format_combination(self, pos, in_out, num_inputs) -> bool:
+            """Linear layout; input 0 any float type, index tensors int64, the rest as input 0."""
+            desc = in_out[pos].desc
+            if desc.format != trt.TensorFormat.LINEAR:
+                return False
+            if pos == 0:
+                return desc.type in float_types
+            if pos in self.op.int64_positions:
+                return desc.type == trt.DataType.INT64
+            return desc.type == in_out[0].desc.type
 
         def configure_plugin(self, inp, out) -> None:
             pass
@@ -152,113 +294,86 @@ def make_classes(trt: ModuleType) -> dict[str, Any]:
         def get_workspace_size(self, inp, out) -> int:
             return 0
 
-        def _run(self, fn, input_desc, output_desc, inputs, outputs, stream) -> None:
-            import torch
-
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
             ins = [_tensor(trt, p, d) for p, d in zip(inputs, input_desc, strict=True)]
             outs = [_tensor(trt, p, d) for p, d in zip(outputs, output_desc, strict=True)]
             with torch.cuda.stream(torch.cuda.ExternalStream(stream)), torch.no_grad():
-                results = fn(*ins)
-                for o, r in zip(outs, results if isinstance(results, tuple) else (results,),
-                                strict=True):
+                results = self.kernel(*ins, **self.attrs)
+                if not isinstance(results, tuple):
+                    results = (results,)
+                for o, r in zip(outs, results, strict=True):
                     o.copy_(r)
 
-    class RoIAlign3DPlugin(_Base):
-        """evad::RoIAlign3D v1, Triton or torch (plugins/roi_align_3d/README.md)."""
-
-        op_name = "RoIAlign3D"
-        outputs = 1
-
-        def get_output_data_types(self, input_types):
-            return [input_types[0]]
-
-        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-            f, r = inputs
-            out = trt.DimsExprs(5)
-            out[0], out[1], out[2] = r[0], f[1], f[2]
-            out[3] = expr_builder.constant(self.attrs["output_height"])
-            out[4] = expr_builder.constant(self.attrs["output_width"])
-            return [out]
-
-        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
-            roi_align_3d, _ = _ops()
-            a = self.attrs
-            self._run(lambda f, r: roi_align_3d(
-                f, r, a["output_height"], a["output_width"], a["spatial_scale"],
-                a["sampling_ratio"], bool(a["aligned"])), input_desc, output_desc, inputs,
-                outputs, stream)
-
-    class KeyframeTopKPrunePlugin(_Base):
-        """evad::KeyframeTopKPrune v1, Triton importance (two passes, no N x N) or torch
-        (plugins/keyframe_topk_prune/README.md); importance in fp32 whatever the input type."""
-
-        op_name = "KeyframeTopKPrune"
-        outputs = 2
-
-        def get_output_data_types(self, input_types):
-            return [input_types[2], trt.DataType.INT64]
-
-        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-            q, _, x, idx = inputs
-            op = trt.DimensionOperation
-            n, m = q[2], x[1]
-            kept = expr_builder.operation(
-                op.CEIL_DIV, expr_builder.operation(op.PROD, n, expr_builder.constant(
-                    self.attrs["keep_num"])), expr_builder.constant(self.attrs["keep_den"]))
-            kk = expr_builder.operation(op.SUM, expr_builder.operation(op.SUB, kept, n), m)
-            xo, io = trt.DimsExprs(3), trt.DimsExprs(2)
-            xo[0], xo[1], xo[2] = x[0], kk, x[2]
-            io[0], io[1] = idx[0], kk
-            return [xo, io]
-
-        int64_positions = (3, 5)  # idx and idx_kept
-
-        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream) -> None:
-            _, keyframe_topk_prune = _ops()
-            a = self.attrs
-            self._run(lambda q, k, x, idx: keyframe_topk_prune(
-                q, k, x, idx, a["keep_num"], a["keep_den"], a["keyframe_weight"]),
-                input_desc, output_desc, inputs, outputs, stream)
-
-    def creator_for(plugin_cls):
-        class Creator(trt.IPluginCreatorV3One):
-            __doc__ = f"Creator of {NAMESPACE}::{plugin_cls.op_name} v{VERSION} (Python)."
-
-            def __init__(self) -> None:
-                trt.IPluginCreatorV3One.__init__(self)
-                self.name = plugin_cls.op_name
-                self.plugin_version = VERSION
-                self.plugin_namespace = NAMESPACE
-                self._field_data: list[np.ndarray] = []
-                self.field_names = field_collection(plugin_cls.op_name, None, self._field_data)
-
-            def create_plugin(self, name, fc, phase):
-                # As the C++ creators: a bad field collection gives None and one stderr line,
-                # never an exception into TensorRT.
-                try:
-                    return plugin_cls(_read_fields(plugin_cls.op_name, fc))
-                except ValueError as e:
-                    print(f"[evad plugin] {plugin_cls.op_name}::createPlugin: {e}",
-                          file=sys.stderr)
-                    return None
-
-        Creator.__name__ = Creator.__qualname__ = plugin_cls.__name__ + "Creator"
-        return Creator
-
-    classes = {cls.op_name: (cls, creator_for(cls))
-               for cls in (RoIAlign3DPlugin, KeyframeTopKPrunePlugin)}
-    _CLASSES[id(trt)] = classes
-    return classes
+    return EvadPlugin
 
 
-def register(trt: ModuleType) -> list[Any]:
-    """Register both Python creators in ``trt``'s plugin registry; returns the creators (keep
-    them alive: the registry does not own Python objects)."""
+def plugin_class(base: type, op: OpPlugin) -> type:
+    """The plugin class of one op: ``base`` (:func:`plugin_base`) bound to ``op``."""
+    c = op.contract
+    return type(f"{c.name}Plugin", (base,), {
+        "op": op, "__doc__": f"{c.domain}::{c.name} v{c.plugin_version}, Triton kernels."})
+
+
+def create_plugin(plugin_cls: Any, fc: Iterable[Any]) -> Any:
+    """A plugin from a field collection, or None and one stderr line when the fields break the
+    contract (as the C++ creators): never an exception into TensorRT."""
+    contract = plugin_cls.op.contract
+    try:
+        return plugin_cls(contract.validate(read_fields(contract, fc)))
+    except Exception as e:  # noqa: BLE001 (TensorRT must get None, not an exception)
+        print(f"[evad plugin] {contract.name}::createPlugin: {e}", file=sys.stderr)
+        return None
+
+
+def creator_class(trt: Any, plugin_cls: Any) -> type:
+    """The IPluginCreatorV3One of one plugin class: the contract's name, version, namespace
+    and fields; ``create_plugin`` validates (:func:`create_plugin`)."""
+    c = plugin_cls.op.contract
+
+    class Creator(trt.IPluginCreatorV3One):
+        __doc__ = f"Creator of {c.domain}::{c.name} v{c.plugin_version} (Python)."
+
+        def __init__(self) -> None:
+            trt.IPluginCreatorV3One.__init__(self)
+            self.name, self.plugin_version, self.plugin_namespace = (
+                c.name, c.plugin_version, c.domain)
+            self._field_data: list[np.ndarray] = []
+            self.field_names = field_collection(trt, c, None, self._field_data)
+
+        def create_plugin(self, name, fc, phase):
+            return create_plugin(plugin_cls, fc)
+
+    Creator.__name__ = Creator.__qualname__ = f"{c.name}PluginCreator"
+    return Creator
+
+
+_CLASSES: dict[int, dict[str, tuple[type, type]]] = {}
+
+
+def make_classes(trt: Any) -> dict[str, tuple[type, type]]:
+    """``{"RoIAlign3D": (plugin class, creator class), ...}`` for the TensorRT module ``trt``
+    (built once per module)."""
+    if id(trt) not in _CLASSES:
+        base = plugin_base(trt)
+        plugins = {name: plugin_class(base, op) for name, op in OPS.items()}
+        _CLASSES[id(trt)] = {name: (cls, creator_class(trt, cls)) for name, cls in plugins.items()}
+    return _CLASSES[id(trt)]
+
+
+def register(trt: Any) -> list[Any]:
+    """Register the Python creators in ``trt``'s plugin registry; returns the creators (keep
+    them alive: the registry does not own Python objects).
+
+    Raises:
+        MissingDependency: Triton is not installed (``pip install triton``); nothing registered.
+        EvadError: TensorRT refused a creator.
+    """
+    kernels()
     registry = trt.get_plugin_registry()
     creators = []
-    for _, creator_cls in make_classes(trt).values():
+    for name, (_, creator_cls) in make_classes(trt).items():
         creator = creator_cls()
-        if not registry.register_creator(creator, NAMESPACE):
-            raise RuntimeError(f"TensorRT refused the Python creator {creator.name}")
+        if not registry.register_creator(creator, OPS[name].contract.domain):
+            raise EvadError(f"TensorRT refused the Python creator {name}")
         creators.append(creator)
     return creators

@@ -1,19 +1,36 @@
 """Triton kernels of the evad ops for the Python TensorRT plugins: an implementation independent
-of the CUDA kernels (plugins/csrc/kernels), checked on the CPU under ``TRITON_INTERPRET=1``
+of the CUDA kernels (``plugins/<op>/*.cu``), checked on the CPU under ``TRITON_INTERPRET=1``
 (fp32/fp16) and compiled to cubin for sm_80/sm_90 without a GPU (tests/test_plugins_triton.py).
 
 - KeyframeTopKPrune importance in two passes over key blocks (row log-sum-exp, then weighted
-  column sums of exp(s - lse)), fp32 accumulation, never an N x N buffer; top-k and gather are
-  torch (``torch.topk`` sorted, ``torch.gather``).
+  column sums of exp(s - lse)), fp32 accumulation, never an N x N buffer; the order and the
+  gather are torch: a stable descending sort of the importance, then the first K, so equal
+  importance keeps the lower position first (the tie order of
+  :data:`evad.op_contracts.KEYFRAME_TOPK_PRUNE`).
 - RoIAlign3D: one program per block of output elements, every RoI and slice in one launch.
 
-Triton is imported on first use; without it the Python plugins use the torch reference.
+The host functions take the contract's fields by name (``keep_num=...``), as the Python plugins
+pass them. Importing this module imports Triton (a Triton kernel needs the real
+``triton.language`` among its globals: Triton's compiler and interpreter look it up there);
+without Triton the import raises :class:`evad.lazy.MissingDependency` (``pip install triton``).
+The Python plugins import it lazily (:mod:`evad.plugins.python_plugins`).
 """
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from typing import TYPE_CHECKING
+
+from evad.lazy import lazy_import
+from evad.op_contracts import pruned_count
+
+if TYPE_CHECKING:
+    import torch
+    import triton
+    import triton.language as tl
+else:
+    torch = lazy_import("torch", "pip install torch")
+    triton = lazy_import("triton", "pip install triton")
+    tl = triton.language  # the real module (imports Triton now), for the kernels' globals
 
 __all__ = ["importance_triton", "keyframe_topk_prune_triton", "roi_align_3d_triton"]
 
@@ -124,10 +141,9 @@ def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, c, t, h, w, spatial_scale,
 
 
 def importance_triton(q, k, s: int, keyframe_weight: float, block: int = 32):
-    """(B, N - s) fp32 importance of the non-keyframe tokens (torch tensors in, as
-    :func:`evad.models.keyframe_topk_prune.importance`), by the two Triton passes."""
-    import torch
-
+    """(B, N - s) fp32 importance of the non-keyframe tokens from q, k (B, H, N, d) torch tensors,
+    by the two Triton passes: ``mean_h((w_kf * sum_{i<s} A[h,i,j] + sum_{i>=s} A[h,i,j]) / N)``
+    with ``A = softmax(q k^T)``."""
     b, heads, n, d = q.shape
     q, k = q.contiguous(), k.contiguous()
     lse = torch.empty((b * heads, n), dtype=torch.float32, device=q.device)
@@ -143,15 +159,15 @@ def importance_triton(q, k, s: int, keyframe_weight: float, block: int = 32):
 
 def keyframe_topk_prune_triton(q, k, x_nonkey, idx, keep_num: int, keep_den: int,
                                keyframe_weight: float):
-    """``evad::KeyframeTopKPrune`` with the Triton importance; torch top-k and gather."""
-    import torch
-
-    from evad.models.keyframe_topk_prune import pruned_count
-
+    """``evad::KeyframeTopKPrune`` with the Triton importance: the K most important non-keyframe
+    tokens in the contract's order (descending importance; on equal importance the lower
+    position in x_nonkey first), gathered bit for bit."""
     n = q.shape[2]
     s = n - x_nonkey.shape[1]
     kk = pruned_count(n, s, keep_num, keep_den)
-    pos = torch.topk(importance_triton(q, k, s, keyframe_weight), kk, dim=1).indices
+    score = importance_triton(q, k, s, keyframe_weight)
+    # A stable descending sort, then the first K: torch.topk promises no order among equal values.
+    pos = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :kk]
     x_kept = torch.gather(x_nonkey, 1, pos[..., None].expand(-1, -1, x_nonkey.shape[2]))
     return x_kept, torch.gather(idx, 1, pos)
 
@@ -159,9 +175,8 @@ def keyframe_topk_prune_triton(q, k, x_nonkey, idx, keep_num: int, keep_den: int
 def roi_align_3d_triton(features, rois, output_height: int = 7, output_width: int = 7,
                         spatial_scale: float = 1 / 16, sampling_ratio: int = 2,
                         aligned: bool = True, block: int = 128):
-    """``evad::RoIAlign3D``: (R, C, T, oh, ow) from features (B, C, T, H, W), rois (R, 5)."""
-    import torch
-
+    """``evad::RoIAlign3D``: (R, C, T, oh, ow) from features (B, C, T, H, W), rois (R, 5);
+    ``aligned`` may be the contract's int field (0 or 1)."""
     b, c, t, h, w = features.shape
     r = rois.shape[0]
     out = torch.empty((r, c, t, output_height, output_width), dtype=features.dtype,

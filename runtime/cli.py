@@ -1,4 +1,9 @@
-"""``evad-trt-run``: a video in, per-person action detections out."""
+"""``evad-trt-run``: a video in, per-person action detections out.
+
+The installed command is ``evad.cli.trt_run:main``, which calls :func:`main` here with the demo
+assets as the defaults for a missing video and model (they are made by stages above the
+runtime: the synthetic video generator and the exporter).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from evad.errors import ConfigError, EvadError
+from tqdm import tqdm
 
-__all__ = ["main"]
+from evad.errors import ConfigError, EvadError
+from evad.runtime.backends import BACKENDS, open_runner
+from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
+from evad.runtime.pipeline import detect
+from evad.runtime.preprocess import Preprocessor
+from evad.runtime.render import render_video
+from evad.runtime.sampling import expected_keyframes
+from evad.runtime.video import open_video
+
+__all__ = ["main", "parser"]
+
+#: a function that returns a file to use when the user gave none (made on first use)
+Default = Callable[[], Path]
 
 _PROG = "evad-trt-run"
 
@@ -31,7 +49,7 @@ flushed per batch; they are renamed into place at the end.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=_PROG, description="Detect people and their actions in a video with an EVAD "
         "model: one keyframe per --keyframe-stride seconds, a 16 x 4 frame clip around each.",
@@ -43,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--engine", type=Path, help="TensorRT engine")
     model.add_argument("--onnx", type=Path, help="ONNX model from evad-export")
     model.add_argument("--ckpt", type=Path, help="checkpoint, for the torch backend")
-    model.add_argument("--backend", choices=["auto", "trt", "ort", "torch"], default="auto",
+    model.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (default): the fastest that is available for the given "
                        "model(s): TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, "
                        "torch CPU")
@@ -89,15 +107,18 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"{_PROG}: {msg}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, default_video: Default | None = None,
+         default_model: Default | None = None) -> int:
+    """Run the command; ``default_video`` / ``default_model`` give the files to use when the
+    user named no video / no model (without them, a missing one is an error)."""
+    args = parser().parse_args(argv)
     state: dict = {}
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM) ends the run like Ctrl-C: the finished keyframes stay resumable.
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(args, state)
+        return _run(args, state, default_video, default_model)
     except (EvadError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{_PROG}: error: {msg}", file=sys.stderr)
@@ -139,28 +160,25 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("--top-k must be >= 0")
 
 
-def _run(args: argparse.Namespace, state: dict) -> int:
-    from tqdm import tqdm
-
-    from evad.runtime import demo
-    from evad.runtime.backends import create_backend
-    from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
-    from evad.runtime.pipeline import detect
-    from evad.runtime.preprocess import Preprocessor
-    from evad.runtime.render import render_video
-    from evad.runtime.sampling import expected_keyframes
-    from evad.runtime.video import open_video
-
+def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
+         default_model: Default | None) -> int:
     _validate(args)
     q = args.quiet
     t_start = time.perf_counter()
     # Everything that can refuse the input runs before a file is written.
-    info = open_video(args.video if args.video is not None else demo.default_video(), args.fps)
+    video = args.video
+    if video is None:
+        if default_video is None:
+            raise ConfigError("no video: pass a video file or a directory of frames")
+        video = default_video()
+    info = open_video(video, args.fps)
     onnx = args.onnx
     if args.engine is None and args.onnx is None and args.ckpt is None:
-        onnx = demo.default_model()
-    backend, notes = create_backend(args.backend, engine=args.engine, onnx=onnx,
-                                    ckpt=args.ckpt, threads=args.threads)
+        if default_model is None:
+            raise ConfigError("no model: pass --onnx FILE, --engine FILE or --ckpt FILE")
+        onnx = default_model()
+    backend, notes = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=args.ckpt,
+                                 threads=args.threads, shrink_arena=True)
     spec = backend.spec
     pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
                               spec.mean, spec.std, spec.input_size, spec.name)

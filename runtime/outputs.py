@@ -11,8 +11,9 @@ the summary.
 CSV rows (no header, AVA's result format): ``video_id, timestamp, x1, y1, x2, y2, action_id,
 score`` with the box normalised by the frame size, one row per person and action whose
 probability is >= ``csv_min_score`` (default 0: every class, as the AVA evaluation expects),
-each keyframe's rows by descending score (``evad.evaluation.ava_eval.by_score``: the AVA code
-matches in file order).
+each keyframe's rows by descending score (:func:`by_score`: the AVA code matches in file
+order). :func:`csv_rows` and :func:`format_csv_row` are the only writer of these rows; ``evad-eval
+--data`` uses them too.
 JSONL: one object per keyframe, ``{"keyframe", "time", "frame", "frame_time", "people":
 [{"box" (source pixels), "box_norm", "person_score", "actions": [{"id", "name", "score"}]}]}``.
 """
@@ -21,16 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from evad.errors import EvadError
-from evad.evaluation.ava_eval import by_score
 from evad.runtime.postprocess import Person
 from evad.runtime.sampling import Keyframe
 
-__all__ = ["DetectionWriter", "format_time", "write_json_atomic"]
+__all__ = ["CsvRow", "DetectionWriter", "by_score", "csv_rows", "format_csv_row", "format_time",
+           "write_csv_atomic", "write_json_atomic"]
+
+T = TypeVar("T")
+#: one AVA detection row: video id, keyframe time (s), normalised x1 y1 x2 y2, action id
+#: (1-based), score
+CsvRow = tuple[str, float, tuple[float, float, float, float], int, float]
 
 CSV_NAME, JSONL_NAME, RUN_NAME, VIDEO_NAME = ("detections.csv", "detections.jsonl", "run.json",
                                               "annotated.mp4")
@@ -42,6 +48,47 @@ def format_time(t: float) -> str:
     if abs(t - round(t)) < 1e-6:
         return str(round(t))
     return f"{t:.3f}".rstrip("0")
+
+
+def by_score(rows: list[T], score: Callable[[T], float]) -> list[T]:
+    """One keyframe's detection rows, highest ``score(row)`` first (ties keep their order).
+
+    The AVA code matches a keyframe's detections in file order, so a lower-scored duplicate
+    listed first would take the match and turn the better detection into a false positive.
+    Listed by score, the matching is the VOC one (best detection first).
+    """
+    return sorted(rows, key=score, reverse=True)  # stable: reverse keeps the order of ties
+
+
+def csv_rows(video_id: str, time_s: float, people: Iterable[Person],
+             min_score: float = 0.0) -> list[CsvRow]:
+    """One keyframe's AVA rows: one per person and class with probability >= ``min_score``,
+    by descending score. Values are not rounded (:func:`format_csv_row` rounds)."""
+    rows: list[CsvRow] = []
+    for p in people:
+        box = tuple(float(v) for v in p.box_norm)
+        rows.extend((video_id, time_s, box, c + 1, float(s))  # type: ignore[misc]
+                    for c, s in enumerate(p.action_probs) if s >= min_score)
+    return by_score(rows, lambda r: r[4])
+
+
+def format_csv_row(row: CsvRow) -> str:
+    """``video,time,x1,y1,x2,y2,action,score`` + newline (boxes to 4 decimals, scores to 6)."""
+    video, t, (x1, y1, x2, y2), action, score = row
+    return (f"{video},{format_time(t)},{x1:.4f},{y1:.4f},{x2:.4f},{y2:.4f},{action},"
+            f"{score:.6f}\n")
+
+
+def write_csv_atomic(rows: Iterable[CsvRow], path: str | os.PathLike) -> None:
+    """A whole AVA detection CSV, written through a temporary file and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.writelines(format_csv_row(r) for r in rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -161,15 +208,8 @@ class DetectionWriter:
         csv_lines = []
         json_lines = []
         for kf, people in items:
-            ts = format_time(kf.time_s)
-            rows = []
-            for p in people:
-                x1, y1, x2, y2 = (f"{v:.4f}" for v in p.box_norm)
-                for c, s in enumerate(p.action_probs):
-                    if s >= self.csv_min_score:
-                        rows.append((s, f"{self.video_id},{ts},{x1},{y1},{x2},{y2},{c + 1},"
-                                        f"{s:.6f}\n"))
-            csv_lines += [line for _, line in by_score(rows, lambda r: r[0])]
+            csv_lines += [format_csv_row(r) for r in csv_rows(self.video_id, kf.time_s, people,
+                                                               self.csv_min_score)]
             rec = {"keyframe": kf.index, "time": kf.time_s, "frame": kf.frame,
                    "frame_time": round(kf.frame_time_s, 6),
                    "people": [{"box": [round(float(v), 1) for v in p.box],

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evad.runtime.backends import Backend
+from evad.runner import OUTPUT_ACTION_PROBS, OUTPUT_BOXES, OUTPUT_PERSON_SCORES, Runner
 from evad.runtime.outputs import DetectionWriter
 from evad.runtime.postprocess import Person, keyframe_people
 from evad.runtime.preprocess import Preprocessor
@@ -145,14 +145,14 @@ class ClipProducer(threading.Thread):
             self.join(timeout=0.1)
 
 
-def detect(info: VideoInfo, backend: Backend, pre: Preprocessor, writer: DetectionWriter, *,
+def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: DetectionWriter, *,
            keyframe_stride_s: float = 1.0, batch_size: int = 1,
            person_threshold: float | None = None, keep_all_if_none: bool = False,
            on_batch: Callable[[int], None] | None = None) -> RunStats:
     """Run the whole video through ``backend``, writing each batch with ``writer``.
 
     Args:
-        info, backend, pre: the video, the model, and their pre-processing.
+        info, backend, pre: the video, the model (any runner), and their pre-processing.
         writer: an opened ``DetectionWriter`` (its done keyframes are skipped).
         keyframe_stride_s: seconds between keyframes.
         batch_size: clips per backend call.
@@ -178,12 +178,12 @@ def detect(info: VideoInfo, backend: Backend, pre: Preprocessor, writer: Detecti
             clip = np.stack([c for _, c in batch])
             size = np.tile(np.array([[rh, rw]], np.int64), (len(batch), 1))
             t = time.perf_counter()
-            out = backend.run(clip, size)
+            out = backend(clip, size)
             stats.inference_s += time.perf_counter() - t
             items: list[tuple[Keyframe, list[Person]]] = []
             for b, (kf, _) in enumerate(batch):
-                people = keyframe_people(out["boxes"][b], out["person_scores"][b],
-                                         out["action_probs"][b], pre.scale, pre.frame_size,
+                people = keyframe_people(out[OUTPUT_BOXES][b], out[OUTPUT_PERSON_SCORES][b],
+                                         out[OUTPUT_ACTION_PROBS][b], pre.scale, pre.frame_size,
                                          thr, keep_all_if_none)
                 items.append((kf, people))
                 stats.people += len(people)

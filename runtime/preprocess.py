@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from evad.errors import BackendError
+from evad.lazy import lazy_import
 from evad.resize import resized_size
+
+cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = ["Preprocessor", "resized_size"]
 
@@ -86,7 +89,6 @@ class Preprocessor:
 
     def resize(self, frame_bgr: np.ndarray) -> np.ndarray:
         """(h, w, 3) BGR uint8 source frame -> (rh, rw, 3) RGB uint8, bilinear."""
-        import cv2
 
         rh, rw = self.resized
         out = cv2.resize(frame_bgr, (rw, rh), interpolation=cv2.INTER_LINEAR)

@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from evad.errors import EvadError
+from evad.lazy import lazy_import
 from evad.runtime.postprocess import short_label
 from evad.runtime.video import VideoInfo, iter_frames
+
+cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = ["draw_people", "render_video"]
 
@@ -28,7 +31,6 @@ _COLORS = ((0, 200, 255), (255, 120, 0), (60, 220, 60), (220, 60, 220), (0, 90, 
 
 def draw_people(frame: np.ndarray, people: Sequence[dict], max_actions: int = 3) -> None:
     """Draw JSONL ``people`` (boxes in source pixels, short labels, scores) on a BGR frame."""
-    import cv2
 
     h = frame.shape[0]
     scale = max(0.4, h / 900)
@@ -62,7 +64,6 @@ def render_video(info: VideoInfo, records: Sequence[dict], out_path: Path,
     Returns:
         Frames written.
     """
-    import cv2
 
     recs = sorted(records, key=lambda r: r["time"])
     times = [r["time"] for r in recs]

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from evad.errors import VideoError
+from evad.lazy import lazy_import
+
+cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = ["FRAME_EXTENSIONS", "VideoInfo", "iter_frames", "open_video"]
 
@@ -53,10 +56,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError as e:
-        raise VideoError("OpenCV is not installed: pip install opencv-python-headless") from e
+    """OpenCV, quiet. Raises MissingDependency (one sentence) when it is not installed."""
     # OpenCV and FFmpeg print their own warnings for corrupt input; we report one line instead.
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

@@ -11,7 +11,7 @@ from evad.models import EVAD, build_model
 @pytest.fixture(scope="session")
 def tiny_model() -> EVAD:
     """Random tiny weights, calmed (``EVAD.calm``): attention logits of order 1, so importance
-    scores do not tie within float noise (shared/docs/design.md, "Near-ties")."""
+    scores do not tie within float noise (docs/design.md, "Precision and parity")."""
     torch.manual_seed(0)
     return build_model("tiny").eval().calm()
 

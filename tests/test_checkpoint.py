@@ -221,19 +221,64 @@ def test_unreadable_files(tmp_path) -> None:
         load_checkpoint(empty)
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("ViT", "QK_SCALE", 0.1), ("MODEL.SparseRCNN", "ACTIVATION", "gelu"),
-    ("MODEL.ROI_BOX_HEAD", "POOLER_TYPE", "ROIAlign"), ("MODEL.SparseRCNN", "SOFTMAX_POSE", True),
-    ("MODEL.CRD", "MLP_RATIO", 2.0), ("DETECTION", "SPATIAL_SCALE_FACTOR", 8),
+_NON_DEFAULT = {"qk_scale": 0.1, "loc_activation": "gelu", "pooler_type": "ROIAlign",
+                "softmax_pose": True, "num_eval_act_classes": 5, "decoder_mlp_ratio": 2.0,
+                "pooler_resolution": 3, "action_pooler_resolution": 7, "action_pooler_stride": 8}
+
+
+def test_key_set_unchanged_by_the_config_fields() -> None:
+    """The config-driven fields change values and widths, never the released key names."""
+    with torch.device("meta"):
+        model = EVAD(get_preset("vit_b_ktp", **_NON_DEFAULT))
+    assert set(official_state_dict(model)) == official_vit_b_keys()
+
+
+@pytest.mark.parametrize(("section", "key", "value", "field"), [
+    ("ViT", "QK_SCALE", 0.1, "qk_scale"), ("MODEL.SparseRCNN", "ACTIVATION", "gelu",
+                                           "loc_activation"),
+    ("MODEL.ROI_BOX_HEAD", "POOLER_TYPE", "ROIAlign", "pooler_type"),
+    ("MODEL.SparseRCNN", "SOFTMAX_POSE", True, "softmax_pose"),
+    ("MODEL.SparseRCNN", "NUM_EVAL_ACT_CLASSES", 5, "num_eval_act_classes"),
+    ("MODEL.CRD", "MLP_RATIO", 2.0, "decoder_mlp_ratio"),
+    ("MODEL.ROI_BOX_HEAD", "POOLER_RESOLUTION", 3, "pooler_resolution"),
+    ("DETECTION", "ROI_XFORM_RESOLUTION", 3, "action_pooler_resolution"),
+    ("DETECTION", "SPATIAL_SCALE_FACTOR", 8, "action_pooler_stride"),
 ])
-def test_unsupported_cfg_values_are_refused(section, key, value) -> None:
+def test_official_cfg_values_are_honoured(section, key, value, field) -> None:
+    """Values the official model code runs, which this reference used to refuse, are read into
+    the preset (tests/test_official_cfg.py checks what each one computes)."""
+    cfg = yaml.safe_load(cfg_from_preset(get_preset("vit_b_ktp")))
+    del cfg["DEPLOY"]  # as in a released file
+    cfg.setdefault("DETECTION", {})["ROI_XFORM_RESOLUTION"] = 5  # != POOLER_RESOLUTION (7)
+    node = cfg
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[key] = value
+    p = preset_from_cfg(yaml.safe_dump(cfg))
+    assert getattr(p, field) == value and p.name == "custom"
+    if key != "ROI_XFORM_RESOLUTION":
+        assert p.action_pooler_resolution == 5 and p.pooler_resolution == (
+            3 if key == "POOLER_RESOLUTION" else 7)
+    assert preset_from_cfg(cfg_from_preset(p)) == p
+    node[key] = {"QK_SCALE": None, "ACTIVATION": "relu", "POOLER_TYPE": "ROIAlignV2",
+                 "SOFTMAX_POSE": False, "NUM_EVAL_ACT_CLASSES": 0, "MLP_RATIO": 4.0,
+                 "POOLER_RESOLUTION": 7, "ROI_XFORM_RESOLUTION": 7,
+                 "SPATIAL_SCALE_FACTOR": 16}[key]
+    cfg["DETECTION"]["ROI_XFORM_RESOLUTION"] = 7
+    assert preset_from_cfg(yaml.safe_dump(cfg)).name == "vit_b_ktp"  # released values
+
+
+@pytest.mark.parametrize(("section", "key", "value", "official"), [
+    ("MODEL.SparseRCNN", "ACTIVATION", "glu", "'glu' halves DIM_FEEDFORWARD"),
+    ("MODEL.ROI_BOX_HEAD", "POOLER_TYPE", "ROIAlignRotated", "'ROIAlignRotated' needs"),
+    ("DETECTION", "SPATIAL_SCALE_FACTOR", 12, "asserts that the feature stride is a power"),
+])
+def test_values_the_official_code_cannot_run_are_refused(section, key, value, official) -> None:
     cfg = yaml.safe_load(cfg_from_preset(get_preset("vit_b_ktp")))
     node = cfg
     for part in section.split("."):
         node = node.setdefault(part, {})
     node[key] = value
-    with pytest.raises(CheckpointError, match=f"{key} = "):
+    with pytest.raises(CheckpointError, match=f"{key} = {value!r}; the official model cannot "
+                                              f"run it: .*{official}"):
         preset_from_cfg(yaml.safe_dump(cfg))
-    node[key] = {"QK_SCALE": None, "ACTIVATION": "relu", "POOLER_TYPE": "ROIAlignV2",
-                 "SOFTMAX_POSE": False, "MLP_RATIO": 4.0, "SPATIAL_SCALE_FACTOR": 16}[key]
-    assert preset_from_cfg(yaml.safe_dump(cfg)).name == "vit_b_ktp"  # released values pass

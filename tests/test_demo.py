@@ -12,9 +12,11 @@ from evad.datasets import GENERATOR_VERSION
 from evad.datasets.clips import ClipDataset
 from evad.datasets.synthetic import generate_dataset
 from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect, onnx_backend, torch_backend
+from evad.evaluation.detect import detect
+from evad.export.ort_runner import OrtRunner
 from evad.models import load_checkpoint
 from evad.models.demo import demo_checkpoint
+from evad.models.runner import TorchRunner
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def test_demo_checkpoint(demo) -> None:
 def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
     """Bar: the ONNX model in ORT gives the torch model's frame mAP within 0.005 (fresh scenes,
     seeds the demo model never saw)."""
-    from evad.export import build_metadata, export_onnx, save_model, write_metadata
+    from evad.export import build_metadata, export_onnx, save_model
+    from evad.metadata import write_metadata
 
     model, meta = demo
     preset = meta["preset"]
@@ -43,8 +46,8 @@ def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
     onnx_path = save_model(proto, tmp_path / "demo.onnx")
     gt = read_rows(data / "annotations.csv", scores=False)
     classes = range(1, 9)
-    m_torch = evaluate(gt, detect(torch_backend(model), clips, preset), classes)["mAP"]
-    m_ort = evaluate(gt, detect(onnx_backend(onnx_path), clips, preset), classes)["mAP"]
+    m_torch = evaluate(gt, detect(TorchRunner(model), clips), classes)["mAP"]
+    m_ort = evaluate(gt, detect(OrtRunner(onnx_path, cuda=False), clips), classes)["mAP"]
     assert abs(m_torch - m_ort) <= 0.005, (m_torch, m_ort)
     # the shipped weights detect: 0.646 on these 3 scenes when the model was shipped (0.647 on
     # the 40 held-out videos); random weights score below 0.05
@@ -53,7 +56,7 @@ def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
 
 def test_trt_run_with_no_arguments(tmp_path, monkeypatch) -> None:
     """The demo video and the demo model's ONNX are made on first use, then it runs."""
-    from evad.runtime.cli import main
+    from evad.cli.trt_run import main
 
     monkeypatch.setenv("EVAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

@@ -50,10 +50,10 @@ def test_strip_keeps_nodes_drops_functions(tiny_onnx) -> None:
     assert ops == {"RoIAlign3D", "KeyframeTopKPrune"}
     attrs = {n.op_type: {a.name for a in n.attribute} for n in stripped.graph.node
              if n.domain == "evad"}
-    from evad.plugins import PLUGIN_FIELDS
+    from evad.op_contracts import CONTRACTS
 
     tags = {"plugin_namespace", "plugin_version"}  # what the parser's plugin lookup reads
-    assert attrs == {k: {f for f, _ in v} | tags for k, v in PLUGIN_FIELDS.items()}
+    assert attrs == {k: set(c.field_names) | tags for k, c in CONTRACTS.items()}
     for n in stripped.graph.node:
         if n.domain == "evad":
             a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
@@ -92,15 +92,17 @@ def test_missing_engine_or_sidecar_is_clear(tmp_path) -> None:
 def test_missing_for_engine_build_names_packages() -> None:
     missing = missing_for_engine_build()
     if not torch.cuda.is_available():
-        assert any("CUDA GPU" in m for m in missing)
+        assert any(m.key == "gpu" and "CUDA GPU" in str(m) for m in missing)
     for m in missing:
-        assert m and ("pip install" in m or "GPU" in m or "evad-build-plugins" in m)
+        text = str(m)
+        assert text and ("pip install" in text or "GPU" in text or "evad-build-plugins" in text)
+        assert m.optional == (m.key == "plugin_library")  # the Python plugins can stand in
 
 
 def test_build_refuses_without_tensorrt_or_gpu(tmp_path) -> None:
     from evad.engines import build
 
-    if not [m for m in missing_for_engine_build() if "plugin library" not in m]:
+    if not [m for m in missing_for_engine_build() if not m.optional]:
         pytest.skip("this machine can build engines (see test_engines_gpu.py)")
     with pytest.raises(EvadError, match="cannot build a TensorRT engine here; missing"):
         build(tmp_path / "x.onnx", "fp16")
@@ -199,7 +201,7 @@ def test_mixed_precision_keeps_fp32_islands(tiny_onnx) -> None:
     """The TensorRT 11 fp16 path: IO stays fp32, LayerNorm/softmax/reductions see fp32 inputs,
     weights are fp16, the evad nodes survive; the result passes onnx's checker."""
     pytest.importorskip("onnxconverter_common", reason="pip install onnxconverter-common")
-    from evad.engines.builder import FP32_OPS, to_mixed_precision
+    from evad.engines.onnx_prep import FP32_OPS, to_mixed_precision
 
     model = to_mixed_precision(strip_evad_functions(tiny_onnx))
     checked = onnx.ModelProto()
@@ -228,7 +230,7 @@ def test_mixed_precision_keeps_fp32_islands(tiny_onnx) -> None:
 
 
 def test_trt_model_metadata_is_onnx_metadata_plus_engine() -> None:
-    from evad.engines.trt_model import merged_metadata
+    from evad.engines.metadata import merged_metadata
 
     onnx_meta = {"format_version": 1, "input_size": [H, W], "num_frames": 16,
                  "precision": "fp32", "labels": ["a"], "mean": [0.45] * 3}
@@ -242,7 +244,7 @@ def test_trt_model_metadata_is_onnx_metadata_plus_engine() -> None:
 
 @pytest.mark.parametrize("batch", ["2,1,8", "0,1,1", "1,2", "a,b,c"])
 def test_bad_engine_batch_fails_before_work(tmp_path, capsys, batch: str) -> None:
-    from evad.export.cli import export_main
+    from evad.cli.export import main as export_main
 
     code = export_main(["--preset", "tiny", "--engine-batch", batch, "--out",
                         str(tmp_path / "o")])

@@ -89,7 +89,7 @@ def _inputs(op: str) -> dict[str, np.ndarray]:
 
 _RUN_ENGINE = textwrap.dedent("""
     import sys, numpy as np, onnx, tensorrt as trt, torch
-    from evad.engines.builder import strip_evad_functions
+    from evad.engines.onnx_prep import strip_evad_functions
     from evad.plugins import load
     kind, model_path, inputs_path, out_path = sys.argv[1:5]
     load(kind)
@@ -158,9 +158,9 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
-    from evad.engines.trt_model import TensorRTModel
-    from evad.export import FP32_THRESHOLDS, REDUCED_THRESHOLDS, compare
-    from evad.export.cli import export_main, seeded_inputs
+    from evad.cli.export import main as export_main
+    from evad.engines.trt_runner import TrtRunner
+    from evad.export import FP32_THRESHOLDS, REDUCED_THRESHOLDS, compare, seeded_inputs
     from evad.models import load_checkpoint
 
     args = ["--ckpt", str(tiny_ckpt), "--height", str(H), "--width", str(W), "--out",
@@ -171,7 +171,7 @@ def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
     meta = json.loads(Path(str(engine) + ".json").read_text())
     assert meta["precision"] == precision and meta["input_size"] == [H, W]
     model, _ = load_checkpoint(tiny_ckpt)
-    trt_model = TensorRTModel(engine)
+    trt_model = TrtRunner(engine)
     clips, sizes = seeded_inputs(2, 2, 16, H, W, seed=5)
     thresholds = FP32_THRESHOLDS if precision == "fp32" else REDUCED_THRESHOLDS
     report = compare(model, trt_model, clips, sizes, thresholds)
@@ -180,9 +180,9 @@ def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
 
 
 def test_engine_for_another_gpu_is_refused(tiny_ckpt, tmp_path) -> None:
+    from evad.cli.export import main as export_main
     from evad.engines import EngineMismatchError
-    from evad.engines.trt_model import TensorRTModel
-    from evad.export.cli import export_main
+    from evad.engines.trt_runner import TrtRunner
 
     assert export_main(["--ckpt", str(tiny_ckpt), "--height", str(H), "--width", str(W),
                         "--out", str(tmp_path), "--parity-clips", "0"]) == 0
@@ -191,4 +191,4 @@ def test_engine_for_another_gpu_is_refused(tiny_ckpt, tmp_path) -> None:
     meta["gpu_name"], meta["compute_capability"] = "NVIDIA GeForce GTX 1080", "6.1"
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(EngineMismatchError, match="gpu_name"):
-        TensorRTModel(tmp_path / "tiny.engine")
+        TrtRunner(tmp_path / "tiny.engine")

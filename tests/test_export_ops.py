@@ -14,7 +14,8 @@ from test_keyframe_topk_prune import _inputs, plain_importance
 from test_roi_align_3d import EDGE_ROIS, _rois
 
 from evad.export.ops import function_protos
-from evad.models import keyframe_topk_prune, roi_align_3d
+from evad.models.keyframe_topk_prune import keyframe_topk_prune
+from evad.models.roi_align_3d import roi_align_3d
 
 
 def _value(name: str, dtype: int, rank: int) -> onnx.ValueInfoProto:
@@ -101,3 +102,37 @@ def test_keyframe_topk_prune_function_is_shape_generic() -> None:
         _, idx_kept = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "x_nonkey": x.numpy(),
                                       "idx": idx.numpy()})
         assert idx_kept.shape == (1, math.ceil(0.7 * n) - s)
+
+
+def test_ties_rank_the_lower_position_first_in_torch_and_onnx() -> None:
+    """The contract's tie order (evad.op_contracts.KEYFRAME_TOPK_PRUNE.tie_order): on equal
+    importance the lower position in x_nonkey comes first, in the torch reference and in the
+    ONNX function (ONNX TopK breaks ties by the lower index)."""
+    from evad.op_contracts import KEYFRAME_TOPK_PRUNE
+
+    assert "lower position" in KEYFRAME_TOPK_PRUNE.tie_order
+    b, heads, n, d, s = 2, 2, 30, 4, 6
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(b, heads, n, d, generator=g)
+    k = torch.randn(b, heads, n, d, generator=g)
+    # identical key rows give bit-identical attention columns, hence equal importance: tokens
+    # 6..17 (positions 0..11 of x_nonkey) share one key, the rest another, weaker one
+    k[:, :, s:18] = k[:, :, s:s + 1]
+    k[:, :, 18:] = 0.1 * k[:, :, 18:19]
+    x = torch.randn(b, n - s, 5, generator=g)
+    idx = torch.stack([torch.randperm(n - s, generator=g) for _ in range(b)])
+    scores = plain_importance(q, k, s, 1.0)
+    assert torch.equal(scores[:, :12], scores[:, :1].expand(-1, 12))  # real, exact ties
+    ref_x, ref_idx = keyframe_topk_prune(q, k, x, idx, 7, 10, 1.0)
+    kk = math.ceil(7 * n / 10) - s  # 15: the 12 tied tokens first, then 3 of the rest
+    order = scores.sort(dim=1, descending=True, stable=True).indices[:, :kk]
+    assert torch.equal(ref_idx, torch.gather(idx, 1, order))
+    for row in range(b):  # ties in ascending position
+        pos = [int((idx[row] == v).nonzero()) for v in ref_idx[row, :12]]
+        assert pos == list(range(12))
+    sess = _single_op_session("KeyframeTopKPrune", *PRUNE_IO, keep_num=7, keep_den=10,
+                              keyframe_weight=1.0)
+    x_kept, idx_kept = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "x_nonkey": x.numpy(),
+                                       "idx": idx.numpy()})
+    assert np.array_equal(idx_kept, ref_idx.numpy())
+    assert np.array_equal(x_kept, ref_x.numpy())

@@ -7,8 +7,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from evad.models import build_model, flops
-from evad.models.flops import main
+from evad.models import build_model
+from evad.models.flops import flops, main
 
 
 @pytest.mark.parametrize(("preset", "size", "rate", "paper", "tol"), [

@@ -1,6 +1,8 @@
-"""The kernels' per-element maths (plugins/csrc/kernels/evadMath.h), built for the CPU with the
-host compiler and checked against the torch reference through ctypes: how kernel maths is proven
-on machines without a GPU (shared/docs/design.md, "Kernels are shared")."""
+"""The kernels' per-element maths (plugins/common/evadMath.h), built for the CPU with the host
+compiler (plugins/common/evadKernelsCpu.cpp) and checked against the torch reference through
+ctypes: how kernel maths is proven on machines without a GPU. The CUDA kernels and this library
+loop over the same functions, so the tie order checked here (the contract's stable descending
+order, evad/op_contracts.py) is the one the CUDA path gets from CUB's stable radix sort."""
 
 from __future__ import annotations
 
@@ -138,6 +140,51 @@ def test_prune_matches_torch_indices_and_bits(lib, b, n, s, num, den) -> None:
     assert code == 0
     assert torch.equal(got_idx, ref_idx)
     assert torch.equal(got_x, ref_x)  # bit-identical gather
+
+
+def _tied_qk(g: torch.Generator, b: int, h: int, n: int, s: int, d: int):
+    """q, k whose non-keyframe importances come in exactly equal pairs: as _ranked_qk with ranks
+    r = (perm + 1) // 2, so two tokens share every rank but the lowest and the highest; equal
+    ranks are identical key rows, hence identical importance bit for bit."""
+    q = 0.1 * torch.randn(b, h, n, d, generator=g)
+    q[..., 0] = 1.0
+    k = torch.randn(b, h, n, d, generator=g)
+    m = n - s
+    ranks = torch.stack([(torch.randperm(m, generator=g) + 1) // 2 for _ in range(b)])
+    k[:, :, s:, :] = 0.0
+    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / m)
+    return q, k, ranks
+
+
+def _contract_order(ranks: torch.Tensor, kk: int) -> torch.Tensor:
+    """The first kk positions by descending rank, the lower position first among equal ranks."""
+    return torch.tensor([sorted(range(len(r)), key=lambda j: (-int(r[j]), j))[:kk]
+                         for r in ranks.tolist()])
+
+
+def test_prune_ties_keep_the_lower_position(lib) -> None:
+    """Equal importance (bitwise): the lower position in x_nonkey ranks first, also across the
+    K boundary (one of a tied pair kept, the other pruned)."""
+    b, h, n, s, d, c = 2, 2, 60, 10, 16, 8
+    kk = pruned_count(n, s, 7, 10)  # 32 of M = 50: the boundary splits a tied pair
+    g = torch.Generator().manual_seed(11)
+    q, k, ranks = _tied_qk(g, b, h, n, s, d)
+    top = torch.sort(ranks, dim=1, descending=True).values
+    assert torch.all(top[:, kk - 1] == top[:, kk])  # a tie straddles K
+    score = torch.empty(b, n - s)
+    lib.evad_cpu_importance(_p(q), _p(k), _p(score), b, h, n, d, n - s, 1.0, 32)
+    for bi in range(b):  # the precondition: tied ranks give identical importance
+        for r in range(1, int(ranks[bi].max())):
+            assert len(set(score[bi][ranks[bi] == r].tolist())) == 1
+    x = torch.randn(b, n - s, c, generator=g)
+    idx = torch.stack([torch.randperm(n - s, generator=g) for _ in range(b)])
+    got_x, got_idx = torch.empty(b, kk, c), torch.empty(b, kk, dtype=torch.int64)
+    code = lib.evad_cpu_keyframe_topk_prune(_p(q), _p(k), _p(x), _p(idx, _i64), _p(got_x),
+                                            _p(got_idx, _i64), b, h, n, d, n - s, c, 7, 10, 1.0)
+    assert code == 0
+    pos = _contract_order(ranks, kk)
+    assert torch.equal(got_idx, torch.gather(idx, 1, pos))
+    assert torch.equal(got_x, torch.gather(x, 1, pos[..., None].expand(-1, -1, c)))
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 480, 2304, 3226, 6336])

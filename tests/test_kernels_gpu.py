@@ -1,6 +1,7 @@
 """The CUDA kernels (libevad_kernels.so) through ctypes against the torch reference, on a GPU:
 fp32 at the design's op-level bounds, fp16/bf16 within rounding, K up to N (and past TensorRT's
-3840 TopK cap), B > 1, all RoIs and slices in one launch. Run: ``pytest -m gpu``."""
+3840 TopK cap), B > 1, all RoIs and slices in one launch, and the contract's tie order (CUB's
+stable radix sort: equal importance keeps the lower position first). Run: ``pytest -m gpu``."""
 
 from __future__ import annotations
 
@@ -156,6 +157,31 @@ def test_prune_k_past_tensorrt_topk_cap(kernels) -> None:
     got = ref[ik[0].cpu()]
     assert got.min().item() >= kth - gap_tol  # every kept token is in the top-K up to near-ties
     assert ik.shape == (1, kk) and len(set(ik[0].tolist())) == kk
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_prune_ties_keep_the_lower_position(kernels, b) -> None:
+    """Exact ties (identical key rows, so identical importance columns bit for bit): descending
+    importance, the lower position in x_nonkey first, also where K splits a tied pair."""
+    g = torch.Generator().manual_seed(11)
+    h, n, s, d, c = 4, 300, 50, 32, 16
+    m = n - s
+    q = 0.1 * torch.randn(b, h, n, d, generator=g)
+    q[..., 0] = 1.0
+    k = torch.randn(b, h, n, d, generator=g)
+    ranks = torch.stack([(torch.randperm(m, generator=g) + 1) // 2 for _ in range(b)])
+    k[:, :, s:, :] = 0.0  # equal rank = identical key row
+    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / m)
+    kk = pruned_count(n, s, 7, 10)  # 160 of M = 250
+    top = torch.sort(ranks, dim=1, descending=True).values
+    assert torch.all(top[:, kk - 1] == top[:, kk])  # a tie straddles K
+    x = torch.randn(b, m, c, generator=g)
+    idx = torch.stack([torch.randperm(m, generator=g) for _ in range(b)])
+    got_x, got_i = prune_cuda(kernels, q.cuda(), k.cuda(), x.cuda(), idx.cuda(), 7, 10)
+    pos = torch.tensor([sorted(range(m), key=lambda j: (-int(r[j]), j))[:kk]
+                        for r in ranks.tolist()])
+    assert torch.equal(got_i.cpu(), torch.gather(idx, 1, pos))
+    assert torch.equal(got_x.cpu(), torch.gather(x, 1, pos[..., None].expand(-1, -1, c)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evad.errors import ConfigError
-from evad.models import keep_fraction, keyframe_topk_prune, pruned_count
-from evad.models.keyframe_topk_prune import importance
+from evad.models import keep_fraction, pruned_count
+from evad.models.keyframe_topk_prune import importance, keyframe_topk_prune
 
 
 def plain_importance(q, k, s, w_kf):

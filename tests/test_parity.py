@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evad.export.cli import seeded_inputs
-from evad.export.parity import FP32_THRESHOLDS, compare
+from evad.export.parity import FP32_THRESHOLDS, compare, seeded_inputs
 
 
 def _torch_backend(model, tamper=None):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from evad.models import roi_align_3d
 from evad.models.localization import box_levels, multilevel_roi_align
+from evad.models.roi_align_3d import roi_align_3d
 
 
 def _bilinear(f: np.ndarray, y: float, x: float) -> float:

@@ -294,7 +294,7 @@ def test_truncated_stream_warns(tmp_path, capsys) -> None:
 
 def test_the_ort_path_imports_no_torch(tmp_path) -> None:
     """The runtime's modules and the demo video lookup work where torch cannot be imported
-    (a CPU/ORT deployment needs no torch; shared/docs/design.md)."""
+    (a CPU/ORT deployment needs no torch; docs/design.md)."""
     from evad.datasets import GENERATOR_VERSION
 
     cached = tmp_path / f"video_v{GENERATOR_VERSION}" / "demo.mp4"
@@ -303,7 +303,7 @@ def test_the_ort_path_imports_no_torch(tmp_path) -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "import evad.runtime.backends, evad.runtime.cli, evad.runtime.outputs\n"
             "import evad.runtime.pipeline, evad.runtime.render\n"
-            "from evad.runtime.demo import default_video\n"
+            "from evad.cli.demo import default_video\n"
             "print(default_video())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "EVAD_CACHE": str(tmp_path)}, check=False)

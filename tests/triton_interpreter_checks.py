@@ -1,7 +1,8 @@
 """The Python plugins' Triton kernels (plugins/triton_kernels.py) without a GPU: run on the CPU
-under TRITON_INTERPRET=1 (fp32, fp16) against the torch reference, and compiled to cubin for
-sm_80 and sm_90 (shared/docs/environment-facts.md). Interpreter runs are ~240x slower than
-torch: sizes stay small.
+under TRITON_INTERPRET=1 (fp32, fp16) against the torch reference, the contract's tie order
+(equal importance: the lower position first), and compiled to cubin for sm_80 and sm_90 (Triton
+compiles for a GPUTarget without a GPU). Interpreter runs are ~240x slower than torch: sizes
+stay small.
 
 Not collected directly (the name has no test_ prefix): tests/test_plugins_triton.py runs this
 file in a fresh interpreter, because Triton's interpreter mode is fixed per process when the
@@ -62,6 +63,36 @@ def test_prune_identical_on_ranked_inputs() -> None:
     ref_x, ref_i = keyframe_topk_prune(q, k, x, idx, 7, 10, 1.0)
     got_x, got_i = tk.keyframe_topk_prune_triton(q, k, x, idx, 7, 10, 1.0)
     assert torch.equal(got_i, ref_i) and torch.equal(got_x, ref_x)
+
+
+def test_prune_ties_keep_the_lower_position() -> None:
+    """Exact ties (identical key rows give bitwise identical importance columns): the Triton path
+    keeps the contract's order, descending importance and the lower position in x_nonkey first,
+    also where the K boundary splits a tied pair (a stable descending sort, not torch.topk)."""
+    g = torch.Generator().manual_seed(11)
+    b, h, n, s, d, c = 2, 2, 60, 10, 16, 8
+    m = n - s
+    q = 0.1 * torch.randn(b, h, n, d, generator=g)
+    q[..., 0] = 1.0
+    k = torch.randn(b, h, n, d, generator=g)
+    ranks = torch.stack([(torch.randperm(m, generator=g) + 1) // 2 for _ in range(b)])
+    k[:, :, s:, :] = 0.0  # equal rank = identical key row
+    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / m)
+    kk = 32  # ceil(0.7 * 60) - 10, of M = 50
+    top = torch.sort(ranks, dim=1, descending=True).values
+    assert torch.all(top[:, kk - 1] == top[:, kk])  # a tie straddles K
+    score = tk.importance_triton(q, k, s, 1.0)
+    for bi in range(b):  # the precondition: tied ranks give identical importance
+        for r in range(1, int(ranks[bi].max())):
+            assert len(set(score[bi][ranks[bi] == r].tolist())) == 1
+    x = torch.randn(b, m, c, generator=g)
+    idx = torch.stack([torch.randperm(m, generator=g) for _ in range(b)])
+    got_x, got_i = tk.keyframe_topk_prune_triton(q, k, x, idx, keep_num=7, keep_den=10,
+                                                 keyframe_weight=1.0)
+    pos = torch.tensor([sorted(range(m), key=lambda j: (-int(r[j]), j))[:kk]
+                        for r in ranks.tolist()])
+    assert torch.equal(got_i, torch.gather(idx, 1, pos))
+    assert torch.equal(got_x, torch.gather(x, 1, pos[..., None].expand(-1, -1, c)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -6,7 +6,10 @@ import argparse
 import shlex
 import sys
 
+from evad.datasets.synthetic import generate_dataset
 from evad.errors import EvadError
+from evad.models.checkpoint import load_checkpoint, save_checkpoint
+from evad.training.trainer import TrainConfig, train
 
 __all__ = ["main"]
 
@@ -59,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.make_data:
-            from evad.datasets.synthetic import generate_dataset
 
             out = generate_dataset(args.make_data, args.videos, seed=args.seed,
                                    duration=args.duration, progress=not args.quiet)
@@ -67,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.data:
             raise EvadError("pass --data DIR (or --make-data DIR to generate one)")
-        from evad.training.trainer import TrainConfig, train
 
         cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, steps=args.steps,
                           batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
@@ -78,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         path = train(cfg, resume=args.resume, progress=not args.quiet)
         print(f"evad-train: checkpoint {path}")
         if args.half_weights:
-            from evad.models import load_checkpoint
-            from evad.models.checkpoint import save_checkpoint
 
             model, meta = load_checkpoint(path)
             command = shlex.join(["evad-train", *(sys.argv[1:] if argv is None else argv)])

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 
 from evad.datasets.clips import ClipDataset, collate
 from evad.errors import EvadError
+from evad.evaluation.ava_eval import evaluate, read_rows
+from evad.evaluation.detect import detect
 from evad.models import build_model, get_preset
 from evad.models.checkpoint import save_checkpoint
+from evad.models.runner import TorchRunner
 from evad.training.losses import LossWeights, detection_loss, hungarian_match
 
 __all__ = ["TrainConfig", "grid_proposals", "train", "validate"]
@@ -100,13 +103,10 @@ def _step_losses(model, clips, sizes, boxes, actions, w: LossWeights, gt_prob: f
 def validate(model, data: ClipDataset, gt: list) -> dict:
     """Frame mAP@0.5 of ``model`` on the annotated keyframes of ``data`` (AVA protocol):
     ``{"val_mAP": mean, "val_ap": {class id: AP or None (no ground truth)}}``."""
-    from evad.evaluation.ava_eval import evaluate
-    from evad.evaluation.detect import detect, torch_backend
-
     preset = model.preset
-    model.eval()
+    device = next(model.parameters()).device
     try:
-        rows = detect(torch_backend(model), data, preset, batch=8)
+        rows = detect(TorchRunner(model, "training model", device), data, batch=8)
     finally:
         model.train()
     res = evaluate(gt, rows, range(1, preset.num_classes + 1))
@@ -136,7 +136,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     data = ClipDataset(cfg.data, preset, flip=True, seed=cfg.seed)
     val = gt = None
     if cfg.val_data:
-        from evad.evaluation.ava_eval import read_rows
 
         val = ClipDataset(cfg.val_data, preset)
         gt = read_rows(Path(cfg.val_data) / "annotations.csv", scores=False)

@@ -5,11 +5,14 @@
  *   2. one warp per non-keyframe key column: keyframe-weighted sum over rows of
  *      exp(logit - lse) (evad::columnTile), per head;
  *   3. mean over heads (evad::headMean), fixed order, so results do not depend on scheduling.
- * Then CUB's segmented radix sort (descending, stable: ties keep the lower position first) gives
- * the order for any K <= N - S and any batch, and a gather copies tokens and positions bit for
- * bit. Workspace layout: see layout().
+ * Then CUB's segmented radix sort gives the order for any K <= N - S and any batch, and a gather
+ * copies tokens and positions bit for bit. The sort follows the contract's tie order
+ * (evad/op_contracts.py: descending importance, the lower position first on equal importance):
+ * CUB's radix sorts are stable (DeviceSegmentedRadixSort shares DeviceRadixSort's
+ * implementation, documented stable; descending inverts the keys and sorts ascending), and the
+ * values are the positions 0 .. M-1 in order. Workspace layout: see layout().
  */
-#include "evadKernels.h"
+#include "keyframeTopkPruneKernel.h"
 #include "evadMath.h"
 
 #include <cub/device/device_segmented_radix_sort.cuh>

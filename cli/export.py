@@ -1,19 +1,31 @@
-"""``evad-export`` (checkpoint -> ONNX [-> engine]) and ``evad-parity`` (backend vs torch)."""
+"""``evad-export``: checkpoint -> ONNX (-> TensorRT engine), parity checked on the way.
+
+It spans three stages (models -> export -> engines), so it lives above them; the engine step
+alone is ``evad-build-engine`` (an ONNX made once is never re-exported to get an engine).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import torch
+from tqdm import tqdm
 
+from evad.engines.builder import build as build_engine
+from evad.engines.cli import add_engine_arguments, engine_batch, missing_message
 from evad.errors import ConfigError, EvadError
+from evad.export.metadata import build_metadata
+from evad.export.onnx_export import DEFAULT_OPSET, export_onnx, save_model, validate_size
+from evad.export.parity import compare, seeded_inputs
+from evad.metadata import write_metadata
+from evad.models import build_model, keep_fraction, load_checkpoint
+from evad.models.flops import flops
+from evad.runtime.backends import open_runner
 
-__all__ = ["export_main", "parity_main", "seeded_inputs"]
+__all__ = ["main", "progress"]
 
 _EXPORT_EPILOG = """\
 examples:
@@ -34,19 +46,8 @@ def _log(stage: str, msg: str, quiet: bool = False) -> None:
         print(f"{stage}: {msg}", flush=True)
 
 
-def seeded_inputs(n: int, batch: int, frames: int, height: int, width: int,
-                  seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``n`` batches of seeded normal clips (normalised-frame statistics) and their sizes."""
-    rng = np.random.default_rng(seed)
-    clips = [rng.standard_normal((batch, 3, frames, height, width), dtype=np.float32)
-             for _ in range(n)]
-    sizes = [np.tile(np.array([[height, width]], dtype=np.int64), (batch, 1)) for _ in range(n)]
-    return clips, sizes
-
-
-def _progress(items, desc: str, quiet: bool):
-    from tqdm import tqdm
-
+def progress(items, desc: str, quiet: bool):
+    """A clip-loop progress bar (off with ``quiet``)."""
     return tqdm(items, desc=desc, unit="clip", disable=quiet, leave=False)
 
 
@@ -68,19 +69,13 @@ def _export_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=Path("exports"), help="output folder "
                     "(default ./exports)")
     ap.add_argument("--name", default=None, help="file stem (default: the checkpoint's)")
-    ap.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, >= 17)")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                    help=f"ONNX opset (default {DEFAULT_OPSET}, >= 17)")
     prec = ap.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="build an fp16 engine")
     prec.add_argument("--bf16", action="store_true", help="build a bf16 engine")
     ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
-    ap.add_argument("--engine-batch", default="1,1,8", metavar="MIN,OPT,MAX",
-                    help="engine optimisation profile, clips per run (default 1,1,8)")
-    ap.add_argument("--plugins", choices=["cpp", "python"], default=None,
-                    help="TensorRT plugins to build with (default cpp, python when "
-                    "libevad_plugins.so is missing)")
-    ap.add_argument("--timing-cache", type=Path, default=None,
-                    help="TensorRT timing cache, reused across builds (default "
-                    "<out>/timing.cache)")
+    add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
     ap.add_argument("--parity-clips", type=int, default=1,
                     help="seeded clips for the ONNX Runtime parity check (0 skips it)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --preset weights and clips")
@@ -88,7 +83,7 @@ def _export_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def export_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _export_parser().parse_args(argv)
     try:
         return _export(args)
@@ -100,24 +95,7 @@ def export_main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _engine_batch(text: str) -> tuple[int, int, int]:
-    """``"1,2,8"`` -> (1, 2, 8); ConfigError unless 1 <= min <= opt <= max."""
-    try:
-        lo, opt, hi = (int(x) for x in text.split(","))
-    except ValueError as e:
-        raise ConfigError(f"--engine-batch {text!r}: give MIN,OPT,MAX, e.g. 1,1,8") from e
-    if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"--engine-batch {text!r}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
-
-
 def _export(args: argparse.Namespace) -> int:
-    import torch
-
-    from evad.export.metadata import build_metadata, write_metadata
-    from evad.export.onnx_export import export_onnx, save_model, validate_size
-    from evad.models import build_model, flops, keep_fraction, load_checkpoint
-
     # Validate everything cheap before any slow work.
     validate_size(args.height, args.width)
     if args.keep_rate is not None:
@@ -126,7 +104,7 @@ def _export(args: argparse.Namespace) -> int:
         raise EvadError(f"checkpoint {args.ckpt} does not exist")
     if args.parity_clips < 0:
         raise ConfigError("--parity-clips must be >= 0")
-    batch = _engine_batch(args.engine_batch)
+    batch = engine_batch(args.engine_batch)
     precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     q = args.quiet
     t0 = time.perf_counter()
@@ -165,14 +143,11 @@ def _export(args: argparse.Namespace) -> int:
 
     report = None
     if args.parity_clips:
-        from evad.export.ort_session import OnnxRuntimeModel
-        from evad.export.parity import compare
-
-        ort_model = OnnxRuntimeModel(out, providers=["CPUExecutionProvider"])
+        ort_model, _ = open_runner("ort", onnx=out, cuda=False)
         clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
                                      args.width, args.seed)
         report = compare(model, ort_model, clips, sizes,
-                         progress=lambda xs: _progress(xs, "parity", q))
+                         progress=lambda xs: progress(xs, "parity", q))
         for line in report.lines():
             _log("parity", f"ORT CPU vs torch fp32: {line}", q)
         _log("parity", "PASS" if report.passed else "FAIL", q)
@@ -180,24 +155,18 @@ def _export(args: argparse.Namespace) -> int:
     engine_msg = None
     engine_path = None
     if not args.onnx_only:
-        from evad.engines import build as build_engine
-        from evad.engines import missing_for_engine_build
-
-        # The C++ plugin library is optional: the builder falls back to the Python plugins.
-        missing = [m for m in missing_for_engine_build() if "plugin library" not in m]
+        missing = missing_message(precision)
         if missing:
             flag = "" if precision == "fp32" else f" --{precision}"
-            engine_msg = (f"not built: the {precision} TensorRT engine step needs "
-                          + "; ".join(missing) + f". The ONNX is written ({out}); rerun with "
-                          "--onnx-only to stop after it, or rerun this command with"
-                          f"{flag} on a machine with a GPU and TensorRT.")
+            engine_msg = (f"not built: {missing}. The ONNX is written ({out}); on a machine with "
+                          f"a GPU and TensorRT run: evad-build-engine {out}{flag}")
             _log("engine", engine_msg, False)
         else:
             engine_path = build_engine(out, precision=precision, batch=batch,
                                        timing_cache=args.timing_cache or args.out
                                        / "timing.cache", plugins=args.plugins,
-                                       log=lambda m: _log("engine", m.removeprefix("engine: "),
-                                                          q))
+                                       workspace_gib=args.workspace,
+                                       log=lambda m: _log("engine", m, q))
 
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
           f"{args.height}x{args.width}, tokens {' -> '.join(map(str, meta['tokens']))}, "
@@ -212,73 +181,5 @@ def _export(args: argparse.Namespace) -> int:
     return 3 if engine_msg else 0
 
 
-def _parity_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="evad-parity", description="Compare an exported EVAD ONNX model, run in ONNX "
-        "Runtime, against the torch reference on seeded clips; exit 1 when a threshold of "
-        "shared/docs/design.md fails.",
-        epilog="Reported per pruning block: kept-token Jaccard, boundary flips and order swaps "
-        "with the reference's score gaps; then box, person-score and action-probability "
-        "differences and the detection match rate. The torch run is forced to the backend's "
-        "decisions, so near-ties cannot hide continuous errors.")
-    ap.add_argument("--onnx", type=Path, required=True, help="the exported .onnx")
-    ap.add_argument("--ckpt", type=Path, default=None,
-                    help="the checkpoint it was exported from (required unless the ONNX was "
-                    "exported from a --preset with random weights)")
-    ap.add_argument("--clips", type=int, default=2, help="seeded clips (default 2)")
-    ap.add_argument("--batch", type=int, default=1, help="clips per run (default 1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
-                    help="ONNX Runtime execution provider (default cpu)")
-    ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
-    return ap
-
-
-def parity_main(argv: list[str] | None = None) -> int:
-    args = _parity_parser().parse_args(argv)
-    try:
-        return _parity(args)
-    except (EvadError, OSError) as e:
-        print(f"evad-parity: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _parity(args: argparse.Namespace) -> int:
-    import torch
-
-    from evad.export.metadata import preset_of, read_metadata
-    from evad.export.ort_session import OnnxRuntimeModel
-    from evad.export.parity import compare
-    from evad.models import build_model, load_checkpoint
-
-    if args.clips < 1 or args.batch < 1:
-        raise ConfigError("--clips and --batch must be >= 1")
-    meta = read_metadata(args.onnx)
-    preset = preset_of(meta)
-    if args.ckpt is not None:
-        model, cmeta = load_checkpoint(args.ckpt, preset=preset)
-        if meta.get("checkpoint_sha256") and meta["checkpoint_sha256"] != cmeta["sha256"]:
-            raise EvadError(f"{args.onnx} was exported from another checkpoint (sha256 "
-                            f"{meta['checkpoint_sha256'][:12]}..., {args.ckpt} is "
-                            f"{cmeta['sha256'][:12]}...)")
-    elif meta.get("random_seed") is not None:
-        torch.manual_seed(meta["random_seed"])
-        model = build_model(preset).eval().calm()
-    else:
-        raise ConfigError(f"{args.onnx} was exported from a checkpoint: pass it with --ckpt")
-    provider = "CUDAExecutionProvider" if args.provider == "cuda" else "CPUExecutionProvider"
-    backend = OnnxRuntimeModel(args.onnx, providers=[provider])
-    h, w = meta["input_size"]
-    clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
-    report = compare(model, backend, clips, sizes,
-                     progress=lambda xs: _progress(xs, "parity", False))
-    print(f"parity: {args.onnx} (ORT {backend.providers[0]}) vs torch fp32, {report.clips} "
-          f"batch(es) of {args.batch}")
-    for line in report.lines():
-        print(f"  {line}")
-    print("PASS" if report.passed else "FAIL")
-    if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        os.replace(tmp, args.json)
-    return 0 if report.passed else 1
+if __name__ == "__main__":
+    raise SystemExit(main())

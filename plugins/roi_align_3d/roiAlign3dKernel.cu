@@ -3,7 +3,7 @@
  * RoI and slice runs in one launch. The maths is evad::roiAlignBin (evadMath.h), shared with the
  * CPU check library.
  */
-#include "evadKernels.h"
+#include "roiAlign3dKernel.h"
 #include "evadMath.h"
 
 #include <cuda_bf16.h>

@@ -1,6 +1,7 @@
 /*
  * evad::RoIAlign3D, version 1: IPluginV3 (core, build, runtime capabilities) and its
- * IPluginCreatorV3One. Contract: plugins/roi_align_3d/README.md. Kernel: kernels/roiAlign3dKernel.cu.
+ * IPluginCreatorV3One. Contract: evad/op_contracts.py (fields: ../common/evadOpContract.h,
+ * generated from it; prose: README.md). Kernel: roiAlign3dKernel.cu (C ABI: roiAlign3dKernel.h).
  */
 #ifndef EVAD_ROI_ALIGN_3D_PLUGIN_H
 #define EVAD_ROI_ALIGN_3D_PLUGIN_H
@@ -15,14 +16,15 @@ namespace evad
 namespace plugin
 {
 
-//! Attributes of RoIAlign3D (the ONNX node's, same names).
+//! Attributes of RoIAlign3D, in the contract's field order (contract::kRoIAlign3DFields; the
+//! ONNX node's attributes). No defaults here: the creator requires every field.
 struct RoIAlign3DParams
 {
-    int32_t outputHeight{7};
-    int32_t outputWidth{7};
-    float spatialScale{1.F / 16.F};
-    int32_t samplingRatio{2};
-    int32_t aligned{1};
+    int32_t outputHeight{};
+    int32_t outputWidth{};
+    float spatialScale{};
+    int32_t samplingRatio{};
+    int32_t aligned{};
 };
 
 class RoIAlign3DPlugin : public nvinfer1::IPluginV3,

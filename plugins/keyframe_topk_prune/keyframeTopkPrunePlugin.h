@@ -1,7 +1,8 @@
 /*
  * evad::KeyframeTopKPrune, version 1: IPluginV3 (core, build, runtime capabilities) and its
- * IPluginCreatorV3One. Contract: plugins/keyframe_topk_prune/README.md.
- * Kernel: kernels/keyframeTopkPruneKernel.cu.
+ * IPluginCreatorV3One. Contract: evad/op_contracts.py (fields: ../common/evadOpContract.h,
+ * generated from it; prose: README.md). Kernels: keyframeTopkPruneKernel.cu (C ABI:
+ * keyframeTopkPruneKernel.h).
  */
 #ifndef EVAD_KEYFRAME_TOPK_PRUNE_PLUGIN_H
 #define EVAD_KEYFRAME_TOPK_PRUNE_PLUGIN_H
@@ -16,18 +17,20 @@ namespace evad
 namespace plugin
 {
 
-//! Attributes of KeyframeTopKPrune (the ONNX node's, same names).
+//! Attributes of KeyframeTopKPrune, in the contract's field order
+//! (contract::kKeyframeTopKPruneFields; the ONNX node's attributes). No defaults here: the
+//! creator requires every field.
 struct KeyframeTopKPruneParams
 {
-    int32_t keepNum{7};
-    int32_t keepDen{10};
-    float keyframeWeight{1.F};
+    int32_t keepNum{};
+    int32_t keepDen{};
+    float keyframeWeight{};
 };
 
 class KeyframeTopKPrunePlugin : public nvinfer1::IPluginV3,
-                         public nvinfer1::IPluginV3OneCore,
-                         public nvinfer1::IPluginV3OneBuild,
-                         public nvinfer1::IPluginV3OneRuntime
+                                public nvinfer1::IPluginV3OneCore,
+                                public nvinfer1::IPluginV3OneBuild,
+                                public nvinfer1::IPluginV3OneRuntime
 {
 public:
     explicit KeyframeTopKPrunePlugin(KeyframeTopKPruneParams const& params);

@@ -1,11 +1,13 @@
 /*
  * evad::KeyframeTopKPrune plugin glue: shapes (K from N and N - S with dimension expressions),
- * types, formats, workspace, fields. The maths is in the kernel library
- * (evad_keyframe_topk_prune); nothing here touches tensor data.
+ * types, formats, workspace, fields. The maths is in the kernels (evad_keyframe_topk_prune,
+ * keyframeTopkPruneKernel.cu); nothing here touches tensor data. Field names, order, types,
+ * valid ranges and the keep_num <= keep_den relation come from the contract header
+ * (evadOpContract.h).
  */
 #include "keyframeTopkPrunePlugin.h"
 
-#include "evadKernels.h"
+#include "keyframeTopkPruneKernel.h"
 #include "pluginCommon.h"
 
 #include <exception>
@@ -18,7 +20,22 @@ namespace plugin
 {
 namespace
 {
-constexpr char const* kNAME = "KeyframeTopKPrune";
+constexpr char const* kNAME = contract::kKeyframeTopKPruneName;
+constexpr contract::FieldSpec const* kFIELDS = contract::kKeyframeTopKPruneFields;
+constexpr int32_t kNB_FIELDS = contract::kKeyframeTopKPruneNbFields;
+
+//! KeyframeTopKPruneParams' members, in the contract's field order.
+enum Field : int32_t
+{
+    kKEEP_NUM = 0,
+    kKEEP_DEN = 1,
+    kKEYFRAME_WEIGHT = 2
+};
+static_assert(kNB_FIELDS == 3, "KeyframeTopKPruneParams has one member per contract field");
+static_assert(fieldIs(kFIELDS[kKEEP_NUM], "keep_num", contract::FieldKind::kInt), "contract order");
+static_assert(fieldIs(kFIELDS[kKEEP_DEN], "keep_den", contract::FieldKind::kInt), "contract order");
+static_assert(fieldIs(kFIELDS[kKEYFRAME_WEIGHT], "keyframe_weight", contract::FieldKind::kFloat), "contract order");
+
 constexpr int32_t kIN_Q = 0;
 constexpr int32_t kIN_K = 1;
 constexpr int32_t kIN_X = 2;
@@ -42,9 +59,9 @@ KeyframeTopKPrunePlugin::KeyframeTopKPrunePlugin(KeyframeTopKPruneParams const& 
 
 void KeyframeTopKPrunePlugin::initFields()
 {
-    mFields = {PluginField("keep_num", &mParams.keepNum, PluginFieldType::kINT32, 1),
-        PluginField("keep_den", &mParams.keepDen, PluginFieldType::kINT32, 1),
-        PluginField("keyframe_weight", &mParams.keyframeWeight, PluginFieldType::kFLOAT32, 1)};
+    mFields = {contractField(kFIELDS[kKEEP_NUM], &mParams.keepNum),
+        contractField(kFIELDS[kKEEP_DEN], &mParams.keepDen),
+        contractField(kFIELDS[kKEYFRAME_WEIGHT], &mParams.keyframeWeight)};
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
 }
@@ -214,9 +231,7 @@ PluginFieldCollection const* KeyframeTopKPrunePlugin::getFieldsToSerialize() noe
 
 KeyframeTopKPrunePluginCreator::KeyframeTopKPrunePluginCreator()
 {
-    mFields = {PluginField("keep_num", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("keep_den", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("keyframe_weight", nullptr, PluginFieldType::kFLOAT32, 1)};
+    mFields = contractFieldNames(kFIELDS, kNB_FIELDS);
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
 }
@@ -246,14 +261,14 @@ IPluginV3* KeyframeTopKPrunePluginCreator::createPlugin(
 {
     try
     {
+        // Every field is required and checked against the contract, keep_num <= keep_den
+        // included; fields outside the contract are ignored.
+        std::vector<FieldValue> const v
+            = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc, contract::kKeyframeTopKPruneLessEqual);
         KeyframeTopKPruneParams p;
-        p.keepNum = static_cast<int32_t>(readInt(requireField(fc, "keep_num")));
-        p.keepDen = static_cast<int32_t>(readInt(requireField(fc, "keep_den")));
-        p.keyframeWeight = readFloat(requireField(fc, "keyframe_weight"));
-        if (p.keepNum < 1 || p.keepDen < p.keepNum || !(p.keyframeWeight > 0.F))
-        {
-            throw std::invalid_argument("1 <= keep_num <= keep_den and keyframe_weight > 0 required");
-        }
+        p.keepNum = static_cast<int32_t>(v[kKEEP_NUM].asInt);
+        p.keepDen = static_cast<int32_t>(v[kKEEP_DEN].asInt);
+        p.keyframeWeight = static_cast<float>(v[kKEYFRAME_WEIGHT].asFloat);
         return new KeyframeTopKPrunePlugin(p);
     }
     catch (std::exception const& e)

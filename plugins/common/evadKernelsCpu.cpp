@@ -12,7 +12,7 @@
 extern "C"
 {
 
-//! See evad_roi_align_3d (evadKernels.h); fp32 host pointers.
+//! See evad_roi_align_3d (../roi_align_3d/roiAlign3dKernel.h); fp32 host pointers.
 int evad_cpu_roi_align_3d(float const* features, float const* rois, float* output, int64_t b,
     int64_t c, int64_t t, int64_t h, int64_t w, int64_t r, int32_t outH, int32_t outW,
     float spatialScale, int32_t samplingRatio, int32_t aligned)
@@ -93,7 +93,8 @@ void evad_cpu_importance(float const* q, float const* k, float* score, int64_t b
     }
 }
 
-//! The whole op on the CPU: importance, stable descending order (as CUB's radix sort), gather.
+//! The whole op on the CPU: importance, the contract's order (descending importance, the lower
+//! position first on equal importance: a stable descending sort, as CUB's radix sort), gather.
 int evad_cpu_keyframe_topk_prune(float const* q, float const* k, float const* xNonkey,
     int64_t const* idx, float* xKept, int64_t* idxKept, int64_t b, int64_t heads, int64_t n,
     int32_t d, int64_t m, int64_t channels, int64_t keepNum, int64_t keepDen, float keyframeWeight)

@@ -2,7 +2,8 @@
  * Per-element maths of the evad ops, shared by the CUDA kernels (nvcc) and the CPU check library
  * (g++). No CUDA-only include: under nvcc EVAD_HD is `__host__ __device__ __forceinline__`,
  * elsewhere `inline`, so CI proves these functions against the torch reference without a GPU.
- * Contracts: plugins/roi_align_3d/README.md, plugins/keyframe_topk_prune/README.md.
+ * Contracts: evad/op_contracts.py, described in ../roi_align_3d/README.md and
+ * ../keyframe_topk_prune/README.md.
  *
  * Element types are read with static_cast<float> (cuda_fp16/cuda_bf16 types convert on both
  * sides under nvcc); every reduction accumulates in fp32 whatever the input type.

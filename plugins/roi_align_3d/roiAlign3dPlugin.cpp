@@ -1,11 +1,12 @@
 /*
  * evad::RoIAlign3D plugin glue: shapes, types, formats, fields. The maths is in the kernel
- * library (evad_roi_align_3d); nothing here touches tensor data.
+ * (evad_roi_align_3d, roiAlign3dKernel.cu); nothing here touches tensor data. Field names,
+ * order, types and valid ranges come from the contract header (evadOpContract.h).
  */
 #include "roiAlign3dPlugin.h"
 
-#include "evadKernels.h"
 #include "pluginCommon.h"
+#include "roiAlign3dKernel.h"
 
 #include <exception>
 
@@ -17,7 +18,26 @@ namespace plugin
 {
 namespace
 {
-constexpr char const* kNAME = "RoIAlign3D";
+constexpr char const* kNAME = contract::kRoIAlign3DName;
+constexpr contract::FieldSpec const* kFIELDS = contract::kRoIAlign3DFields;
+constexpr int32_t kNB_FIELDS = contract::kRoIAlign3DNbFields;
+
+//! RoIAlign3DParams' members, in the contract's field order.
+enum Field : int32_t
+{
+    kOUTPUT_HEIGHT = 0,
+    kOUTPUT_WIDTH = 1,
+    kSPATIAL_SCALE = 2,
+    kSAMPLING_RATIO = 3,
+    kALIGNED = 4
+};
+static_assert(kNB_FIELDS == 5, "RoIAlign3DParams has one member per contract field");
+static_assert(fieldIs(kFIELDS[kOUTPUT_HEIGHT], "output_height", contract::FieldKind::kInt), "contract order");
+static_assert(fieldIs(kFIELDS[kOUTPUT_WIDTH], "output_width", contract::FieldKind::kInt), "contract order");
+static_assert(fieldIs(kFIELDS[kSPATIAL_SCALE], "spatial_scale", contract::FieldKind::kFloat), "contract order");
+static_assert(fieldIs(kFIELDS[kSAMPLING_RATIO], "sampling_ratio", contract::FieldKind::kInt), "contract order");
+static_assert(fieldIs(kFIELDS[kALIGNED], "aligned", contract::FieldKind::kInt), "contract order");
+
 constexpr int32_t kIN_FEATURES = 0;
 constexpr int32_t kIN_ROIS = 1;
 constexpr int32_t kNB_INPUTS = 2;
@@ -34,11 +54,11 @@ void RoIAlign3DPlugin::initFields()
 {
     // The serialized fields are the creator's fields: a deserialized plugin is recreated by
     // createPlugin from exactly these.
-    mFields = {PluginField("output_height", &mParams.outputHeight, PluginFieldType::kINT32, 1),
-        PluginField("output_width", &mParams.outputWidth, PluginFieldType::kINT32, 1),
-        PluginField("spatial_scale", &mParams.spatialScale, PluginFieldType::kFLOAT32, 1),
-        PluginField("sampling_ratio", &mParams.samplingRatio, PluginFieldType::kINT32, 1),
-        PluginField("aligned", &mParams.aligned, PluginFieldType::kINT32, 1)};
+    mFields = {contractField(kFIELDS[kOUTPUT_HEIGHT], &mParams.outputHeight),
+        contractField(kFIELDS[kOUTPUT_WIDTH], &mParams.outputWidth),
+        contractField(kFIELDS[kSPATIAL_SCALE], &mParams.spatialScale),
+        contractField(kFIELDS[kSAMPLING_RATIO], &mParams.samplingRatio),
+        contractField(kFIELDS[kALIGNED], &mParams.aligned)};
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
 }
@@ -186,11 +206,7 @@ PluginFieldCollection const* RoIAlign3DPlugin::getFieldsToSerialize() noexcept
 
 RoIAlign3DPluginCreator::RoIAlign3DPluginCreator()
 {
-    mFields = {PluginField("output_height", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("output_width", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("spatial_scale", nullptr, PluginFieldType::kFLOAT32, 1),
-        PluginField("sampling_ratio", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("aligned", nullptr, PluginFieldType::kINT32, 1)};
+    mFields = contractFieldNames(kFIELDS, kNB_FIELDS);
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
 }
@@ -220,20 +236,15 @@ IPluginV3* RoIAlign3DPluginCreator::createPlugin(
 {
     try
     {
-        // Every attribute is required (the ONNX schema requires them): a missing one is an error,
-        // not a silent default.
+        // Every field is required and checked against the contract (a missing or out-of-range
+        // one is an error, not a silent default); fields outside the contract are ignored.
+        std::vector<FieldValue> const v = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc);
         RoIAlign3DParams p;
-        p.outputHeight = static_cast<int32_t>(readInt(requireField(fc, "output_height")));
-        p.outputWidth = static_cast<int32_t>(readInt(requireField(fc, "output_width")));
-        p.spatialScale = readFloat(requireField(fc, "spatial_scale"));
-        p.samplingRatio = static_cast<int32_t>(readInt(requireField(fc, "sampling_ratio")));
-        p.aligned = static_cast<int32_t>(readInt(requireField(fc, "aligned")));
-        if (p.outputHeight < 1 || p.outputWidth < 1 || p.samplingRatio < 1 || !(p.spatialScale > 0.F)
-            || (p.aligned != 0 && p.aligned != 1))
-        {
-            throw std::invalid_argument("output_height, output_width, sampling_ratio >= 1, spatial_scale > 0, "
-                                        "aligned in {0, 1} required");
-        }
+        p.outputHeight = static_cast<int32_t>(v[kOUTPUT_HEIGHT].asInt);
+        p.outputWidth = static_cast<int32_t>(v[kOUTPUT_WIDTH].asInt);
+        p.spatialScale = static_cast<float>(v[kSPATIAL_SCALE].asFloat);
+        p.samplingRatio = static_cast<int32_t>(v[kSAMPLING_RATIO].asInt);
+        p.aligned = static_cast<int32_t>(v[kALIGNED].asInt);
         return new RoIAlign3DPlugin(p);
     }
     catch (std::exception const& e)

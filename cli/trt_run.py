@@ -1,0 +1,17 @@
+"""``evad-trt-run``: the runtime's command (``evad.runtime.cli``) with the demo video and the
+demo model as the defaults for a missing video or model."""
+
+from __future__ import annotations
+
+from evad.cli.demo import default_model, default_video
+from evad.runtime.cli import main as run_main
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, default_video=default_video, default_model=default_model)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""``evad-build-engine``: an exported ONNX file -> a TensorRT engine (+ its ``.engine.json``),
+without re-exporting: build as many engines (precisions, batch profiles, GPUs) from one ONNX as
+you need."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evad.engines.builder import build, check_batch_profile
+from evad.engines.environment import missing_for_engine_build
+from evad.errors import ConfigError, EvadError
+
+__all__ = ["engine_batch", "main", "missing_message"]
+
+_PROG = "evad-build-engine"
+_EPILOG = """\
+examples:
+  evad-build-engine exports/vitb_ktp.onnx --fp16                # -> exports/vitb_ktp.engine
+  evad-build-engine exports/vitb_ktp.onnx --batch 1,4,16 --out vitb_b16.engine
+  evad-build-engine exports/vitb_ktp.onnx --plugins python      # the Python plugins (Triton)
+
+Needs the full TensorRT (builder + ONNX parser) and a CUDA GPU; the engine is tied to that GPU
+model and TensorRT version, which its .engine.json records (runners refuse a mismatch). The
+evad nodes bind the evad plugins (evad-build-plugins builds the C++ ones).
+"""
+
+
+def engine_batch(text: str) -> tuple[int, int, int]:
+    """``"1,2,8"`` -> (1, 2, 8); ConfigError unless 1 <= min <= opt <= max."""
+    try:
+        lo, opt, hi = (int(x) for x in text.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--engine-batch {text!r}: give MIN,OPT,MAX, e.g. 1,1,8") from e
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"--engine-batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+    return check_batch_profile((lo, opt, hi))
+
+
+def missing_message(precision: str) -> str | None:
+    """What this machine lacks for a ``precision`` engine, as one sentence; None when nothing
+    required is missing (the C++ plugin library is optional: the Python plugins serve)."""
+    missing = [m for m in missing_for_engine_build() if not m.optional]
+    if not missing:
+        return None
+    return f"the {precision} TensorRT engine step needs " + "; ".join(map(str, missing))
+
+
+def add_engine_arguments(ap: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The engine options shared with ``evad-export``."""
+    ap.add_argument("--engine-batch", default="1,1,8", metavar="MIN,OPT,MAX",
+                    help="optimisation profile, clips per run (default 1,1,8)")
+    ap.add_argument("--plugins", choices=["cpp", "python"], default=None,
+                    help="TensorRT plugins to bind (default cpp, python when libevad_plugins.so "
+                    "is missing)")
+    ap.add_argument("--timing-cache", type=Path, default=None,
+                    help="TensorRT timing cache, reused across builds (default timing.cache "
+                    "beside the engine)")
+    ap.add_argument("--workspace", type=float, default=4.0, metavar="GIB",
+                    help="builder workspace limit, GiB (default 4)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=_PROG, description="Build a TensorRT engine from an ONNX model exported by "
+        "evad-export.", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("onnx", type=Path, help="the .onnx from evad-export")
+    prec = ap.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="fp16 engine")
+    prec.add_argument("--bf16", action="store_true", help="bf16 engine")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="engine path (default: the ONNX path with .engine)")
+    add_engine_arguments(ap)
+    ap.add_argument("--quiet", action="store_true", help="only errors and the summary")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    try:
+        batch = engine_batch(args.engine_batch)
+        if not args.onnx.is_file():
+            raise EvadError(f"ONNX file {args.onnx} does not exist")
+        missing = missing_message(precision)
+        if missing:
+            raise EvadError(missing)
+        out = args.out or args.onnx.with_suffix(".engine")
+        path = build(args.onnx, precision=precision, batch=batch,
+                     timing_cache=args.timing_cache or out.parent / "timing.cache",
+                     plugins=args.plugins, out=out, workspace_gib=args.workspace,
+                     log=(lambda m: None) if args.quiet else (lambda m: print(f"engine: {m}")))
+    except (EvadError, OSError) as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{_PROG}: {path} ({precision})")
+    return 0

@@ -1,0 +1,64 @@
+"""Artefact metadata: what an exported model was made from, read back by every later stage.
+
+Stored in an ONNX file as ``metadata_props`` under ``evad.<key>``, each value JSON-encoded, so
+Netron and ``onnx`` show plain key/value pairs and :func:`read_metadata` restores the types. An
+engine carries the same keys in its ``.engine.json`` sidecar (``evad.engines.metadata``). What
+the keys are is decided by the exporter (``evad.export.metadata.build_metadata``); this module
+only stores and reads them, with onnx loaded on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evad.errors import EvadError
+from evad.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import onnx
+else:
+    onnx = lazy_import("onnx", "pip install onnx")
+
+__all__ = ["FORMAT_VERSION", "read_metadata", "write_metadata"]
+
+FORMAT_VERSION = 1
+_PREFIX = "evad."
+
+
+def write_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    """Replace the model's ``evad.*`` metadata_props with ``meta``."""
+    keep = [p for p in model.metadata_props if not p.key.startswith(_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = _PREFIX + key, json.dumps(value)
+
+
+def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
+    """The ``evad.*`` metadata of a model or ONNX file (weights are not loaded).
+
+    Raises:
+        EvadError: the file is missing, not ONNX, or was not exported by evad-deploy.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise EvadError(f"ONNX file {path} does not exist")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise EvadError(f"{path} is not a readable ONNX file ({e})") from e
+    meta = {}
+    for p in model.metadata_props:
+        if p.key.startswith(_PREFIX):
+            meta[p.key[len(_PREFIX):]] = json.loads(p.value)
+    if "format_version" not in meta:
+        raise EvadError("the ONNX model has no evad metadata: export it with evad-export")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise EvadError(f"the ONNX model has metadata format {meta['format_version']}; this "
+                        f"evad-deploy reads up to {FORMAT_VERSION}: upgrade evad-deploy")
+    return meta

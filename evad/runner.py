@@ -1,0 +1,111 @@
+"""The one interface every inference backend offers, and the graph's input and output names.
+
+A :class:`Runner` takes a batch of clips and returns the detector's outputs by name, as numpy
+arrays, whatever runs underneath (the torch reference, ONNX Runtime, a TensorRT engine). The
+runtime, ``evad-eval --data``, ``evad-parity`` and the benchmarks all call runners through it;
+``evad.runtime.backends.open_runner`` is the one place that chooses one.
+
+Inputs (the exported graph's, the engine's, the torch model's call):
+    ``clip`` (B, 3, T, H, W) float32, normalised and zero padded to the input size;
+    ``image_size`` (B, 2) int64, the unpadded (h, w) of each clip, input pixels.
+Outputs:
+    ``boxes`` (B, n, 4) float32 x1y1x2y2 in the unpadded input's pixels;
+    ``person_scores`` (B, n) float32 person probabilities;
+    ``action_probs`` (B, n, classes) float32, sigmoid applied;
+    ``kept_idx_<block>`` (B, K) int64 per pruning block: the kept non-keyframe tokens in top-k
+    order (what parity judges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from evad.errors import BackendError
+
+__all__ = ["DETECTIONS", "INPUTS", "INPUT_CLIP", "INPUT_IMAGE_SIZE", "KEPT_IDX_PREFIX",
+           "OUTPUT_ACTION_PROBS", "OUTPUT_BOXES", "OUTPUT_PERSON_SCORES", "ModelSpec", "Runner",
+           "kept_blocks", "kept_idx_name"]
+
+INPUT_CLIP = "clip"
+INPUT_IMAGE_SIZE = "image_size"
+INPUTS = (INPUT_CLIP, INPUT_IMAGE_SIZE)
+OUTPUT_BOXES = "boxes"
+OUTPUT_PERSON_SCORES = "person_scores"
+OUTPUT_ACTION_PROBS = "action_probs"
+#: the outputs a detection consumer reads
+DETECTIONS = (OUTPUT_BOXES, OUTPUT_PERSON_SCORES, OUTPUT_ACTION_PROBS)
+KEPT_IDX_PREFIX = "kept_idx_"
+
+
+def kept_idx_name(block: int) -> str:
+    """Output name of a pruning block's kept indices (``kept_idx_3``)."""
+    return f"{KEPT_IDX_PREFIX}{block}"
+
+
+def kept_blocks(outputs: dict[str, Any]) -> list[int]:
+    """The pruning blocks whose kept indices ``outputs`` holds, in block order."""
+    return sorted(int(k[len(KEPT_IDX_PREFIX):]) for k in outputs if k.startswith(KEPT_IDX_PREFIX))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The numbers a model was trained and exported with, as the runtime needs them.
+
+    name: what the model is, for messages (``ONNX model exports/x.onnx``).
+    input_size: fixed (H, W) input pixels of an export or engine; None for the torch reference.
+    num_frames, frame_stride: the clip (16 frames, every 4th).
+    short_side, max_long_side: resize targets, pixels.
+    mean, std: normalisation, 0..1 scale, RGB.
+    person_threshold: the official person score threshold.
+    labels: action names, output i is action id i + 1.
+    """
+
+    name: str
+    input_size: tuple[int, int] | None
+    num_frames: int
+    frame_stride: int
+    short_side: int
+    max_long_side: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    person_threshold: float
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], name: str) -> ModelSpec:
+        """From an artefact's evad metadata (ONNX ``evad.*`` props or an engine's sidecar).
+
+        Raises:
+            BackendError: a key is missing or malformed.
+        """
+        try:
+            h, w = meta["input_size"]
+            return cls(name, (int(h), int(w)), int(meta["num_frames"]),
+                       int(meta["frame_stride"]), int(meta["short_side"]),
+                       int(meta["max_long_side"]), tuple(meta["mean"]), tuple(meta["std"]),
+                       float(meta["person_threshold"]), list(meta["labels"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BackendError(f"{name} has incomplete evad metadata ({e}): re-export it with "
+                               "evad-export") from e
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A model that runs clips.
+
+    name: which backend and device, for summaries (``ort (CPUExecutionProvider)``).
+    spec: what the model expects (:class:`ModelSpec`).
+    on_gpu: whether it computes on a GPU (the runtime's default batch size follows it).
+    """
+
+    name: str
+    spec: ModelSpec
+    on_gpu: bool
+
+    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 unpadded (h, w) -> every
+        output by name (see the module docstring), numpy, batch B."""
+        ...

@@ -1,0 +1,86 @@
+"""The torch reference as a :class:`evad.runner.Runner`: numpy in, the graph's outputs out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evad.errors import EvadError
+from evad.models.checkpoint import load_checkpoint
+from evad.models.evad import EVAD
+from evad.models.flops import token_counts
+from evad.models.labels import label_names
+from evad.models.presets import Preset
+from evad.runner import (
+    OUTPUT_ACTION_PROBS,
+    OUTPUT_BOXES,
+    OUTPUT_PERSON_SCORES,
+    ModelSpec,
+    kept_idx_name,
+)
+
+__all__ = ["TorchRunner", "pruning_blocks_at", "spec_of"]
+
+
+def pruning_blocks_at(preset: Preset, height: int, width: int) -> list[int]:
+    """The blocks that really prune at a ``height`` x ``width`` input (a keep rate whose count
+    rounds up to every token prunes nothing and has no ``kept_idx`` output)."""
+    counts = token_counts(preset, height, width)
+    return [b for b in range(preset.depth) if counts[b + 1] < counts[b]]
+
+
+def spec_of(preset: Preset, name: str) -> ModelSpec:
+    """What the runtime needs of a preset (the torch reference takes any input size)."""
+    return ModelSpec(name, None, preset.num_frames, preset.frame_stride, preset.short_side,
+                     preset.max_long_side, tuple(preset.mean), tuple(preset.std),
+                     preset.person_threshold, label_names(preset.num_classes, preset.labels))
+
+
+class TorchRunner:
+    """The torch reference, on CUDA when torch sees a GPU (or on ``device``).
+
+    Args:
+        model: an ``EVAD`` (put in eval mode and moved to the device here).
+        name: what the model is, for messages (``checkpoint x.pth``).
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+    """
+
+    def __init__(self, model: EVAD, name: str = "torch model",
+                 device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.spec = spec_of(model.preset, name)
+        self.name = f"torch ({self.device.type})"
+        self.on_gpu = self.device.type == "cuda"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike,
+                        device: str | torch.device | None = None) -> TorchRunner:
+        """Load a checkpoint (any layout ``load_checkpoint`` reads).
+
+        Raises:
+            EvadError: the file is missing or is not an EVAD checkpoint.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise EvadError(f"checkpoint {path} does not exist")
+        model, _ = load_checkpoint(path)
+        return cls(model, f"checkpoint {path}", device)
+
+    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 -> the graph's outputs."""
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(clip, np.float32))
+                             .to(self.device),
+                             torch.from_numpy(np.ascontiguousarray(image_size, np.int64))
+                             .to(self.device))
+        result = {OUTPUT_BOXES: out.boxes.float().cpu().numpy(),
+                  OUTPUT_PERSON_SCORES: out.person_scores.float().cpu().numpy(),
+                  OUTPUT_ACTION_PROBS: torch.sigmoid(out.action_logits).float().cpu().numpy()}
+        blocks = pruning_blocks_at(self.model.preset, clip.shape[-2], clip.shape[-1])
+        for block, kept in zip(blocks, out.kept_indices, strict=True):
+            result[kept_idx_name(block)] = kept.cpu().numpy()
+        return result
