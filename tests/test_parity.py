@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from evad.export.parity import FP32_THRESHOLDS, compare, seeded_inputs
+from evad.models.runner import TorchRunner
 
 
 def _torch_backend(model, tamper=None):
-    """A backend made of the torch reference (optionally altered): tests the judge alone."""
+    """A runner made of the torch reference (optionally altered): tests the judge alone."""
+    runner = TorchRunner(model, "reference", "cpu")
 
     def run(clip, size):
-        with torch.no_grad():
-            out = model(torch.from_numpy(clip), torch.from_numpy(size))
-        res = {"boxes": out.boxes.numpy(), "person_scores": out.person_scores.numpy(),
-               "action_probs": torch.sigmoid(out.action_logits).numpy()}
-        for blk, kept in zip(model.pruning_blocks, out.kept_indices, strict=True):
-            res[f"kept_idx_{blk}"] = kept.numpy()
+        res = runner(clip, size)
         return tamper(res) if tamper else res
 
     return run
