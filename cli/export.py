@@ -15,7 +15,13 @@ import torch
 from tqdm import tqdm
 
 from evad.engines.builder import build as build_engine
-from evad.engines.cli import add_engine_arguments, engine_batch, missing_message
+from evad.engines.cli import (
+    add_engine_arguments,
+    add_precision_arguments,
+    engine_batch,
+    missing_message,
+    precision_of,
+)
 from evad.errors import ConfigError, EvadError
 from evad.export.metadata import build_metadata
 from evad.export.onnx_export import DEFAULT_OPSET, export_onnx, save_model, validate_size
@@ -71,9 +77,7 @@ def _export_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", default=None, help="file stem (default: the checkpoint's)")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                     help=f"ONNX opset (default {DEFAULT_OPSET}, >= 17)")
-    prec = ap.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_true", help="build an fp16 engine")
-    prec.add_argument("--bf16", action="store_true", help="build a bf16 engine")
+    add_precision_arguments(ap)
     ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
     add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
     ap.add_argument("--parity-clips", type=int, default=1,
@@ -105,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.parity_clips < 0:
         raise ConfigError("--parity-clips must be >= 0")
     batch = engine_batch(args.engine_batch)
-    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    precision = precision_of(args)
     q = args.quiet
     t0 = time.perf_counter()
     if args.ckpt is not None:

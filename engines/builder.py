@@ -38,9 +38,11 @@ from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["PRECISIONS", "build", "check_batch_profile"]
+__all__ = ["PRECISIONS", "build", "check_batch_profile", "set_math_modes"]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+#: engine precisions: ``fp32`` is true fp32 (TF32 off); ``tf32`` lets TensorRT round MatMul and
+#: Conv inputs to TF32 (a 10-bit mantissa, ~1e-3 relative: judged by the reduced-precision bars)
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
 
 def check_batch_profile(batch: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -109,18 +111,45 @@ def _pin_fp32(trt: Any, network: trt.INetworkDefinition) -> int:
     return pinned
 
 
-def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition, precision: str,
-               meta: dict[str, Any], batch: tuple[int, int, int], workspace_gib: float,
-               cache_bytes: bytes, log: Callable[[str], None]) -> trt.IBuilderConfig:
-    """Builder config: workspace, precision flags (TensorRT 10), the batch profile over the
-    export's fixed input size, the timing cache."""
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    flag = getattr(trt.BuilderFlag, precision.upper(), None) if precision != "fp32" else None
+def set_math_modes(trt: Any, config: trt.IBuilderConfig, network: trt.INetworkDefinition,
+                   precision: str, log: Callable[[str], None]) -> dict[str, bool]:
+    """Set the builder flags of ``precision`` and return which math modes are on.
+
+    TensorRT enables TF32 by default (``BuilderFlag.TF32``, "Enabled by default" in NvInfer.h,
+    10.x and 11.x): left alone, every MatMul/Conv of an "fp32" engine on Ampere and newer rounds
+    its inputs to a 10-bit mantissa, far outside the fp32 parity bars. So TF32 is cleared unless
+    ``tf32`` is asked for. On TensorRT 10 fp16/bf16 set their flag and pin ``FP32_OPS`` layers to
+    fp32; TensorRT 11 has no such flags (the ONNX was converted to mixed precision instead).
+
+    Returns:
+        ``{"tf32": ..., "fp16": ..., "bf16": ...}``: the modes the engine may use, for its
+        sidecar.
+    """
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32 is not None:
+        if precision == "tf32":
+            config.set_flag(tf32)
+        else:
+            config.clear_flag(tf32)
+    reduced = precision in ("fp16", "bf16")
+    flag = getattr(trt.BuilderFlag, precision.upper(), None) if reduced else None
     if flag is not None:
         config.set_flag(flag)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         log(f"{_pin_fp32(trt, network)} LayerNorm/softmax/reduce/top-k layers kept in fp32")
+    return {"tf32": precision == "tf32" and tf32 is not None, "fp16": precision == "fp16",
+            "bf16": precision == "bf16"}
+
+
+def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition, precision: str,
+               meta: dict[str, Any], batch: tuple[int, int, int], workspace_gib: float,
+               cache_bytes: bytes,
+               log: Callable[[str], None]) -> tuple[trt.IBuilderConfig, dict[str, bool]]:
+    """Builder config: workspace, math modes (:func:`set_math_modes`), the batch profile over the
+    export's fixed input size, the timing cache; and the math modes that are on."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    modes = set_math_modes(trt, config, network, precision, log)
     lo, opt, hi = batch
     h, w = meta["input_size"]
     t = meta["num_frames"]
@@ -132,7 +161,7 @@ def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition, 
     profile.set_shape(INPUT_IMAGE_SIZE, trt.Dims([lo, 2]), trt.Dims([opt, 2]), trt.Dims([hi, 2]))
     config.add_optimization_profile(profile)
     config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
-    return config
+    return config, modes
 
 
 def build(onnx_path: str | os.PathLike, precision: str = "fp32",
@@ -143,7 +172,7 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
 
     Args:
         onnx_path: the evad-export output (with its ``evad.*`` metadata).
-        precision: ``fp32``, ``fp16`` or ``bf16``.
+        precision: ``fp32`` (TF32 off), ``tf32``, ``fp16`` or ``bf16``.
         batch: (min, opt, max) clips per run of the optimisation profile.
         timing_cache: file read before and written after the build (reused across builds).
         plugins: ``cpp`` or ``python``; default cpp, python when the .so is missing.
@@ -172,7 +201,8 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     model = onnx.load(str(onnx_path))
     expected = len(evad_nodes(model))
     model = strip_evad_functions(model)
-    if precision != "fp32" and getattr(trt.BuilderFlag, precision.upper(), None) is None:
+    if precision in ("fp16", "bf16") and getattr(trt.BuilderFlag, precision.upper(),
+                                                 None) is None:
         model = to_mixed_precision(model, precision)  # TensorRT 11: no precision flags
         log(f"converted to a mixed-precision {precision} ONNX (TensorRT {trt.__version__} is "
             "strongly typed; LayerNorm/softmax/reductions stay fp32)")
@@ -181,14 +211,14 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     _check_plugins_bound(trt, network, expected)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(
         timing_cache).is_file() else b""
-    config = _configure(trt, builder, network, precision, meta, (lo, opt, hi), workspace_gib,
-                        cache_bytes, log)
+    config, modes = _configure(trt, builder, network, precision, meta, (lo, opt, hi),
+                               workspace_gib, cache_bytes, log)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EvadError("TensorRT failed to build the engine (see its log above)")
     engine_path = Path(out) if out else onnx_path.with_suffix(".engine")
     sidecar = engine_metadata(running_environment(trt), precision, meta, onnx_sha256(onnx_path),
-                              plugins, (lo, opt, hi))
+                              plugins, (lo, opt, hi), modes)
     # The sidecar first: an engine file never stands without the metadata that describes it.
     write_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
     write_atomic(engine_path, bytes(serialized))

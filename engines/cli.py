@@ -12,7 +12,8 @@ from evad.engines.builder import build, check_batch_profile
 from evad.engines.environment import missing_for_engine_build
 from evad.errors import ConfigError, EvadError
 
-__all__ = ["engine_batch", "main", "missing_message"]
+__all__ = ["add_engine_arguments", "add_precision_arguments", "engine_batch", "main",
+           "missing_message", "precision_of"]
 
 _PROG = "evad-build-engine"
 _EPILOG = """\
@@ -47,6 +48,21 @@ def missing_message(precision: str) -> str | None:
     return f"the {precision} TensorRT engine step needs " + "; ".join(map(str, missing))
 
 
+def add_precision_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--tf32`` / ``--fp16`` / ``--bf16`` (default: true fp32, TF32 off), shared with
+    ``evad-export``."""
+    prec = ap.add_mutually_exclusive_group()
+    prec.add_argument("--tf32", action="store_true", help="let MatMul/Conv use TF32 (off by "
+                      "default: an fp32 engine is true fp32)")
+    prec.add_argument("--fp16", action="store_true", help="fp16 engine")
+    prec.add_argument("--bf16", action="store_true", help="bf16 engine")
+
+
+def precision_of(args: argparse.Namespace) -> str:
+    """The precision the flags of :func:`add_precision_arguments` ask for."""
+    return next((p for p in ("tf32", "fp16", "bf16") if getattr(args, p)), "fp32")
+
+
 def add_engine_arguments(ap: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The engine options shared with ``evad-export``."""
     ap.add_argument("--engine-batch", default="1,1,8", metavar="MIN,OPT,MAX",
@@ -66,9 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG, description="Build a TensorRT engine from an ONNX model exported by "
         "evad-export.", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("onnx", type=Path, help="the .onnx from evad-export")
-    prec = ap.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_true", help="fp16 engine")
-    prec.add_argument("--bf16", action="store_true", help="bf16 engine")
+    add_precision_arguments(ap)
     ap.add_argument("--out", type=Path, default=None,
                     help="engine path (default: the ONNX path with .engine)")
     add_engine_arguments(ap)
@@ -78,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    precision = precision_of(args)
     try:
         batch = engine_batch(args.engine_batch)
         if not args.onnx.is_file():

@@ -47,10 +47,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def engine_metadata(env: dict[str, Any], precision: str, onnx_meta: dict[str, Any],
-                    onnx_hash: str, plugins: str, batch: tuple[int, int, int]) -> dict[str, Any]:
+                    onnx_hash: str, plugins: str, batch: tuple[int, int, int],
+                    math_modes: dict[str, bool] | None = None) -> dict[str, Any]:
     """The sidecar of an engine built in ``env`` (``environment.running_environment``) from an
-    ONNX export with metadata ``onnx_meta`` and hash ``onnx_hash``."""
+    ONNX export with metadata ``onnx_meta`` and hash ``onnx_hash``; ``math_modes`` says which
+    reduced-precision modes the builder was allowed (``{"tf32", "fp16", "bf16"}`` -> bool)."""
     return {"format_version": FORMAT_VERSION, **env, "precision": precision,
+            "math_modes": dict(math_modes or {}),
             "input_size": onnx_meta.get("input_size"), "num_frames": onnx_meta.get("num_frames"),
             "batch_profile": list(batch), "plugins": plugins, "onnx_sha256": onnx_hash,
             "onnx_metadata": onnx_meta}

@@ -251,3 +251,60 @@ def test_bad_engine_batch_fails_before_work(tmp_path, capsys, batch: str) -> Non
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--engine-batch" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+class _Flags:
+    """A BuilderFlag enum of a TensorRT version: TF32 always; FP16/BF16 on 10.x only."""
+
+    TF32, FP16, BF16, OBEY_PRECISION_CONSTRAINTS = "TF32", "FP16", "BF16", "OBEY"
+
+
+class _Flags11:
+    TF32 = "TF32"  # TensorRT 11: strongly typed, no FP16/BF16/OBEY flags
+
+
+class _RecordingConfig:
+    """Records the flags a builder config is given (TensorRT's default: TF32 on)."""
+
+    def __init__(self) -> None:
+        self.flags = {"TF32"}
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.add(flag)
+
+    def clear_flag(self, flag: str) -> None:
+        self.flags.discard(flag)
+
+
+class _NoLayers:
+    num_layers = 0
+
+
+@pytest.mark.parametrize(("flags", "precision", "want", "modes"), [
+    (_Flags, "fp32", set(), {"tf32": False, "fp16": False, "bf16": False}),
+    (_Flags11, "fp32", set(), {"tf32": False, "fp16": False, "bf16": False}),
+    (_Flags, "tf32", {"TF32"}, {"tf32": True, "fp16": False, "bf16": False}),
+    (_Flags, "fp16", {"FP16", "OBEY"}, {"tf32": False, "fp16": True, "bf16": False}),
+    (_Flags11, "fp16", set(), {"tf32": False, "fp16": True, "bf16": False}),
+    (_Flags, "bf16", {"BF16", "OBEY"}, {"tf32": False, "fp16": False, "bf16": True}),
+])
+def test_math_modes_clear_tf32_unless_asked(flags, precision, want, modes) -> None:
+    """TensorRT turns TF32 on by default; an fp32 engine must be true fp32 (issue: an fp32
+    engine built with TF32 rounds MatMul inputs to 10 bits and fails the fp32 parity bars)."""
+    from types import SimpleNamespace
+
+    from evad.engines.builder import set_math_modes
+
+    trt = SimpleNamespace(BuilderFlag=flags, LayerType=SimpleNamespace(), float32="f32",
+                          float16="f16", bfloat16="bf16")
+    config = _RecordingConfig()
+    got = set_math_modes(trt, config, _NoLayers(), precision, lambda m: None)
+    assert config.flags == want
+    assert got == modes
+
+
+def test_sidecar_records_the_math_modes() -> None:
+    modes = {"tf32": False, "fp16": True, "bf16": False}
+    sidecar = engine_metadata(ENV, "fp16", {"input_size": [H, W]}, "00" * 32, "cpp", (1, 1, 8),
+                              modes)
+    assert sidecar["math_modes"] == modes and sidecar["precision"] == "fp16"

@@ -170,6 +170,10 @@ def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
     engine = tmp_path / "tiny.engine"
     meta = json.loads(Path(str(engine) + ".json").read_text())
     assert meta["precision"] == precision and meta["input_size"] == [H, W]
+    # TensorRT enables TF32 by default: an fp32 engine is built with it cleared (and the fp32
+    # parity bars below would catch a TF32 engine: ~1e-3 relative error per MatMul)
+    assert meta["math_modes"]["tf32"] is False
+    assert meta["math_modes"]["fp16"] is (precision == "fp16")
     model, _ = load_checkpoint(tiny_ckpt)
     trt_model = TrtRunner(engine)
     clips, sizes = seeded_inputs(2, 2, 16, H, W, seed=5)
