@@ -308,3 +308,35 @@ def test_sidecar_records_the_math_modes() -> None:
     sidecar = engine_metadata(ENV, "fp16", {"input_size": [H, W]}, "00" * 32, "cpp", (1, 1, 8),
                               modes)
     assert sidecar["math_modes"] == modes and sidecar["precision"] == "fp16"
+
+
+def test_pin_fp32_leaves_integer_outputs_alone() -> None:
+    """TopK's index output and an integer reduction stay integer when their layer is pinned."""
+    from types import SimpleNamespace
+
+    from evad.engines.builder import _pin_fp32
+
+    class Out:
+        def __init__(self, dtype: str) -> None:
+            self.dtype = dtype
+
+    class Layer:
+        def __init__(self, kind: str, dtypes: list[str]) -> None:
+            self.type, self.precision, self.set = kind, None, {}
+            self._outs = [Out(d) for d in dtypes]
+            self.num_outputs = len(dtypes)
+
+        def get_output(self, i: int) -> Out:
+            return self._outs[i]
+
+        def set_output_type(self, i: int, dtype: str) -> None:
+            self.set[i] = dtype
+
+    layers = [Layer("TOPK", ["f16", "i32"]), Layer("REDUCE", ["i32"]), Layer("MATMUL", ["f16"])]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    trt = SimpleNamespace(LayerType=SimpleNamespace(TOPK="TOPK", REDUCE="REDUCE",
+                                                    NORMALIZATION="NORM", SOFTMAX="SOFTMAX"),
+                          float32="f32", float16="f16", bfloat16="bf16")
+    assert _pin_fp32(trt, network) == 2
+    assert layers[0].set == {0: "f32"} and layers[0].precision == "f32"
+    assert layers[1].set == {} and layers[2].precision is None
