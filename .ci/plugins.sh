@@ -14,6 +14,11 @@
 #   3. with --test: runs the op contract, plugin, kernel and engine tests (the GPU ones skip
 #      with a reason); tests/test_op_contracts.py fails when plugins/common/evadOpContract.h
 #      drifts from evad/op_contracts.py (regenerate: python -m evad.op_contracts --header).
+#      tests/test_plugins.py also builds the EVAD_STATIC_REGISTRATION variant (sm_80 only,
+#      linked against the runtime-only libnvinfer_lean.so.11) and checks it exports none of
+#      loadLibrary's entry points; registering it needs TensorRT 11 headers (the kernel-lens ones
+#      are TensorRT 10): set EVAD_STATIC_TENSORRT_INCLUDE to run that test, else it skips and
+#      says why.
 # Run from .ci/run inside its venv, before the README's test command (or after the install).
 # Needs nvcc (CUDA 12.x/13.x) on PATH or in /usr/local/cuda/bin; without it this fails rather
 # than letting the tests skip.

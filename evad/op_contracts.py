@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ class OpContract:
     fields: attributes in order (the plugin creators' ``getFieldNames`` order).
     relations: cross-field rules as ``(a, "<=", b)``: field a <= field b.
     tie_order: what an implementation does on equal scores (None: the op has no ranking).
+    edge_cases: rules on input data every implementation follows (one sentence each, as
+        ``"<topic>: <rule>"``), e.g. what a RoI with an invalid batch index gives.
     """
 
     name: str
@@ -92,6 +95,7 @@ class OpContract:
     fields: tuple[Field, ...]
     relations: tuple[tuple[str, str, str], ...] = ()
     tie_order: str | None = None
+    edge_cases: tuple[str, ...] = ()
     domain: str = NAMESPACE
     version: int = DOMAIN_VERSION
     plugin_version: str = PLUGIN_VERSION
@@ -149,6 +153,17 @@ ROI_ALIGN_3D = OpContract(
         Field("sampling_ratio", "int", 2, "samples per bin along each axis", minimum=1),
         Field("aligned", "int", 1, "1: half-pixel offset (ROIAlignV2); 0: legacy RoIAlign",
               choices=(0, 1)),
+    ),
+    edge_cases=(
+        "batch index: rois[r, 0], read as a float of the RoI tensor's type, is valid when it is "
+        "finite, an integer value (equal to its floor; -0.0 is 0) and in [0, B); a RoI with an "
+        "invalid index gives zeros for all its bins (and no gradient), and its features are "
+        "never read",
+        "outside the map: boxes partly or wholly outside the feature map follow the sampling "
+        "rule (wholly outside gives zeros); R = 0 gives an empty output",
+        "non-finite coordinates: a RoI with a valid index and a NaN or infinite coordinate has "
+        "unspecified values (the torch reference gives NaN, the CUDA and Triton kernels count "
+        "NaN samples as outside), but the evad kernels read nothing outside the feature map",
     ),
 )
 
@@ -217,6 +232,9 @@ def header() -> str:
             ia, ib = c.field_names.index(a), c.field_names.index(b)
             lines.append(f"//! {a} {rel} {b}")
             lines.append(f"constexpr int32_t k{c.name}LessEqual[2] = {{{ia}, {ib}}};")
+        for rule in c.edge_cases:  # prose for the C++ reader; the kernels implement them
+            lines += textwrap.wrap(rule, 96, initial_indent=f"//! {c.name} edge case: ",
+                                   subsequent_indent="//!   ")
         lines.append("")
     lines += ["} // namespace contract", "} // namespace evad", ""]
     return "\n".join(lines)

@@ -84,7 +84,12 @@ register_schemas()
 def RoIAlign3D(features, rois, output_height: int, output_width: int, spatial_scale: float,
                sampling_ratio: int, aligned: int):
     """Fold T into the batch, replicate each RoI T times (batch index b * T + t), standard
-    RoiAlign with half_pixel coordinates (= aligned; the exporter refuses aligned = 0), unfold."""
+    RoiAlign with half_pixel coordinates (= aligned; the exporter refuses aligned = 0), unfold.
+
+    The contract's batch-index rule (ROI_ALIGN_3D.edge_cases): a RoI whose index is not finite,
+    not an integer value (Floor(i) != i) or outside [0, B) gives zeros. Such a RoI is pooled from
+    batch element 0 with an all-zero box (so RoiAlign never sees a bad index or garbage
+    coordinates) and its output is then replaced by zeros (Where, so even NaN goes)."""
     fshape = op.Shape(features)
     b = op.Slice(fshape, [0], [1])
     c = op.Slice(fshape, [1], [2])
@@ -93,18 +98,24 @@ def RoIAlign3D(features, rois, output_height: int, output_width: int, spatial_sc
     folded = op.Reshape(op.Transpose(features, perm=[0, 2, 1, 3, 4]),
                         op.Concat(op.Mul(b, t), c, hw, axis=0))
     r = op.Slice(op.Shape(rois), [0], [1])
-    batch = op.Cast(op.Slice(rois, [0], [1], [1]), to=_INT64)  # (R, 1)
+    index = op.Slice(rois, [0], [1], [1])  # (R, 1), the RoIs' float type
+    zero = op.CastLike(op.Constant(value_float=0.0), index)
+    valid = op.And(op.And(op.GreaterOrEqual(index, zero), op.Less(index, op.CastLike(b, index))),
+                   op.Equal(op.Floor(index), index))  # (R, 1); NaN fails every comparison
+    batch = op.Cast(op.Where(valid, index, zero), to=_INT64)  # (R, 1), in [0, B)
     steps = op.Range(op.Constant(value_int=0), op.Squeeze(t, [0]), op.Constant(value_int=1))
     slice_idx = op.Reshape(op.Add(op.Mul(batch, t), op.Unsqueeze(steps, [0])), [-1])
-    boxes = op.Reshape(op.Expand(op.Unsqueeze(op.Slice(rois, [1], [5], [1]), [1]),
-                                 op.Concat(r, t, [4], axis=0)), [-1, 4])
+    coords = op.Where(valid, op.Slice(rois, [1], [5], [1]), zero)  # (R, 4)
+    boxes = op.Reshape(op.Expand(op.Unsqueeze(coords, [1]), op.Concat(r, t, [4], axis=0)),
+                       [-1, 4])
     pooled = op.RoiAlign(folded, boxes, slice_idx, mode="avg", output_height=output_height,
                          output_width=output_width, sampling_ratio=sampling_ratio,
                          spatial_scale=spatial_scale,
                          coordinate_transformation_mode="half_pixel")
     bins = op.Slice(op.Shape(pooled), [2], [4])
-    return op.Transpose(op.Reshape(pooled, op.Concat(r, t, c, bins, axis=0)),
-                        perm=[0, 2, 1, 3, 4])
+    out = op.Transpose(op.Reshape(pooled, op.Concat(r, t, c, bins, axis=0)),
+                       perm=[0, 2, 1, 3, 4])
+    return op.Where(op.Reshape(valid, [-1, 1, 1, 1, 1]), out, op.CastLike(zero, out))
 
 
 @script(evad, default_opset=op)

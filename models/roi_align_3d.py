@@ -8,7 +8,10 @@ and ``docs/model.md``:
 - with ``aligned`` the box is shifted by -0.5 (in feature pixels) and not forced to size >= 1;
 - each of the ``out_h x out_w`` bins averages ``sampling_ratio ** 2`` bilinear samples;
 - a sample with y < -1 or y > H or x < -1 or x > W contributes 0 but still counts in the average;
-  otherwise y, x below 0 are set to 0 and the upper neighbour is clamped to the last row/column.
+  otherwise y, x below 0 are set to 0 and the upper neighbour is clamped to the last row/column;
+- a RoI whose batch index is not finite, not an integer value (not equal to its floor) or outside
+  [0, B) gives zeros for all its bins (and no gradient): the contract's edge-case rule
+  (``ROI_ALIGN_3D.edge_cases``), which every backend follows (:func:`valid_batch_index`).
 
 Implementation: bilinear sampling on a regular grid is separable, and so is the zero rule, so one
 bin is ``Wy[i] @ F @ Wx[j]^T`` with ``Wy`` (out_h, H) and ``Wx`` (out_w, W) interpolation matrices
@@ -22,7 +25,7 @@ import torch
 
 from evad.op_contracts import ROI_ALIGN_3D
 
-__all__ = ["interpolation_matrix", "roi_align_3d"]
+__all__ = ["interpolation_matrix", "roi_align_3d", "valid_batch_index"]
 
 # The op's defaults are the contract's (the exporter drops arguments equal to them).
 _D = ROI_ALIGN_3D.defaults
@@ -70,9 +73,17 @@ def interpolation_matrix(
     return w.sum(dim=2)
 
 
+def valid_batch_index(index: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Which RoIs have a valid batch index (the contract's rule): finite, an integer value (equal
+    to its floor; -0.0 counts as 0) and in [0, batch_size). ``index``: (R,) float, as read from
+    the RoIs (their float type). NaN fails every comparison, so it is invalid too."""
+    return (index >= 0) & (index < batch_size) & (index.floor() == index)
+
+
 def _weights(features: torch.Tensor, rois: torch.Tensor, output_height: int, output_width: int,
              spatial_scale: float, sampling_ratio: int, aligned: bool):
-    """Validated inputs -> (wy (R, oh, H), wx (R, ow, W), batch index (R,))."""
+    """Validated inputs -> (wy (R, oh, H), wx (R, ow, W), batch index (R,), -1 for a RoI whose
+    index is invalid: no batch element matches it, so its output stays zero)."""
     if features.dim() != 5:
         raise ValueError(f"features must be (B, C, T, H, W), got shape {tuple(features.shape)}")
     if rois.dim() != 2 or rois.shape[1] != 5:
@@ -90,7 +101,12 @@ def _weights(features: torch.Tensor, rois: torch.Tensor, output_height: int, out
         rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
     wy = interpolation_matrix(y1, rh, output_height, sampling_ratio, h)
     wx = interpolation_matrix(x1, rw, output_width, sampling_ratio, w)
-    return wy, wx, rois[:, 0].long()
+    index = rois[:, 0]
+    # Replace invalid indices before the cast: casting NaN, inf or a huge value to int64 is
+    # undefined, and 0.5 would truncate to a real batch element.
+    batch = torch.where(valid_batch_index(index, features.shape[0]), index,
+                        torch.full_like(index, -1.0)).long()
+    return wy, wx, batch
 
 
 def _groups(batch: torch.Tensor, b: int, per_roi: int):

@@ -13,6 +13,7 @@ This stage imports no other evad stage: only :mod:`evad.errors`, :mod:`evad.lazy
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from types import ModuleType
@@ -94,14 +95,34 @@ def load(kind: str = "cpp", library: str | os.PathLike[str] | None = None):
             if not path.is_file():
                 raise PluginError(f"plugin library {path} not found: run evad-build-plugins "
                                   "(needs nvcc and cmake), or use the python plugins")
-            handle = registry.load_library(str(path))
-            if handle is None:
-                raise PluginError(f"TensorRT could not load {path} (see its log above)")
-            _LOADED[kind] = handle
+            _LOADED[kind] = _load_library(registry, path)
         else:
             _LOADED[kind] = python_plugins.register(trt)  # MissingDependency without Triton
     for c in CONTRACTS.values():
         if registry.get_creator(c.name, c.plugin_version, c.domain) is None:
+            hint = ""
+            if kind == "cpp" and isinstance(_LOADED.get(kind), ctypes.CDLL):
+                hint = (" (a static-registration build: it registers into the libnvinfer it "
+                        "links, which must be this TensorRT's, of its headers' major version; "
+                        "see its stderr line)")
             raise PluginError(f"plugin {c.domain}::{c.name} v{c.plugin_version} is not "
-                              f"registered after loading the {kind} plugins")
+                              f"registered after loading the {kind} plugins{hint}")
     return trt
+
+
+def _load_library(registry, path: Path):
+    """Load libevad_plugins.so by the one registration path it was built with: the default build
+    exports ``getCreators`` (TensorRT's ``loadLibrary`` registers its creators); a build with
+    ``EVAD_STATIC_REGISTRATION`` exports none and registers its creators itself, under "evad",
+    when it is loaded (dlopen), so it must not go through ``loadLibrary``. Returns what keeps the
+    library loaded."""
+    try:
+        lib = ctypes.CDLL(str(path))  # dlopen: a static-registration build registers here
+    except OSError as e:
+        raise PluginError(f"could not load {path}: {e}") from e
+    if not hasattr(lib, "getCreators"):
+        return lib
+    handle = registry.load_library(str(path))
+    if handle is None:
+        raise PluginError(f"TensorRT could not load {path} (see its log above)")
+    return handle

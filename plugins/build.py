@@ -114,17 +114,25 @@ def cuda_include_dir() -> Path:
 
 def build_libraries(out_dir: Path | None = None, build_dir: Path | None = None,
                     archs: str = DEFAULT_ARCHS, tensorrt_include: str | None = None,
-                    jobs: int | None = None, quiet: bool = False) -> dict[str, Path]:
+                    jobs: int | None = None, quiet: bool = False,
+                    static_registration: bool = False,
+                    tensorrt_library: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Configure and build with CMake (incremental), then copy the libraries to ``out_dir``.
 
     Args:
         out_dir: where the .so files go (default :func:`evad.plugins.library_dir`).
-        build_dir: the build cache (default ``plugins/build``; CMake tree in ``cmake/``).
+        build_dir: the build cache (default ``plugins/build``; CMake tree in ``cmake/``, or
+            ``cmake-static/`` for the static-registration variant).
         archs: CMAKE_CUDA_ARCHITECTURES, ``;``-separated (default sm_80/86/89/90).
         tensorrt_include: directory with NvInferRuntime.h; default: a TensorRT install, else the
             kernel-lens headers.
         jobs: parallel compile jobs (default: CPU count).
         quiet: hide CMake's output unless it fails.
+        static_registration: build the variant that registers its creators (namespace
+            ``evad``) when loaded and exports no ``getCreators`` (links libnvinfer: the headers
+            must be of the same TensorRT major version as that library).
+        tensorrt_library: the libnvinfer (or libnvinfer_lean) to link for ``static_registration``
+            (default: CMake's search under ``$TensorRT_ROOT`` and the system paths).
 
     Returns:
         ``{"kernels": path, "plugins": path, "kernels_cpu": path}`` of the copied libraries.
@@ -138,10 +146,12 @@ def build_libraries(out_dir: Path | None = None, build_dir: Path | None = None,
         raise EvadError("cmake not found: pip install cmake (>= 3.24) or install it with apt")
     nvcc = _find_nvcc()
     inc = find_tensorrt_include(tensorrt_include) or kernel_lens_headers(build_dir / "deps")
-    tree = build_dir / "cmake"
+    tree = build_dir / ("cmake-static" if static_registration else "cmake")
     configure = ["cmake", "-S", str(source_dir()), "-B", str(tree),
                  f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
-                 f"-DTensorRT_INCLUDE_DIR={inc}", "-DCMAKE_BUILD_TYPE=Release"]
+                 f"-DTensorRT_INCLUDE_DIR={inc}", "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DEVAD_STATIC_REGISTRATION={'ON' if static_registration else 'OFF'}",
+                 f"-DTensorRT_LIBRARY={tensorrt_library or ''}"]
     if shutil.which("ninja") and not (tree / "Makefile").exists():
         configure += ["-G", "Ninja"]
     steps = [configure, ["cmake", "--build", str(tree), "-j", str(jobs or os.cpu_count() or 2)]]
@@ -176,7 +186,8 @@ def build_cpu_check_library(out_dir: Path) -> Path:
     kdir = common_dir()
     out = Path(out_dir) / "libevad_kernels_cpu.so"
     cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
-           f"-I{kdir}", str(kdir / "evadKernelsCpu.cpp"), "-o", str(out)]
+           f"-I{kdir}", f"-I{source_dir() / 'keyframe_topk_prune'}",
+           str(kdir / "evadKernelsCpu.cpp"), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise EvadError(f"CPU check library failed to compile:\n{proc.stderr[-3000:]}")
@@ -198,11 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="where the libraries go (default: evad.plugins.library_dir())")
     ap.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
+    ap.add_argument("--static-registration", action="store_true",
+                    help="build libevad_plugins.so that registers its creators (namespace evad) "
+                    "when loaded instead of exporting getCreators; links libnvinfer, whose major "
+                    "version must be the headers' (see --tensorrt-lib)")
+    ap.add_argument("--tensorrt-lib", default=None,
+                    help="the libnvinfer (or libnvinfer_lean) to link with --static-registration")
     args = ap.parse_args(argv)
+    if args.tensorrt_lib and not args.static_registration:
+        ap.error("--tensorrt-lib is only used with --static-registration")
     t0 = time.perf_counter()
     try:
         got = build_libraries(args.out, args.build_dir, args.archs, args.tensorrt_include,
-                              args.jobs)
+                              args.jobs, static_registration=args.static_registration,
+                              tensorrt_library=args.tensorrt_lib)
     except EvadError as e:
         print(f"evad-build-plugins: error: {e}", file=sys.stderr)
         return 2

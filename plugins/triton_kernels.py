@@ -7,7 +7,12 @@ of the CUDA kernels (``plugins/<op>/*.cu``), checked on the CPU under ``TRITON_I
   gather are torch: a stable descending sort of the importance, then the first K, so equal
   importance keeps the lower position first (the tie order of
   :data:`evad.op_contracts.KEYFRAME_TOPK_PRUNE`).
-- RoIAlign3D: one program per block of output elements, every RoI and slice in one launch.
+- RoIAlign3D: one program per block of output elements, every RoI and slice in one launch; a RoI
+  whose batch index is invalid (not finite, not an integer value, outside [0, B)) gives zeros.
+
+Nothing on these paths waits for the device (no ``.item()``, ``.nonzero()``, ``.cpu()``, ...):
+the Python plugins call them from ``enqueue``, which CUDA graphs capture
+(tests/test_plugins.py checks the source; tests/test_kernels_gpu.py captures them).
 
 The host functions take the contract's fields by name (``keep_num=...``), as the Python plugins
 pass them. Importing this module imports Triton (a Triton kernel needs the real
@@ -85,10 +90,12 @@ def _column_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, n, s, d, keyframe_weight,
 
 
 @triton.jit
-def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, c, t, h, w, spatial_scale, offset,
+def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, b, c, t, h, w, spatial_scale, offset,
                       clamp_size, OUT_H: tl.constexpr, OUT_W: tl.constexpr, SR: tl.constexpr,
                       BLOCK: tl.constexpr):
-    """One output element (r, c, t, ph, pw) per lane; samples outside [-1, H] x [-1, W] give 0."""
+    """One output element (r, c, t, ph, pw) per lane; samples outside [-1, H] x [-1, W] (or NaN)
+    give 0; a RoI whose batch index is not finite, not an integer value or outside [0, B) gives
+    0 and loads nothing (the contract's edge-case rule)."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = e < total
     pw = e % OUT_W
@@ -96,7 +103,10 @@ def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, c, t, h, w, spatial_scale,
     ti = (e // (OUT_W * OUT_H)) % t
     ci = (e // (OUT_W * OUT_H * t)) % c
     ri = e // (OUT_W * OUT_H * t * c)
-    batch = tl.load(roi_ptr + ri * 5, mask=live, other=0.0).to(tl.float32).to(tl.int64)
+    index = tl.load(roi_ptr + ri * 5, mask=live, other=0.0).to(tl.float32)
+    # NaN fails every comparison; the index is used only where valid (no cast of garbage).
+    valid = (index >= 0.0) & (index < b) & (tl.floor(index) == index)
+    batch = tl.where(valid, index, 0.0).to(tl.int64)
     x1 = tl.load(roi_ptr + ri * 5 + 1, mask=live, other=0.0).to(tl.float32) * spatial_scale \
         - offset
     y1 = tl.load(roi_ptr + ri * 5 + 2, mask=live, other=0.0).to(tl.float32) * spatial_scale \
@@ -117,7 +127,7 @@ def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, c, t, h, w, spatial_scale,
         y = y1 + ph.to(tl.float32) * bin_h + (iy + 0.5) * bin_h / SR
         for ix in tl.static_range(SR):
             x = x1 + pw.to(tl.float32) * bin_w + (ix + 0.5) * bin_w / SR
-            inside = (y >= -1.0) & (y <= hf) & (x >= -1.0) & (x <= wf)
+            inside = (y >= -1.0) & (y <= hf) & (x >= -1.0) & (x <= wf)  # False for NaN
             yc = tl.maximum(y, 0.0)
             xc = tl.maximum(x, 0.0)
             y_low = tl.floor(yc).to(tl.int64)
@@ -130,7 +140,7 @@ def _roi_align_kernel(f_ptr, roi_ptr, out_ptr, total, c, t, h, w, spatial_scale,
             x_high = tl.where(x_end, x_low, x_low + 1)
             ly = tl.where(y_end, 0.0, yc - y_low.to(tl.float32))
             lx = tl.where(x_end, 0.0, xc - x_low.to(tl.float32))
-            ok = live & inside
+            ok = live & valid & inside
             v00 = tl.load(f_ptr + plane + y_low * w + x_low, mask=ok, other=0.0).to(tl.float32)
             v01 = tl.load(f_ptr + plane + y_low * w + x_high, mask=ok, other=0.0).to(tl.float32)
             v10 = tl.load(f_ptr + plane + y_high * w + x_low, mask=ok, other=0.0).to(tl.float32)
@@ -176,7 +186,8 @@ def roi_align_3d_triton(features, rois, output_height: int = 7, output_width: in
                         spatial_scale: float = 1 / 16, sampling_ratio: int = 2,
                         aligned: bool = True, block: int = 128):
     """``evad::RoIAlign3D``: (R, C, T, oh, ow) from features (B, C, T, H, W), rois (R, 5);
-    ``aligned`` may be the contract's int field (0 or 1)."""
+    ``aligned`` may be the contract's int field (0 or 1). RoIs with an invalid batch index give
+    zeros, decided on the device (no host sync: the Python plugin's enqueue stays capturable)."""
     b, c, t, h, w = features.shape
     r = rois.shape[0]
     out = torch.empty((r, c, t, output_height, output_width), dtype=features.dtype,
@@ -184,7 +195,7 @@ def roi_align_3d_triton(features, rois, output_height: int = 7, output_width: in
     total = out.numel()
     if total:
         _roi_align_kernel[(triton.cdiv(total, block),)](
-            features.contiguous(), rois.contiguous(), out, total, c, t, h, w,
+            features.contiguous(), rois.contiguous(), out, total, b, c, t, h, w,
             float(spatial_scale), 0.5 if aligned else 0.0,
             float("-inf") if aligned else 1.0, OUT_H=output_height, OUT_W=output_width,
             SR=sampling_ratio, BLOCK=block)

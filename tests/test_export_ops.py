@@ -59,6 +59,30 @@ def test_roi_align_3d_function(b: int, t: int, h: int, w: int) -> None:
     assert np.abs(got - ref).max() <= 1e-5
 
 
+@pytest.mark.parametrize("t", [1, 3])
+def test_roi_align_3d_function_invalid_batch_index(t: int) -> None:
+    """The contract's batch-index rule in the ONNX function: a RoI whose index is not finite,
+    not an integer value or outside [0, B) gives zeros (ONNX Runtime's RoiAlign never sees the
+    bad index nor the invalid RoI's coordinates); the valid RoIs still match torch."""
+    g = torch.Generator().manual_seed(30 + t)
+    b, h, w = 2, 6, 10
+    feat = torch.randn(b, 4, t, h, w, generator=g)
+    nan, inf = float("nan"), float("inf")
+    bad = torch.tensor([[v, 10.0, 20.0, 100.0, 80.0] for v in
+                        (-1.0, 2.0, 0.5, 1.5, -0.5, nan, inf, -inf, 1e30, -1e30)])
+    bad[5, 1:] = nan  # garbage coordinates on an invalid RoI
+    bad[7, 3] = inf
+    good = _rois(6, b, (h * 16, w * 16), g)
+    rois = torch.cat((good[:2], bad, good[2:]))
+    invalid = torch.zeros(len(rois), dtype=torch.bool)
+    invalid[2:2 + len(bad)] = True
+    sess = _single_op_session("RoIAlign3D", *ROI_IO, **ROI_ATTRS)
+    (got,) = sess.run(None, {"features": feat.numpy(), "rois": rois.numpy()})
+    ref = roi_align_3d(feat, rois, 7, 7, 1 / 16, 2, True).numpy()
+    assert np.all(got[invalid.numpy()] == 0) and np.all(ref[invalid.numpy()] == 0)
+    assert np.abs(got - ref).max() <= 1e-5
+
+
 def test_roi_align_3d_function_other_attributes() -> None:
     g = torch.Generator().manual_seed(11)
     feat = torch.randn(2, 3, 2, 9, 7, generator=g)

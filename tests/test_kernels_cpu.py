@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from evad.models.keyframe_topk_prune import importance, keyframe_topk_prune, pruned_count
-from evad.models.roi_align_3d import roi_align_3d
+from evad.models.roi_align_3d import roi_align_3d, valid_batch_index
 from evad.plugins import build as plugin_build
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -36,6 +36,15 @@ def lib(tmp_path_factory) -> ctypes.CDLL:
                                                  _I, _I, _I, _I, _fl]
     lib.evad_cpu_pruned_count.argtypes = [_I, _I, _I, _I]
     lib.evad_cpu_pruned_count.restype = _I
+    lib.evad_cpu_roi_batch_index.argtypes = [_fl, _I]
+    lib.evad_cpu_roi_batch_index.restype = _I
+    lib.evad_cpu_keyframe_topk_prune_workspace.argtypes = [_I, _I, _I, _I, ctypes.c_int,
+                                                           ctypes.c_size_t,
+                                                           ctypes.POINTER(ctypes.c_size_t)]
+    lib.evad_cpu_check_workspace.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    u32p = ctypes.POINTER(ctypes.c_uint32)
+    lib.evad_cpu_pass_grid.argtypes = [_I, _I, u32p, u32p, ctypes.POINTER(ctypes.c_int32)]
+    lib.evad_cpu_pass_grid.restype = None
     return lib
 
 
@@ -75,6 +84,66 @@ def test_roi_align_matches_torch(lib, aligned: bool, t: int, sr: int, oh: int, o
     got = _cpu_roi_align(lib, features, rois, oh, ow, 1 / 16, sr, aligned)
     assert (got - ref).abs().max().item() <= 1e-5  # the design's op-level bound
     assert torch.all(got[0] == 0)  # wholly outside gives zeros
+
+
+_NAN, _INF = float("nan"), float("inf")
+#: (batch index as stored in the RoI, B, valid?): the contract's rule, finite, integer-valued
+#: (equal to its floor) and in [0, B)
+BATCH_INDICES = [(0.0, 3, True), (-0.0, 3, True), (1.0, 3, True), (2.0, 3, True),
+                 (3.0, 3, False), (-1.0, 3, False), (0.5, 3, False), (1.5, 3, False),
+                 (-0.5, 3, False), (2.9999998, 3, False), (_NAN, 3, False), (_INF, 3, False),
+                 (-_INF, 3, False), (1e30, 3, False), (-1e30, 3, False), (2.0**40, 3, False),
+                 (0.0, 1, True), (1.0, 1, False), (0.0, 0, False)]
+
+
+def test_roi_batch_index_rule(lib) -> None:
+    """evad::roiBatchIndex (evadMath.h, shared by the CUDA kernel) = the torch reference's rule."""
+    for value, b, valid in BATCH_INDICES:
+        got = lib.evad_cpu_roi_batch_index(value, b)
+        assert got == (int(value) if valid else -1), (value, b)
+        ref = valid_batch_index(torch.tensor([value], dtype=torch.float32), b)
+        assert bool(ref) == valid, (value, b)
+
+
+def _bad_rois(b: int) -> torch.Tensor:
+    """One RoI per invalid batch index (plus garbage coordinates on some), all over the map."""
+    bad = [-1.0, float(b), b + 0.5, 0.5, -0.0001, _NAN, _INF, -_INF, 1e30, -2.0**63]
+    rois = torch.tensor([[v, 10.0, 20.0, 100.0, 120.0] for v in bad])
+    rois[5, 1:] = _NAN  # a garbage RoI: NaN everywhere
+    rois[6, 3] = _INF
+    return rois
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align_invalid_batch_index_gives_zeros(lib, aligned: bool) -> None:
+    """The contract's edge-case rule: a RoI whose batch index is not finite, not an integer value
+    or outside [0, B) gives zeros for all its bins (the torch reference and the shared maths
+    alike); the valid RoIs around it are unchanged."""
+    g = torch.Generator().manual_seed(21)
+    b = 2
+    features = torch.randn(b, 3, 2, 9, 13, generator=g)
+    good = _rois(g, 6, b, 9 * 16, 13 * 16)
+    bad = _bad_rois(b)
+    rois = torch.cat([good[:3], bad, good[3:]])
+    invalid = torch.zeros(len(rois), dtype=torch.bool)
+    invalid[3:3 + len(bad)] = True
+    ref = roi_align_3d(features, rois, 7, 7, 1 / 16, 2, aligned)
+    got = _cpu_roi_align(lib, features, rois, 7, 7, 1 / 16, 2, aligned)
+    assert torch.all(ref[invalid] == 0) and torch.all(got[invalid] == 0)
+    assert (got[~invalid] - ref[~invalid]).abs().max().item() <= 1e-5
+    alone = roi_align_3d(features, rois[~invalid], 7, 7, 1 / 16, 2, aligned)
+    assert torch.equal(ref[~invalid], alone)
+
+
+def test_roi_align_nan_coordinates_stay_in_bounds(lib) -> None:
+    """A valid batch index with NaN coordinates: the samples are NaN, which the shared bilinear
+    sampling counts as outside the map (0) instead of turning NaN into an index."""
+    features = torch.randn(1, 2, 1, 5, 6)
+    rois = torch.tensor([[0.0, _NAN, 0.0, 50.0, 50.0], [0.0, 0.0, 0.0, _NAN, _NAN],
+                         [0.0, 0.0, 0.0, _INF, 40.0], [0.0, _NAN, _NAN, _NAN, _NAN]])
+    got = _cpu_roi_align(lib, features, rois, 3, 3, 1 / 16, 2, True)
+    assert torch.isfinite(got).all()
+    assert torch.all(got[[1, 3]] == 0)
 
 
 def test_roi_align_no_rois(lib) -> None:
@@ -195,3 +264,77 @@ def test_pruned_count_is_integer_ceil(lib, n: int, num: int, den: int) -> None:
 
     want = math.ceil(Fraction(num, den) * n) - 1
     assert lib.evad_cpu_pruned_count(n, 1, num, den) == want == pruned_count(n, 1, num, den)
+
+
+# --- KeyframeTopKPrune: workspace sizing and launch geometry (host code of the kernels) ---------
+
+_CUDA_ERROR_INSUFFICIENT_DRIVER = 35
+
+
+def _layout_bytes(b: int, heads: int, n: int, m: int, cub: int) -> int:
+    """The workspace layout of keyframeTopkPruneWorkspace.h, written out: 256-byte aligned parts."""
+    up = lambda x: (x + 255) // 256 * 256  # noqa: E731
+    return (up(4 * b * heads * n) + up(4 * b * heads * m) + 2 * up(4 * b * m) + 2 * up(4 * b * m)
+            + up(4 * (b + 1)) + up(cub))
+
+
+def _workspace(lib, b, heads, n, m, status=0, cub=1000):
+    out = ctypes.c_size_t(12345)  # a sentinel: written only on success
+    code = lib.evad_cpu_keyframe_topk_prune_workspace(b, heads, n, m, status, cub,
+                                                      ctypes.byref(out))
+    return code, out.value
+
+
+def test_workspace_size_from_a_checked_query(lib) -> None:
+    """The workspace size is the layout plus what CUB's query reports; a failing query is the
+    function's error (CUB's/CUDA's code), never a size without CUB's storage."""
+    assert _workspace(lib, 2, 12, 480, 384) == (0, _layout_bytes(2, 12, 480, 384, 1000))
+    assert _workspace(lib, 1, 1, 10, 5, cub=0) == (0, _layout_bytes(1, 1, 10, 5, 0))
+    code, out = _workspace(lib, 2, 12, 480, 384, status=_CUDA_ERROR_INSUFFICIENT_DRIVER)
+    assert (code, out) == (_CUDA_ERROR_INSUFFICIENT_DRIVER, 12345)  # error, size untouched
+    for bad in [(-1, 1, 10, 5), (1, -1, 10, 5), (2**16, 1, 10, 2**15),  # b * m >= 2^31
+                (2**40, 2**20, 2**20, 1)]:  # bytes overflow size_t
+        assert _workspace(lib, *bad) == (1, 12345), bad
+
+
+def test_workspace_grows_with_every_dimension(lib) -> None:
+    """getWorkspaceSize at the profile maximum covers every smaller problem (what lets the
+    plugin check an enqueue's need against the size recorded at the maximum)."""
+    base = (2, 4, 300, 200)
+    size = _workspace(lib, *base)[1]
+    for i in range(4):
+        bigger = list(base)
+        bigger[i] += 64
+        assert _workspace(lib, *bigger, cub=1000)[1] >= size, bigger
+
+
+def test_workspace_check(lib) -> None:
+    buf = ctypes.create_string_buffer(8)
+    assert lib.evad_cpu_check_workspace(buf, 4096, 4096) == 0
+    assert lib.evad_cpu_check_workspace(buf, 4095, 4096) == 1  # too small: nothing launches
+    assert lib.evad_cpu_check_workspace(None, 4096, 4096) == 1
+
+
+def _grid(lib, items: int, batch_heads: int) -> tuple[int, int, int]:
+    x, y, ok = ctypes.c_uint32(), ctypes.c_uint32(), ctypes.c_int32()
+    lib.evad_cpu_pass_grid(items, batch_heads, ctypes.byref(x), ctypes.byref(y), ctypes.byref(ok))
+    return x.value, y.value, ok.value
+
+
+@pytest.mark.parametrize("batch_heads", [1, 12, 65535, 65536, 70001, 200000])
+def test_pass_grid_caps_grid_y(lib, batch_heads: int) -> None:
+    """gridDim.y of the importance passes stays <= 65535 whatever B * heads is, and the kernels'
+    loop (bh = blockIdx.y, + gridDim.y, ...) visits every (batch, head) pair exactly once."""
+    x, y, ok = _grid(lib, 480, batch_heads)
+    assert ok == 1 and x == 60 and 1 <= y <= 65535 and y == min(batch_heads, 65535)
+    visits = torch.zeros(batch_heads, dtype=torch.int64)
+    for by in range(y):
+        visits[by::y] += 1
+    assert torch.all(visits == 1)
+
+
+def test_pass_grid_refuses_what_cannot_launch(lib) -> None:
+    assert _grid(lib, 0, 4)[2] == 0
+    assert _grid(lib, 16, 0)[2] == 0
+    assert _grid(lib, 8 * 2**31, 1)[2] == 0  # gridDim.x past 2^31 - 1
+    assert _grid(lib, 8 * (2**31 - 1), 1) == (2**31 - 1, 1, 1)

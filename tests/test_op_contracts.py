@@ -198,3 +198,18 @@ def test_keyframe_topk_prune_fields_are_the_torch_ops() -> None:
     d = KEYFRAME_TOPK_PRUNE.defaults
     assert keep_fraction(0.7) == (d["keep_num"], d["keep_den"])
     assert Preset.keyframe_weight == d["keyframe_weight"]
+
+
+def test_roi_align_3d_states_the_batch_index_rule() -> None:
+    """The edge-case rule every RoIAlign3D backend follows (torch, ONNX, CUDA, Triton): a RoI whose
+    batch index is not finite, not an integer value (equal to its floor) or outside [0, B) gives
+    zeros. Stated in the contract, in the generated header and in the op's README."""
+    rules = [r for r in ROI_ALIGN_3D.edge_cases if r.startswith("batch index:")]
+    assert len(rules) == 1
+    for words in ("finite", "integer value", "floor", "[0, B)", "zeros"):
+        assert words in rules[0], words
+    assert "//! RoIAlign3D edge case: batch index:" in header()
+    assert all(": " in r for r in ROI_ALIGN_3D.edge_cases)  # "<topic>: <rule>"
+    readme = (common_dir().parent / "roi_align_3d" / "README.md").read_text()
+    assert "equal to its floor" in readme and "[0, B)" in readme
+    assert KEYFRAME_TOPK_PRUNE.edge_cases == ()

@@ -382,8 +382,229 @@ def test_kernels_library_exports_c_abi(plugin_library) -> None:
                           str(library_path("libevad_kernels.so"))],
                          capture_output=True, text=True).stdout
     for sym in ("evad_roi_align_3d", "evad_keyframe_topk_prune",
-                "evad_keyframe_topk_prune_workspace_size"):
+                "evad_keyframe_topk_prune_workspace_size",
+                "evad_keyframe_topk_prune_workspace_query"):
         assert f" T {sym}\n" in out + "\n"
+
+
+def test_workspace_query_reports_its_failure(plugin_library) -> None:
+    """The KeyframeTopKPrune workspace size checks CUB's size query: where it fails (here, on a
+    machine without a CUDA device, CUB cannot ask the device for its PTX version) the query
+    returns the error and leaves the size alone, and the plain size function returns 0, never a
+    size without CUB's temporary storage. Where it works, both give the same size."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(library_path("libevad_kernels.so")))
+    i64, size_t = ctypes.c_int64, ctypes.c_size_t
+    lib.evad_keyframe_topk_prune_workspace_query.argtypes = [i64] * 4 + [ctypes.POINTER(size_t)]
+    lib.evad_keyframe_topk_prune_workspace_size.argtypes = [i64] * 4
+    lib.evad_keyframe_topk_prune_workspace_size.restype = size_t
+    out = size_t(12345)
+    code = lib.evad_keyframe_topk_prune_workspace_query(2, 12, 480, 384, ctypes.byref(out))
+    size = lib.evad_keyframe_topk_prune_workspace_size(2, 12, 480, 384)
+    if code != 0:
+        assert (out.value, size) == (12345, 0)
+    else:
+        without_cub = sum((x + 255) // 256 * 256 for x in (
+            4 * 2 * 12 * 480, 4 * 2 * 12 * 384, 4 * 2 * 384, 4 * 2 * 384, 4 * 2 * 384,
+            4 * 2 * 384, 4 * 3))
+        assert size == out.value > without_cub
+    assert lib.evad_keyframe_topk_prune_workspace_query(-1, 1, 10, 5, ctypes.byref(out)) == 1
+
+
+# --- one registration path per build ------------------------------------------------------------
+
+def _exports(path: Path) -> set[str]:
+    out = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def _needed(path: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split("[")[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+
+
+_REGISTRATION_PROBE = textwrap.dedent("""
+    import json, sys
+    from evad.op_contracts import CONTRACTS
+    from evad.plugins import PluginError, load, tensorrt
+
+    trt = tensorrt()
+    reg = trt.get_plugin_registry()
+    try:
+        load("cpp", sys.argv[1])
+        error = None
+    except PluginError as e:
+        error = str(e)
+    found = {ns or "(empty)": sorted(c.name for c in CONTRACTS.values()
+                                     if reg.get_creator(c.name, c.plugin_version, ns) is not None)
+             for ns in ("evad", "")}
+    print("JSON" + json.dumps({"error": error, "found": found}))
+""")
+
+
+def _register(path: Path) -> tuple[dict, str]:
+    """Load one build with evad.plugins.load("cpp") into the runtime-only TensorRT in a fresh
+    interpreter: which creators are found under (name, "1", "evad") and under the empty
+    namespace, the load error if any, and what the library printed."""
+    proc = subprocess.run([sys.executable, "-c", _REGISTRATION_PROBE, str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("JSON")][-1]
+    return json.loads(line[4:]), proc.stderr
+
+
+_ALL = sorted(CONTRACTS)
+_REGISTRY_ENTRY_POINTS = {"getCreators", "getPluginCreators", "setLoggerFinder"}
+
+
+def test_default_build_registers_through_get_creators_only(lean, plugin_library) -> None:
+    """The default build: loadLibrary's entry points, no link against libnvinfer, no
+    registration of its own; both creators under (name, "1", "evad"), none under ""."""
+    path = Path(plugin_library)
+    assert _exports(path) & _REGISTRY_ENTRY_POINTS == {"getCreators", "setLoggerFinder"}
+    assert not [n for n in _needed(path) if n.startswith("libnvinfer")]
+    got, err = _register(path)
+    assert got == {"error": None, "found": {"evad": _ALL, "(empty)": []}}, err
+
+
+def _lean_library() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorrt_lean_libs")
+    libs = sorted(Path(spec.submodule_search_locations[0]).glob("libnvinfer_lean.so.*")) \
+        if spec and spec.submodule_search_locations else []
+    if not libs:
+        _skip_or_fail("no libnvinfer_lean in the runtime-only TensorRT "
+                      "(pip install tensorrt-lean-cu13-libs)")
+    return libs[0]
+
+
+def _headers_major(include: Path) -> int:
+    import re
+
+    text = (include / "NvInferVersion.h").read_text()
+    m = re.search(r"#define (?:TRT_MAJOR_ENTERPRISE|NV_TENSORRT_MAJOR) (\d+)", text)
+    assert m, include
+    return int(m.group(1))
+
+
+def _build_static(name: str, include: Path | None) -> Path:
+    lean = _lean_library()
+    got = build.build_libraries(
+        out_dir=build.default_build_dir() / name / "lib",
+        build_dir=build.default_build_dir() / name,
+        archs="80", tensorrt_include=str(include) if include else None, quiet=True,
+        jobs=int(os.environ.get("EVAD_BUILD_JOBS", "2")), static_registration=True,
+        tensorrt_library=str(lean))
+    return got["plugins"]
+
+
+def test_static_registration_build_has_one_path(lean, plugin_library) -> None:
+    """-DEVAD_STATIC_REGISTRATION=ON links here (against the runtime-only libnvinfer_lean, which
+    exports getPluginRegistry) and exports none of loadLibrary's entry points, so loading it can
+    never register a creator twice. With the CI headers (kernel-lens, TensorRT 10) and this
+    libnvinfer_lean (TensorRT 11) the majors differ: the registrar says so, one line per
+    creator, instead of calling IPluginRegistry through the wrong virtual slot, and registers
+    nothing."""
+    inc = build.find_tensorrt_include() or build.kernel_lens_headers(
+        build.default_build_dir() / "deps")
+    path = _build_static("static-registration", None)
+    assert _exports(path) & _REGISTRY_ENTRY_POINTS == set()
+    assert _lean_library().name in _needed(path)
+    got, err = _register(path)
+    lean_major = int(_lean_library().name.rsplit(".", 1)[1])
+    if _headers_major(inc) == lean_major:
+        assert got == {"error": None, "found": {"evad": _ALL, "(empty)": []}}, err
+    else:
+        assert got["found"] == {"evad": [], "(empty)": []} and "static-registration" in got["error"]
+        lines = [x for x in err.splitlines() if x.startswith("[evad plugin] ")]
+        assert lines == [f"[evad plugin] evad static registration: not registering {op}: built "
+                         f"against TensorRT {_headers_major(inc)} headers, loaded with libnvinfer "
+                         f"of TensorRT {lean_major}" for op in ("RoIAlign3D", "KeyframeTopKPrune")]
+
+
+def test_static_registration_registers_under_evad(lean, plugin_library) -> None:
+    """The static-registration build, compiled against headers of the linked libnvinfer's major
+    version, registers both creators when loaded, under (name, "1", "evad") and not under "".
+    Headers: $EVAD_STATIC_TENSORRT_INCLUDE, else the build's own when their major matches."""
+    lean = _lean_library()
+    lean_major = int(lean.name.rsplit(".", 1)[1])
+    env = os.environ.get("EVAD_STATIC_TENSORRT_INCLUDE")
+    inc = Path(env) if env else build.find_tensorrt_include() or build.kernel_lens_headers(
+        build.default_build_dir() / "deps")
+    if _headers_major(inc) != lean_major:
+        pytest.skip(f"static registration links libnvinfer, and the only one here is {lean.name} "
+                    f"(TensorRT {lean_major}, from tensorrt-lean-cu13-libs), while the headers "
+                    f"are TensorRT {_headers_major(inc)} ({inc}); IPluginRegistry's virtual table "
+                    f"differs between the two majors, so that build cannot register (see "
+                    f"test_static_registration_build_has_one_path). Set "
+                    f"EVAD_STATIC_TENSORRT_INCLUDE to TensorRT {lean_major} headers to run it")
+    path = _build_static("static-registration-matching", inc)
+    assert _exports(path) & _REGISTRY_ENTRY_POINTS == set()
+    got, err = _register(path)
+    assert got == {"error": None, "found": {"evad": _ALL, "(empty)": []}}, err
+    assert "[evad plugin]" not in err
+
+
+# --- the Python plugins' enqueue never waits for the device -------------------------------------
+
+#: calls that wait for the device (or copy to the host): CUDA graphs cannot capture them
+_HOST_SYNCS = {"item", "nonzero", "cpu", "tolist", "numpy", "synchronize", "masked_select",
+               "unique", "unique_consecutive", "argwhere", "bincount", "repeat_interleave",
+               "any", "all", "equal", "allclose", "__bool__", "__int__", "__float__"}
+
+
+def _enqueue_path() -> dict[str, ast.AST]:
+    """The host code the Python plugins run in enqueue: EvadPlugin.enqueue, _tensor and
+    _DevicePointer (python_plugins.py) and every host function of triton_kernels.py."""
+    nodes: dict[str, ast.AST] = {}
+    pp = ast.parse((PLUGINS_DIR / "python_plugins.py").read_text())
+    for node in ast.walk(pp):
+        if isinstance(node, ast.FunctionDef) and node.name in ("enqueue", "_tensor"):
+            nodes[f"python_plugins.{node.name}"] = node
+        if isinstance(node, ast.ClassDef) and node.name == "_DevicePointer":
+            nodes["python_plugins._DevicePointer"] = node
+    tk = ast.parse((PLUGINS_DIR / "triton_kernels.py").read_text())
+    for node in tk.body:
+        if isinstance(node, ast.FunctionDef) and not any(
+                "jit" in ast.unparse(d) for d in node.decorator_list):
+            nodes[f"triton_kernels.{node.name}"] = node
+    return nodes
+
+
+def _host_syncs(node: ast.AST) -> list[str]:
+    found = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in _HOST_SYNCS:
+                found.append(f"{ast.unparse(n)} (line {n.lineno})")
+            # int()/float()/bool() of anything but a plain name or constant may read a tensor
+            if name in ("int", "float", "bool") and n.args and not isinstance(
+                    n.args[0], (ast.Name, ast.Constant)):
+                found.append(f"{ast.unparse(n)} (line {n.lineno})")
+    return found
+
+
+def test_python_plugin_enqueue_never_syncs_with_the_host() -> None:
+    """The Python plugins' enqueue (and the Triton host functions it calls) never waits for the
+    device: no .item(), .nonzero(), .cpu(), .tolist(), synchronize, data-dependent shapes, or
+    int()/float()/bool() of a tensor expression; the batch-index rule and the tie order are
+    decided on the device. A CUDA graph captures it (tests/test_kernels_gpu.py captures the
+    kernels on a GPU)."""
+    nodes = _enqueue_path()
+    assert {"python_plugins.enqueue", "python_plugins._tensor", "triton_kernels.importance_triton",
+            "triton_kernels.keyframe_topk_prune_triton",
+            "triton_kernels.roi_align_3d_triton"} <= set(nodes)
+    found = {name: syncs for name, node in nodes.items() if (syncs := _host_syncs(node))}
+    assert found == {}
+    # the check itself sees a sync when there is one
+    bad = ast.parse("def f(x):\n    n = x.nonzero()\n    return int(x.sum()) + x.max().item()")
+    assert len(_host_syncs(bad)) == 3
 
 
 def test_cpp_plugin_self_test(plugin_library, tmp_path) -> None:

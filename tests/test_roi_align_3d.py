@@ -130,6 +130,59 @@ def test_gradient() -> None:
                                     (feat,))
 
 
+#: RoIs with an invalid batch index for B = 2 (the contract's rule: finite, an integer value,
+#: in [0, B)); their boxes sit inside the map, so only the index makes them zero
+BAD_INDEX = [-1.0, 2.0, 0.5, 1.5, -0.5, 1.0000001, float("nan"), float("inf"), float("-inf"),
+             1e30]
+
+
+def _with_bad_indices(g: torch.Generator, dtype=torch.float32):
+    good = torch.cat((EDGE_ROIS[:2], _rois(4, 2, (96, 160), g))).to(dtype)
+    bad = torch.tensor([[v, 10.0, 20.0, 100.0, 80.0] for v in BAD_INDEX], dtype=dtype)
+    bad[6, 1:] = float("nan")  # garbage coordinates on an invalid RoI: still zeros
+    rois = torch.cat((good[:3], bad, good[3:]))
+    invalid = torch.zeros(len(rois), dtype=torch.bool)
+    invalid[3:3 + len(bad)] = True
+    return rois, invalid
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_invalid_batch_index_gives_zeros(aligned: bool) -> None:
+    """A RoI whose batch index is not finite, not an integer value or outside [0, B) gives
+    zeros for all its bins; the valid RoIs are exactly what they are without it."""
+    g = torch.Generator().manual_seed(8)
+    feat = torch.randn(2, 3, 2, 6, 10, generator=g)
+    rois, invalid = _with_bad_indices(g)
+    got = roi_align_3d(feat, rois, 7, 7, 1 / 16, 2, aligned)
+    assert got.shape == (len(rois), 3, 2, 7, 7)
+    assert torch.all(got[invalid] == 0)
+    assert torch.equal(got[~invalid], roi_align_3d(feat, rois[~invalid], 7, 7, 1 / 16, 2, aligned))
+    ref = brute_roi_align(feat, rois[~invalid], 7, 7, 1 / 16, 2, aligned)
+    assert (got[~invalid].double() - ref).abs().max().item() <= 1e-5
+
+
+def test_valid_batch_index_rule() -> None:
+    from evad.models.roi_align_3d import valid_batch_index
+
+    idx = torch.tensor([0.0, -0.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf"), 3.0])
+    assert valid_batch_index(idx, 3).tolist() == [True, True, True, True, False, False, False,
+                                                  False, False]
+
+
+def test_gradient_with_invalid_batch_indices() -> None:
+    """Autograd still works with invalid RoIs present; they contribute no gradient."""
+    g = torch.Generator().manual_seed(9)
+    feat = torch.randn(2, 2, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    rois, invalid = _with_bad_indices(g, torch.float64)
+    assert torch.autograd.gradcheck(lambda f: roi_align_3d(f, rois, 3, 3, 1 / 16, 2, True),
+                                    (feat,))
+    grad = torch.randn(len(rois), 2, 2, 3, 3, generator=g, dtype=torch.float64)
+    (d_all,) = torch.autograd.grad(roi_align_3d(feat, rois, 3, 3, 1 / 16, 2, True), feat, grad)
+    (d_valid,) = torch.autograd.grad(
+        roi_align_3d(feat, rois[~invalid], 3, 3, 1 / 16, 2, True), feat, grad[~invalid])
+    assert torch.equal(d_all, d_valid)
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="features must be"):
         roi_align_3d(torch.zeros(1, 2, 3, 4), torch.zeros(1, 5))

@@ -108,6 +108,29 @@ def test_roi_align(dtype, aligned: bool) -> None:
     assert (got.float() - ref).abs().max().item() <= (1e-5 if dtype == torch.float32 else 4e-3)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN RoIs
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_roi_align_invalid_batch_index_gives_zeros(dtype) -> None:
+    """The contract's batch-index rule: a RoI whose index is not finite, not an integer value or
+    outside [0, B) gives zeros and loads nothing; the valid RoIs match torch. B = 1 included (a
+    scalar argument Triton may specialise)."""
+    nan, inf = float("nan"), float("inf")
+    for b in (1, 2):
+        g = torch.Generator().manual_seed(5 + b)
+        f = torch.randn(b, 3, 2, 9, 13, generator=g).to(dtype)
+        rois = torch.tensor([[0, 10.0, 20, 100, 120], [-1, 10, 20, 100, 120],
+                             [b, 10, 20, 100, 120], [0.5, 10, 20, 100, 120],
+                             [nan, nan, nan, nan, nan], [inf, 0, 0, 50, 50],
+                             [-inf, 0, 0, 50, 50], [1e30, 0, 0, 50, 50],
+                             [b - 1, -50, -30, 300, 200]])
+        invalid = torch.tensor([False, True, True, True, True, True, True, True, False])
+        ref = roi_align_3d(f.float(), rois, 7, 7, 1 / 16, 2, True)
+        got = tk.roi_align_3d_triton(f, rois.to(dtype), 7, 7, 1 / 16, 2, True)
+        assert torch.all(got[invalid] == 0) and torch.all(ref[invalid] == 0)
+        tol = 1e-5 if dtype == torch.float32 else 4e-3
+        assert (got.float() - ref).abs().max().item() <= tol
+
+
 _COMPILE = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -121,7 +144,8 @@ _COMPILE = textwrap.dedent("""
                                      out_ptr="*fp32", n=i32, s=i32, d=i32, keyframe_weight=f32),
          dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)),
         (tk._roi_align_kernel, dict(f_ptr="*fp16", roi_ptr="*fp16", out_ptr="*fp16", total=i32,
-                                    c=i32, t=i32, h=i32, w=i32, spatial_scale=f32, offset=f32,
+                                    b=i32, c=i32, t=i32, h=i32, w=i32, spatial_scale=f32,
+                                    offset=f32,
                                     clamp_size=f32), dict(OUT_H=7, OUT_W=7, SR=2, BLOCK=128)),
     ]
     for cc in (80, 90):

@@ -4,6 +4,7 @@
  * through ctypes (tests/test_kernels_cpu.py). Not a production path.
  */
 #include "evadMath.h"
+#include "keyframeTopkPruneWorkspace.h"
 
 #include <algorithm>
 #include <numeric>
@@ -23,16 +24,13 @@ int evad_cpu_roi_align_3d(float const* features, float const* rois, float* outpu
     }
     for (int64_t ri = 0; ri < r; ++ri)
     {
-        evad::RoiBox const box = evad::roiBox(rois + ri * 5, spatialScale, aligned != 0);
-        if (box.batch < 0 || box.batch >= b)
-        {
-            return 2;
-        }
+        // As the CUDA kernel: a RoI with an invalid batch index (evad::roiBatchIndex) gives zeros.
+        evad::RoiBox const box = evad::roiBox(rois + ri * 5, spatialScale, aligned != 0, b);
         for (int64_t ci = 0; ci < c; ++ci)
         {
             for (int64_t ti = 0; ti < t; ++ti)
             {
-                float const* plane = features + ((box.batch * c + ci) * t + ti) * h * w;
+                float const* plane = box.batch < 0 ? features : features + ((box.batch * c + ci) * t + ti) * h * w;
                 float* out = output + ((ri * c + ci) * t + ti) * outH * outW;
                 for (int32_t ph = 0; ph < outH; ++ph)
                 {
@@ -120,6 +118,55 @@ int evad_cpu_keyframe_topk_prune(float const* q, float const* k, float const* xN
         }
     }
     return 0;
+}
+
+//! evad::roiBatchIndex: the batch index of a RoI whose index field holds `value`, or -1.
+int64_t evad_cpu_roi_batch_index(float value, int64_t b)
+{
+    return evad::roiBatchIndex(value, b);
+}
+
+namespace
+{
+// Stand-ins for CUB's temporary-storage query (evad::kfp::SortBytesQuery), set per call.
+int gSortStatus = 0;
+size_t gSortBytes = 0;
+
+int fakeSortBytes(int64_t /*b*/, int64_t /*m*/, size_t* bytes)
+{
+    if (gSortStatus == 0)
+    {
+        *bytes = gSortBytes;
+    }
+    return gSortStatus;
+}
+} // namespace
+
+//! evad::kfp::workspaceBytes with a stand-in CUB query that returns `sortStatus` (a cudaError_t
+//! value) and, on success, `sortBytes`: how the kernels size their workspace, and that a failed
+//! query is an error (the return value) and never a size. `bytes` is written only on success.
+int evad_cpu_keyframe_topk_prune_workspace(
+    int64_t b, int64_t heads, int64_t n, int64_t m, int sortStatus, size_t sortBytes, size_t* bytes)
+{
+    gSortStatus = sortStatus;
+    gSortBytes = sortBytes;
+    return evad::kfp::workspaceBytes(b, heads, n, m, fakeSortBytes, bytes);
+}
+
+//! evad::kfp::checkWorkspace: 0 when `given` bytes at `workspace` hold `needed`, else 1.
+int evad_cpu_check_workspace(void const* workspace, size_t given, size_t needed)
+{
+    return evad::kfp::checkWorkspace(workspace, given, needed);
+}
+
+//! evad::kfp::passGrid: the grid of an importance pass over `items` rows or columns and
+//! `batchHeads` (batch, head) pairs, as (x, y, ok).
+void evad_cpu_pass_grid(int64_t items, int64_t batchHeads, uint32_t* x, uint32_t* y, int32_t* ok)
+{
+    evad::kfp::Grid const g = evad::kfp::passGrid(items, batchHeads);
+    *x = g.x;
+    *y = g.y;
+    *ok = g.ok ? 1 : 0;
 }
 
 //! K for N tokens, S keyframe tokens and a keep rate keepNum / keepDen.

@@ -115,7 +115,23 @@ EVAD_HD float headMean(float const* colSum, int32_t heads, int64_t stride, int64
 // RoIAlign3D
 // ------------------------------------------------------------------------------------------------
 
-//! A RoI in feature pixels: batch index, top-left corner and extent.
+//! The batch index of a RoI row, or -1 when the RoI is invalid: the contract's rule
+//! (evad/op_contracts.py ROI_ALIGN_3D.edge_cases) is that the index, read as a float (the RoI
+//! tensor's type converted to fp32), must be finite, an integer value (equal to its floor) and in
+//! [0, batchSize); a RoI that breaks it gives zeros for all its bins and reads no feature. -0.0 is
+//! 0. This is what keeps the kernels in bounds on any RoI data (TensorRT times tactics on
+//! uninitialised buffers): without it a garbage index would read outside the feature map.
+EVAD_HD int64_t roiBatchIndex(float value, int64_t batchSize)
+{
+    // Written so that NaN fails every comparison: !(NaN >= 0) is true.
+    if (!(value >= 0.F) || !(value < static_cast<float>(batchSize)) || floorf(value) != value)
+    {
+        return -1;
+    }
+    return static_cast<int64_t>(value);
+}
+
+//! A RoI in feature pixels: batch index (-1: invalid RoI, all bins 0), top-left corner and extent.
 struct RoiBox
 {
     int64_t batch;
@@ -127,12 +143,13 @@ struct RoiBox
 
 //! Scale/shift one RoI row [batch, x1, y1, x2, y2] (input pixels) into feature pixels, in the
 //! torch reference's order of operations. Without `aligned` the box is forced to >= 1 x 1.
+//! `batch` is roiBatchIndex(roi[0], batchSize): -1 for a RoI that must give zeros.
 template <typename T>
-EVAD_HD RoiBox roiBox(T const* roi, float spatialScale, bool aligned)
+EVAD_HD RoiBox roiBox(T const* roi, float spatialScale, bool aligned, int64_t batchSize)
 {
     float const o = aligned ? 0.5F : 0.F;
     RoiBox b;
-    b.batch = static_cast<int64_t>(static_cast<float>(roi[0]));
+    b.batch = roiBatchIndex(static_cast<float>(roi[0]), batchSize);
     b.x1 = static_cast<float>(roi[1]) * spatialScale - o;
     b.y1 = static_cast<float>(roi[2]) * spatialScale - o;
     b.width = static_cast<float>(roi[3]) * spatialScale - o - b.x1;
@@ -147,11 +164,13 @@ EVAD_HD RoiBox roiBox(T const* roi, float spatialScale, bool aligned)
 
 //! Bilinear sample of one (H, W) plane at (y, x), feature pixels, with the contract's rule: a
 //! point outside [-1, H] x [-1, W] gives 0; below 0 is clamped to 0; at or past the last
-//! row/column both neighbours are that row/column.
+//! row/column both neighbours are that row/column. A NaN coordinate (from non-finite RoI
+//! coordinates) counts as outside: it gives 0 and reads nothing.
 template <typename T>
 EVAD_HD float bilinear(T const* plane, int64_t height, int64_t width, float y, float x)
 {
-    if (y < -1.F || y > static_cast<float>(height) || x < -1.F || x > static_cast<float>(width))
+    // Negated "inside" test, so that NaN (which fails every comparison) is outside.
+    if (!(y >= -1.F && y <= static_cast<float>(height) && x >= -1.F && x <= static_cast<float>(width)))
     {
         return 0.F;
     }
@@ -183,11 +202,16 @@ EVAD_HD float bilinear(T const* plane, int64_t height, int64_t width, float y, f
 }
 
 //! One output bin (ph, pw) of a RoI on one (H, W) plane: the mean of samplingRatio^2 bilinear
-//! samples (zero-contributing samples still count in the mean).
+//! samples (zero-contributing samples still count in the mean). An invalid RoI (box.batch < 0)
+//! gives 0 without touching `plane` (callers may pass any pointer for it).
 template <typename T>
 EVAD_HD float roiAlignBin(T const* plane, int64_t height, int64_t width, RoiBox const& box,
     int32_t outH, int32_t outW, int32_t ph, int32_t pw, int32_t samplingRatio)
 {
+    if (box.batch < 0)
+    {
+        return 0.F;
+    }
     float const binH = box.height / static_cast<float>(outH);
     float const binW = box.width / static_cast<float>(outW);
     float const sr = static_cast<float>(samplingRatio);

@@ -39,6 +39,16 @@ constexpr FieldSpec kRoIAlign3DFields[kRoIAlign3DNbFields] = {
     {"sampling_ratio", FieldKind::kInt, 2.0, true, 1.0, false, 0, {0, 0, 0, 0}},
     {"aligned", FieldKind::kInt, 1.0, false, 0.0, false, 2, {0, 1, 0, 0}},
 };
+//! RoIAlign3D edge case: batch index: rois[r, 0], read as a float of the RoI tensor's type, is
+//!   valid when it is finite, an integer value (equal to its floor; -0.0 is 0) and in [0, B); a
+//!   RoI with an invalid index gives zeros for all its bins (and no gradient), and its features
+//!   are never read
+//! RoIAlign3D edge case: outside the map: boxes partly or wholly outside the feature map follow
+//!   the sampling rule (wholly outside gives zeros); R = 0 gives an empty output
+//! RoIAlign3D edge case: non-finite coordinates: a RoI with a valid index and a NaN or infinite
+//!   coordinate has unspecified values (the torch reference gives NaN, the CUDA and Triton
+//!   kernels count NaN samples as outside), but the evad kernels read nothing outside the
+//!   feature map
 
 constexpr char const* kKeyframeTopKPruneName = "KeyframeTopKPrune";
 constexpr int32_t kKeyframeTopKPruneNbFields = 3;

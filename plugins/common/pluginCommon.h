@@ -82,6 +82,13 @@ inline nvinfer1::PluginField contractField(contract::FieldSpec const& spec, void
     return nvinfer1::PluginField(spec.name, value, fieldType(spec.kind), 1);
 }
 
+//! A serialized plugin field outside the contract (a plugin's own record, e.g. the workspace
+//! size of KeyframeTopKPrune): one INT64 value.
+inline nvinfer1::PluginField int64Field(char const* name, int64_t const* value) noexcept
+{
+    return nvinfer1::PluginField(name, value, nvinfer1::PluginFieldType::kINT64, 1);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Reading and validating a PluginFieldCollection
 // ------------------------------------------------------------------------------------------------
@@ -128,7 +135,7 @@ inline std::string formatFloat(double v)
     int32_t const nd = static_cast<int32_t>(mant.size());
     if (exp < -4 || exp >= 16)
     {
-        char tail[8];
+        char tail[16];
         std::snprintf(tail, sizeof(tail), "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
         return sign + mant.substr(0, 1) + (nd > 1 ? "." + mant.substr(1) : "") + tail;
     }
@@ -178,6 +185,19 @@ inline nvinfer1::PluginField const* findField(nvinfer1::PluginFieldCollection co
         }
     }
     return nullptr;
+}
+
+//! A plugin's own INT64 field (int64Field) from a collection: its value when it holds one
+//! non-negative kINT64 value, else `absent` (missing or malformed: the record is just not known).
+inline int64_t readInt64Field(nvinfer1::PluginFieldCollection const* fc, char const* name, int64_t absent) noexcept
+{
+    nvinfer1::PluginField const* f = findField(fc, name);
+    if (f == nullptr || f->data == nullptr || f->length != 1 || f->type != nvinfer1::PluginFieldType::kINT64)
+    {
+        return absent;
+    }
+    int64_t const v = *static_cast<int64_t const*>(f->data);
+    return v >= 0 ? v : absent;
 }
 
 //! One field's value as read: `asInt` for int fields, `asFloat` for float fields.

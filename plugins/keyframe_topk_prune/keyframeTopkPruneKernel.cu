@@ -10,10 +10,12 @@
  * (evad/op_contracts.py: descending importance, the lower position first on equal importance):
  * CUB's radix sorts are stable (DeviceSegmentedRadixSort shares DeviceRadixSort's
  * implementation, documented stable; descending inverts the keys and sorts ascending), and the
- * values are the positions 0 .. M-1 in order. Workspace layout: see layout().
+ * values are the positions 0 .. M-1 in order. Workspace layout and its checked size, and the
+ * launch geometry: keyframeTopkPruneWorkspace.h (host code, proven on the CPU).
  */
 #include "keyframeTopkPruneKernel.h"
 #include "evadMath.h"
+#include "keyframeTopkPruneWorkspace.h"
 
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cuda_bf16.h>
@@ -23,52 +25,17 @@ namespace
 {
 
 constexpr int32_t kWarp = 32;
-constexpr int32_t kWarpsPerBlock = 8;
+constexpr int32_t kWarpsPerBlock = evad::kfp::kWarpsPerBlock;
 
-size_t alignUp(size_t x)
+//! CUB's temporary storage for the segmented sort (evad::kfp::SortBytesQuery): CUB's own error
+//! is returned (it asks the current device for its PTX version, so it fails without a device).
+int cubSortBytes(int64_t b, int64_t m, size_t* bytes)
 {
-    return (x + 255) & ~static_cast<size_t>(255);
-}
-
-//! Offsets (bytes) of the workspace's parts; `total` includes CUB's temporary storage.
-struct Layout
-{
-    size_t lse, colSum, score, scoreSorted, pos, posSorted, offsets, cubTemp, cubBytes, total;
-};
-
-Layout layout(int64_t b, int64_t heads, int64_t n, int64_t m, size_t cubBytes)
-{
-    Layout l{};
-    size_t at = 0;
-    l.lse = at;
-    at += alignUp(sizeof(float) * b * heads * n);
-    l.colSum = at;
-    at += alignUp(sizeof(float) * b * heads * m);
-    l.score = at;
-    at += alignUp(sizeof(float) * b * m);
-    l.scoreSorted = at;
-    at += alignUp(sizeof(float) * b * m);
-    l.pos = at;
-    at += alignUp(sizeof(int32_t) * b * m);
-    l.posSorted = at;
-    at += alignUp(sizeof(int32_t) * b * m);
-    l.offsets = at;
-    at += alignUp(sizeof(int32_t) * (b + 1));
-    l.cubTemp = at;
-    l.cubBytes = cubBytes;
-    l.total = at + alignUp(cubBytes);
-    return l;
-}
-
-size_t cubSortBytes(int64_t b, int64_t m)
-{
-    size_t bytes = 0;
     // A null temp pointer only asks for the size; no kernel is launched.
-    cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, bytes, static_cast<float const*>(nullptr),
-        static_cast<float*>(nullptr), static_cast<int32_t const*>(nullptr), static_cast<int32_t*>(nullptr),
-        static_cast<int>(b * m), static_cast<int>(b), static_cast<int32_t const*>(nullptr),
-        static_cast<int32_t const*>(nullptr) + 1);
-    return bytes;
+    return static_cast<int>(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, *bytes,
+        static_cast<float const*>(nullptr), static_cast<float*>(nullptr), static_cast<int32_t const*>(nullptr),
+        static_cast<int32_t*>(nullptr), static_cast<int>(b * m), static_cast<int>(b),
+        static_cast<int32_t const*>(nullptr), static_cast<int32_t const*>(nullptr) + 1));
 }
 
 __device__ __forceinline__ void warpMergeLse(float& m, float& l)
@@ -90,72 +57,83 @@ __device__ __forceinline__ float warpSum(float v)
     return v;
 }
 
-//! Pass 1. grid (ceil(N / warps), B * heads); lse: (B * heads, N).
+//! Pass 1. grid evad::kfp::passGrid(N, B * heads): blockIdx.x picks the rows, and the block
+//! visits the (batch, head) pairs blockIdx.y, + gridDim.y, ... (gridDim.y <= 65535 whatever
+//! B * heads is); lse: (B * heads, N).
 template <typename T>
 __global__ void rowLseKernel(T const* __restrict__ q, T const* __restrict__ k, float* __restrict__ lse,
-    int64_t n, int32_t d)
+    int64_t batchHeads, int64_t n, int32_t d)
 {
-    int64_t const bh = blockIdx.y;
     int64_t const row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
     int32_t const lane = threadIdx.x % kWarp;
     if (row >= n)
     {
         return; // whole warp leaves together: row is warp-uniform
     }
-    T const* qh = q + bh * n * d;
-    T const* kh = k + bh * n * d;
-    float mx = -INFINITY;
-    float sum = 0.F;
-    evad::rowLseTile(qh + row * d, kh, lane, n, kWarp, d, mx, sum);
-    warpMergeLse(mx, sum);
-    if (lane == 0)
+    for (int64_t bh = blockIdx.y; bh < batchHeads; bh += gridDim.y)
     {
-        lse[bh * n + row] = evad::lseValue(mx, sum);
+        T const* qh = q + bh * n * d;
+        T const* kh = k + bh * n * d;
+        float mx = -INFINITY;
+        float sum = 0.F;
+        evad::rowLseTile(qh + row * d, kh, lane, n, kWarp, d, mx, sum);
+        warpMergeLse(mx, sum);
+        if (lane == 0)
+        {
+            lse[bh * n + row] = evad::lseValue(mx, sum);
+        }
     }
 }
 
-//! Pass 2. grid (ceil(M / warps), B * heads); colSum: (B * heads, M).
+//! Pass 2. grid evad::kfp::passGrid(M, B * heads), (batch, head) pairs as in pass 1;
+//! colSum: (B * heads, M).
 template <typename T>
 __global__ void columnSumKernel(T const* __restrict__ q, T const* __restrict__ k,
-    float const* __restrict__ lse, float* __restrict__ colSum, int64_t n, int32_t d, int64_t s,
-    float keyframeWeight)
+    float const* __restrict__ lse, float* __restrict__ colSum, int64_t batchHeads, int64_t n, int32_t d,
+    int64_t s, float keyframeWeight)
 {
     int64_t const m = n - s;
-    int64_t const bh = blockIdx.y;
     int64_t const col = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
     int32_t const lane = threadIdx.x % kWarp;
     if (col >= m)
     {
         return;
     }
-    T const* qh = q + bh * n * d;
-    T const* kCol = k + (bh * n + s + col) * d;
-    float v = evad::columnTile(qh, kCol, lse + bh * n, lane, n, kWarp, d, s, keyframeWeight);
-    v = warpSum(v);
-    if (lane == 0)
+    for (int64_t bh = blockIdx.y; bh < batchHeads; bh += gridDim.y)
     {
-        colSum[bh * m + col] = v;
+        T const* qh = q + bh * n * d;
+        T const* kCol = k + (bh * n + s + col) * d;
+        float v = evad::columnTile(qh, kCol, lse + bh * n, lane, n, kWarp, d, s, keyframeWeight);
+        v = warpSum(v);
+        if (lane == 0)
+        {
+            colSum[bh * m + col] = v;
+        }
     }
 }
 
-//! Pass 3 + sort inputs: score (B, M), positions 0..M-1 per row, segment offsets (B + 1).
+//! Pass 3 + sort inputs, grid-stride: score (B, M), positions 0..M-1 per row, segment offsets
+//! (B + 1).
 __global__ void scoreKernel(float const* __restrict__ colSum, float* __restrict__ score,
     int32_t* __restrict__ pos, int32_t* __restrict__ offsets, int64_t b, int32_t heads, int64_t n,
     int64_t m)
 {
-    int64_t const e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (e <= b)
+    int64_t const total = (b * m > b + 1) ? b * m : b + 1;
+    for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+         e += static_cast<int64_t>(gridDim.x) * blockDim.x)
     {
-        offsets[e] = static_cast<int32_t>(e * m);
+        if (e <= b)
+        {
+            offsets[e] = static_cast<int32_t>(e * m);
+        }
+        if (e < b * m)
+        {
+            int64_t const bi = e / m;
+            int64_t const j = e % m;
+            score[e] = evad::headMean(colSum + bi * heads * m + j, heads, m, n);
+            pos[e] = static_cast<int32_t>(j);
+        }
     }
-    if (e >= b * m)
-    {
-        return;
-    }
-    int64_t const bi = e / m;
-    int64_t const j = e % m;
-    score[e] = evad::headMean(colSum + bi * heads * m + j, heads, m, n);
-    pos[e] = static_cast<int32_t>(j);
 }
 
 //! Gather: x_kept (B, K, C), idx_kept (B, K) from the sorted positions (B, M).
@@ -194,10 +172,23 @@ cudaError_t run(void const* qv, void const* kv, void const* xv, int64_t const* i
     auto const* q = static_cast<T const*>(qv);
     auto const* k = static_cast<T const*>(kv);
     int64_t const s = n - m;
-    Layout const l = layout(b, heads, n, m, cubSortBytes(b, m));
-    if (workspace == nullptr || workspaceSize < l.total)
+    // The size this call needs, every query checked; nothing is launched unless the workspace the
+    // caller has (workspaceSize: what it allocated, not a recomputation) holds it.
+    evad::kfp::Layout l{};
+    int err = evad::kfp::workspaceLayout(b, heads, n, m, cubSortBytes, l);
+    if (err != cudaSuccess)
+    {
+        return static_cast<cudaError_t>(err);
+    }
+    if (evad::kfp::checkWorkspace(workspace, workspaceSize, l.total) != cudaSuccess)
     {
         return cudaErrorInvalidValue;
+    }
+    evad::kfp::Grid const rows = evad::kfp::passGrid(n, b * heads);
+    evad::kfp::Grid const cols = evad::kfp::passGrid(m, b * heads);
+    if (!rows.ok || !cols.ok)
+    {
+        return cudaErrorInvalidConfiguration;
     }
     auto* base = static_cast<char*>(workspace);
     auto* lse = reinterpret_cast<float*>(base + l.lse);
@@ -209,21 +200,31 @@ cudaError_t run(void const* qv, void const* kv, void const* xv, int64_t const* i
     auto* offsets = reinterpret_cast<int32_t*>(base + l.offsets);
 
     dim3 const block(kWarp * kWarpsPerBlock);
-    dim3 const rows(static_cast<unsigned>((n + kWarpsPerBlock - 1) / kWarpsPerBlock),
-        static_cast<unsigned>(b * heads));
-    rowLseKernel<T><<<rows, block, 0, stream>>>(q, k, lse, n, d);
-    dim3 const cols(static_cast<unsigned>((m + kWarpsPerBlock - 1) / kWarpsPerBlock),
-        static_cast<unsigned>(b * heads));
-    columnSumKernel<T><<<cols, block, 0, stream>>>(q, k, lse, colSum, n, d, s, keyframeWeight);
+    rowLseKernel<T><<<dim3(rows.x, rows.y), block, 0, stream>>>(q, k, lse, b * heads, n, d);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+    {
+        return e;
+    }
+    columnSumKernel<T><<<dim3(cols.x, cols.y), block, 0, stream>>>(
+        q, k, lse, colSum, b * heads, n, d, s, keyframeWeight);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+    {
+        return e;
+    }
     scoreKernel<<<gridFor(b * m + 1, 256), 256, 0, stream>>>(
         colSum, score, pos, offsets, b, static_cast<int32_t>(heads), n, m);
-    size_t cubBytes = l.cubBytes;
-    cudaError_t err = cub::DeviceSegmentedRadixSort::SortPairsDescending(base + l.cubTemp, cubBytes,
-        score, scoreSorted, pos, posSorted, static_cast<int>(b * m), static_cast<int>(b), offsets,
-        offsets + 1, 0, static_cast<int>(sizeof(float) * 8), stream);
-    if (err != cudaSuccess)
+    if ((e = cudaGetLastError()) != cudaSuccess)
     {
-        return err;
+        return e;
+    }
+    size_t cubBytes = l.cubBytes;
+    e = cub::DeviceSegmentedRadixSort::SortPairsDescending(base + l.cubTemp, cubBytes, score, scoreSorted, pos,
+        posSorted, static_cast<int>(b * m), static_cast<int>(b), offsets, offsets + 1, 0,
+        static_cast<int>(sizeof(float) * 8), stream);
+    if (e != cudaSuccess)
+    {
+        return e;
     }
     gatherKernel<T><<<gridFor(b * kk * channels, 256), 256, 0, stream>>>(static_cast<T const*>(xv),
         idx, posSorted, static_cast<T*>(xKeptV), idxKept, b, m, kk, channels);
@@ -232,9 +233,15 @@ cudaError_t run(void const* qv, void const* kv, void const* xv, int64_t const* i
 
 } // namespace
 
+extern "C" int evad_keyframe_topk_prune_workspace_query(int64_t b, int64_t heads, int64_t n, int64_t m, size_t* bytes)
+{
+    return evad::kfp::workspaceBytes(b, heads, n, m, cubSortBytes, bytes);
+}
+
 extern "C" size_t evad_keyframe_topk_prune_workspace_size(int64_t b, int64_t heads, int64_t n, int64_t m)
 {
-    return layout(b, heads, n, m, cubSortBytes(b, m)).total;
+    size_t bytes = 0;
+    return evad::kfp::workspaceBytes(b, heads, n, m, cubSortBytes, &bytes) == cudaSuccess ? bytes : 0;
 }
 
 extern "C" int evad_keyframe_topk_prune(int dtype, void const* q, void const* k, void const* xNonkey,

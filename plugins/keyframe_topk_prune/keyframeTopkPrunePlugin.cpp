@@ -11,6 +11,7 @@
 #include "pluginCommon.h"
 
 #include <exception>
+#include <string>
 
 using namespace nvinfer1;
 
@@ -49,6 +50,48 @@ bool ranksOk(int32_t q, int32_t k, int32_t x, int32_t idx)
 {
     return q == 4 && k == 4 && x == 3 && idx == 2;
 }
+
+//! The workspace the kernels need for q (B, H, N, d) and x_nonkey (B, M, C): every query checked.
+//! Returns a cudaError_t value; `bytes` is written only on success.
+int workspaceFor(Dims const& q, Dims const& x, size_t& bytes)
+{
+    if (q.nbDims != 4 || x.nbDims != 3)
+    {
+        return cudaErrorInvalidValue;
+    }
+    return evad_keyframe_topk_prune_workspace_query(q.d[0], q.d[1], q.d[2], x.d[1], &bytes);
+}
+
+//! One stderr line: the size query failed, with CUDA's name and text of the error.
+void logQueryFailed(char const* where, int err) noexcept
+{
+    try
+    {
+        std::string const msg = std::string("the workspace size query failed (")
+            + cudaGetErrorName(static_cast<cudaError_t>(err)) + ": " + cudaGetErrorString(static_cast<cudaError_t>(err))
+            + ")";
+        logError(where, msg.c_str());
+    }
+    catch (std::exception const&)
+    {
+        logError(where, "the workspace size query failed");
+    }
+}
+
+//! One stderr line: the workspace TensorRT gave does not hold what these shapes need.
+void logTooSmall(char const* where, size_t needed, void const* workspace, size_t given) noexcept
+{
+    try
+    {
+        std::string const msg = "these shapes need a workspace of " + std::to_string(needed) + " bytes, TensorRT gave "
+            + (workspace == nullptr ? std::string("none") : std::to_string(given) + " (getWorkspaceSize)");
+        logError(where, msg.c_str());
+    }
+    catch (std::exception const&)
+    {
+        logError(where, "the workspace TensorRT gave is smaller than these shapes need");
+    }
+}
 } // namespace
 
 KeyframeTopKPrunePlugin::KeyframeTopKPrunePlugin(KeyframeTopKPruneParams const& params)
@@ -62,8 +105,21 @@ void KeyframeTopKPrunePlugin::initFields()
     mFields = {contractField(kFIELDS[kKEEP_NUM], &mParams.keepNum),
         contractField(kFIELDS[kKEEP_DEN], &mParams.keepDen),
         contractField(kFIELDS[kKEYFRAME_WEIGHT], &mParams.keyframeWeight)};
+    if (mParams.workspaceBytes >= 0)
+    {
+        // Not a contract field: the plugin's record of the workspace TensorRT allocates for it, so
+        // that a deserialized engine's enqueue checks against what it really gets.
+        mFields.push_back(int64Field(kWorkspaceBytesField, &mParams.workspaceBytes));
+    }
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
+}
+
+void KeyframeTopKPrunePlugin::recordWorkspace(size_t bytes) const noexcept
+{
+    // Several profiles: TensorRT's allocation covers the largest.
+    int64_t const b = static_cast<int64_t>(bytes);
+    mParams.workspaceBytes = b > mParams.workspaceBytes ? b : mParams.workspaceBytes;
 }
 
 IPluginCapability* KeyframeTopKPrunePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -115,6 +171,16 @@ int32_t KeyframeTopKPrunePlugin::configurePlugin(
         logError("KeyframeTopKPrune::configurePlugin", "expects q, k (B, H, N, d), x_nonkey (B, N - S, C), idx (B, N - S)");
         return -1;
     }
+    // The workspace at the profile's largest shapes (what getWorkspaceSize returns): a failed size
+    // query stops the build here instead of becoming a too-small workspace.
+    size_t bytes = 0;
+    int const err = workspaceFor(in[kIN_Q].max, in[kIN_X].max, bytes);
+    if (err != 0)
+    {
+        logQueryFailed("KeyframeTopKPrune::configurePlugin", err);
+        return -1;
+    }
+    recordWorkspace(bytes);
     return 0;
 }
 
@@ -184,13 +250,24 @@ int32_t KeyframeTopKPrunePlugin::getNbOutputs() const noexcept
     return kNB_OUTPUTS;
 }
 
-size_t KeyframeTopKPrunePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
+size_t KeyframeTopKPrunePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
     // Sized for the profile's largest shapes: (B, H, N) row statistics, (B, H, M) column sums,
-    // sort buffers and CUB's temporary storage.
-    Dims const& q = inputs[kIN_Q].max;
-    return evad_keyframe_topk_prune_workspace_size(q.d[0], q.d[1], q.d[2], inputs[kIN_X].max.d[1]);
+    // sort buffers and CUB's temporary storage. The size is recorded (and serialized): enqueue
+    // compares the shapes' need with it, since TensorRT passes enqueue only the pointer.
+    size_t bytes = 0;
+    int const err = nbInputs == kNB_INPUTS ? workspaceFor(inputs[kIN_Q].max, inputs[kIN_X].max, bytes)
+                                           : static_cast<int>(cudaErrorInvalidValue);
+    if (err != 0)
+    {
+        // No size to give: 0, and a record of 0, so that every enqueue of this plugin fails.
+        logQueryFailed("KeyframeTopKPrune::getWorkspaceSize", err);
+        mParams.workspaceBytes = 0;
+        return 0;
+    }
+    recordWorkspace(bytes);
+    return bytes;
 }
 
 int32_t KeyframeTopKPrunePlugin::onShapeChange(
@@ -202,16 +279,33 @@ int32_t KeyframeTopKPrunePlugin::onShapeChange(
 int32_t KeyframeTopKPrunePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
     void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
+    char const* const where = "KeyframeTopKPrune::enqueue";
     Dims const& q = inputDesc[kIN_Q].dims;
     Dims const& x = inputDesc[kIN_X].dims;
-    size_t const bytes = evad_keyframe_topk_prune_workspace_size(q.d[0], q.d[1], q.d[2], x.d[1]);
-    int const err = evad_keyframe_topk_prune(kernelType(inputDesc[kIN_Q].type), inputs[kIN_Q], inputs[kIN_K],
-        inputs[kIN_X], static_cast<int64_t const*>(inputs[kIN_IDX]), outputs[0], static_cast<int64_t*>(outputs[1]),
-        q.d[0], q.d[1], q.d[2], static_cast<int32_t>(q.d[3]), x.d[1], x.d[2], mParams.keepNum, mParams.keepDen,
-        mParams.keyframeWeight, workspace, bytes, stream);
+    size_t needed = 0;
+    int err = workspaceFor(q, x, needed);
     if (err != 0)
     {
-        logError("KeyframeTopKPrune::enqueue", cudaGetErrorString(static_cast<cudaError_t>(err)));
+        logQueryFailed(where, err);
+        return -1;
+    }
+    // What TensorRT allocated: this plugin's record of getWorkspaceSize (kept by clone and in the
+    // serialized fields). A plugin without one (an engine serialized before the record existed)
+    // can only be given the size these shapes need, which TensorRT's allocation for the profile
+    // maximum covers (the layout grows with every dimension).
+    size_t const given = mParams.workspaceBytes >= 0 ? static_cast<size_t>(mParams.workspaceBytes) : needed;
+    if (workspace == nullptr || given < needed)
+    {
+        logTooSmall(where, needed, workspace, given);
+        return -1;
+    }
+    err = evad_keyframe_topk_prune(kernelType(inputDesc[kIN_Q].type), inputs[kIN_Q], inputs[kIN_K], inputs[kIN_X],
+        static_cast<int64_t const*>(inputs[kIN_IDX]), outputs[0], static_cast<int64_t*>(outputs[1]), q.d[0], q.d[1],
+        q.d[2], static_cast<int32_t>(q.d[3]), x.d[1], x.d[2], mParams.keepNum, mParams.keepDen,
+        mParams.keyframeWeight, workspace, given, stream);
+    if (err != 0)
+    {
+        logError(where, cudaGetErrorString(static_cast<cudaError_t>(err)));
         return -1;
     }
     return 0;
@@ -224,6 +318,14 @@ IPluginV3* KeyframeTopKPrunePlugin::attachToContext(IPluginResourceContext* /*co
 
 PluginFieldCollection const* KeyframeTopKPrunePlugin::getFieldsToSerialize() noexcept
 {
+    try
+    {
+        initFields(); // with the workspace record, once there is one
+    }
+    catch (std::exception const& e)
+    {
+        logError("KeyframeTopKPrune::getFieldsToSerialize", e.what());
+    }
     return &mFieldCollection;
 }
 
@@ -269,6 +371,8 @@ IPluginV3* KeyframeTopKPrunePluginCreator::createPlugin(
         p.keepNum = static_cast<int32_t>(v[kKEEP_NUM].asInt);
         p.keepDen = static_cast<int32_t>(v[kKEEP_DEN].asInt);
         p.keyframeWeight = static_cast<float>(v[kKEYFRAME_WEIGHT].asFloat);
+        // The workspace record of a serialized plugin (not a contract field; absent from ONNX).
+        p.workspaceBytes = readInt64Field(fc, kWorkspaceBytesField, -1);
         return new KeyframeTopKPrunePlugin(p);
     }
     catch (std::exception const& e)

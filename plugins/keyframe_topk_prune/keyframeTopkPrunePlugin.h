@@ -20,12 +20,21 @@ namespace plugin
 //! Attributes of KeyframeTopKPrune, in the contract's field order
 //! (contract::kKeyframeTopKPruneFields; the ONNX node's attributes). No defaults here: the
 //! creator requires every field.
+//!
+//! workspaceBytes is no attribute: the workspace TensorRT allocates for the plugin, i.e. what
+//! getWorkspaceSize returned at the profile's largest shapes (-1: not known yet). configurePlugin
+//! and getWorkspaceSize record it, clone keeps it, getFieldsToSerialize writes it (INT64 field
+//! kWorkspaceBytesField), createPlugin reads it back; enqueue refuses shapes that need more.
 struct KeyframeTopKPruneParams
 {
     int32_t keepNum{};
     int32_t keepDen{};
     float keyframeWeight{};
+    int64_t workspaceBytes{-1};
 };
+
+//! Name of the serialized workspace record (KeyframeTopKPruneParams::workspaceBytes).
+constexpr char const* kWorkspaceBytesField = "workspace_bytes";
 
 class KeyframeTopKPrunePlugin : public nvinfer1::IPluginV3,
                                 public nvinfer1::IPluginV3OneCore,
@@ -69,8 +78,11 @@ public:
 
 private:
     void initFields();
+    //! Keep the largest workspace getWorkspaceSize/configurePlugin computed (const: TensorRT calls
+    //! getWorkspaceSize on a const plugin).
+    void recordWorkspace(size_t bytes) const noexcept;
 
-    KeyframeTopKPruneParams mParams;
+    mutable KeyframeTopKPruneParams mParams;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };

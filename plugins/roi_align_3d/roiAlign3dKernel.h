@@ -15,7 +15,9 @@ extern "C"
 /*!
  * RoIAlign3D: output (R, C, T, outH, outW) from features (B, C, T, H, W) and rois (R, 5)
  * [batch, x1, y1, x2, y2] in input pixels; features, rois and output share `dtype`
- * (EvadDataType). All RoIs and slices in one launch; no workspace.
+ * (EvadDataType). All RoIs and slices in one launch; no workspace. A RoI whose batch index is
+ * not finite, not an integer value (not equal to its floor) or outside [0, b) gives zeros for
+ * all its bins and reads no feature (the contract's edge-case rule; evad::roiBatchIndex).
  */
 int evad_roi_align_3d(int dtype, void const* features, void const* rois, void* output, int64_t b,
     int64_t c, int64_t t, int64_t h, int64_t w, int64_t r, int32_t outH, int32_t outW,

@@ -103,7 +103,7 @@ char const* RoIAlign3DPlugin::getPluginNamespace() const noexcept
 }
 
 int32_t RoIAlign3DPlugin::configurePlugin(
-    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || in[kIN_FEATURES].desc.dims.nbDims != 5
         || in[kIN_ROIS].desc.dims.nbDims != 2)

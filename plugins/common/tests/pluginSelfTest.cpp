@@ -6,7 +6,9 @@
  * accepted (int fields kINT8/16/32/64, float fields kFLOAT32/64; fields outside the contract
  * ignored), refusal of each bad field (missing, wrong type or length, out of range or choices,
  * not 32-bit, not finite, the LessEqual relation) with one stderr line in the contract's words,
- * clone, the serialization round trip, output types, format/type support.
+ * clone, the serialization round trip, output types, format/type support; for KeyframeTopKPrune
+ * the workspace (testWorkspace: a failed size query is loud, the size is recorded and serialized,
+ * enqueue refuses a workspace smaller than its shapes need).
  * Prints one line per check; exit code = number of failures. Built and run by
  * tests/test_plugins.py::test_cpp_plugin_self_test.
  */
@@ -199,7 +201,9 @@ std::vector<std::string> fieldBytes(PluginFieldCollection const* fc)
     for (int32_t i = 0; i < fc->nbFields; ++i)
     {
         PluginField const& f = fc->fields[i];
-        size_t const size = (f.type == PluginFieldType::kFLOAT32 || f.type == PluginFieldType::kINT32) ? 4 : 0;
+        size_t const size = (f.type == PluginFieldType::kFLOAT32 || f.type == PluginFieldType::kINT32) ? 4
+            : f.type == PluginFieldType::kINT64                                                     ? 8
+                                                                                                    : 0;
         out.push_back(std::string(f.name) + "=" + std::string(static_cast<char const*>(f.data), size * f.length));
     }
     return out;
@@ -432,6 +436,161 @@ void testPlugin(IPluginCreatorV3One* creator, OpSpec const& op)
     delete clone;
     delete plugin;
 }
+//! The library's evad_keyframe_topk_prune_workspace_query (keyframeTopkPruneKernel.h).
+using WorkspaceQuery = int (*)(int64_t, int64_t, int64_t, int64_t, size_t*);
+
+//! CUDA devices visible to the library's CUDA runtime (its dependency: dlsym searches it): 0
+//! when there is none, no driver, or no runtime.
+int cudaDevices(void* lib)
+{
+    using GetDeviceCount = int (*)(int*);
+    auto fn = reinterpret_cast<GetDeviceCount>(dlsym(lib, "cudaGetDeviceCount"));
+    int n = 0;
+    return fn != nullptr && fn(&n) == 0 ? n : 0;
+}
+
+Dims makeDims(std::vector<int64_t> const& d)
+{
+    Dims out{};
+    out.nbDims = static_cast<int32_t>(d.size());
+    for (size_t i = 0; i < d.size(); ++i)
+    {
+        out.d[i] = d[i];
+    }
+    return out;
+}
+
+//! Exactly one stderr line starting with `prefix`.
+bool oneLine(std::string const& err, std::string const& prefix)
+{
+    return err.size() > prefix.size() && err.compare(0, prefix.size(), prefix) == 0 && err.find('\n') == err.size() - 1;
+}
+
+std::string firstLine(std::string const& err)
+{
+    return err.empty() ? std::string("(no message)") : err.substr(0, err.find('\n'));
+}
+
+//! The serialized workspace record of a plugin (-1: none).
+int64_t serializedWorkspace(IPluginV3* plugin)
+{
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* fc = runtime->getFieldsToSerialize();
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        if (std::strcmp(fc->fields[i].name, "workspace_bytes") == 0 && fc->fields[i].type == PluginFieldType::kINT64)
+        {
+            return *static_cast<int64_t const*>(fc->fields[i].data);
+        }
+    }
+    return -1;
+}
+
+/*!
+ * KeyframeTopKPrune's workspace: the size getWorkspaceSize returns comes from a checked query (a
+ * failed query is an error in configurePlugin and getWorkspaceSize, never a smaller size), it is
+ * recorded and serialized, and enqueue refuses shapes that need more than the workspace TensorRT
+ * gave, with one stderr line and without launching anything. Without a CUDA device (CI) the query
+ * fails for real (CUB asks the device for its PTX version): the error paths. With one, the sizes
+ * and a serialized record too small for the shapes.
+ */
+void testWorkspace(IPluginCreatorV3One* creator, OpSpec const& op, WorkspaceQuery query, bool device)
+{
+    std::string const name = op.name;
+    check(query != nullptr, "evad_keyframe_topk_prune_workspace_query exported");
+    // q, k (B=2, H=2, N=16, d=8), x_nonkey (2, M=8, C=4), idx (2, 8); K = ceil(0.7 * 16) - 8 = 4.
+    // The profile maximum doubles B.
+    std::vector<std::vector<int64_t>> const shapes = {{2, 2, 16, 8}, {2, 2, 16, 8}, {2, 8, 4}, {2, 8}, {2, 4, 4}, {2, 4}};
+    std::vector<DataType> const types
+        = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64, DataType::kFLOAT, DataType::kINT64};
+    std::vector<DynamicPluginTensorDesc> dyn(6);
+    std::vector<PluginTensorDesc> actual(6);
+    for (size_t i = 0; i < 6; ++i)
+    {
+        std::vector<int64_t> big = shapes[i];
+        big[0] *= 2;
+        dyn[i].desc.dims = makeDims(shapes[i]);
+        dyn[i].desc.type = types[i];
+        dyn[i].desc.format = TensorFormat::kLINEAR;
+        dyn[i].min = makeDims(shapes[i]);
+        dyn[i].opt = makeDims(shapes[i]);
+        dyn[i].max = makeDims(big);
+        actual[i] = dyn[i].desc;
+    }
+    size_t atMax = 0;
+    size_t atActual = 0;
+    bool const sized = query != nullptr && query(4, 2, 16, 8, &atMax) == 0 && query(2, 2, 16, 8, &atActual) == 0;
+    std::printf("INFO %s\n",
+        device ? "a CUDA device: checking the sizes and a too-small record"
+               : "no CUDA device (the size query fails for real): checking that every failure is loud");
+    if (device)
+    {
+        check(sized, name + " the workspace size query works on a CUDA device");
+    }
+    else
+    {
+        check(query == nullptr || query(4, 2, 16, 8, &atMax) != 0, name + " the size query reports its failure");
+    }
+
+    Collection good = defaults(op);
+    IPluginV3* plugin = creator->createPlugin(name.c_str(), good.get(), TensorRTPhase::kBUILD);
+    if (plugin == nullptr)
+    {
+        check(false, name + " created (for the workspace checks)");
+        return;
+    }
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    check(serializedWorkspace(plugin) == -1, name + " has no workspace record before it is configured");
+    int32_t rc = 0;
+    std::string err = captureStderr([&] { rc = build->configurePlugin(dyn.data(), 4, dyn.data() + 4, 2); });
+    size_t ws = 0;
+    std::string err2 = captureStderr([&] { ws = build->getWorkspaceSize(dyn.data(), 4, dyn.data() + 4, 2); });
+    if (device)
+    {
+        check(rc == 0 && err.empty(), name + " configurePlugin sizes the workspace | " + firstLine(err));
+        check(ws == atMax && err2.empty(), name + " getWorkspaceSize = the checked query at the profile maximum");
+        check(atMax > atActual, name + " the profile maximum needs more than the actual shapes");
+        check(serializedWorkspace(plugin) == static_cast<int64_t>(atMax), name + " serializes its workspace record");
+        IPluginV3* clone = plugin->clone();
+        check(clone != nullptr && serializedWorkspace(clone) == static_cast<int64_t>(atMax), name + " clone keeps the workspace record");
+        delete clone;
+    }
+    else
+    {
+        std::string const where = "[evad plugin] " + name + "::";
+        check(rc != 0 && oneLine(err, where + "configurePlugin: the workspace size query failed ("),
+            name + " configurePlugin fails loudly when the size query fails | " + firstLine(err));
+        check(ws == 0 && oneLine(err2, where + "getWorkspaceSize: the workspace size query failed ("),
+            name + " getWorkspaceSize gives no size (0, one line) when the size query fails | " + firstLine(err2));
+        check(serializedWorkspace(plugin) == 0, name + " a failed getWorkspaceSize records 0 (every enqueue fails)");
+    }
+    delete plugin;
+
+    // A serialized plugin whose record (1 byte) is smaller than what its shapes need: enqueue must
+    // refuse before launching anything (the pointers below are never dereferenced).
+    Collection small = defaults(op);
+    small.values.push_back(makeValue("workspace_bytes", 1.0, PluginFieldType::kINT64));
+    IPluginV3* runtimePlugin = creator->createPlugin(name.c_str(), small.get(), TensorRTPhase::kRUNTIME);
+    check(runtimePlugin != nullptr && serializedWorkspace(runtimePlugin) == 1, name + " reads its serialized workspace record");
+    if (runtimePlugin == nullptr)
+    {
+        return;
+    }
+    auto* runtime
+        = static_cast<IPluginV3OneRuntime*>(runtimePlugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    alignas(16) char dummy[64] = {};
+    void const* ins[4] = {dummy, dummy, dummy, dummy};
+    void* outs[2] = {dummy, dummy};
+    err = captureStderr([&] { rc = runtime->enqueue(actual.data(), actual.data() + 4, ins, outs, dummy, nullptr); });
+    std::string const where = "[evad plugin] " + name + "::enqueue: ";
+    std::string const want = device
+        ? where + "these shapes need a workspace of " + std::to_string(atActual) + " bytes, TensorRT gave 1 (getWorkspaceSize)"
+        : where + "the workspace size query failed (";
+    check(rc != 0 && oneLine(err, want), name + " enqueue rejects a workspace smaller than its shapes need | " + firstLine(err));
+    err = captureStderr([&] { rc = runtime->enqueue(actual.data(), actual.data() + 4, ins, outs, nullptr, nullptr); });
+    check(rc != 0 && oneLine(err, where), name + " enqueue rejects a null workspace | " + firstLine(err));
+    delete runtimePlugin;
+}
 } // namespace
 
 int main(int argc, char** argv)
@@ -481,6 +640,12 @@ int main(int argc, char** argv)
                 known = seen[i] = true;
                 testFields(creator, ops[i]);
                 testPlugin(creator, ops[i]);
+                if (name == contract::kKeyframeTopKPruneName)
+                {
+                    testWorkspace(creator, ops[i],
+                        reinterpret_cast<WorkspaceQuery>(dlsym(lib, "evad_keyframe_topk_prune_workspace_query")),
+                        cudaDevices(lib) > 0);
+                }
             }
         }
         check(known, "creator " + name + " is a contract op");
