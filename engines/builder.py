@@ -96,17 +96,20 @@ def _check_plugins_bound(trt: Any, network: trt.INetworkDefinition, expected: in
 
 def _pin_fp32(trt: Any, network: trt.INetworkDefinition) -> int:
     """Keep the layers of ``FP32_OPS`` in fp32 under fp16/bf16 (their float outputs; an index
-    output such as TopK's stays int32); returns the number of layers pinned."""
+    output such as TopK's stays int32, and a layer with no float output, an integer reduction,
+    is left alone: a precision constraint would make TensorRT cast or reject it); returns the
+    number of layers pinned."""
     kinds = {getattr(trt.LayerType, n) for n in fp32_layer_types() if hasattr(trt.LayerType, n)}
     floats = {trt.float32, trt.float16, trt.bfloat16}
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in kinds:
+        float_outputs = [o for o in range(layer.num_outputs)
+                         if layer.get_output(o).dtype in floats] if layer.type in kinds else []
+        if float_outputs:
             layer.precision = trt.float32
-            for o in range(layer.num_outputs):
-                if layer.get_output(o).dtype in floats:
-                    layer.set_output_type(o, trt.float32)
+            for o in float_outputs:
+                layer.set_output_type(o, trt.float32)
             pinned += 1
     return pinned
 
@@ -160,7 +163,12 @@ def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition, 
                       trt.Dims([hi, 3, t, h, w]))
     profile.set_shape(INPUT_IMAGE_SIZE, trt.Dims([lo, 2]), trt.Dims([opt, 2]), trt.Dims([hi, 2]))
     config.add_optimization_profile(profile)
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes),
+                                   ignore_mismatch=False):
+        # a cache from another GPU or TensorRT version does not attach: build without it and
+        # write a fresh one, rather than fail after the build
+        log("the timing cache does not match this GPU/TensorRT: starting a new one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     return config, modes
 
 
@@ -219,11 +227,14 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     engine_path = Path(out) if out else onnx_path.with_suffix(".engine")
     sidecar = engine_metadata(running_environment(trt), precision, meta, onnx_sha256(onnx_path),
                               plugins, (lo, opt, hi), modes)
-    # The sidecar first: an engine file never stands without the metadata that describes it.
+    # The old engine goes first, then the sidecar, then the engine: an engine file never stands
+    # beside a sidecar that describes another build (a failed write leaves no engine at all).
+    engine_path.unlink(missing_ok=True)
     write_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
     write_atomic(engine_path, bytes(serialized))
-    if timing_cache:
-        write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+    cache = config.get_timing_cache() if timing_cache else None
+    if timing_cache and cache is not None:
+        write_atomic(Path(timing_cache), bytes(cache.serialize()))
     log(f"wrote {engine_path} ({precision}, batch {lo}/{opt}/{hi}, {plugins} plugins) in "
         f"{time.perf_counter() - t0:.1f} s")
     return engine_path

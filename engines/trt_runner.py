@@ -121,17 +121,24 @@ class TrtRunner:
         host_clip, host_size = self._host[INPUT_CLIP], self._host[INPUT_IMAGE_SIZE]
         host_clip[:b].copy_(torch.from_numpy(clip))
         host_size[:b].copy_(torch.from_numpy(image_size))
-        host_size[b:pad] = host_size[:1]  # padded clips get a valid size; results are dropped
-        with torch.cuda.stream(self.stream):
-            for name in INPUTS:
-                self._dev[name][:pad].copy_(self._host[name][:pad], non_blocking=True)
-            self.context.set_input_shape(INPUT_CLIP, (pad, *host_clip.shape[1:]))
-            self.context.set_input_shape(INPUT_IMAGE_SIZE, (pad, 2))
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EvadError("TensorRT execution failed (see its log above)")
-            for name in self.output_names:
-                self._host[name][:b].copy_(self._dev[name][:b], non_blocking=True)
-        self.stream.synchronize()
+        # padded clips repeat the first one (deterministic, finite); their results are dropped
+        host_clip[b:pad] = host_clip[:1]
+        host_size[b:pad] = host_size[:1]
+        try:
+            with torch.cuda.stream(self.stream):
+                for name in INPUTS:
+                    self._dev[name][:pad].copy_(self._host[name][:pad], non_blocking=True)
+                if not (self.context.set_input_shape(INPUT_CLIP, (pad, *host_clip.shape[1:]))
+                        and self.context.set_input_shape(INPUT_IMAGE_SIZE, (pad, 2))):
+                    raise EvadError(f"the engine does not take a batch of {pad} clips of "
+                                    f"{tuple(host_clip.shape[1:])}")
+                if not self.context.execute_async_v3(self.stream.cuda_stream):
+                    raise EvadError("TensorRT execution failed (see its log above)")
+                for name in self.output_names:
+                    self._host[name][:b].copy_(self._dev[name][:b], non_blocking=True)
+        finally:
+            # also on failure: queued copies must finish before the pinned buffers are reused
+            self.stream.synchronize()
         out = {}
         for name in self.output_names:
             h = self._host[name][:b]
@@ -144,6 +151,9 @@ class TrtRunner:
         """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name."""
         clip = np.ascontiguousarray(clip, dtype=np.float32)
         image_size = np.ascontiguousarray(image_size, dtype=np.int64)
+        want = tuple(self._host[INPUT_CLIP].shape[1:])
+        if clip.ndim != 5 or clip.shape[1:] != want or clip.shape[0] == 0:
+            raise EvadError(f"clip of shape {clip.shape}: this engine takes (B >= 1, *{want})")
         parts = [self._run(clip[i:i + self.batch_max], image_size[i:i + self.batch_max])
                  for i in range(0, clip.shape[0], self.batch_max)]
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}

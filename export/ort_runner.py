@@ -74,6 +74,9 @@ class OrtRunner:
             raise BackendError(f"onnxruntime cannot load {self.path}: {first}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        if cuda and self.providers[0] != CUDA:  # onnxruntime falls back to CPU silently
+            raise BackendError("onnxruntime's CUDA provider is installed but did not load (its "
+                               "CUDA/cuDNN libraries?); use the CPU provider or fix the install")
         self.name = f"ort ({self.providers[0]})"
         self.on_gpu = self.providers[0] != CPU
         self.run_options = ort.RunOptions()

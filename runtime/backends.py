@@ -116,7 +116,10 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
     elif onnx is not None or ckpt is not None:
         notes.append("skipped trt (no engine given)")
     if onnx is not None and _ort_cuda():
-        return OrtRunner(onnx, cuda=True, **ort_kw), notes
+        try:
+            return OrtRunner(onnx, cuda=True, **ort_kw), notes
+        except BackendError as e:  # the CUDA provider did not load: keep to the order
+            notes.append(f"skipped ort cuda ({e})")
     if ckpt is not None and _torch_cuda():
         return _torch(ckpt), notes
     if onnx is not None:

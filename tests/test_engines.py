@@ -337,6 +337,45 @@ def test_pin_fp32_leaves_integer_outputs_alone() -> None:
     trt = SimpleNamespace(LayerType=SimpleNamespace(TOPK="TOPK", REDUCE="REDUCE",
                                                     NORMALIZATION="NORM", SOFTMAX="SOFTMAX"),
                           float32="f32", float16="f16", bfloat16="bf16")
-    assert _pin_fp32(trt, network) == 2
+    assert _pin_fp32(trt, network) == 1
     assert layers[0].set == {0: "f32"} and layers[0].precision == "f32"
-    assert layers[1].set == {} and layers[2].precision is None
+    assert layers[1].set == {} and layers[1].precision is None  # integer reduction: untouched
+    assert layers[2].precision is None
+
+
+def test_a_foreign_timing_cache_is_replaced_not_fatal() -> None:
+    """A timing cache from another GPU/TensorRT does not attach (set_timing_cache -> False):
+    the build goes on with a fresh cache instead of failing after it."""
+    from types import SimpleNamespace
+
+    from evad.engines.builder import _configure
+
+    class Config(_RecordingConfig):
+        def __init__(self) -> None:
+            super().__init__()
+            self.caches: list[bytes] = []
+
+        def set_memory_pool_limit(self, pool, size) -> None:
+            pass
+
+        def add_optimization_profile(self, profile) -> None:
+            pass
+
+        def create_timing_cache(self, data: bytes) -> bytes:
+            return data
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+            self.caches.append(cache)
+            return cache == b""  # only a fresh cache matches
+
+    config = Config()
+    builder = SimpleNamespace(create_builder_config=lambda: config,
+                              create_optimization_profile=lambda: SimpleNamespace(
+                                  set_shape=lambda *a: None))
+    trt = SimpleNamespace(BuilderFlag=_Flags11, MemoryPoolType=SimpleNamespace(WORKSPACE=0),
+                          Dims=list, LayerType=SimpleNamespace())
+    logs: list[str] = []
+    _configure(trt, builder, _NoLayers(), "fp32", {"input_size": [H, W], "num_frames": 16},
+               (1, 1, 8), 1.0, b"old cache", logs.append)
+    assert config.caches == [b"old cache", b""]
+    assert any("timing cache does not match" in m for m in logs)
