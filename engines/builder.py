@@ -45,11 +45,14 @@ __all__ = ["PRECISIONS", "build", "check_batch_profile", "set_math_modes"]
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
 
-def check_batch_profile(batch: tuple[int, int, int]) -> tuple[int, int, int]:
-    """``(min, opt, max)`` clips per run; ConfigError unless 1 <= min <= opt <= max."""
+def check_batch_profile(batch: tuple[int, int, int],
+                        name: str | None = None) -> tuple[int, int, int]:
+    """``(min, opt, max)`` clips per run; ConfigError unless 1 <= min <= opt <= max. ``name``:
+    how the user wrote it (``--engine-batch '2,1,8'``), for the message."""
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"batch profile {tuple(batch)}: need 1 <= min <= opt <= max")
+        raise ConfigError(f"{name or f'batch profile {tuple(batch)}'}: need 1 <= MIN <= OPT "
+                          "<= MAX")
     return lo, opt, hi
 
 

@@ -34,9 +34,7 @@ def engine_batch(text: str) -> tuple[int, int, int]:
         lo, opt, hi = (int(x) for x in text.split(","))
     except ValueError as e:
         raise ConfigError(f"--engine-batch {text!r}: give MIN,OPT,MAX, e.g. 1,1,8") from e
-    if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"--engine-batch {text!r}: need 1 <= MIN <= OPT <= MAX")
-    return check_batch_profile((lo, opt, hi))
+    return check_batch_profile((lo, opt, hi), f"--engine-batch {text!r}")
 
 
 def missing_message(precision: str) -> str | None:
