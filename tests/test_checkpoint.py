@@ -131,9 +131,15 @@ def test_round_trip_and_outputs(tmp_path, clip_small) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.pth"]  # no temporary left behind
     loaded, meta = load_checkpoint(path)
     assert meta["preset"] == model.preset and len(meta["sha256"]) == 64
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    # random tiny weights give near-tied importance: two runs may break a tie differently (seen
+    # in 1 of ~10 CI runs), so the loaded copy is forced to the same kept tokens
     with torch.no_grad():
-        a, b = model(clip_small), loaded(clip_small)
-    assert torch.equal(a.action_logits, b.action_logits) and a.action_logits.shape[-1] == 24
+        a = model(clip_small)
+        b = loaded(clip_small, kept_indices=a.kept_indices)
+    torch.testing.assert_close(a.action_logits, b.action_logits, rtol=1e-5, atol=1e-6)
+    assert a.action_logits.shape[-1] == 24
 
 
 @pytest.mark.parametrize("wrap", ["model", "module", "state_dict", "bare", "prefixed"])
