@@ -10,14 +10,15 @@ split at its maximum. Needs no onnx: the engine's metadata is its JSON sidecar.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evad.command import check_input_file
 from evad.engines.environment import running_environment
 from evad.engines.metadata import check_engine_metadata, merged_metadata, read_engine_metadata
 from evad.errors import BackendError, EvadError
+from evad.hashing import file_sha256
 from evad.lazy import available, lazy_import
 from evad.plugins import PluginError, tensorrt
 from evad.plugins import load as load_plugins
@@ -72,13 +73,14 @@ class TrtRunner:
     """
 
     def __init__(self, path: str | os.PathLike, plugins: str | None = None) -> None:
+        self.path = check_input_file(path, "TensorRT engine")
         _check_can_run()
-        self.path = Path(path)
         #: the ``.engine.json`` sidecar as written by the builder
         self.engine_metadata = read_engine_metadata(self.path)
         #: the ONNX export's metadata updated with what the engine is
         self.metadata = merged_metadata(self.engine_metadata)
-        self.spec = ModelSpec.from_metadata(self.metadata, f"TensorRT engine {self.path}")
+        self.spec = ModelSpec.from_metadata(self.metadata, f"TensorRT engine {self.path}",
+                                            file_sha256(self.path))
         trt_module = load_plugins(plugins or self.engine_metadata.get("plugins", "cpp"))
         if not hasattr(trt_module, "Runtime"):
             raise BackendError("the TensorRT runtime is missing: pip install tensorrt")

@@ -18,6 +18,7 @@ Outputs:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,6 +62,7 @@ class ModelSpec:
     mean, std: normalisation, 0..1 scale, RGB.
     person_threshold: the official person score threshold.
     labels: action names, output i is action id i + 1.
+    sha256: the model file's SHA-256 (what a resumed run checks), None for a model in memory.
     """
 
     name: str
@@ -73,23 +75,61 @@ class ModelSpec:
     std: tuple[float, float, float]
     person_threshold: float
     labels: list[str] = field(default_factory=list)
+    sha256: str | None = None
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any], name: str) -> ModelSpec:
+    def from_metadata(cls, meta: dict[str, Any], name: str,
+                      sha256: str | None = None) -> ModelSpec:
         """From an artefact's evad metadata (ONNX ``evad.*`` props or an engine's sidecar).
 
         Raises:
-            BackendError: a key is missing or malformed.
+            BackendError: a key is missing, of the wrong type or out of range (named).
         """
-        try:
-            h, w = meta["input_size"]
-            return cls(name, (int(h), int(w)), int(meta["num_frames"]),
-                       int(meta["frame_stride"]), int(meta["short_side"]),
-                       int(meta["max_long_side"]), tuple(meta["mean"]), tuple(meta["std"]),
-                       float(meta["person_threshold"]), list(meta["labels"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise BackendError(f"{name} has incomplete evad metadata ({e}): re-export it with "
-                               "evad-export") from e
+        def bad(key: str, why: str) -> BackendError:
+            return BackendError(f"{name} has broken evad metadata: {key} {why}; re-export it "
+                                "with evad-export")
+
+        if not isinstance(meta, dict):
+            raise bad("(all)", "is not a mapping")
+        missing = [k for k in _SPEC_KEYS if k not in meta]
+        if missing:
+            raise bad(", ".join(missing), "missing")
+
+        def count(key: str, lo: int = 1, hi: int = 1 << 16) -> int:
+            v = meta[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise bad(key, f"= {v!r} is not an integer in {lo}..{hi}")
+            return v
+
+        size = meta["input_size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16
+                for v in size)):
+            raise bad("input_size", f"= {size!r} is not two positive integers")
+
+        def triple(key: str, positive: bool) -> tuple[float, float, float]:
+            v = meta[key]
+            ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and (x > 0 or not positive) for x in v)
+            if not ok:
+                raise bad(key, f"= {v!r} is not three finite numbers"
+                          + (" > 0" if positive else ""))
+            return (float(v[0]), float(v[1]), float(v[2]))
+
+        thr = meta["person_threshold"]
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
+            raise bad("person_threshold", f"= {thr!r} is not a number in [0, 1]")
+        labels = meta["labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise bad("labels", "is not a list of names")
+        return cls(name, (size[0], size[1]), count("num_frames"), count("frame_stride"),
+                   count("short_side"), count("max_long_side"), triple("mean", False),
+                   triple("std", True), float(thr), labels, sha256)
+
+
+_SPEC_KEYS = ("input_size", "num_frames", "frame_stride", "short_side", "max_long_side",
+              "mean", "std", "person_threshold", "labels")
 
 
 @runtime_checkable

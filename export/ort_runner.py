@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from evad.command import check_input_file
 from evad.errors import BackendError
+from evad.hashing import file_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
-from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
+from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, KEPT_IDX_PREFIX, ModelSpec
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -35,6 +37,35 @@ def available_providers() -> list[str]:
     return [p for p in (CUDA, CPU) if p in have]
 
 
+#: the graph's signature as the runtime reads it: name -> (ONNX Runtime type, rank)
+_INPUTS = {INPUT_CLIP: ("tensor(float)", 5), INPUT_IMAGE_SIZE: ("tensor(int64)", 2)}
+_OUTPUTS = {DETECTIONS[0]: ("tensor(float)", 3), DETECTIONS[1]: ("tensor(float)", 2),
+            DETECTIONS[2]: ("tensor(float)", 3)}
+
+
+def _check_signature(path: Path, session: ort.InferenceSession) -> None:
+    """Refuse a graph whose inputs or outputs are not the detector's (names, types, ranks)."""
+    have_in = {i.name: (i.type, len(i.shape)) for i in session.get_inputs()}
+    have_out = {o.name: (o.type, len(o.shape)) for o in session.get_outputs()}
+    for kind, want, have in (("input", _INPUTS, have_in), ("output", _OUTPUTS, have_out)):
+        for name, (dtype, rank) in want.items():
+            if name not in have:
+                raise BackendError(f"{path} has evad metadata but no {kind} {name!r} (it has "
+                                   f"{', '.join(have) or 'none'}): it is not an evad-export "
+                                   "graph; re-export it")
+            if have[name] != (dtype, rank):
+                raise BackendError(f"{path}: {kind} {name!r} is {have[name][0]} of rank "
+                                   f"{have[name][1]}, the detector's is {dtype} of rank {rank}; "
+                                   "re-export it")
+    extra_in = sorted(set(have_in) - set(_INPUTS))
+    if extra_in:
+        raise BackendError(f"{path} has inputs the detector does not feed: {extra_in}")
+    for name, (dtype, rank) in have_out.items():
+        if name.startswith(KEPT_IDX_PREFIX) and (dtype, rank) != ("tensor(int64)", 2):
+            raise BackendError(f"{path}: output {name!r} is {dtype} of rank {rank}, not int64 "
+                               "(B, K); re-export it")
+
+
 class OrtRunner:
     """An exported model in ONNX Runtime.
 
@@ -55,9 +86,10 @@ class OrtRunner:
 
     def __init__(self, path: str | os.PathLike, cuda: bool | None = None, threads: int = 0,
                  shrink_arena: bool = False) -> None:
-        self.path = Path(path)
+        self.path = check_input_file(path, "ONNX model")
         self.metadata = read_metadata(self.path)
-        self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}")
+        self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}",
+                                            file_sha256(self.path, f"{self.path}.data"))
         providers = available_providers()
         if cuda is False:
             providers = [CPU]
@@ -73,6 +105,7 @@ class OrtRunner:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"onnxruntime cannot load {self.path}: {first}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
+        _check_signature(self.path, self.session)
         self.providers = self.session.get_providers()
         if cuda and self.providers[0] != CUDA:  # onnxruntime falls back to CPU silently
             raise BackendError("onnxruntime's CUDA provider is installed but did not load (its "

@@ -18,13 +18,17 @@ from typing import Any
 import torch
 import yaml
 
+from evad.command import check_input_file, one_line
 from evad.errors import CheckpointError, ConfigError
 from evad.hashing import file_sha256
 from evad.models.evad import EVAD
 from evad.models.presets import LOC_ACTIVATIONS, POOLER_TYPES, PRESETS, Preset, get_preset
 
 __all__ = [
+    "WEIGHT_DTYPES",
     "cfg_from_preset",
+    "check_weights",
+    "convert_trusted",
     "load_checkpoint",
     "official_state_dict",
     "preset_from_cfg",
@@ -295,17 +299,92 @@ def save_checkpoint(model: EVAD, path: str | os.PathLike, epoch: int = 0,
     return path
 
 
+_CONVERT = "python -m evad.models.checkpoint --convert-trusted {path} {out}"
+
+
 def _read(path: Path, trusted: bool) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    check_input_file(path, "checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # torch.load raises many types for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ("it was saved with Python objects the safe loader refuses; if you trust the file, "
-                "load it with trusted=True" if "weights_only" in str(e) or "Unsupported global"
-                in str(e) else "is it truncated, or not a PyTorch checkpoint?")
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]} ({hint})") from e
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            out = path.with_name(path.stem + ".weights" + path.suffix)
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled Python objects besides tensors; loading those "
+                "runs code from the file (pickle can execute anything), so evad-deploy does not. "
+                "If you trust where it came from, convert it once to a weights-only file: "
+                + _CONVERT.format(path=path, out=out)) from e
+        reason = one_line(e)
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:300]} (is it truncated, "
+                              "or not a PyTorch checkpoint?)") from e
+
+
+def convert_trusted(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rewrite a TRUSTED checkpoint that holds pickled Python objects as one that the safe
+    loader reads: tensors, numbers, strings, lists and dicts only (other objects become their
+    ``str``). Loading ``src`` runs any code it holds: only for files you trust.
+
+    Returns:
+        ``dst``, written atomically.
+    """
+    obj = _read(Path(src), trusted=True)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.detach().clone()
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        torch.save(plain(obj), tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+#: the weight dtypes a checkpoint may store (fp32 training, fp16 / bf16 copies); loaded as fp32
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_weights(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  path: Path) -> str:
+    """Refuse weights that cannot be the model's: a floating tensor stored as an integer or in
+    an unexpected dtype, or with NaN / inf values (the key is named).
+
+    Returns:
+        the dtype(s) the floating weights were stored in (``float16``).
+    """
+    stored = set()
+    for k, ref in expected.items():
+        v = sd[k]
+        if ref.is_floating_point():
+            if v.dtype not in WEIGHT_DTYPES:
+                raise CheckpointError(
+                    f"{path}: weight {k!r} is stored as {str(v.dtype).removeprefix('torch.')}; "
+                    "EVAD's weights are float32, float16 or bfloat16 (an integer weight is a "
+                    "corrupt or quantized file)")
+            stored.add(str(v.dtype).removeprefix("torch."))
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise CheckpointError(f"{path}: weight {k!r} has {bad} of {v.numel()} values "
+                                      "that are NaN or infinite: the training diverged or the "
+                                      "file is corrupt")
+        elif v.dtype != ref.dtype:
+            raise CheckpointError(f"{path}: buffer {k!r} is {v.dtype}, the model's is "
+                                  f"{ref.dtype}")
+    return "+".join(sorted(stored)) or "none"
 
 
 def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -341,7 +420,7 @@ def _preset_from_shapes(sd: Mapping[str, torch.Tensor]) -> Preset:
         raise CheckpointError("the state dict has no det_head.decoder.blocks.0.action_logits: "
                               "it is not an EVAD checkpoint") from None
     shapes = {k: tuple(v.shape) for k, v in sd.items() if not _TRAINING_ONLY.match(k)}
-    for name in ("vit_b_ktp", "vit_l_ktp", "tiny"):
+    for name in PRESETS:
         p = get_preset(name, num_classes=classes)
         with torch.device("meta"):
             ref = EVAD(p).state_dict()
@@ -373,11 +452,13 @@ def load_checkpoint(
 
     Returns:
         (model, meta) where meta holds ``preset`` (Preset), ``preset_source`` ("argument", "cfg"
-        or "shapes"), ``trained_keep_rates``, ``epoch``, ``sha256`` and ``path``.
+        or "shapes"), ``trained_keep_rates``, ``epoch``, ``sha256``, ``path`` and ``dtype`` (what
+        the weights were stored as; the model is float32).
 
     Raises:
-        CheckpointError: unreadable file, no state dict, missing or unexpected keys (listed), or
-            tensors whose shapes do not fit the preset.
+        CheckpointError: unreadable file, pickled objects (unless ``trusted``), no state dict,
+            missing or unexpected keys (listed), tensors whose shapes do not fit the preset,
+            integer or non-finite weights, or a config with wrong types or sizes.
     """
     path = Path(path)
     sd, extra = _extract_state_dict(_read(path, trusted), path)
@@ -407,8 +488,38 @@ def load_checkpoint(
     if wrong:
         raise CheckpointError(f"{path}: {len(wrong)} tensor(s) have shapes that do not fit preset "
                               f"{p.name!r} ({source}): {'; '.join(wrong[:4])}")
+    dtype = check_weights(sd, expected, path)
     model.load_state_dict(sd, strict=True)
     model.eval()
     meta = {"preset": p, "preset_source": source, "trained_keep_rates": trained,
-            "epoch": extra.get("epoch"), "sha256": file_sha256(path), "path": str(path)}
+            "epoch": extra.get("epoch"), "sha256": file_sha256(path), "path": str(path),
+            "dtype": dtype}
     return model, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evad.models.checkpoint --convert-trusted SRC DST``."""
+    import argparse
+
+    from evad.command import ArgumentParser, run_command
+
+    ap = ArgumentParser(prog="python -m evad.models.checkpoint", description="Convert a "
+                        "TRUSTED checkpoint that holds pickled Python objects into a weights-only "
+                        "file that evad-deploy loads safely. Loading SRC runs any code it holds.")
+    ap.add_argument("--convert-trusted", nargs=2, metavar=("SRC", "DST"), type=Path,
+                    required=True)
+    args: argparse.Namespace = ap.parse_args(argv)
+
+    def body() -> int:
+        src, dst = args.convert_trusted
+        out = convert_trusted(src, dst)
+        model, meta = load_checkpoint(out)
+        print(f"wrote {out}: preset {meta['preset'].name} ({meta['preset_source']}), weights "
+              f"{meta['dtype']}; it loads without trusted=True")
+        return 0
+
+    return run_command(ap.prog, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,25 @@ POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")
 LOC_ACTIVATIONS = ("relu", "gelu")
 
 
+# Bounds that no EVAD configuration comes near (ViT-L: width 1024, depth 24, 16 heads), so that
+# a corrupt or hostile config is refused instead of allocating tens of GB.
+_INT_RANGES = {
+    "embed_dim": (8, 4096), "depth": (1, 64), "num_heads": (1, 64), "patch_size": (1, 64),
+    "tubelet_size": (1, 16), "num_frames": (1, 256), "fpn_dim": (8, 4096),
+    "num_proposals": (1, 1000), "loc_stages": (1, 16), "loc_heads": (1, 64),
+    "dynamic_dim": (1, 1024), "loc_ffn_dim": (1, 16384), "num_cls_layers": (0, 16),
+    "num_reg_layers": (0, 16), "pooler_resolution": (1, 64), "pooler_sampling_ratio": (-1, 64),
+    "decoder_dim": (8, 4096), "decoder_depth": (1, 64), "decoder_heads": (1, 64),
+    "action_pooler_resolution": (1, 64), "action_pooler_stride": (1, 256),
+    "action_hidden": (1, 16384), "num_classes": (1, 10000), "num_eval_act_classes": (0, 10000),
+    "frame_stride": (1, 64), "short_side": (32, 4096), "max_long_side": (32, 16384),
+}
+_FLOAT_RANGES = {"mlp_ratio": (0.01, 64.0), "decoder_mlp_ratio": (0.0, 64.0),
+                 "keyframe_weight": (0.0, 1e6), "person_threshold": (0.0, 1.0),
+                 "layer_norm_eps": (0.0, 1.0)}
+_MAX_ENCODER_PARAMS = 2e9
+
+
 @dataclass(frozen=True)
 class Preset:
     """Sizes and constants of one EVAD model.
@@ -122,7 +141,9 @@ class Preset:
         return (q, 2 * q, 3 * q)
 
     def validate(self) -> None:
-        """Raise ConfigError when fields contradict each other."""
+        """Raise ConfigError when a field has the wrong type, is out of range, or contradicts
+        another (the message names the field)."""
+        self._validate_types()
         if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
             raise ConfigError(f"{self.name}: widths must be divisible by the head counts")
         if self.fpn_dim % self.loc_heads:
@@ -140,6 +161,48 @@ class Preset:
             raise ConfigError(f"{self.name}: pretrain_grid[0] = {self.pretrain_grid[0]} must be "
                               f"num_frames / tubelet_size = {self.num_frames // self.tubelet_size}")
         self._validate_heads()
+
+    def _validate_types(self) -> None:
+        """Each field of the type it declares and in a range a real EVAD can have, so that a
+        bad config is refused before torch allocates for it (a cfg asking for a 4096-wide,
+        64-deep encoder would need over 50 GB)."""
+        for name, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"{self.name}: {name} = {v!r} must be an integer in {lo}..{hi}")
+        for name, (lo, hi) in _FLOAT_RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    math.isfinite(v) and lo <= v <= hi):
+                raise ConfigError(f"{self.name}: {name} = {v!r} must be a finite number in "
+                                  f"[{lo:g}, {hi:g}]")
+        for name, n, positive in (("mean", 3, False), ("std", 3, True), ("box_extend", 2, False),
+                                  ("box_weights", 4, True), ("pretrain_grid", 3, True),
+                                  ("fpn_taps", 4, False)):
+            v = getattr(self, name)
+            ok = isinstance(v, tuple) and len(v) == n and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and (x > 0 if positive else x >= 0) for x in v)
+            if not ok:
+                raise ConfigError(f"{self.name}: {name} = {v!r} must be {n} finite numbers"
+                                  + (" > 0" if positive else " >= 0"))
+        if not all(isinstance(x, str) for x in self.labels) or (
+                self.labels and len(self.labels) != self.num_classes):
+            raise ConfigError(f"{self.name}: labels must be {self.num_classes} names (one per "
+                              f"class) or none, not {len(self.labels)}")
+        if not isinstance(self.softmax_pose, bool):
+            raise ConfigError(f"{self.name}: softmax_pose = {self.softmax_pose!r} must be true "
+                              "or false")
+        if self.qk_scale is not None and (isinstance(self.qk_scale, bool) or not isinstance(
+                self.qk_scale, (int, float))):
+            raise ConfigError(f"{self.name}: qk_scale = {self.qk_scale!r} must be null or a "
+                              "number")
+        params = self.depth * self.embed_dim ** 2 * (4 + 2 * self.mlp_ratio)
+        if params > _MAX_ENCODER_PARAMS:
+            raise ConfigError(f"{self.name}: an encoder of depth {self.depth} and width "
+                              f"{self.embed_dim} has {params / 1e9:.1f} G parameters; EVAD's "
+                              f"largest (ViT-L) has 0.3 G and this reference builds at most "
+                              f"{_MAX_ENCODER_PARAMS / 1e9:.0f} G")
 
     def _validate_heads(self) -> None:
         """The RoI poolers, activations and score options, with the official behaviour each

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from evad.errors import EvadError
 from evad.models.checkpoint import load_checkpoint
 from evad.models.evad import EVAD
 from evad.models.flops import token_counts
@@ -62,13 +61,12 @@ class TorchRunner:
         """Load a checkpoint (any layout ``load_checkpoint`` reads).
 
         Raises:
-            EvadError: the file is missing or is not an EVAD checkpoint.
+            CheckpointError: the file is missing, unreadable, or not a valid EVAD checkpoint.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise EvadError(f"checkpoint {path} does not exist")
-        model, _ = load_checkpoint(path)
-        return cls(model, f"checkpoint {path}", device)
+        model, meta = load_checkpoint(path)
+        runner = cls(model, f"checkpoint {path}", device)
+        runner.spec = dataclasses.replace(runner.spec, sha256=meta["sha256"])
+        return runner
 
     def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
         """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 -> the graph's outputs."""

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evad.command import check_input_file
 from evad.engines.metadata import onnx_sha256, sidecar_path
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import BackendError, EvadError
@@ -87,6 +88,10 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
     """
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    # each named file first, so that a typo is said as such, not as a backend problem
+    for path, what in ((engine, "TensorRT engine"), (onnx, "ONNX model"), (ckpt, "checkpoint")):
+        if path is not None:
+            check_input_file(path, what)
     ort_kw = {"threads": threads, "shrink_arena": shrink_arena}
     if kind == "trt":
         engine = engine or sibling_engine(onnx)

@@ -8,9 +8,7 @@ runtime: the synthetic video generator and the exporter).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,14 +16,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from evad.command import ArgumentParser, check_name, check_output_dir, number, run_command
 from evad.errors import ConfigError, EvadError
+from evad.hashing import content_identity
+from evad.run_lock import FolderLock
+from evad.runner import Runner
 from evad.runtime.backends import BACKENDS, open_runner
 from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
 from evad.runtime.pipeline import detect
 from evad.runtime.preprocess import Preprocessor
 from evad.runtime.render import render_video
 from evad.runtime.sampling import expected_keyframes
-from evad.runtime.video import open_video
+from evad.runtime.video import VideoInfo, open_video
 
 __all__ = ["main", "parser"]
 
@@ -43,16 +45,19 @@ examples:
 
 Outputs in --out: detections.csv (AVA format: video_id, timestamp, x1, y1, x2, y2 normalised,
 action_id, score; every class >= --csv-min-score), detections.jsonl (one object per keyframe:
-time, frame, boxes in pixels, person score, actions >= --action-threshold), run.json (settings
-and summary) and with --render annotated.mp4. While running, detections go to *.partial files,
-flushed per batch; they are renamed into place at the end.
+time, frame, boxes in pixels, person score, actions >= --action-threshold), run.json (settings,
+summary, and each file's size and SHA-256) and with --render annotated.mp4. While running,
+detections go to --out/.evad-staging/, flushed per batch; a finished run already in --out is
+replaced only when the new one completes. One run at a time per --out (.evad.lock names it).
+Set EVAD_DEBUG=1 for tracebacks.
 """
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=_PROG, description="Detect people and their actions in a video with an EVAD "
-        "model: one keyframe per --keyframe-stride seconds, a 16 x 4 frame clip around each.",
+        "model: one keyframe per --keyframe-stride seconds, a clip of the model's frames "
+        "around each.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("video", nargs="?", type=Path, default=None,
                     help="video file (any container OpenCV reads) or a directory of frames "
@@ -65,35 +70,37 @@ def parser() -> argparse.ArgumentParser:
                        help="auto (default): the fastest that is available for the given "
                        "model(s): TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, "
                        "torch CPU")
-    model.add_argument("--threads", type=int, default=0,
+    model.add_argument("--threads", type=number(0, 1024, integer=True), default=0,
                        help="ONNX Runtime intra-op threads (0 = its default)")
     run = ap.add_argument_group("sampling and detection")
-    run.add_argument("--keyframe-stride", type=float, default=1.0,
+    run.add_argument("--keyframe-stride", type=number(0, 3600, lo_open=True), default=1.0,
                      help="seconds between keyframes (default 1.0, the AVA protocol)")
-    run.add_argument("--batch-size", type=int, default=0,
+    run.add_argument("--batch-size", type=number(0, 4096, integer=True), default=0,
                      help="clips per backend call (default: 8 on a GPU, 1 on the CPU)")
-    run.add_argument("--person-threshold", type=float, default=None,
+    run.add_argument("--person-threshold", type=number(0, 1), default=None,
                      help="person score threshold (default: the model's, 0.7 officially)")
     run.add_argument("--keep-all-if-none", action="store_true",
                      help="the official evaluation's fallback: keep every box on a keyframe "
                      "where none passes the person threshold")
-    run.add_argument("--action-threshold", type=float, default=0.5,
+    run.add_argument("--action-threshold", type=number(0, 1), default=0.5,
                      help="actions shown in the JSONL and video (default 0.5)")
-    run.add_argument("--top-k", type=int, default=5,
+    run.add_argument("--top-k", type=number(0, 10000, integer=True), default=5,
                      help="at most this many actions per person in the JSONL (default 5)")
-    run.add_argument("--csv-min-score", type=float, default=0.0,
+    run.add_argument("--csv-min-score", type=number(0, 1), default=0.0,
                      help="CSV rows for action scores >= this (default 0: every class)")
-    run.add_argument("--fps", type=float, default=None,
+    run.add_argument("--fps", type=number(0, 10000, lo_open=True), default=None,
                      help="frame rate of a frame directory (default 30); video files use "
                      "their container timestamps")
     out = ap.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None,
-                     help="output folder (default runs/<video name>)")
+                     help="output folder (default runs/<video id>); one run at a time")
     out.add_argument("--video-id", default=None,
-                     help="first CSV column (default: the video file's stem)")
+                     help="first CSV column and the default folder name (default: the video "
+                     "file's stem); a plain name")
     out.add_argument("--render", action="store_true", help="also write annotated.mp4")
     out.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run in --out")
+                     help="continue the interrupted run in --out (refused if the model, the "
+                     "video or a setting changed)")
     out.add_argument("--quiet", action="store_true", help="no progress bar; only the summary")
     return ap
 
@@ -118,51 +125,25 @@ def main(argv: list[str] | None = None, *, default_video: Default | None = None,
         # `kill` (SIGTERM) ends the run like Ctrl-C: the finished keyframes stay resumable.
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(args, state, default_video, default_model)
-    except (EvadError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{_PROG}: error: {msg}", file=sys.stderr)
-        return 2
-    except Exception as e:  # a library error (onnxruntime, OpenCV, torch): still one line
-        if os.environ.get("EVAD_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{_PROG}: error: {type(e).__name__}: {msg[:300]} (set EVAD_DEBUG=1 for the "
-              "traceback)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        writer = state.get("writer")
-        if writer is not None and writer.jsonl_path.is_file() and state.get("finished"):
-            print(f"\n{_PROG}: interrupted while rendering; the detections are complete in "
-                  f"{writer.out_dir}", file=sys.stderr)
-        elif writer is not None:
-            print(f"\n{_PROG}: interrupted after {len(writer.records)} keyframes; they are in "
-                  f"{writer.jsonl_path}.partial; rerun with --resume to continue",
-                  file=sys.stderr)
-        else:
-            print(f"\n{_PROG}: interrupted before any output was written", file=sys.stderr)
-        return 130
+        return run_command(_PROG, lambda: _run(args, state, default_video, default_model),
+                           interrupted=lambda: _interrupted(state))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _validate(args: argparse.Namespace) -> None:
-    if not args.keyframe_stride > 0:
-        raise ConfigError(f"--keyframe-stride must be > 0 seconds, not {args.keyframe_stride}")
-    if args.batch_size < 0:
-        raise ConfigError("--batch-size must be >= 1 (or 0 for the default)")
-    if args.person_threshold is not None and not 0 <= args.person_threshold <= 1:
-        raise ConfigError("--person-threshold must be in [0, 1]")
-    if not 0 <= args.action_threshold <= 1:
-        raise ConfigError("--action-threshold must be in [0, 1]")
-    if args.top_k < 0:
-        raise ConfigError("--top-k must be >= 0")
+def _interrupted(state: dict) -> str:
+    writer = state.get("writer")
+    if writer is not None and writer.committed:
+        return f"interrupted while rendering; the detections are complete in {writer.out_dir}"
+    if state.get("resumable"):
+        return (f"interrupted after {len(writer.records)} keyframes; they are staged in "
+                f"{writer.staging}; rerun with --resume to continue")
+    return "interrupted before any keyframe was written; nothing was left"
 
 
 def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
          default_model: Default | None) -> int:
-    _validate(args)
     q = args.quiet
     t_start = time.perf_counter()
     # Everything that can refuse the input runs before a file is written.
@@ -172,6 +153,13 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
             raise ConfigError("no video: pass a video file or a directory of frames")
         video = default_video()
     info = open_video(video, args.fps)
+    video_id = check_name(args.video_id or info.video_id, "video id" if args.video_id is None
+                          else "--video-id")
+    if any(c in video_id for c in ',"'):
+        raise ConfigError(f"video id {video_id!r} has a comma or quote, which the AVA CSV "
+                          "cannot hold: pass --video-id NAME")
+    out_dir = args.out if args.out is not None else Path("runs") / video_id
+    check_output_dir(out_dir, "--out")
     onnx = args.onnx
     if args.engine is None and args.onnx is None and args.ckpt is None:
         if default_model is None:
@@ -184,19 +172,15 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
                               spec.mean, spec.std, spec.input_size, spec.name)
     batch = args.batch_size or (8 if backend.on_gpu else 1)
     person_thr = spec.person_threshold if args.person_threshold is None else args.person_threshold
-    video_id = args.video_id or info.video_id
-    if any(c in video_id for c in ',\n\r"'):
-        raise ConfigError(f"video id {video_id!r} has a comma, quote or newline, which the AVA "
-                          "CSV cannot hold: pass --video-id NAME")
-    out_dir = args.out if args.out is not None else Path("runs") / video_id
-    stat = info.path.stat()
     settings = {
-        "video": str(info.path.resolve()), "video_bytes": stat.st_size if not info.is_directory
-        else len(info.frames), "model": spec.name, "keyframe_stride": args.keyframe_stride,
+        "model_sha256": spec.sha256, "backend": backend.name,
+        "video_identity": content_identity(info.path), "fps": info.fps,
+        "input_size": list(pre.padded), "keyframe_stride": args.keyframe_stride,
         "person_threshold": person_thr, "keep_all_if_none": args.keep_all_if_none,
         "action_threshold": args.action_threshold, "top_k": args.top_k,
-        "csv_min_score": args.csv_min_score, "video_id": video_id, "fps": info.fps,
+        "csv_min_score": args.csv_min_score, "video_id": video_id,
     }
+    source = {"video": str(info.path.resolve()), "model": spec.name}
 
     src = (f"{len(info.frames)} frames at an assumed {info.fps:g} fps" if info.is_directory
            else f"{info.codec}, {info.fps:.3g} fps, ~{info.duration_s:.1f} s")
@@ -205,10 +189,30 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
          + f"; input {pre.padded[0]}x{pre.padded[1]}, frames resized to "
          f"{pre.resized[1]}x{pre.resized[0]}, batch {batch}", q)
 
-    writer = DetectionWriter(out_dir, video_id, spec.labels, settings, args.action_threshold,
-                             args.top_k, args.csv_min_score, resume=args.resume)
-    writer.open()
+    created = not out_dir.exists()
+    with FolderLock(out_dir, _PROG) as lock:
+        if lock.taken_over:
+            _log(lock.taken_over, q)
+        writer = DetectionWriter(out_dir, video_id, spec.labels, settings, args.action_threshold,
+                                 args.top_k, args.csv_min_score, resume=args.resume,
+                                 source=source)
+        try:
+            code = _detect_and_write(args, state, info, backend, pre, writer, batch, person_thr,
+                                     t_start)
+        except BaseException:
+            state["resumable"] = writer.abandon()
+            raise
+    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    return code
+
+
+def _detect_and_write(args: argparse.Namespace, state: dict, info: VideoInfo, backend: Runner,
+                      pre: Preprocessor, writer: DetectionWriter, batch: int,
+                      person_thr: float, t_start: float) -> int:
+    q = args.quiet
     state["writer"] = writer
+    writer.open()
     if writer.resume_note:
         _log(writer.resume_note, q)
     total = expected_keyframes(info.duration_s - 1.0 / info.fps, args.keyframe_stride)
@@ -228,13 +232,12 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
         "decode_s": round(stats.producer_s, 3), "frames": stats.frames,
     }
     writer.finish(summary)
-    state["finished"] = True
     if args.render:
-        video_path = out_dir / VIDEO_NAME
         with tqdm(total=info.frame_count, desc="render", unit="frame", disable=q,
                   leave=False, dynamic_ncols=True) as bar:
-            render_video(info, writer.records, video_path, on_frame=bar.update)
-        files.append(video_path)
+            render_video(info, writer.records, writer.staged_path(VIDEO_NAME),
+                         on_frame=bar.update)
+        files.append(writer.add_output(VIDEO_NAME))
     print(f"{_PROG}: {summary['keyframes']} keyframes"
           + (f" ({writer.resumed} resumed)" if writer.resumed else "")
           + f", {summary['people']} people, {stats.clips_per_s:.2f} clips/s, backend "

@@ -1,12 +1,18 @@
 """Detection files: ``detections.csv`` (AVA format), ``detections.jsonl``, ``run.json``.
 
-While a run is going, detections are appended to ``detections.csv.partial`` and
-``detections.jsonl.partial`` and flushed after every batch (CSV first, so every keyframe in the
-JSONL has its CSV rows); a run killed at any moment leaves every finished keyframe readable
-there, and ``--resume`` continues from them. At the end both are renamed into place
-(``os.replace``: a reader sees the old file or the whole new one, never half of one).
-``run.json`` records the settings (so a resume with other settings is refused) and, at the end,
-the summary.
+A run writes into a staging folder, ``OUT/.evad-staging/``: its ``run.json`` (settings,
+``complete: false``), ``detections.csv`` and ``detections.jsonl``, appended and flushed after
+every batch (CSV first, so every keyframe in the JSONL has its CSV rows). A run killed at any
+moment leaves every finished keyframe readable there, and ``--resume`` continues from them. A
+finished run in ``OUT`` is not touched until the new one completes; then its files are moved
+into ``OUT`` (``os.replace``: each file is the old one or the whole new one) and ``OUT/run.json``
+is rewritten last, naming every file beside it with its size and SHA-256. While the files move,
+``OUT/run.json`` says ``complete: false``: at no moment does a ``run.json`` that says complete
+sit beside files of another run.
+
+The settings a resume must match are the content of the model (its SHA-256) and of the video
+(size, and the SHA-256 of its first and last MiB) and every option that changes results; the
+paths are recorded but not compared, so the same file under another spelling resumes.
 
 CSV rows (no header, AVA's result format): ``video_id, timestamp, x1, y1, x2, y2, action_id,
 score`` with the box normalised by the frame size, one row per person and action whose
@@ -21,17 +27,21 @@ JSONL: one object per keyframe, ``{"keyframe", "time", "frame", "frame_time", "p
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from evad.atomic import atomic_write, write_json_atomic
 from evad.errors import EvadError
+from evad.hashing import file_sha256
 from evad.runtime.postprocess import Person
 from evad.runtime.sampling import Keyframe
 
-__all__ = ["CsvRow", "DetectionWriter", "by_score", "csv_rows", "format_csv_row", "format_time",
-           "write_csv_atomic", "write_json_atomic"]
+__all__ = ["STAGING", "CsvRow", "DetectionWriter", "by_score", "csv_rows", "format_csv_row",
+           "format_time", "write_csv_atomic"]
 
 T = TypeVar("T")
 #: one AVA detection row: video id, keyframe time (s), normalised x1 y1 x2 y2, action id
@@ -40,7 +50,8 @@ CsvRow = tuple[str, float, tuple[float, float, float, float], int, float]
 
 CSV_NAME, JSONL_NAME, RUN_NAME, VIDEO_NAME = ("detections.csv", "detections.jsonl", "run.json",
                                               "annotated.mp4")
-PARTIAL = ".partial"
+#: the folder inside ``--out`` where a run writes until it completes
+STAGING = ".evad-staging"
 
 
 def format_time(t: float) -> str:
@@ -67,6 +78,9 @@ def csv_rows(video_id: str, time_s: float, people: Iterable[Person],
     rows: list[CsvRow] = []
     for p in people:
         box = tuple(float(v) for v in p.box_norm)
+        if not all(math.isfinite(v) for v in (*box, *map(float, p.action_probs))):
+            raise EvadError(f"the model gave NaN or infinite values for a person at {time_s} s "
+                            "(its weights or input are broken): nothing was written for it")
         rows.extend((video_id, time_s, box, c + 1, float(s))  # type: ignore[misc]
                     for c, s in enumerate(p.action_probs) if s >= min_score)
     return by_score(rows, lambda r: r[4])
@@ -80,57 +94,66 @@ def format_csv_row(row: CsvRow) -> str:
 
 
 def write_csv_atomic(rows: Iterable[CsvRow], path: str | os.PathLike) -> None:
-    """A whole AVA detection CSV, written through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.writelines(format_csv_row(r) for r in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A whole AVA detection CSV, whole or not at all (``evad.atomic``)."""
+    with atomic_write(path, "w", newline="") as f:
+        f.writelines(format_csv_row(r) for r in rows)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first setting that differs, said for a person (``""``: none)."""
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            what = {"model_sha256": "the model file's content (SHA-256)",
+                    "video_identity": "the video's content (size / first and last MiB)"
+                    }.get(k, k)
+            a, b = old.get(k), new.get(k)
+            if isinstance(a, str) and len(a) == 64:
+                a, b = f"{a[:12]}...", f"{str(b)[:12]}..."
+            return f"{what}: {a!r} then, {b!r} now"
+    return ""
 
 
 class DetectionWriter:
-    """Append detections per batch; finish by moving them into place.
+    """Append detections per batch into the staging folder; finish by moving them into place.
 
     Args:
         out_dir: the output folder (created).
         video_id: first CSV column.
         labels: action names (id i + 1 is ``labels[i]``).
-        settings: what must match for ``--resume`` (video, model, stride, thresholds).
+        settings: what must match for ``--resume``: model and video content, options.
         action_threshold: JSONL ``actions`` keep probabilities >= this.
         top_k: at most this many JSONL ``actions`` per person.
         csv_min_score: CSV rows for probabilities >= this.
-        resume: continue the unfinished run in ``out_dir`` (else any unfinished run there is
-            discarded).
+        resume: continue the unfinished run staged in ``out_dir`` (else any unfinished run
+            there is discarded).
+        source: recorded in ``run.json``, never compared (paths, model name).
+
+    The caller holds ``out_dir``'s ``FolderLock`` for the writer's life.
     """
 
     def __init__(self, out_dir: Path, video_id: str, labels: Sequence[str],
                  settings: dict[str, Any], action_threshold: float = 0.5, top_k: int = 5,
-                 csv_min_score: float = 0.0, resume: bool = False) -> None:
+                 csv_min_score: float = 0.0, resume: bool = False,
+                 source: dict[str, Any] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.video_id = video_id
         self.labels = list(labels)
         self.settings = settings
+        self.source = dict(source or {})
         self.action_threshold = action_threshold
         self.top_k = top_k
         self.csv_min_score = csv_min_score
         self.csv_path = self.out_dir / CSV_NAME
         self.jsonl_path = self.out_dir / JSONL_NAME
         self.run_path = self.out_dir / RUN_NAME
-        self._csv_part = self.out_dir / (CSV_NAME + PARTIAL)
-        self._jsonl_part = self.out_dir / (JSONL_NAME + PARTIAL)
+        self.staging = self.out_dir / STAGING
+        self._csv_part = self.staging / CSV_NAME
+        self._jsonl_part = self.staging / JSONL_NAME
+        self._run_part = self.staging / RUN_NAME
         self.records: list[dict] = []  # every keyframe's JSONL object, resumed ones included
         self.resumed = 0
         self.resume_note = ""
+        self.committed = False
         self._csv: IO[str] | None = None
         self._jsonl: IO[str] | None = None
         self._resume = resume
@@ -138,35 +161,39 @@ class DetectionWriter:
     # -- opening ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the folder and partial files (or pick up the unfinished run to resume).
+        """Create the staging folder and files (or pick up the staged run to resume).
 
         Raises:
-            EvadError: ``--resume`` of a run with other settings.
+            EvadError: ``--resume`` of a run with other settings (the first difference named).
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self._resume and self._jsonl_part.is_file():
             self._load_partial()
         else:
             if self._resume:
-                self.resume_note = f"nothing to resume in {self.out_dir}: starting from the start"
-            for p in (self._csv_part, self._jsonl_part):
-                p.unlink(missing_ok=True)
-        write_json_atomic(self.run_path, {"complete": False, "settings": self.settings})
-        self._csv = open(self._csv_part, "a", newline="")  # noqa: SIM115 - kept open all run
-        self._jsonl = open(self._jsonl_part, "a")  # noqa: SIM115
+                self.resume_note = (f"nothing to resume in {self.out_dir}: starting from the "
+                                    "start")
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir()
+        write_json_atomic(self._run_part, self._state(complete=False))
+        self._csv = open(self._csv_part, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._jsonl = open(self._jsonl_part, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _state(self, complete: bool, **more: Any) -> dict[str, Any]:
+        return {"complete": complete, "settings": self.settings, "source": self.source, **more}
 
     def _load_partial(self) -> None:
         try:
-            old = json.loads(self.run_path.read_text()).get("settings", {})
-        except (OSError, ValueError):
-            old = {}
-        diff = sorted(k for k in set(old) | set(self.settings)
-                      if old.get(k) != self.settings.get(k))
+            old = json.loads(self._run_part.read_text(encoding="utf-8")).get("settings", {})
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if not isinstance(old, dict):
+            raise EvadError(f"cannot resume: {self._run_part} is unreadable, so what the staged "
+                            "run was made with is unknown; drop --resume to start again")
+        diff = _changed(old, self.settings)
         if diff:
-            k = diff[0]
-            raise EvadError(f"cannot resume: {self.out_dir} holds a run with {k} = "
-                            f"{old.get(k)!r}, this one has {self.settings.get(k)!r}; use another "
-                            "--out or drop --resume")
+            raise EvadError(f"cannot resume {self.out_dir}: {diff}; use another --out or drop "
+                            "--resume to start again")
         # Keep the complete lines of the JSONL (a kill can cut the last one) ...
         raw = self._jsonl_part.read_bytes()
         good_end = 0
@@ -183,14 +210,13 @@ class DetectionWriter:
         # ... and the CSV rows of exactly those keyframes (the CSV is written first, so it may
         # hold rows of a batch whose JSONL lines were not written).
         done_times = {format_time(r["time"]) for r in self.records}
-        tmp = self._csv_part.with_name(self._csv_part.name + ".tmp")
         if self._csv_part.is_file():
-            with open(self._csv_part, newline="") as src, open(tmp, "w", newline="") as dst:
+            with open(self._csv_part, newline="", encoding="utf-8") as src, atomic_write(
+                    self._csv_part, "w", newline="") as dst:
                 for row in src:
                     parts = row.split(",")
                     if row.endswith("\n") and len(parts) == 8 and parts[1] in done_times:
                         dst.write(row)
-            os.replace(tmp, self._csv_part)
         self.resumed = len(self.records)
         self.resume_note = (f"resuming {self.out_dir}: {self.resumed} keyframes already done"
                             + (f", up to {self.records[-1]['time']} s" if self.records else ""))
@@ -207,6 +233,7 @@ class DetectionWriter:
         assert self._csv is not None and self._jsonl is not None, "call open() first"
         csv_lines = []
         json_lines = []
+        recs = []
         for kf, people in items:
             csv_lines += [format_csv_row(r) for r in csv_rows(self.video_id, kf.time_s, people,
                                                                self.csv_min_score)]
@@ -218,27 +245,69 @@ class DetectionWriter:
                                "actions": p.top_actions(self.labels, self.action_threshold,
                                                         self.top_k)}
                               for p in people]}
-            self.records.append(rec)
-            json_lines.append(json.dumps(rec) + "\n")
+            recs.append(rec)
+            json_lines.append(json.dumps(rec, allow_nan=False) + "\n")
         self._csv.write("".join(csv_lines))
         self._csv.flush()
         self._jsonl.write("".join(json_lines))
         self._jsonl.flush()
+        self.records.extend(recs)
 
     def close(self) -> None:
-        """Close the partial files (they stay, for ``--resume``)."""
+        """Close the staged files (they stay, for ``--resume``)."""
         for f in (self._csv, self._jsonl):
             if f is not None:
                 f.close()
         self._csv = self._jsonl = None
 
+    def abandon(self) -> bool:
+        """After a failure: close, and remove the staging folder when it holds no keyframe
+        (nothing to resume). Returns whether resumable keyframes stay staged."""
+        self.close()
+        if self.records or self.committed:
+            return bool(self.records) and not self.committed
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return False
+
+    def _files(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {n: {"bytes": (self.out_dir / n).stat().st_size,
+                    "sha256": file_sha256(self.out_dir / n)} for n in names}
+
     def finish(self, summary: dict[str, Any]) -> None:
-        """Move the detections into place and record the summary in ``run.json``."""
+        """Move the staged detections into ``out_dir`` and rewrite its ``run.json`` last.
+
+        A finished run that was there is replaced only now; its ``annotated.mp4`` is removed
+        (it showed the other run). If this is killed half-way, ``run.json`` says
+        ``complete: false``."""
         self.close()
         for f in (self._csv_part, self._jsonl_part):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        self.summary = summary
+        if self.run_path.exists():
+            write_json_atomic(self.run_path, {
+                "complete": False, "note": "a new run is replacing the files here; the "
+                "detections may be of either run until this says complete"})
+        (self.out_dir / VIDEO_NAME).unlink(missing_ok=True)
         os.replace(self._csv_part, self.csv_path)
         os.replace(self._jsonl_part, self.jsonl_path)
-        write_json_atomic(self.run_path, {"complete": True, "settings": self.settings,
-                                          "summary": summary})
+        write_json_atomic(self.run_path, self._state(
+            True, summary=summary, files=self._files((CSV_NAME, JSONL_NAME))))
+        self.committed = True
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def staged_path(self, name: str) -> Path:
+        """Where to write an extra output (``annotated.mp4``) before :meth:`add_output`."""
+        self.staging.mkdir(exist_ok=True)
+        return self.staging / name
+
+    def add_output(self, name: str) -> Path:
+        """Move a finished extra output from staging into ``out_dir`` and list it in
+        ``run.json``."""
+        assert self.committed, "finish() first"
+        final = self.out_dir / name
+        os.replace(self.staging / name, final)
+        write_json_atomic(self.run_path, self._state(
+            True, summary=self.summary, files=self._files((CSV_NAME, JSONL_NAME, name))))
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return final

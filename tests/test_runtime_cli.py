@@ -7,6 +7,7 @@ The tiny model has random (calmed) weights, so its detections mean nothing; the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -71,7 +72,8 @@ def _rows(path: Path) -> list[list[str]]:
 def _check_outputs(out: Path, video_id: str, fps: float, n_keyframes: int,
                    frame_size: tuple[int, int], stride: float = 1.0) -> list[dict]:
     """Assert the CSV and JSONL are complete and consistent; return the JSONL records."""
-    assert sorted(p.name for p in out.iterdir() if p.name.endswith((".partial", ".tmp"))) == []
+    # nothing staged or locked is left, and run.json names exactly the files beside it
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     recs = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert [r["keyframe"] for r in recs] == list(range(n_keyframes))
     assert [r["time"] for r in recs] == pytest.approx([k * stride for k in range(n_keyframes)])
@@ -99,6 +101,10 @@ def _check_outputs(out: Path, video_id: str, fps: float, n_keyframes: int,
         assert 1 <= int(row[6]) <= 80 and 0 <= float(row[7]) <= 1
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and run["summary"]["keyframes"] == n_keyframes
+    assert sorted(run["files"]) == sorted(p.name for p in out.iterdir() if p.name != "run.json")
+    for name, f in run["files"].items():
+        assert f["bytes"] == (out / name).stat().st_size
+        assert f["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     return recs
 
 
@@ -220,7 +226,7 @@ def test_resume_after_kill(tmp_path, capfd, tiny_onnx):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from evad.runtime.cli import "
                              "main; sys.exit(main(sys.argv[1:]))", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    part = out / "detections.jsonl.partial"
+    part = out / ".evad-staging" / "detections.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if part.is_file() and part.read_text().count("\n") >= 2:

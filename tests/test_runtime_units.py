@@ -162,13 +162,13 @@ def test_writer_resume_drops_a_cut_line_and_its_csv_rows(tmp_path):
                              np.array([[0.6, 0.1]], np.float32), (1, 1), (8, 8), 0.5)
     w.write_batch([(Keyframe(0, 0.0, 0, 0.0), people), (Keyframe(1, 1.0, 10, 1.0), people)])
     w.close()
-    part = tmp_path / "detections.jsonl.partial"
+    part = tmp_path / ".evad-staging" / "detections.jsonl"
     text = part.read_text()
     part.write_text(text[: text.index("\n") + 1] + text[text.index("\n") + 1:][:20])  # cut
     w2 = DetectionWriter(tmp_path, "v", ["a", "b"], settings, resume=True)
     w2.open()
     assert w2.done == {0}
-    rows = (tmp_path / "detections.csv.partial").read_text().splitlines()
+    rows = (tmp_path / ".evad-staging" / "detections.csv").read_text().splitlines()
     assert rows == ["v,0,0.0000,0.0000,0.5000,0.5000,1,0.600000",
                     "v,0,0.0000,0.0000,0.5000,0.5000,2,0.100000"]
     # a keyframe's rows are listed by descending score across people and classes
@@ -176,14 +176,15 @@ def test_writer_resume_drops_a_cut_line_and_its_csv_rows(tmp_path):
                           np.array([0.9, 0.8], np.float32),
                           np.array([[0.2, 0.1], [0.7, 0.3]], np.float32), (1, 1), (8, 8), 0.5)
     w2.write_batch([(Keyframe(1, 1.0, 10, 1.0), two)])
-    rows = (tmp_path / "detections.csv.partial").read_text().splitlines()[2:]
+    rows = (tmp_path / ".evad-staging" / "detections.csv").read_text().splitlines()[2:]
     assert [r.split(",")[-2:] for r in rows] == [["1", "0.700000"], ["2", "0.300000"],
                                                  ["1", "0.200000"], ["2", "0.100000"]]
     w2.close()
     with pytest.raises(EvadError, match="keyframe_stride"):
         DetectionWriter(tmp_path, "v", ["a"], {**settings, "keyframe_stride": 2.0},
                         resume=True).open()
-    assert json.loads((tmp_path / "run.json").read_text())["complete"] is False
+    assert json.loads((tmp_path / ".evad-staging" / "run.json").read_text())["complete"] is False
+    assert not (tmp_path / "run.json").exists()  # nothing outside staging until it completes
 
 
 # -- video input and its errors ---------------------------------------------------------------

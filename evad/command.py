@@ -1,0 +1,227 @@
+"""What every command shares: one line per error, numeric flags checked at parse time, and
+input / output paths checked with exact messages before any slow work.
+
+Each ``main`` runs its body through :func:`run_command`: an ``EvadError`` or ``OSError`` prints
+``prog: error: <one line>`` and exits 2, Ctrl-C exits 130, anything else prints its type and
+first line and exits 1. ``EVAD_DEBUG=1`` re-raises, so developers keep the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import os
+import stat
+import sys
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from evad.errors import ConfigError, EvadError
+
+__all__ = ["ArgumentParser", "check_input_dir", "check_input_file", "check_name",
+           "check_output_dir", "check_output_file", "debug", "number", "one_line",
+           "run_command"]
+
+
+def debug() -> bool:
+    """Whether ``EVAD_DEBUG`` asks for tracebacks."""
+    return os.environ.get("EVAD_DEBUG", "") not in ("", "0")
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its first non-empty line; an ``OSError`` with its file."""
+    if isinstance(e, OSError) and not isinstance(e, EvadError) and e.strerror:
+        where = f" {e.filename}" if e.filename else ""
+        what = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large "
+                "(a file size limit?)", errno.EACCES: "permission denied",
+                errno.EROFS: "read-only file system"}.get(e.errno or 0, e.strerror)
+        return f"cannot use{where}: {what}"
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def run_command(prog: str, body: Callable[[], int],
+                interrupted: Callable[[], str] | None = None) -> int:
+    """Run a command's body; every failure is one line on stderr and an exit code.
+
+    Args:
+        prog: the command name, the start of each line.
+        body: the command; returns its exit code.
+        interrupted: says what a Ctrl-C / SIGTERM left (default: "interrupted").
+
+    Returns:
+        body's code; 2 for an ``EvadError`` or ``OSError`` (the input or the machine), 130
+        for an interrupt, 1 for anything else (a library's own error, named by type).
+    """
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"\n{prog}: {interrupted() if interrupted else 'interrupted'}", file=sys.stderr)
+        return 130
+    except (EvadError, OSError) as e:
+        if debug():
+            raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug():
+            raise
+        print(f"{prog}: error: out of memory: use a smaller input size or batch",
+              file=sys.stderr)
+        return 2
+    except Exception as e:  # a library's own error (onnxruntime, torch, OpenCV): still one line
+        if debug():
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {one_line(e)[:300]} (set EVAD_DEBUG=1 for "
+              "the traceback)", file=sys.stderr)
+        return 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that states a usage error in one line and points at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(lo: float | None = None, hi: float | None = None, *, integer: bool = False,
+           lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite number in a range (nan and inf are refused).
+
+    ``number(0, 1)`` is [0, 1]; ``number(0, lo_open=True)`` is > 0; ``integer`` makes ints.
+    """
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    if lo is not None and hi is not None:
+        want = f"in {left}{lo:g}, {hi:g}{right}"
+    elif lo is not None:
+        want = f"{'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        want = f"{'<' if hi_open else '<='} {hi:g}"
+    else:
+        want = "finite"
+    kind = "an integer" if integer else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            v: float = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        ok = math.isfinite(v) and not (
+            lo is not None and (v < lo or (lo_open and v == lo))) and not (
+            hi is not None and (v > hi or (hi_open and v == hi)))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text} must be {kind} {want}".replace(
+                f"{kind} finite", f"a finite {kind.split()[-1]}"))
+        return v
+
+    parse.__name__ = "integer" if integer else "number"  # argparse names the type in errors
+    return parse
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_input_file(path: str | os.PathLike, what: str, *, empty_ok: bool = False) -> Path:
+    """``path`` as a readable, non-empty regular file, else one exact reason.
+
+    Raises:
+        EvadError: missing (and whether its folder is), a directory, a FIFO or device,
+            unreadable, or empty.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        parent = p.parent
+        where = "" if parent.is_dir() else f" (nor does its folder {parent})"
+        raise EvadError(f"{what} {p} does not exist{where}") from None
+    except OSError as e:
+        raise EvadError(f"{what} {p} cannot be read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise EvadError(f"{what} {p} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise EvadError(f"{what} {p} is {_kind(st.st_mode)}, not a regular file")
+    if not os.access(p, os.R_OK):
+        raise EvadError(f"{what} {p} is not readable (permission denied)")
+    if st.st_size == 0 and not empty_ok:
+        raise EvadError(f"{what} {p} is empty (0 bytes)")
+    return p
+
+
+def check_input_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a readable directory, else one exact reason."""
+    p = Path(path)
+    if not p.exists():
+        raise EvadError(f"{what} {p} does not exist")
+    if not p.is_dir():
+        raise EvadError(f"{what} {p} is not a directory")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise EvadError(f"{what} {p} is not readable (permission denied)")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder this process can create or write into (nothing is created).
+
+    Raises:
+        EvadError: it, or the nearest existing folder above it, is not a writable folder.
+    """
+    p = Path(path)
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        bad = "it" if probe == p else f"{probe}"
+        raise EvadError(f"{what} {p} cannot be a folder: {bad} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EvadError(f"{what} {p} is not writable ({probe}: permission denied)")
+    return p
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a file this process can (over)write: not a directory, its folder
+    writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise EvadError(f"{what} {p} is a directory: give a file name")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise EvadError(f"{what} {p} is not writable (permission denied)")
+    check_output_dir(p.parent if str(p.parent) else Path("."), f"the folder of {what}")
+    return p
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` as one path component: not empty, no separator, not ``.`` or ``..``, no control
+    characters, at most 255 bytes.
+
+    Raises:
+        ConfigError: naming what is wrong with it.
+    """
+    bad = None
+    if not name:
+        bad = "is empty"
+    elif name in (".", "..") or name.startswith(".."):
+        bad = "starts with '..'"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        bad = "has a path separator"
+    elif any(unicodedata.category(c) == "Cc" for c in name):
+        bad = "has a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 255:
+        bad = "is longer than 255 bytes"
+    if bad:
+        raise ConfigError(f"{what} {name!r} {bad}: it names a file or folder, so it must be "
+                          "a plain name")
+    return name
