@@ -7,13 +7,24 @@ alone is ``evad-build-engine`` (an ONNX made once is never re-exported to get an
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from evad.command import (
+    ArgumentParser,
+    check_input_file,
+    check_name,
+    check_output_dir,
+    number,
+    run_command,
+)
 from evad.engines.builder import build as build_engine
 from evad.engines.cli import (
     add_engine_arguments,
@@ -24,11 +35,17 @@ from evad.engines.cli import (
 )
 from evad.errors import ConfigError, EvadError
 from evad.export.metadata import build_metadata
-from evad.export.onnx_export import DEFAULT_OPSET, export_onnx, save_model, validate_size
+from evad.export.onnx_export import (
+    DEFAULT_OPSET,
+    MAX_SIDE,
+    export_onnx,
+    save_model,
+    validate_size,
+)
 from evad.export.parity import compare, seeded_inputs
 from evad.metadata import write_metadata
-from evad.models import build_model, keep_fraction, load_checkpoint
-from evad.models.flops import flops
+from evad.models import PRESETS, build_model, load_checkpoint
+from evad.models.flops import flops, token_counts
 from evad.runtime.backends import open_runner
 
 __all__ = ["main", "progress"]
@@ -58,66 +75,84 @@ def progress(items, desc: str, quiet: bool):
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="evad-export", description="Export an EVAD checkpoint to ONNX (and a TensorRT "
         "engine), checking parity against the torch reference on the way.",
         epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", type=Path, help="checkpoint (.pth/.pyth, the released layout)")
-    src.add_argument("--preset", help="export a randomly initialised preset instead (tiny, "
-                     "vit_b_ktp, ...), seeded by --seed")
-    ap.add_argument("--keep-rate", type=float, default=None,
+    src.add_argument("--preset", choices=list(PRESETS), help="export a randomly initialised "
+                     "preset instead, seeded by --seed")
+    ap.add_argument("--keep-rate", type=number(0, 1, lo_open=True), default=None,
                     help="override the trained keep rate of every pruning block (0 < r <= 1)")
-    ap.add_argument("--height", type=int, default=288, help="input height, multiple of 32 "
-                    "(default 288: the released short side)")
-    ap.add_argument("--width", type=int, default=512, help="input width, multiple of 32 "
-                    "(default 512: 16:9 video at short side 288)")
+    ap.add_argument("--height", type=number(32, MAX_SIDE, integer=True), default=288,
+                    help="input height, multiple of 32 (default 288: the released short side)")
+    ap.add_argument("--width", type=number(32, MAX_SIDE, integer=True), default=512,
+                    help="input width, multiple of 32 (default 512: 16:9 video at short side "
+                    "288)")
     ap.add_argument("--out", type=Path, default=Path("exports"), help="output folder "
                     "(default ./exports)")
     ap.add_argument("--name", default=None, help="file stem (default: the checkpoint's)")
-    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+    ap.add_argument("--opset", type=number(17, 99, integer=True), default=DEFAULT_OPSET,
                     help=f"ONNX opset (default {DEFAULT_OPSET}, >= 17)")
     add_precision_arguments(ap)
     ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
     add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
-    ap.add_argument("--parity-clips", type=int, default=1,
-                    help="seeded clips for the ONNX Runtime parity check (0 skips it)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of --preset weights and clips")
+    ap.add_argument("--parity-clips", type=number(0, 1000, integer=True), default=1,
+                    help="seeded clips for the ONNX Runtime parity check (0 skips it); the "
+                    "ONNX is kept only if it passes")
+    ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0,
+                    help="seed of --preset weights and clips")
     ap.add_argument("--quiet", action="store_true", help="only errors and the summary")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _export_parser().parse_args(argv)
+    return run_command("evad-export", lambda: _export(args),
+                       interrupted=lambda: "interrupted; nothing half-written was left")
+
+
+def _memory_check(p, height: int, width: int) -> None:
+    """Refuse an input size whose attention alone would not fit in this machine's memory (the
+    exporter and the parity run hold a (heads, N, N) score matrix per block)."""
+    n = token_counts(p, height, width)[0]
+    need = 3 * 4 * max(p.num_heads, 1) * n * n  # scores, softmax, one copy; float32
     try:
-        return _export(args)
-    except (EvadError, OSError) as e:
-        print(f"evad-export: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("evad-export: interrupted; nothing half-written was left", file=sys.stderr)
-        return 130
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ConfigError(f"input {height}x{width} gives {n} tokens; one attention block needs "
+                          f"about {need / 2**30:.0f} GiB and this machine has "
+                          f"{have / 2**30:.0f} GiB: use a smaller --height/--width")
 
 
 def _export(args: argparse.Namespace) -> int:
-    # Validate everything cheap before any slow work.
+    # Everything cheap that can refuse the command runs before any slow work.
     validate_size(args.height, args.width)
-    if args.keep_rate is not None:
-        keep_fraction(args.keep_rate)
-    if args.ckpt is not None and not args.ckpt.is_file():
-        raise EvadError(f"checkpoint {args.ckpt} does not exist")
-    if args.parity_clips < 0:
-        raise ConfigError("--parity-clips must be >= 0")
+    if args.ckpt is not None:
+        check_input_file(args.ckpt, "checkpoint")
+    if args.name is not None:
+        check_name(args.name, "--name")
+    check_output_dir(args.out, "--out")
     batch = engine_batch(args.engine_batch)
     precision = precision_of(args)
+    if not args.onnx_only:
+        missing = missing_message(precision)
+        if missing:
+            flag = "" if precision == "fp32" else f" --{precision}"
+            raise EvadError(f"{missing}. Export the ONNX now with --onnx-only, and build the "
+                            f"engine later on a machine with a GPU and TensorRT: "
+                            f"evad-build-engine <out>/<name>.onnx{flag}")
     q = args.quiet
     t0 = time.perf_counter()
     if args.ckpt is not None:
         model, meta = load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
         sha, stem = meta["sha256"], args.ckpt.stem
         _log("export", f"loaded {args.ckpt} ({meta['preset_source']}: preset "
-             f"{meta['preset'].name}, trained keep rates {meta['trained_keep_rates'] or 'none'})"
-             f" in {time.perf_counter() - t0:.1f} s", q)
+             f"{meta['preset'].name}, weights {meta['dtype']}, trained keep rates "
+             f"{meta['trained_keep_rates'] or 'none'}) in {time.perf_counter() - t0:.1f} s", q)
     else:
         torch.manual_seed(args.seed)
         model = build_model(args.preset, keep_rate=args.keep_rate).eval().calm()
@@ -125,8 +160,10 @@ def _export(args: argparse.Namespace) -> int:
         _log("export", f"preset {args.preset} with RANDOM weights (seed {args.seed}, calmed: "
              "see EVAD.calm)", q)
     p = model.preset
+    _memory_check(p, args.height, args.width)
     f = flops(p, args.height, args.width)
-    out = args.out / f"{args.name or stem}.onnx"
+    name = check_name(args.name or stem, "the file name")
+    out = args.out / f"{name}.onnx"
     meta = build_metadata(p, args.height, args.width, args.opset, checkpoint_sha256=sha,
                           precision=precision,
                           exporter=f"torch.onnx dynamo (torch {torch.__version__})")
@@ -140,49 +177,55 @@ def _export(args: argparse.Namespace) -> int:
     _log("export", "tracing and converting (the dynamo exporter takes a while) ...", q)
     proto = export_onnx(model, args.height, args.width, args.opset)
     write_metadata(proto, meta)
-    save_model(proto, out)
-    size_mb = sum(x.stat().st_size for x in out.parent.glob(out.name + "*")) / 1e6
-    export_s = time.perf_counter() - t1
-    _log("export", f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}) in {export_s:.1f} s", q)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # The ONNX is written into a staging folder and moved into place only once it passed
+    # parity: a failed or interrupted export leaves no file that looks like a good one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export.", dir=args.out))
+    try:
+        staged = save_model(proto, staging / out.name)
+        del proto
+        size_mb = sum(x.stat().st_size for x in staging.iterdir()) / 1e6
+        export_s = time.perf_counter() - t1
+        _log("export", f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}) in {export_s:.1f} s",
+             q)
 
-    report = None
-    if args.parity_clips:
-        ort_model, _ = open_runner("ort", onnx=out, cuda=False)
-        clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
-                                     args.width, args.seed)
-        report = compare(model, ort_model, clips, sizes,
-                         progress=lambda xs: progress(xs, "parity", q))
-        for line in report.lines():
-            _log("parity", f"ORT CPU vs torch fp32: {line}", q)
-        _log("parity", "PASS" if report.passed else "FAIL", q)
+        report = None
+        if args.parity_clips:
+            ort_model, _ = open_runner("ort", onnx=staged, cuda=False)
+            clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
+                                         args.width, args.seed)
+            report = compare(model, ort_model, clips, sizes,
+                             progress=lambda xs: progress(xs, "parity", q))
+            del ort_model
+            for line in report.lines():
+                _log("parity", f"ORT CPU vs torch fp32: {line}", q)
+            _log("parity", "PASS" if report.passed else "FAIL", q)
+            if not report.passed:
+                print(f"evad-export: error: the ONNX failed parity against torch (figures "
+                      f"above), so {out} was not written; export with --parity-clips 0 to keep "
+                      f"it, then inspect it with evad-parity --onnx {out}", file=sys.stderr)
+                return 1
+        for x in staging.iterdir():  # the .onnx last: its .data is in place before it
+            if x.name != out.name:
+                os.replace(x, args.out / x.name)
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
-    engine_msg = None
     engine_path = None
     if not args.onnx_only:
-        missing = missing_message(precision)
-        if missing:
-            flag = "" if precision == "fp32" else f" --{precision}"
-            engine_msg = (f"not built: {missing}. The ONNX is written ({out}); on a machine with "
-                          f"a GPU and TensorRT run: evad-build-engine {out}{flag}")
-            _log("engine", engine_msg, False)
-        else:
-            engine_path = build_engine(out, precision=precision, batch=batch,
-                                       timing_cache=args.timing_cache or args.out
-                                       / "timing.cache", plugins=args.plugins,
-                                       workspace_gib=args.workspace,
-                                       log=lambda m: _log("engine", m, q))
+        engine_path = build_engine(out, precision=precision, batch=batch,
+                                   timing_cache=args.timing_cache or args.out / "timing.cache",
+                                   plugins=args.plugins, workspace_gib=args.workspace,
+                                   log=lambda m: _log("engine", m, q))
 
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
           f"{args.height}x{args.width}, tokens {' -> '.join(map(str, meta['tokens']))}, "
           f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
-          + (f"\n  parity (ORT CPU, {report.clips} clip): "
-             f"{'PASS' if report.passed else 'FAIL'}, boxes {report.box_max_abs:.1e} px, "
-             f"probs {report.prob_max_abs:.1e}" if report else "")
-          + (f"\n  engine: {precision}, not built" if engine_msg else "")
+          + (f"\n  parity (ORT CPU, {report.clips} clip): PASS, boxes "
+             f"{report.box_max_abs:.1e} px, probs {report.prob_max_abs:.1e}" if report else "")
           + (f"\n  engine: {engine_path} ({precision})" if engine_path else ""))
-    if report is not None and not report.passed:
-        return 1
-    return 3 if engine_msg else 0
+    return 0
 
 
 if __name__ == "__main__":

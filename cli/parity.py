@@ -4,14 +4,13 @@ torch reference, on seeded clips, under the parity rules of ``docs/design.md``."
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from pathlib import Path
 
 import torch
 
+from evad.atomic import write_json_atomic
 from evad.cli.export import progress
+from evad.command import ArgumentParser, check_input_file, check_output_file, number, run_command
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import ConfigError, EvadError
 from evad.export.metadata import preset_of
@@ -26,7 +25,7 @@ _PROG = "evad-parity"
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=_PROG, description="Compare an exported EVAD model, run in ONNX Runtime or as a "
         "TensorRT engine, against the torch reference on seeded clips; exit 1 when a parity "
         "bar fails (fp32: kept tokens identical up to near-ties, boxes 1e-2 px, action "
@@ -42,9 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="the checkpoint it was exported from (required unless it was exported "
                     "from a --preset with random weights)")
-    ap.add_argument("--clips", type=int, default=2, help="seeded clips (default 2)")
-    ap.add_argument("--batch", type=int, default=1, help="clips per run (default 1)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips", type=number(1, 1000, integer=True), default=2,
+                    help="seeded clips (default 2)")
+    ap.add_argument("--batch", type=number(1, 256, integer=True), default=1,
+                    help="clips per run (default 1)")
+    ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                     help="ONNX Runtime execution provider (default cpu)")
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
@@ -53,16 +54,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _parity(args)
-    except (EvadError, OSError) as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(_PROG, lambda: _parity(args))
 
 
 def _parity(args: argparse.Namespace) -> int:
-    if args.clips < 1 or args.batch < 1:
-        raise ConfigError("--clips and --batch must be >= 1")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.ckpt is not None:
+        check_input_file(args.ckpt, "checkpoint")
     if args.engine is not None:
         runner, _ = open_runner("trt", engine=args.engine)
     else:
@@ -94,9 +93,7 @@ def _parity(args: argparse.Namespace) -> int:
         print(f"  {line}")
     print("PASS" if report.passed else "FAIL")
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, report.to_dict())
     return 0 if report.passed else 1
 
 

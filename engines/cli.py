@@ -5,9 +5,9 @@ you need."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from evad.command import ArgumentParser, check_input_file, check_output_file, number, run_command
 from evad.engines.builder import build, check_batch_profile
 from evad.engines.environment import missing_for_engine_build
 from evad.errors import ConfigError, EvadError
@@ -71,12 +71,12 @@ def add_engine_arguments(ap: argparse.ArgumentParser | argparse._ArgumentGroup) 
     ap.add_argument("--timing-cache", type=Path, default=None,
                     help="TensorRT timing cache, reused across builds (default timing.cache "
                     "beside the engine)")
-    ap.add_argument("--workspace", type=float, default=4.0, metavar="GIB",
+    ap.add_argument("--workspace", type=number(0, 1024, lo_open=True), default=4.0, metavar="GIB",
                     help="builder workspace limit, GiB (default 4)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=_PROG, description="Build a TensorRT engine from an ONNX model exported by "
         "evad-export.", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("onnx", type=Path, help="the .onnx from evad-export")
@@ -91,20 +91,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     precision = precision_of(args)
-    try:
+
+    def body() -> int:
         batch = engine_batch(args.engine_batch)
-        if not args.onnx.is_file():
-            raise EvadError(f"ONNX file {args.onnx} does not exist")
+        check_input_file(args.onnx, "ONNX model")
+        out = args.out or args.onnx.with_suffix(".engine")
+        check_output_file(out, "--out")
         missing = missing_message(precision)
         if missing:
             raise EvadError(missing)
-        out = args.out or args.onnx.with_suffix(".engine")
         path = build(args.onnx, precision=precision, batch=batch,
                      timing_cache=args.timing_cache or out.parent / "timing.cache",
                      plugins=args.plugins, out=out, workspace_gib=args.workspace,
                      log=(lambda m: None) if args.quiet else (lambda m: print(f"engine: {m}")))
-    except (EvadError, OSError) as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{_PROG}: {path} ({precision})")
-    return 0
+        print(f"{_PROG}: {path} ({precision})")
+        return 0
+
+    return run_command(_PROG, body, interrupted=lambda: "interrupted; no engine was written")

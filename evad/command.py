@@ -132,14 +132,23 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def check_input_file(path: str | os.PathLike, what: str, *, empty_ok: bool = False) -> Path:
+def check_input_file(path: str | os.PathLike, what: str, *, empty_ok: bool = False,
+                     error: type[EvadError] = EvadError) -> Path:
     """``path`` as a readable, non-empty regular file, else one exact reason.
 
     Raises:
-        EvadError: missing (and whether its folder is), a directory, a FIFO or device,
-            unreadable, or empty.
+        error (EvadError or a subclass): missing (and whether its folder is), a directory, a
+            FIFO or device, unreadable, or empty.
     """
-    p = Path(path)
+    try:
+        return _check_input_file(Path(path), what, empty_ok)
+    except EvadError as e:
+        if error is EvadError:
+            raise
+        raise error(str(e)) from None
+
+
+def _check_input_file(p: Path, what: str, empty_ok: bool) -> Path:
     try:
         st = p.stat()
     except FileNotFoundError:

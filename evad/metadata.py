@@ -55,10 +55,19 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
     meta = {}
     for p in model.metadata_props:
         if p.key.startswith(_PREFIX):
-            meta[p.key[len(_PREFIX):]] = json.loads(p.value)
+            try:
+                meta[p.key[len(_PREFIX):]] = json.loads(p.value)
+            except ValueError:
+                raise EvadError(f"the ONNX model's metadata {p.key} is not JSON "
+                                f"({p.value[:40]!r}): the file was edited or is not an "
+                                "evad-export; re-export it") from None
     if "format_version" not in meta:
         raise EvadError("the ONNX model has no evad metadata: export it with evad-export")
-    if meta["format_version"] > FORMAT_VERSION:
+    version = meta["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EvadError(f"the ONNX model's evad.format_version is {version!r}, not a version "
+                        "number; re-export it")
+    if version > FORMAT_VERSION:
         raise EvadError(f"the ONNX model has metadata format {meta['format_version']}; this "
                         f"evad-deploy reads up to {FORMAT_VERSION}: upgrade evad-deploy")
     return meta

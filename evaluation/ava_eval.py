@@ -26,15 +26,14 @@ same order.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
-from evad.errors import EvadError
+from evad.datasets.ava import ava_row, csv_rows
+from evad.errors import ConfigError, EvadError
 
 __all__ = ["average_precision", "evaluate", "read_rows"]
 
@@ -45,23 +44,26 @@ def _key(video: str, ts: float) -> tuple[str, float]:
     return video, round(float(ts), 3)
 
 
-def read_rows(path: str | os.PathLike, scores: bool) -> list[Row]:
+def read_rows(path: str | os.PathLike, scores: bool, what: str | None = None) -> list[Row]:
     """AVA CSV rows ``video, t, x1, y1, x2, y2, action[, score or person]`` -> (video, t, box,
-    action, score); ground truth (``scores=False``) gets score 1."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvadError(f"{path} does not exist")
-    rows = []
-    with open(path, newline="") as f:
-        for line, r in enumerate(csv.reader(f), 1):
-            if not r:
-                continue
-            try:
-                box = (float(r[2]), float(r[3]), float(r[4]), float(r[5]))
-                score = float(r[7]) if scores else 1.0
-                rows.append((r[0], float(r[1]), box, int(r[6]), score))
-            except (ValueError, IndexError) as e:
-                raise EvadError(f"{path}:{line}: not an AVA row ({e}): {r}") from e
+    action, score); ground truth (``scores=False``) gets score 1.
+
+    ``what`` names the file in messages (default "detections CSV" / "ground-truth CSV"). An
+    empty detections file is no detections; ground truth must have rows.
+
+    Raises:
+        EvadError: missing, unreadable or (ground truth) empty file, not UTF-8, or a malformed
+            row: too few columns, a value that is not a finite number (NaN, inf), an action id
+            that is not an integer (the message names the file, line and column).
+    """
+    what = what or ("detections CSV" if scores else "ground-truth CSV")
+    rows: list[Row] = []
+    for where, r in csv_rows(path, what, empty_ok=scores):
+        video, ts, box, action, score = ava_row(where, r, "score" if scores else "person id")
+        rows.append((video, ts, box, action, score if scores else 1.0))  # type: ignore[arg-type]
+    if not rows and not scores:
+        raise EvadError(f"{what} {path} has no rows: each row is video, seconds, x1, y1, x2, "
+                        "y2 (normalised 0..1), action id, person id")
     return rows
 
 
@@ -103,7 +105,12 @@ def evaluate(gt: Iterable[Row], det: Iterable[Row], class_ids: Iterable[int] | N
     Returns:
         {"mAP", "iou", "keyframes", "per_class": {id: {"ap", "num_gt", "num_det"}}} with
         ``ap`` None for classes without ground truth.
+
+    Raises:
+        ConfigError: ``iou`` is not in (0, 1].
     """
+    if not (isinstance(iou, (int, float)) and 0 < iou <= 1):  # also refuses NaN
+        raise ConfigError(f"the IoU threshold must be in (0, 1], not {iou!r}")
     excluded = {_key(*k) for k in (excluded or set())}
     gt_by: dict[tuple, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for video, ts, box, action, _ in gt:

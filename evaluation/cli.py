@@ -1,29 +1,39 @@
-"""``evad-eval``: frame mAP@0.5 of an AVA-format detection CSV against ground truth."""
+"""``evad-eval``: frame mAP@0.5 of an AVA-format detection CSV against ground truth.
+
+Every input is read, and every output checked, before anything slow runs or anything is
+written: a bad file or flag is one line on stderr (``evad-eval: error: ...``) naming the file
+(and line) and the fix, with exit code 2. The JSON and the ``--write-det`` CSV appear whole or
+not at all (``evad.atomic``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 from pathlib import Path
 
-from evad.datasets.ava import read_excluded, read_label_map
-from evad.datasets.clips import ClipDataset
-from evad.errors import EvadError
+from evad.atomic import write_json_atomic
+from evad.command import (
+    ArgumentParser,
+    check_input_dir,
+    check_input_file,
+    check_output_file,
+    number,
+    run_command,
+)
+from evad.datasets.ava import read_ava_csv, read_excluded, read_label_map
+from evad.errors import ConfigError
 from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect
-from evad.export.metadata import preset_of
-from evad.runtime.backends import open_runner
-from evad.runtime.outputs import write_csv_atomic
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
+
+_PROG = "evad-eval"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="evad-eval", description="Frame-level mAP at IoU 0.5 (the AVA evaluation protocol) "
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(
+        prog=_PROG, description="Frame-level mAP at IoU 0.5 (the AVA evaluation protocol) "
         "of detections against ground truth, per class and mean.",
         epilog="Both CSVs are AVA rows: video, seconds, x1, y1, x2, y2 (normalised), action id, "
         "then person id (ground truth) or score (detections). Example: evad-eval --gt "
@@ -43,25 +53,82 @@ def main(argv: list[str] | None = None) -> int:
                     help="pbtxt label map: the classes to score (default: those in --gt)")
     ap.add_argument("--exclusions", type=Path, default=None,
                     help="CSV of excluded (video, timestamp) keyframes")
-    ap.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5)")
+    ap.add_argument("--iou", type=number(0, 1, lo_open=True), default=0.5,
+                    help="IoU threshold in (0, 1] (default 0.5)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(_PROG, lambda: _run(args))
+
+
+def _same(a: Path, b: Path) -> bool:
     try:
-        if (args.det is None) == (args.data is None):
-            raise EvadError("pass either --det CSV or --data DIR with --ckpt/--onnx")
-        gt_path = args.gt or (args.data / "annotations.csv" if args.data else None)
-        if gt_path is None:
-            raise EvadError("pass --gt (the ground-truth CSV)")
-        labelmap = args.labelmap or (args.data / "label_map.pbtxt"
-                                     if args.data and (args.data / "label_map.pbtxt").is_file()
-                                     else None)
-        names = read_label_map(labelmap) if labelmap else {}
-        det = read_rows(args.det, scores=True) if args.det else _run_model(args)
-        res = evaluate(read_rows(gt_path, scores=False), det, class_ids=names or None,
-                       excluded=read_excluded(args.exclusions), iou=args.iou)
-    except (EvadError, OSError) as e:
-        print(f"evad-eval: error: {e}", file=sys.stderr)
-        return 2
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _run(args: argparse.Namespace) -> int:
+    # 1. the flags fit together
+    if (args.det is None) == (args.data is None):
+        raise ConfigError("pass either --det CSV or --data DIR with --ckpt/--onnx")
+    if args.data is None:
+        if args.ckpt is not None or args.onnx is not None:
+            raise ConfigError("--ckpt / --onnx run a model on --data DIR: pass --data DIR "
+                              "instead of --det, or drop them")
+        if args.write_det is not None:
+            raise ConfigError("--write-det writes the detections of a --data DIR run: pass "
+                              "--data DIR instead of --det, or drop it")
+    elif (args.ckpt is None) == (args.onnx is None):
+        raise ConfigError("with --data pass exactly one of --ckpt (torch) and --onnx (ORT)")
+
+    # 2. every input exists and every output can be written (nothing is written yet)
+    annotations = None
+    if args.data is not None:
+        check_input_dir(args.data, "--data")
+        annotations = check_input_file(args.data / "annotations.csv", "annotations of --data")
+        check_input_file(args.ckpt or args.onnx, "checkpoint" if args.ckpt else "ONNX model")
+    gt_path = args.gt if args.gt is not None else annotations
+    if gt_path is None:
+        raise ConfigError("pass --gt (the ground-truth CSV)")
+    labelmap = args.labelmap
+    if labelmap is None and args.data is not None and (args.data / "label_map.pbtxt").is_file():
+        labelmap = args.data / "label_map.pbtxt"
+    inputs = [(p, flag) for p, flag in ((gt_path, "--gt"), (args.det, "--det"),
+                                        (labelmap, "--labelmap"),
+                                        (args.exclusions, "--exclusions"),
+                                        (args.ckpt, "--ckpt"), (args.onnx, "--onnx"))
+              if p is not None]
+    outputs = [(p, flag) for p, flag in ((args.json, "--json"), (args.write_det, "--write-det"))
+               if p is not None]
+    for out, flag in outputs:
+        check_output_file(out, flag)
+        for src, src_flag in inputs:
+            if _same(out, src):
+                raise ConfigError(f"{flag} {out} is the {src_flag} input: writing it would "
+                                  "overwrite that file; give another file name")
+    if len(outputs) == 2 and (args.json.resolve() == args.write_det.resolve()):
+        raise ConfigError(f"--json and --write-det are the same file {args.json}: give two "
+                          "file names")
+
+    # 3. read every input before the model runs
+    names = read_label_map(labelmap) if labelmap is not None else {}
+    gt = read_rows(gt_path, scores=False, what="ground-truth CSV")
+    excluded = read_excluded(args.exclusions)
+    if args.det is not None:
+        det = read_rows(args.det, scores=True, what="detections CSV")
+    else:
+        assert annotations is not None
+        videos = {kf.video for kf in read_ava_csv(annotations, "annotations of --data").values()}
+        for video in sorted(videos):
+            check_input_file(args.data / "videos" / f"{video}.mp4",
+                             f"video of --data (annotated in {annotations})")
+        det = _run_model(args)
+
+    res = evaluate(gt, det, class_ids=names or None, excluded=excluded, iou=args.iou)
     print(f"{'id':>4}  {'class':<40}{'AP':>8}{'GT':>7}{'det':>8}")
     for c, r in res["per_class"].items():
         ap_s = "    n/a" if r["ap"] is None else f"{r['ap']:8.4f}"
@@ -70,18 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"frame mAP@{args.iou}: {'n/a' if math.isnan(mean) else f'{mean:.4f}'} over "
           f"{sum(r['ap'] is not None for r in res['per_class'].values())} classes, "
           f"{res['keyframes']} keyframes")
-    if args.json:
+    if args.json is not None:
+        res["mAP"] = None if math.isnan(mean) else mean  # JSON has no NaN: null, as per class
         res["names"] = {str(k): v for k, v in names.items()}
         res["per_class"] = {str(k): v for k, v in res["per_class"].items()}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, res)
     return 0
 
 
 def _run_model(args: argparse.Namespace) -> list[tuple]:
-    if (args.ckpt is None) == (args.onnx is None):
-        raise EvadError("with --data pass exactly one of --ckpt (torch) and --onnx (ORT)")
+    # imported here: scoring a CSV needs neither torch nor a backend
+    from evad.datasets.clips import ClipDataset
+    from evad.evaluation.detect import detect
+    from evad.export.metadata import preset_of
+    from evad.runtime.backends import open_runner
+    from evad.runtime.outputs import write_csv_atomic
+
     if args.onnx is not None:
         runner, _ = open_runner("ort", onnx=args.onnx)
         preset = preset_of(runner.metadata)  # type: ignore[attr-defined]
@@ -89,7 +160,7 @@ def _run_model(args: argparse.Namespace) -> list[tuple]:
         runner, _ = open_runner("torch", ckpt=args.ckpt)
         preset = runner.model.preset  # type: ignore[attr-defined]
     rows = detect(runner, ClipDataset(args.data, preset), progress=True)
-    if args.write_det:
+    if args.write_det is not None:
         write_csv_atomic(rows, args.write_det)
     return rows
 

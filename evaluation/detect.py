@@ -33,17 +33,19 @@ def detect(runner: Runner, data: ClipDataset, batch: int = 4,
     """
     thr = runner.spec.person_threshold if person_threshold is None else person_threshold
     rows: list[CsvRow] = []
-    for s in tqdm(range(0, len(data), batch), desc="keyframes", unit="batch",
-                  disable=not progress):
-        items = [data.__getitem__(i, flip=False) for i in range(s, min(len(data), s + batch))]
-        clips = torch.stack([it[0] for it in items]).numpy()
-        sizes = torch.stack([it[1] for it in items]).numpy().astype(np.int64)
-        out = runner(clips, sizes)
-        for j, i in enumerate(range(s, s + len(items))):
-            kf = data.keyframes[i]
-            h, w = (int(v) for v in sizes[j])
-            people = keyframe_people(out[OUTPUT_BOXES][j], out[OUTPUT_PERSON_SCORES][j],
-                                     out[OUTPUT_ACTION_PROBS][j], (1.0, 1.0), (h, w), thr,
-                                     keep_all_if_none)
-            rows.extend(csv_rows(kf.video, kf.timestamp, people))
+    # a context: a failure closes the bar (its line ends) before the error is printed
+    with tqdm(range(0, len(data), batch), desc="keyframes", unit="batch",
+              disable=not progress) as bar:
+        for s in bar:
+            items = [data.__getitem__(i, flip=False) for i in range(s, min(len(data), s + batch))]
+            clips = torch.stack([it[0] for it in items]).numpy()
+            sizes = torch.stack([it[1] for it in items]).numpy().astype(np.int64)
+            out = runner(clips, sizes)
+            for j, i in enumerate(range(s, s + len(items))):
+                kf = data.keyframes[i]
+                h, w = (int(v) for v in sizes[j])
+                people = keyframe_people(out[OUTPUT_BOXES][j], out[OUTPUT_PERSON_SCORES][j],
+                                         out[OUTPUT_ACTION_PROBS][j], (1.0, 1.0), (h, w), thr,
+                                         keep_all_if_none)
+                rows.extend(csv_rows(kf.video, kf.timestamp, people))
     return rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import evad
+from evad.errors import BackendError, ConfigError
 from evad.metadata import FORMAT_VERSION
 from evad.models.flops import token_counts
 from evad.models.labels import label_names
@@ -48,5 +49,20 @@ def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
 
 
 def preset_of(meta: dict[str, Any]) -> Preset:
-    """The Preset an export was made with."""
-    return Preset.from_dict(meta["preset"])
+    """The Preset an export was made with.
+
+    Raises:
+        BackendError: the metadata has no preset, or one with missing or bad fields.
+    """
+    d = meta.get("preset")
+    if not isinstance(d, dict):
+        raise BackendError("the model's evad metadata has no preset: re-export it with "
+                           "evad-export")
+    try:
+        return Preset.from_dict(d)
+    except ConfigError as e:
+        raise BackendError(f"the model's evad metadata has a bad preset ({e}); re-export it") \
+            from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BackendError(f"the model's evad metadata has a malformed preset ({e}); re-export "
+                           "it with evad-export") from e

@@ -61,10 +61,15 @@ def output_names(model: EVAD, height: int, width: int) -> list[str]:
             *(kept_idx_name(b) for b in pruning_blocks_at(model.preset, height, width))]
 
 
+#: the largest input side an export takes, pixels (AVA's test resize caps the long side at 1333)
+MAX_SIDE = 2048
+
+
 def validate_size(height: int, width: int) -> None:
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise ConfigError(f"input size {height}x{width}: height and width must be positive "
-                          "multiples of 32 (e.g. 288x512)")
+    """Refuse an input size that is not two multiples of 32 in 32..MAX_SIDE pixels."""
+    if not (32 <= height <= MAX_SIDE and 32 <= width <= MAX_SIDE) or height % 32 or width % 32:
+        raise ConfigError(f"input size {height}x{width}: height and width must be multiples of "
+                          f"32 in 32..{MAX_SIDE} (e.g. 288x512)")
 
 
 def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = DEFAULT_OPSET,

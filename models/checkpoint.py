@@ -7,6 +7,7 @@ widths, classes. Where there is none, the architecture is matched from the tenso
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 
-from evad.command import check_input_file, one_line
+from evad.command import ArgumentParser, check_input_file, one_line, run_command
 from evad.errors import CheckpointError, ConfigError
 from evad.hashing import file_sha256
 from evad.models.evad import EVAD
@@ -303,12 +304,12 @@ _CONVERT = "python -m evad.models.checkpoint --convert-trusted {path} {out}"
 
 
 def _read(path: Path, trusted: bool) -> Any:
-    check_input_file(path, "checkpoint")
+    check_input_file(path, "checkpoint", error=CheckpointError)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # torch.load raises many types for bad files
         text = str(e)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text:  # a pickle of objects, not a corrupt file
             out = path.with_name(path.stem + ".weights" + path.suffix)
             raise CheckpointError(
                 f"checkpoint {path} holds pickled Python objects besides tensors; loading those "
@@ -420,7 +421,10 @@ def _preset_from_shapes(sd: Mapping[str, torch.Tensor]) -> Preset:
         raise CheckpointError("the state dict has no det_head.decoder.blocks.0.action_logits: "
                               "it is not an EVAD checkpoint") from None
     shapes = {k: tuple(v.shape) for k, v in sd.items() if not _TRAINING_ONLY.match(k)}
-    for name in PRESETS:
+    # the pruning (KTP) variants first: their shapes equal the plain ViTs'
+    order = ["vit_b_ktp", "vit_l_ktp"] + [n for n in PRESETS if n not in ("vit_b_ktp",
+                                                                         "vit_l_ktp")]
+    for name in order:
         p = get_preset(name, num_classes=classes)
         with torch.device("meta"):
             ref = EVAD(p).state_dict()
@@ -499,10 +503,6 @@ def load_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evad.models.checkpoint --convert-trusted SRC DST``."""
-    import argparse
-
-    from evad.command import ArgumentParser, run_command
-
     ap = ArgumentParser(prog="python -m evad.models.checkpoint", description="Convert a "
                         "TRUSTED checkpoint that holds pickled Python objects into a weights-only "
                         "file that evad-deploy loads safely. Loading SRC runs any code it holds.")

@@ -13,9 +13,8 @@ and the encoder's and decoder's MLP ratios enter it.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from evad.command import ArgumentParser, number, run_command
+from evad.errors import ConfigError
 from evad.models.keyframe_topk_prune import keep_fraction, kept_token_count
 from evad.models.presets import PRESETS, Preset, get_preset
 
@@ -113,16 +112,18 @@ def flops(preset: str | Preset, height: int, width: int, keep_rate: float | None
 
 def main(argv: list[str] | None = None) -> int:
     """``evad-flops``: print per-stage GFLOPs, and the paper's figures where they exist."""
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="evad-flops",
         description="Analytic GFLOPs (fvcore multiply-add convention) of one EVAD clip.",
         epilog="Example: evad-flops vit_b_ktp --height 288 --width 512; "
                "evad-flops --paper prints the paper's table next to ours.",
     )
     ap.add_argument("preset", nargs="?", default="vit_b_ktp", choices=list(PRESETS))
-    ap.add_argument("--height", type=int, default=288, help="input height in pixels (default 288)")
-    ap.add_argument("--width", type=int, default=None, help="input width (default: = height)")
-    ap.add_argument("--keep-rate", type=float, default=None,
+    ap.add_argument("--height", type=number(32, 4096, integer=True), default=288,
+                    help="input height in pixels, a multiple of 32 (default 288)")
+    ap.add_argument("--width", type=number(32, 4096, integer=True), default=None,
+                    help="input width, a multiple of 32 (default: = height)")
+    ap.add_argument("--keep-rate", type=number(0, 1, lo_open=True), default=None,
                     help="override the keep rate of every pruning block, e.g. 0.6")
     ap.add_argument("--paper", action="store_true",
                     help="print every configuration of the paper's table with its figure")
@@ -135,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((args.preset, args.height, args.width or args.height, args.keep_rate, None))
     head = (f"{'preset':<14}{'size':>9}{'keep':>6}  {'tokens (after each pruning)':<29}"
             f"{'encoder':>8}{'fpn':>6}{'loc':>6}{'decoder':>8}{'total':>8}{'paper':>8}{'diff':>8}")
-    print(head)
-    print("-" * len(head))
-    try:
-        for name, h, w, rate, ref in rows:
+
+    def body() -> int:
+        for _, h, w, _, _ in rows:
             if h % 32 or w % 32:
-                raise ValueError(f"height and width must be multiples of 32, got {h}x{w}")
+                raise ConfigError(f"height and width must be multiples of 32, got {h}x{w}")
+        print(head)
+        print("-" * len(head))
+        for name, h, w, rate, ref in rows:
             f = flops(name, h, w, rate)
             p = get_preset(name)
             counts = token_counts(p, h, w, rate)
@@ -150,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14}{f'{h}x{w}':>9}{keep:>6.2f}  {' -> '.join(map(str, path)):<29}"
                   f"{f['encoder']:8.1f}{f['fpn']:6.1f}{f['localization']:6.1f}"
                   f"{f['decoder']:8.1f}{f['total']:8.1f}{ref_s}")
-    except Exception as e:  # one line, non-zero exit
-        print(f"evad-flops: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("evad-flops", body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ or a system install; where there is none (CI, laptops), from the PyPI package
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -18,6 +17,14 @@ import time
 import zipfile
 from pathlib import Path
 
+from evad.command import (
+    ArgumentParser,
+    check_input_dir,
+    check_input_file,
+    check_output_dir,
+    number,
+    run_command,
+)
 from evad.errors import EvadError
 from evad.plugins import library_dir
 
@@ -195,7 +202,7 @@ def build_cpu_check_library(out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="evad-build-plugins", description="Build the evad CUDA kernels "
         "(libevad_kernels.so) and TensorRT plugins (libevad_plugins.so) with CMake and nvcc, "
         "and install them where evad.plugins.load() finds them.")
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="build cache (default plugins/build or $EVAD_PLUGIN_BUILD_DIR)")
     ap.add_argument("--out", type=Path, default=None,
                     help="where the libraries go (default: evad.plugins.library_dir())")
-    ap.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
+    ap.add_argument("-j", "--jobs", type=number(1, 1024, integer=True), default=None,
+                    help="parallel compile jobs")
     ap.add_argument("--static-registration", action="store_true",
                     help="build libevad_plugins.so that registers its creators (namespace evad) "
                     "when loaded instead of exporting getCreators; links libnvinfer, whose major "
@@ -219,18 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorrt_lib and not args.static_registration:
         ap.error("--tensorrt-lib is only used with --static-registration")
     t0 = time.perf_counter()
-    try:
+
+    def body() -> int:
+        if args.out is not None:
+            check_output_dir(args.out, "--out")
+        if args.build_dir is not None:
+            check_output_dir(args.build_dir, "--build-dir")
+        if args.tensorrt_include is not None:
+            check_input_dir(args.tensorrt_include, "--tensorrt-include")
+        if args.tensorrt_lib is not None:
+            check_input_file(args.tensorrt_lib, "--tensorrt-lib")
         got = build_libraries(args.out, args.build_dir, args.archs, args.tensorrt_include,
                               args.jobs, static_registration=args.static_registration,
                               tensorrt_library=args.tensorrt_lib)
-    except EvadError as e:
-        print(f"evad-build-plugins: error: {e}", file=sys.stderr)
-        return 2
-    for path in got.values():
-        print(f"plugins: wrote {path}")
-    print(f"plugins: built for sm {args.archs.replace(';', ', ')} in "
-          f"{time.perf_counter() - t0:.1f} s")
-    return 0
+        for path in got.values():
+            print(f"plugins: wrote {path}")
+        print(f"plugins: built for sm {args.archs.replace(';', ', ')} in "
+              f"{time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return run_command("evad-build-plugins", body)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ dynamic batch, keep-rate override, bad inputs, and evad-parity."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +87,24 @@ def test_ort_matches_torch_fp32(exported, tiny_ckpt, batch: int) -> None:
 
 
 def test_keep_rate_override_and_engine_step(tiny_ckpt, tmp_path, capsys) -> None:
-    code = export_main(["--ckpt", str(tiny_ckpt), "--keep-rate", "0.6", "--height", str(H),
-                        "--width", str(W), "--out", str(tmp_path), "--fp16"])
-    out = capsys.readouterr().out
     from evad.engines import missing_for_engine_build
 
     missing = [str(m) for m in missing_for_engine_build() if not m.optional]
     if not missing:
         pytest.skip("this machine builds engines: the engine step is tested in test_engines")
-    assert code == 3  # ONNX written, parity passed, engine step not available here
-    assert all(m in out for m in missing)  # names exactly what is missing (TensorRT, a GPU)
+    args = ["--ckpt", str(tiny_ckpt), "--keep-rate", "0.6", "--height", str(H), "--width",
+            str(W), "--out", str(tmp_path), "--fp16"]
+    # the engine step's preconditions are checked first: refused before any export work
+    t0 = time.perf_counter()
+    assert export_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert time.perf_counter() - t0 < 5 and len(err) == 1
+    assert all(m in err[0] for m in missing)  # names exactly what is missing (TensorRT, a GPU)
+    assert "--onnx-only" in err[0] and "evad-build-engine" in err[0] and "--fp16" in err[0]
+    assert list(tmp_path.iterdir()) == []
+    assert export_main([*args, "--onnx-only"]) == 0
+    out = capsys.readouterr().out
     assert "480 -> 288 -> 173 -> 104" in out  # ceil(0.6 * N) at each pruning block
-    assert "engine: not built" in out and "evad-build-engine" in out
     meta = read_metadata(tmp_path / "tiny.onnx")
     assert meta["keep_rates"] == {"3": 0.6, "6": 0.6, "9": 0.6} and meta["precision"] == "fp16"
     ort_model = OrtRunner(tmp_path / "tiny.onnx", cuda=False)
@@ -108,14 +115,17 @@ def test_keep_rate_override_and_engine_step(tiny_ckpt, tmp_path, capsys) -> None
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--ckpt", "missing.pth"], "does not exist"),
-    (["--keep-rate", "0"], "keep rate must be in (0, 1]"),
-    (["--keep-rate", "1.5"], "keep rate must be in (0, 1]"),
+    (["--keep-rate", "0"], "must be a number in (0, 1]"),
+    (["--keep-rate", "1.5"], "must be a number in (0, 1]"),
     (["--height", "100"], "multiples of 32"),
-    (["--width", "0"], "multiples of 32"),
+    (["--width", "0"], "must be an integer in [32, 2048]"),
 ])
 def test_bad_inputs_fail_clearly(tiny_ckpt, tmp_path, capsys, args, message) -> None:
     base = ["--ckpt", str(tiny_ckpt)] if "--ckpt" not in args else []
-    code = export_main(base + args + ["--out", str(tmp_path / "out"), "--onnx-only"])
+    try:
+        code = export_main(base + args + ["--out", str(tmp_path / "out"), "--onnx-only"])
+    except SystemExit as e:  # refused by the argument parser
+        code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0] and err[0].startswith("evad-export")
     assert not (tmp_path / "out").exists()

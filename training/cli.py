@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
+from evad.command import ArgumentParser, check_output_dir, check_output_file, number, run_command
 from evad.datasets.synthetic import generate_dataset
-from evad.errors import EvadError
+from evad.errors import ConfigError
 from evad.models.checkpoint import load_checkpoint, save_checkpoint
 from evad.training.trainer import TrainConfig, train
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
+
+_PROG = "evad-train"
 
 _EPILOG = """\
 examples:
@@ -28,67 +32,92 @@ x2, y2 normalised, action id, person id). Checkpoints: OUT/last.pth in the relea
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="evad-train", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(
+        prog=_PROG, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train EVAD with the released losses (Hungarian matching, deep "
         "supervision, action BCE).")
     ap.add_argument("--make-data", metavar="DIR", help="generate synthetic videos into DIR, exit")
-    ap.add_argument("--videos", type=int, default=60, help="videos for --make-data (default 60)")
-    ap.add_argument("--duration", type=float, default=12.0, help="seconds per synthetic video")
+    ap.add_argument("--videos", type=number(1, integer=True), default=60,
+                    help="videos for --make-data (default 60)")
+    ap.add_argument("--duration", type=number(2, 3600), default=12.0,
+                    help="seconds per synthetic video, 2 .. 3600 (keyframes are at whole "
+                    "seconds 1 .. duration - 1; default 12)")
     ap.add_argument("--data", help="training data folder")
     ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     ap.add_argument("--preset", default="demo", help="preset to train (default demo)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
-    ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    ap.add_argument("--checkpoint-every", type=int, default=250)
+    ap.add_argument("--steps", type=number(1, integer=True), default=3000)
+    ap.add_argument("--batch", type=number(1, integer=True), default=8)
+    ap.add_argument("--lr", type=number(0, lo_open=True), default=3e-4,
+                    help="peak AdamW learning rate")
+    ap.add_argument("--warmup", type=number(0, integer=True), default=100,
+                    help="linear warm-up steps")
+    ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
+    ap.add_argument("--threads", type=number(0, 1024, integer=True), default=0,
+                    help="torch threads (0: default)")
+    ap.add_argument("--checkpoint-every", type=number(1, integer=True), default=250)
     ap.add_argument("--proposal-init", choices=("grid", "image"), default="grid",
                     help="initial proposal boxes: a grid of tall boxes (default; trains faster "
                     "from scratch) or the whole image (the released initialisation)")
     ap.add_argument("--val", metavar="DIR",
                     help="AVA-format folder (other seeds than --data) scored with frame mAP "
                     "during training; results go to OUT/loss_log.jsonl")
-    ap.add_argument("--val-every", type=int, default=500,
+    ap.add_argument("--val-every", type=number(1, integer=True), default=500,
                     help="steps between validations (default 500)")
-    ap.add_argument("--resume", action="store_true", help="continue OUT/last.pth")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue OUT/last.pth (without one, start from step 0)")
     ap.add_argument("--half-weights", metavar="PATH",
                     help="after training, also write the weights as fp16 without optimizer "
                     "state (half the size; how models/weights/demo.pth is made)")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        if args.make_data:
+    return ap
 
-            out = generate_dataset(args.make_data, args.videos, seed=args.seed,
-                                   duration=args.duration, progress=not args.quiet)
-            print(f"evad-train: wrote {args.videos} videos and annotations to {out}")
-            return 0
-        if not args.data:
-            raise EvadError("pass --data DIR (or --make-data DIR to generate one)")
 
-        cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, steps=args.steps,
-                          batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                          threads=args.threads,
-                          checkpoint_every=args.checkpoint_every, val_data=args.val,
-                          proposal_init=args.proposal_init,
-                          val_every=args.val_every)
-        path = train(cfg, resume=args.resume, progress=not args.quiet)
-        print(f"evad-train: checkpoint {path}")
-        if args.half_weights:
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(_PROG, lambda: _run(args, argv), interrupted=lambda: _interrupted(args))
 
-            model, meta = load_checkpoint(path)
-            command = shlex.join(["evad-train", *(sys.argv[1:] if argv is None else argv)])
-            half = save_checkpoint(model, args.half_weights, epoch=meta["epoch"], half=True,
-                                   extra={"train": command})
-            print(f"evad-train: fp16 weights {half} ({half.stat().st_size / 1e6:.1f} MB)")
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if args.make_data:
+        return (f"interrupted: {args.make_data} is incomplete (no annotations.csv is written "
+                "until every video is); run --make-data again")
+    last = Path(args.out) / "last.pth"
+    if args.data and last.is_file():
+        return f"interrupted; {last} holds the last checkpoint: rerun with --resume to continue"
+    return "interrupted before the first checkpoint"
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.make_data:
+        check_output_dir(args.make_data, "--make-data")
+        out = generate_dataset(args.make_data, args.videos, seed=args.seed,
+                               duration=args.duration, progress=not args.quiet)
+        print(f"{_PROG}: wrote {args.videos} videos and annotations to {out}")
         return 0
-    except EvadError as e:
-        print(f"evad-train: error: {e}", file=sys.stderr)
-        return 2
+    if not args.data:
+        raise ConfigError("pass --data DIR (or --make-data DIR to generate one)")
+    if args.half_weights:
+        check_output_file(args.half_weights, "--half-weights")
+        if Path(args.half_weights).resolve() == (Path(args.out) / "last.pth").resolve():
+            raise ConfigError(f"--half-weights {args.half_weights} is the run's own checkpoint "
+                              "OUT/last.pth: give another file name")
+
+    cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, steps=args.steps,
+                      batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                      threads=args.threads,
+                      checkpoint_every=args.checkpoint_every, val_data=args.val,
+                      proposal_init=args.proposal_init,
+                      val_every=args.val_every)
+    path = train(cfg, resume=args.resume, progress=not args.quiet)  # checks all before writing
+    print(f"{_PROG}: checkpoint {path}")
+    if args.half_weights:
+        model, meta = load_checkpoint(path)
+        command = shlex.join(["evad-train", *(sys.argv[1:] if argv is None else argv)])
+        half = save_checkpoint(model, args.half_weights, epoch=meta["epoch"], half=True,
+                               extra={"train": command})
+        print(f"{_PROG}: fp16 weights {half} ({half.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 if __name__ == "__main__":

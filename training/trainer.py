@@ -12,16 +12,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from evad.atomic import write_json_atomic
+from evad.command import (
+    check_input_dir,
+    check_input_file,
+    check_output_dir,
+    check_output_file,
+    one_line,
+)
+from evad.datasets.ava import read_ava_csv
 from evad.datasets.clips import ClipDataset, collate
-from evad.errors import EvadError
+from evad.errors import CheckpointError, ConfigError, EvadError
 from evad.evaluation.ava_eval import evaluate, read_rows
 from evad.evaluation.detect import detect
 from evad.models import build_model, get_preset
-from evad.models.checkpoint import save_checkpoint
+from evad.models.checkpoint import load_checkpoint, save_checkpoint
 from evad.models.runner import TorchRunner
 from evad.training.losses import LossWeights, detection_loss, hungarian_match
 
-__all__ = ["TrainConfig", "grid_proposals", "train", "validate"]
+__all__ = ["TrainConfig", "check_config", "grid_proposals", "train", "validate"]
 
 
 @dataclass
@@ -115,53 +124,164 @@ def validate(model, data: ClipDataset, gt: list) -> dict:
                        for c, r in res["per_class"].items()}}
 
 
+# (field, flag, lowest, lowest excluded, integer): the ranges train() accepts
+_RANGES = [("steps", "--steps", 1, False, True), ("batch", "--batch", 1, False, True),
+           ("lr", "--lr", 0, True, False), ("weight_decay", None, 0, False, False),
+           ("warmup", "--warmup", 0, False, True), ("gt_boxes_prob", None, 0, False, False),
+           ("seed", "--seed", 0, False, True), ("threads", "--threads", 0, False, True),
+           ("checkpoint_every", "--checkpoint-every", 1, False, True),
+           ("log_every", None, 1, False, True), ("val_every", "--val-every", 1, False, True)]
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a config train() cannot run: a number out of range (or NaN / inf), an unknown
+    preset or proposal initialisation.
+
+    Raises:
+        ConfigError: naming the field (and its evad-train flag) and the range.
+    """
+    for name, flag, lo, lo_open, integer in _RANGES:
+        v = getattr(cfg, name)
+        what = f"{name} ({flag})" if flag else name
+        kind = "an integer" if integer else "a number"
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) \
+                or not math.isfinite(v) or v < lo or (lo_open and v == lo):
+            raise ConfigError(f"{what} must be {kind} {'>' if lo_open else '>='} {lo}, not "
+                              f"{v!r}")
+    if cfg.gt_boxes_prob > 1:
+        raise ConfigError(f"gt_boxes_prob must be in [0, 1], not {cfg.gt_boxes_prob!r}")
+    if cfg.proposal_init not in ("grid", "image"):
+        raise ConfigError(f"proposal_init must be 'grid' or 'image', not {cfg.proposal_init!r}")
+    get_preset(cfg.preset)  # ConfigError: unknown preset, with the known names
+
+
+def _check_data(root: str, flag: str) -> None:
+    """An AVA-format folder: annotations.csv with valid rows and each annotated video."""
+    try:
+        check_input_dir(root, f"{flag} folder")
+        ann = check_input_file(Path(root) / "annotations.csv", f"annotations of {flag}")
+    except EvadError as e:
+        raise EvadError(f"{e}: {flag} must hold annotations.csv and videos/<video id>.mp4 "
+                        "(evad-train --make-data DIR makes one)") from e
+    for video in sorted({kf.video for kf in read_ava_csv(ann, f"annotations of {flag}").values()}):
+        check_input_file(Path(root) / "videos" / f"{video}.mp4", f"video of {flag} "
+                         f"(annotated in {ann})")
+
+
+def _resume(last: Path, model, opt: torch.optim.Optimizer, rng: random.Random,
+            cfg: TrainConfig) -> int:
+    """Load ``last`` (a checkpoint train() wrote) into ``model``, ``opt`` and ``rng``; the step
+    to continue from.
+
+    Raises:
+        CheckpointError: the file is unreadable, truncated, not an EVAD checkpoint, of another
+            preset, or has no (or a mismatched) optimizer state or step.
+    """
+    loaded, meta = load_checkpoint(last)  # every unreadable / corrupt case, in one line
+    name = meta["preset"].name
+    fresh = "or drop --resume / pass another --out to start afresh"
+    if name != cfg.preset:
+        raise CheckpointError(f"{last} was trained with preset {name!r}, not {cfg.preset!r}: "
+                              f"pass --preset {name} to continue it, {fresh}")
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as e:
+        raise CheckpointError(f"{last}: its weights do not fit preset {cfg.preset!r} "
+                              f"({one_line(e)[:200]}); {fresh}") from e
+    try:
+        blob = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:  # it loaded a moment ago: changed on disk since?
+        raise CheckpointError(f"cannot read checkpoint {last}: {one_line(e)[:200]}") from e
+    step, state = blob.get("step"), blob.get("optimizer_state")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not state:
+        raise CheckpointError(f"{last} is not a resumable training checkpoint (no optimizer "
+                              f"state or step: a --half-weights copy or released weights?); "
+                              f"{fresh}")
+    try:
+        opt.load_state_dict(state)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for k, v in opt.state.get(p, {}).items():
+                    if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                        raise ValueError(f"{k} is {tuple(v.shape)} for a {tuple(p.shape)} "
+                                         "parameter")
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{last}: its optimizer state does not fit this model "
+                              f"({one_line(e)[:200]}); {fresh}") from e
+    if "rng" in blob:
+        try:
+            rng.setstate(tuple(blob["rng"]))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{last}: its random state is malformed ({one_line(e)}); "
+                                  f"{fresh}") from e
+    if step >= cfg.steps:
+        raise ConfigError(f"{last} has already trained {step} steps and --steps is "
+                          f"{cfg.steps}: nothing to do; pass --steps > {step} to continue")
+    return step
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train, checkpointing ``<out>/last.pth`` (released layout, resumable) every
     ``checkpoint_every`` steps and logging losses to ``<out>/loss_log.jsonl``; with
     ``val_data``, also the frame mAP on that folder every ``val_every`` steps and at the end.
-    Every record's ``step`` is the 0-based index of the step it follows."""
-    if cfg.val_every < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
-        raise EvadError("val_every, checkpoint_every and log_every must be >= 1 steps")
-    if cfg.proposal_init not in ("grid", "image"):
-        raise EvadError(f"proposal_init must be 'grid' or 'image', not {cfg.proposal_init!r}")
+    Every record's ``step`` is the 0-based index of the step it follows.
+
+    Everything that can refuse the run is checked before anything is written: the config,
+    the output folder and its files, the data (annotations and videos), the checkpoint to
+    resume. ``resume`` without ``<out>/last.pth`` starts from step 0.
+
+    Raises:
+        ConfigError / CheckpointError / EvadError: one line naming the problem and the fix.
+    """
+    check_config(cfg)
     from tqdm import tqdm
 
+    out = Path(cfg.out)
+    check_output_dir(out, "--out")
+    last = out / "last.pth"
+    for name in ("last.pth", "loss_log.jsonl", "train_config.json"):
+        if (out / name).is_dir():
+            raise EvadError(f"{out / name} is a directory where the run writes its {name}: "
+                            "remove it or pass another --out")
+        check_output_file(out / name, f"--out file {name}")
+    _check_data(cfg.data, "--data")
+    if cfg.val_data:
+        _check_data(cfg.val_data, "--val")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     preset = get_preset(cfg.preset)
-    data = ClipDataset(cfg.data, preset, flip=True, seed=cfg.seed)
-    val = gt = None
-    if cfg.val_data:
-
-        val = ClipDataset(cfg.val_data, preset)
-        gt = read_rows(Path(cfg.val_data) / "annotations.csv", scores=False)
+    # the model (and the checkpoint to resume) before the videos are decoded: the same torch
+    # random stream as ever (ClipDataset draws from numpy), and a bad checkpoint is said early
     model = build_model(preset).train()
     if cfg.proposal_init == "grid":
         grid_proposals(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    last = out / "last.pth"
-    if resume and last.is_file():
-        blob = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v for k, v in blob["model_state"].items()
-                               if not k.startswith("criterion.")})
-        opt.load_state_dict(blob["optimizer_state"])
-        start = int(blob.get("step", 0))
-        rng.setstate(tuple(blob["rng"]) if "rng" in blob else rng.getstate())
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if resume and last.exists():
+        start = _resume(last, model, opt, rng, cfg)
+    data = ClipDataset(cfg.data, preset, flip=True, seed=cfg.seed)
+    if len(data) < cfg.batch:
+        raise ConfigError(f"--data {cfg.data} has {len(data)} annotated keyframe(s), fewer than "
+                          f"--batch {cfg.batch}: pass --batch {len(data)} or more data")
+    val = gt = None
+    if cfg.val_data:
+        val = ClipDataset(cfg.val_data, preset)
+        gt = read_rows(Path(cfg.val_data) / "annotations.csv", scores=False,
+                       what="annotations of --val")
+    # checked: from here on the run writes
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "train_config.json", asdict(cfg))
     w = LossWeights()
     g = torch.Generator().manual_seed(cfg.seed + start)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=True, generator=g,
                                          collate_fn=collate, drop_last=True)
     it = iter(loader)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
-               disable=not progress)
     t0 = time.perf_counter()
-    with open(out / "loss_log.jsonl", "a") as log:
+    # the bar as a context: a failure ends its line before the error is printed
+    with tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
+              disable=not progress) as bar, open(out / "loss_log.jsonl", "a") as log:
         for step in bar:
             try:
                 batch = next(it)
