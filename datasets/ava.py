@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ __all__ = ["Keyframe", "ava_row", "csv_rows", "read_ava_csv", "read_excluded",
 #: the columns of an AVA row, as the messages name them
 _COLUMNS = ("video", "seconds", "x1", "y1", "x2", "y2", "action id")
 _LAYOUT = "video, seconds, x1, y1, x2, y2 (normalised 0..1), action id"
+#: ``key: value`` of a pbtxt line (a quoted string, or a bare word up to a space or brace)
+_PBTXT_FIELD = re.compile(r'\b(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|[^\s{}]+)')
 
 
 @dataclass
@@ -206,13 +209,13 @@ def read_label_map(path: str | os.PathLike, what: str = "label map") -> dict[int
     """
     text = read_text(path, what)
     out, name = {}, None
-    for number, raw in enumerate(text.split("\n"), 1):
-        for part in raw.replace("{", "\n").replace("}", "\n").split("\n"):
-            line = part.strip()
-            if line.startswith("name:"):
-                name = line.split(":", 1)[1].strip().strip('"')
-            elif line.startswith(("id:", "label_id:")) and name is not None:
-                value = line.split(":", 1)[1].strip()
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.lstrip().startswith("#"):
+            continue
+        for key, value in _PBTXT_FIELD.findall(line):
+            if key == "name":
+                name = value.strip('"')
+            elif key in ("id", "label_id") and name is not None:
                 try:
                     out[int(value)] = name
                 except ValueError:

@@ -168,9 +168,18 @@ def _check_input_file(p: Path, what: str, empty_ok: bool) -> Path:
     return p
 
 
-def check_input_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a readable directory, else one exact reason."""
-    p = Path(path)
+def check_input_dir(path: str | os.PathLike, what: str,
+                    error: type[EvadError] = EvadError) -> Path:
+    """``path`` as a readable directory, else one exact reason (raised as ``error``)."""
+    try:
+        return _check_input_dir(Path(path), what)
+    except EvadError as e:
+        if error is EvadError:
+            raise
+        raise error(str(e)) from None
+
+
+def _check_input_dir(p: Path, what: str) -> Path:
     if not p.exists():
         raise EvadError(f"{what} {p} does not exist")
     if not p.is_dir():

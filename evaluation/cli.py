@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         res["mAP"] = None if math.isnan(mean) else mean  # JSON has no NaN: null, as per class
         res["names"] = {str(k): v for k, v in names.items()}
         res["per_class"] = {str(k): v for k, v in res["per_class"].items()}
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # checked creatable above
         write_json_atomic(args.json, res)
     return 0
 
@@ -161,6 +162,7 @@ def _run_model(args: argparse.Namespace) -> list[tuple]:
         preset = runner.model.preset  # type: ignore[attr-defined]
     rows = detect(runner, ClipDataset(args.data, preset), progress=True)
     if args.write_det is not None:
+        args.write_det.parent.mkdir(parents=True, exist_ok=True)  # checked creatable
         write_csv_atomic(rows, args.write_det)
     return rows
 

@@ -466,10 +466,12 @@ def load_checkpoint(
     """
     path = Path(path)
     sd, extra = _extract_state_dict(_read(path, trusted), path)
+    # a config is read even when the preset is forced: a broken one means a broken file
+    from_cfg = preset_from_cfg(extra["cfg"]) if extra.get("cfg") is not None else None
     if preset is not None:
         p, source = (get_preset(preset) if isinstance(preset, str) else preset), "argument"
-    elif extra.get("cfg") is not None:
-        p, source = preset_from_cfg(extra["cfg"]), "cfg"
+    elif from_cfg is not None:
+        p, source = from_cfg, "cfg"
     else:
         p, source = _preset_from_shapes(sd), "shapes"
     trained = dict(p.keep_rates)

@@ -153,8 +153,8 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
             raise ConfigError("no video: pass a video file or a directory of frames")
         video = default_video()
     info = open_video(video, args.fps)
-    video_id = check_name(args.video_id or info.video_id, "video id" if args.video_id is None
-                          else "--video-id")
+    video_id = check_name(info.video_id if args.video_id is None else args.video_id,
+                          "video id" if args.video_id is None else "--video-id")
     if any(c in video_id for c in ',"'):
         raise ConfigError(f"video id {video_id!r} has a comma or quote, which the AVA CSV "
                           "cannot hold: pass --video-id NAME")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evad.command import check_input_dir, check_input_file
 from evad.errors import VideoError
 from evad.lazy import lazy_import
 
@@ -148,6 +149,7 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
     if not path.exists():
         raise VideoError(f"video {path} does not exist")
     if path.is_dir():
+        check_input_dir(path, "frame directory", error=VideoError)
         frames = tuple(sorted((p for p in path.iterdir()
                                if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()),
                               key=_natural_key))
@@ -162,8 +164,7 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
             raise VideoError(f"--fps must be > 0 for a frame directory, not {rate}")
         h, w = first.shape[:2]
         return VideoInfo(path, w, h, rate, len(frames), "", frames)
-    if path.stat().st_size == 0:
-        raise VideoError(f"video {path} is empty (0 bytes)")
+    check_input_file(path, "video", error=VideoError)
     with _native_stderr_silenced():
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         opened = cap.isOpened()

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from evad.models import EVAD, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the runtime tests' export: short side 96, so 16:9 video fits (171 x 96)
+TINY_H, TINY_W = 96, 192
+
+
+def _examples():
+    spec = importlib.util.spec_from_file_location("make_sample_video",
+                                                  ROOT / "examples" / "make_sample_video.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+#: make_video(path, seconds, width, height, fps) -> path: synthetic moving figures (mp4v)
+make_video = _examples().make_video
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +41,22 @@ def clip_small() -> torch.Tensor:
     """One seeded normalised (1, 3, 16, 96, 160) clip."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(1, 3, 16, 96, 160, generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_model) -> Path:
+    """The calmed tiny model exported at 96 x 192 (~20 s, once per session)."""
+    from evad.export import build_metadata, export_onnx, save_model
+    from evad.metadata import write_metadata
+
+    proto = export_onnx(tiny_model, TINY_H, TINY_W)
+    write_metadata(proto, build_metadata(tiny_model.preset, TINY_H, TINY_W, 18))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["evad.input_size"]) == [TINY_H, TINY_W]
+    return save_model(proto, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def sample_mp4(tmp_path_factory) -> Path:
+    """4 s of 320 x 180 synthetic video at 10 fps (40 frames: fewer than one clip's 64)."""
+    return make_video(tmp_path_factory.mktemp("video") / "sample.mp4", 4.0, 320, 180, 10.0)

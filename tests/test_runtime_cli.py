@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -21,41 +20,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import make_video
 
 from evad.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 192  # the test export: short side 96, 16:9 video fits (171 x 96)
-
-
-def _examples():
-    spec = importlib.util.spec_from_file_location("make_sample_video",
-                                                  ROOT / "examples" / "make_sample_video.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_video = _examples().make_video
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory, tiny_model) -> Path:
-    """The calmed tiny model exported at 96 x 192 (~20 s, once per session)."""
-    from evad.export import build_metadata, export_onnx, save_model
-    from evad.metadata import write_metadata
-
-    proto = export_onnx(tiny_model, H, W)
-    write_metadata(proto, build_metadata(tiny_model.preset, H, W, 18))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["evad.input_size"]) == [H, W]
-    return save_model(proto, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-
-
-@pytest.fixture(scope="session")
-def sample_mp4(tmp_path_factory) -> Path:
-    """4 s of 320 x 180 synthetic video at 10 fps (40 frames: fewer than one clip's 64)."""
-    return make_video(tmp_path_factory.mktemp("video") / "sample.mp4", 4.0, 320, 180, 10.0)
 
 
 def _run(capfd, *args) -> tuple[int, str, str]:

@@ -52,7 +52,8 @@ def parser() -> ArgumentParser:
                     help="peak AdamW learning rate")
     ap.add_argument("--warmup", type=number(0, integer=True), default=100,
                     help="linear warm-up steps")
-    ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
+    ap.add_argument("--seed", type=number(0, integer=True), default=0,
+                    help="random seed (training: at most 2**32 - 1)")
     ap.add_argument("--threads", type=number(0, 1024, integer=True), default=0,
                     help="torch threads (0: default)")
     ap.add_argument("--checkpoint-every", type=number(1, integer=True), default=250)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -124,6 +125,8 @@ def validate(model, data: ClipDataset, gt: list) -> dict:
                        for c, r in res["per_class"].items()}}
 
 
+_MAX_SEED = 2**32 - 1  # torch, numpy and random all take it (torch's Generator adds the step)
+
 # (field, flag, lowest, lowest excluded, integer): the ranges train() accepts
 _RANGES = [("steps", "--steps", 1, False, True), ("batch", "--batch", 1, False, True),
            ("lr", "--lr", 0, True, False), ("weight_decay", None, 0, False, False),
@@ -144,10 +147,14 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         what = f"{name} ({flag})" if flag else name
         kind = "an integer" if integer else "a number"
-        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) \
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer
+                                                    else numbers.Real) \
                 or not math.isfinite(v) or v < lo or (lo_open and v == lo):
             raise ConfigError(f"{what} must be {kind} {'>' if lo_open else '>='} {lo}, not "
                               f"{v!r}")
+    if cfg.seed > _MAX_SEED:
+        raise ConfigError(f"seed (--seed) must be an integer in [0, {_MAX_SEED}], not "
+                          f"{cfg.seed!r}")
     if cfg.gt_boxes_prob > 1:
         raise ConfigError(f"gt_boxes_prob must be in [0, 1], not {cfg.gt_boxes_prob!r}")
     if cfg.proposal_init not in ("grid", "image"):
@@ -179,10 +186,10 @@ def _resume(last: Path, model, opt: torch.optim.Optimizer, rng: random.Random,
     """
     loaded, meta = load_checkpoint(last)  # every unreadable / corrupt case, in one line
     name = meta["preset"].name
-    fresh = "or drop --resume / pass another --out to start afresh"
+    fresh = "drop --resume or pass another --out to start afresh"
     if name != cfg.preset:
         raise CheckpointError(f"{last} was trained with preset {name!r}, not {cfg.preset!r}: "
-                              f"pass --preset {name} to continue it, {fresh}")
+                              f"pass --preset {name} to continue it, or {fresh}")
     try:
         model.load_state_dict(loaded.state_dict())
     except RuntimeError as e:
