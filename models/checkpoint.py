@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 
-from evad.command import ArgumentParser, check_input_file, one_line, run_command
+from evad.command import ArgumentParser, check_input_file, run_command
 from evad.errors import CheckpointError, ConfigError
 from evad.hashing import file_sha256
 from evad.models.evad import EVAD
@@ -316,9 +316,13 @@ def _read(path: Path, trusted: bool) -> Any:
                 "runs code from the file (pickle can execute anything), so evad-deploy does not. "
                 "If you trust where it came from, convert it once to a weights-only file: "
                 + _CONVERT.format(path=path, out=out)) from e
-        reason = one_line(e)
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:300]} (is it truncated, "
-                              "or not a PyTorch checkpoint?)") from e
+        # torch's own text suggests weights_only=False, which is wrong advice for a file
+        # that is corrupt or no checkpoint at all: keep only what the unpickler found
+        found = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in \
+            text else text
+        reason = next((x.strip() for x in found.splitlines() if x.strip()), type(e).__name__)
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, corrupt or not "
+                              f"a PyTorch checkpoint ({reason[:200]})") from e
 
 
 def convert_trusted(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

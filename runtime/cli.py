@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -190,21 +191,22 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
          f"{pre.resized[1]}x{pre.resized[0]}, batch {batch}", q)
 
     created = not out_dir.exists()
-    with FolderLock(out_dir, _PROG) as lock:
-        if lock.taken_over:
-            _log(lock.taken_over, q)
-        writer = DetectionWriter(out_dir, video_id, spec.labels, settings, args.action_threshold,
-                                 args.top_k, args.csv_min_score, resume=args.resume,
-                                 source=source)
-        try:
-            code = _detect_and_write(args, state, info, backend, pre, writer, batch, person_thr,
-                                     t_start)
-        except BaseException:
-            state["resumable"] = writer.abandon()
-            raise
-    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    return code
+    try:
+        with FolderLock(out_dir, _PROG) as lock:
+            if lock.taken_over:  # said even with --quiet: another run's leftovers are news
+                print(f"{_PROG}: warning: {lock.taken_over}", file=sys.stderr)
+            writer = DetectionWriter(out_dir, video_id, spec.labels, settings,
+                                     args.action_threshold, args.top_k, args.csv_min_score,
+                                     resume=args.resume, source=source)
+            try:
+                return _detect_and_write(args, state, info, backend, pre, writer, batch,
+                                         person_thr, t_start)
+            except BaseException:
+                state["resumable"] = writer.abandon()
+                raise
+    finally:  # a folder this run made and left empty is not left behind
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
 
 
 def _detect_and_write(args: argparse.Namespace, state: dict, info: VideoInfo, backend: Runner,

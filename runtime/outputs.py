@@ -154,6 +154,7 @@ class DetectionWriter:
         self.resumed = 0
         self.resume_note = ""
         self.committed = False
+        self._owns_staging = False  # open() got past the resume check: the staging is ours
         self._csv: IO[str] | None = None
         self._jsonl: IO[str] | None = None
         self._resume = resume
@@ -168,13 +169,14 @@ class DetectionWriter:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self._resume and self._jsonl_part.is_file():
-            self._load_partial()
+            self._load_partial()  # refused: the staged run stays as it was, for its own resume
         else:
             if self._resume:
                 self.resume_note = (f"nothing to resume in {self.out_dir}: starting from the "
                                     "start")
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging.mkdir()
+        self._owns_staging = True
         write_json_atomic(self._run_part, self._state(complete=False))
         self._csv = open(self._csv_part, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._jsonl = open(self._jsonl_part, "a", encoding="utf-8")  # noqa: SIM115
@@ -247,10 +249,13 @@ class DetectionWriter:
                               for p in people]}
             recs.append(rec)
             json_lines.append(json.dumps(rec, allow_nan=False) + "\n")
-        self._csv.write("".join(csv_lines))
-        self._csv.flush()
-        self._jsonl.write("".join(json_lines))
-        self._jsonl.flush()
+        for f, path, text in ((self._csv, self._csv_part, "".join(csv_lines)),
+                              (self._jsonl, self._jsonl_part, "".join(json_lines))):
+            try:
+                f.write(text)
+                f.flush()
+            except OSError as e:  # name the file: a full disk says nothing else
+                raise OSError(e.errno, e.strerror, str(path)) from e
         self.records.extend(recs)
 
     def close(self) -> None:
@@ -263,8 +268,14 @@ class DetectionWriter:
     def abandon(self) -> bool:
         """After a failure: close, and remove the staging folder when it holds no keyframe
         (nothing to resume). Returns whether resumable keyframes stay staged."""
-        self.close()
-        if self.records or self.committed:
+        for f in (self._csv, self._jsonl):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:  # the failure was this file (disk full): resume trims it
+                pass
+        self._csv = self._jsonl = None
+        if self.records or self.committed or not self._owns_staging:
             return bool(self.records) and not self.committed
         shutil.rmtree(self.staging, ignore_errors=True)
         return False
