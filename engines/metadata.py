@@ -76,7 +76,11 @@ def read_engine_metadata(engine: str | os.PathLike) -> dict[str, Any]:
                         "engine with evad-build-engine") from e
     if not isinstance(meta, dict):
         raise EvadError(f"engine metadata {path} is not a JSON object: rebuild the engine")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise EvadError(f"engine metadata {path} has format_version {version!r}, not a number: "
+                        "rebuild the engine")
+    if version > FORMAT_VERSION:
         raise EvadError(f"{path} has metadata format {meta['format_version']}: upgrade "
                         "evad-deploy")
     return meta

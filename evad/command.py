@@ -196,28 +196,32 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
         EvadError: it, or the nearest existing folder above it, is not a writable folder.
     """
     p = Path(path)
-    probe = p
+    _check_writable_folder(p, f"{what} {p}")
+    return p
+
+
+def _check_writable_folder(folder: Path, shown: str) -> None:
+    probe = folder
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        bad = "it" if probe == p else f"{probe}"
-        raise EvadError(f"{what} {p} cannot be a folder: {bad} is a file")
+        where = "" if probe == folder and shown.endswith(str(folder)) else f": {probe}"
+        raise EvadError(f"{shown}{where} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise EvadError(f"{what} {p} is not writable ({probe}: permission denied)")
-    return p
+        raise EvadError(f"{shown} is not writable ({probe}: permission denied)")
 
 
 def check_output_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a file this process can (over)write: not a directory, its folder
-    writable."""
+    writable (nothing is created)."""
     p = Path(path)
     if p.is_dir():
         raise EvadError(f"{what} {p} is a directory: give a file name")
     if p.exists() and not os.access(p, os.W_OK):
         raise EvadError(f"{what} {p} is not writable (permission denied)")
-    check_output_dir(p.parent if str(p.parent) else Path("."), f"the folder of {what}")
+    _check_writable_folder(p.parent if str(p.parent) else Path("."), f"{what} {p}")
     return p
 
 

@@ -23,8 +23,13 @@ from evad.command import (
     run_command,
 )
 from evad.datasets.ava import read_ava_csv, read_excluded, read_label_map
+from evad.datasets.clips import ClipDataset
 from evad.errors import ConfigError
 from evad.evaluation.ava_eval import evaluate, read_rows
+from evad.evaluation.detect import detect
+from evad.export.metadata import preset_of
+from evad.runtime.backends import open_runner
+from evad.runtime.outputs import write_csv_atomic
 
 __all__ = ["main", "parser"]
 
@@ -147,13 +152,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> list[tuple]:
-    # imported here: scoring a CSV needs neither torch nor a backend
-    from evad.datasets.clips import ClipDataset
-    from evad.evaluation.detect import detect
-    from evad.export.metadata import preset_of
-    from evad.runtime.backends import open_runner
-    from evad.runtime.outputs import write_csv_atomic
-
     if args.onnx is not None:
         runner, _ = open_runner("ort", onnx=args.onnx)
         preset = preset_of(runner.metadata)  # type: ignore[attr-defined]

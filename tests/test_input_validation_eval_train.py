@@ -291,7 +291,7 @@ def json_folder_unwritable(t):
     return [*argv, "--json", str(t / "ro" / "r.json")]
 
 
-@eval_case("--json", "cannot be a folder", "is a file")
+@eval_case("--json", "is a file, not a folder")
 def json_under_a_file(t):
     argv = good(t)
     return [*argv, "--json", str(t / "det.csv" / "r.json")]
@@ -494,13 +494,13 @@ def train_case(*words: str, root_ok: bool = True):
     return register
 
 
-@train_case("--out", "cannot be a folder: it is a file")
+@train_case("--out", "is a file, not a folder")
 def out_is_a_file(t, blobs):
     write(t / "run", "x")
     return train_args(t)
 
 
-@train_case("--out", "cannot be a folder", "is a file")
+@train_case("--out", "is a file, not a folder")
 def out_under_a_file(t, blobs):
     write(t / "f", "x")
     return [*train_args(t), "--out", str(t / "f" / "run")]

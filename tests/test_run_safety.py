@@ -216,7 +216,7 @@ def test_disk_full_is_one_line_and_resumable(video, tiny_onnx, reference, tmp_pa
     out = tmp_path / "o"
     assert run_main(_args(video, tiny_onnx, out)) == 0
     before = _files(out)
-    # a new run into the finished folder, with files capped at 400 kB (a few keyframes of rows): the staged CSV fills up
+    # a new run into the finished folder, files capped at 400 kB (a few keyframes of rows)
     r = subprocess.run([*_CMD, *_args(video, tiny_onnx, out)], capture_output=True, text=True,
                        timeout=120, preexec_fn=_limit_file_size(400_000))
     lines = _errors(r.stderr)

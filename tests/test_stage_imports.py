@@ -41,6 +41,7 @@ LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "tensorrt_lean_bindings",
 LAZY_MODULES = {"evad.plugins.triton_kernels"}
 #: modules that must import without torch (a CPU/ORT deployment needs none)
 TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.runner",
+              "evad.command", "evad.atomic", "evad.run_lock",
               "evad.metadata", "evad.hashing", "evad.resize", "evad.plugins",
               "evad.plugins.build", "evad.engines.metadata", "evad.engines.environment",
               "evad.engines.trt_runner", "evad.engines.cli", "evad.export.ort_runner",

@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from evad.evaluation.detect import detect
 from evad.models import build_model, get_preset
 from evad.models.checkpoint import load_checkpoint, save_checkpoint
 from evad.models.runner import TorchRunner
+from evad.run_lock import FolderLock
 from evad.training.losses import LossWeights, detection_loss, hungarian_match
 
 __all__ = ["TrainConfig", "check_config", "grid_proposals", "train", "validate"]
@@ -277,46 +279,48 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         val = ClipDataset(cfg.val_data, preset)
         gt = read_rows(Path(cfg.val_data) / "annotations.csv", scores=False,
                        what="annotations of --val")
-    # checked: from here on the run writes
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "train_config.json", asdict(cfg))
-    w = LossWeights()
-    g = torch.Generator().manual_seed(cfg.seed + start)
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=True, generator=g,
-                                         collate_fn=collate, drop_last=True)
-    it = iter(loader)
-    t0 = time.perf_counter()
-    # the bar as a context: a failure ends its line before the error is printed
-    with tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
-              disable=not progress) as bar, open(out / "loss_log.jsonl", "a") as log:
-        for step in bar:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-                batch = next(it)
-            for group in opt.param_groups:
-                group["lr"] = _lr(cfg, step)
-            losses = _step_losses(model, *batch, w, cfg.gt_boxes_prob, rng)
-            total = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, "total": float(total.detach()), "lr": _lr(cfg, step),
-                       "elapsed_s": round(time.perf_counter() - t0, 1),
-                       **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{rec['total']:.3f}")
-            if val is not None and ((step + 1) % cfg.val_every == 0 or step == cfg.steps - 1):
-                rec = {"step": step, **validate(model, val, gt)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.write(f"after {step + 1} steps: validation frame mAP@0.5 "
-                          f"{rec['val_mAP']:.4f}")
-            if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-                save_checkpoint(model, last, epoch=step + 1, optimizer_state=opt.state_dict(),
-                                extra={"step": step + 1, "rng": list(rng.getstate())})
+    # checked: from here on the run writes, one run per folder (a second is refused at once)
+    with FolderLock(out, "evad-train") as lock:
+        if lock.taken_over and progress:
+            print(f"evad-train: warning: {lock.taken_over}", file=sys.stderr)
+        write_json_atomic(out / "train_config.json", asdict(cfg))
+        w = LossWeights()
+        g = torch.Generator().manual_seed(cfg.seed + start)
+        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=True, generator=g,
+                                             collate_fn=collate, drop_last=True)
+        it = iter(loader)
+        t0 = time.perf_counter()
+        # the bar as a context: a failure ends its line before the error is printed
+        with tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
+                  disable=not progress) as bar, open(out / "loss_log.jsonl", "a") as log:
+            for step in bar:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    batch = next(it)
+                for group in opt.param_groups:
+                    group["lr"] = _lr(cfg, step)
+                losses = _step_losses(model, *batch, w, cfg.gt_boxes_prob, rng)
+                total = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                    rec = {"step": step, "total": float(total.detach()), "lr": _lr(cfg, step),
+                           "elapsed_s": round(time.perf_counter() - t0, 1),
+                           **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{rec['total']:.3f}")
+                if val is not None and ((step + 1) % cfg.val_every == 0 or step == cfg.steps - 1):
+                    rec = {"step": step, **validate(model, val, gt)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.write(f"after {step + 1} steps: validation frame mAP@0.5 "
+                              f"{rec['val_mAP']:.4f}")
+                if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+                    save_checkpoint(model, last, epoch=step + 1, optimizer_state=opt.state_dict(),
+                                    extra={"step": step + 1, "rng": list(rng.getstate())})
     return last
