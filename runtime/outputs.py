@@ -275,8 +275,11 @@ class DetectionWriter:
             except OSError:  # the failure was this file (disk full): resume trims it
                 pass
         self._csv = self._jsonl = None
-        if self.records or self.committed or not self._owns_staging:
-            return bool(self.records) and not self.committed
+        if self.committed:  # only an extra output was being made: nothing to resume
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return False
+        if self.records or not self._owns_staging:
+            return bool(self.records)
         shutil.rmtree(self.staging, ignore_errors=True)
         return False
 
