@@ -166,7 +166,8 @@ def _export(args: argparse.Namespace) -> int:
     out = args.out / f"{name}.onnx"
     meta = build_metadata(p, args.height, args.width, args.opset, checkpoint_sha256=sha,
                           precision=precision,
-                          exporter=f"torch.onnx dynamo (torch {torch.__version__})")
+                          exporter=f"torch.onnx dynamo (torch {torch.__version__})",
+                          random_weights=args.ckpt is None)
     if args.ckpt is None:
         meta["random_seed"] = args.seed
     rates = ", ".join(f"{r} at block {b}" for b, r in sorted(p.keep_rates.items())) or "none"

@@ -63,6 +63,9 @@ class ModelSpec:
     person_threshold: the official person score threshold.
     labels: action names, output i is action id i + 1.
     sha256: the model file's SHA-256 (what a resumed run checks), None for a model in memory.
+    preset: the preset's name; trained_on: what the weights learnt from (``AVA v2.2 (80
+    actions)``, ``synthetic stick-figure clips only``); synthetic_only: the demo model, which
+    knows no real footage.
     """
 
     name: str
@@ -76,6 +79,16 @@ class ModelSpec:
     person_threshold: float
     labels: list[str] = field(default_factory=list)
     sha256: str | None = None
+    preset: str = ""
+    trained_on: str = ""
+    synthetic_only: bool = False
+
+    def describe(self) -> str:
+        """One line on what the model is: ``ONNX model x.onnx (preset demo, trained on ...)``."""
+        parts = [f"preset {self.preset}" if self.preset else "",
+                 f"trained on {self.trained_on}" if self.trained_on else ""]
+        inner = ", ".join(p for p in parts if p)
+        return f"{self.name} ({inner})" if inner else self.name
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], name: str,
@@ -123,9 +136,16 @@ class ModelSpec:
         labels = meta["labels"]
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise bad("labels", "is not a list of names")
+        preset = meta.get("preset_name", "")
+        trained = meta.get("trained_on", "")
+        if not isinstance(preset, str) or not isinstance(trained, str):
+            raise bad("preset_name / trained_on", "is not text")
+        # exports made before these keys: the demo preset was the only synthetic one
+        synthetic = meta.get("synthetic_only", preset == "demo" and "random_seed" not in meta)
         return cls(name, (size[0], size[1]), count("num_frames"), count("frame_stride"),
                    count("short_side"), count("max_long_side"), triple("mean", False),
-                   triple("std", True), float(thr), labels, sha256)
+                   triple("std", True), float(thr), labels, sha256, preset, trained,
+                   bool(synthetic))
 
 
 _SPEC_KEYS = ("input_size", "num_frames", "frame_stride", "short_side", "max_long_side",

@@ -10,7 +10,7 @@ import evad
 from evad.errors import BackendError, ConfigError
 from evad.metadata import FORMAT_VERSION
 from evad.models.flops import token_counts
-from evad.models.labels import label_names
+from evad.models.labels import SYNTHETIC_PRESETS, label_names, trained_on
 from evad.models.presets import Preset
 
 __all__ = ["build_metadata", "preset_of"]
@@ -18,8 +18,10 @@ __all__ = ["build_metadata", "preset_of"]
 
 def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
                    checkpoint_sha256: str | None = None, labels: list[str] | None = None,
-                   precision: str = "fp32", exporter: str = "") -> dict[str, Any]:
-    """The metadata of an ONNX export of ``preset`` at ``height`` x ``width`` input pixels."""
+                   precision: str = "fp32", exporter: str = "",
+                   random_weights: bool = False) -> dict[str, Any]:
+    """The metadata of an ONNX export of ``preset`` at ``height`` x ``width`` input pixels
+    (``random_weights``: exported from a preset, not a checkpoint)."""
     counts = token_counts(preset, height, width)
     s = (height // preset.patch_size) * (width // preset.patch_size)
     kept = [counts[b + 1] for b in sorted(preset.keep_rates) if counts[b + 1] < counts[b]]
@@ -27,6 +29,8 @@ def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
         "format_version": FORMAT_VERSION,
         "evad_deploy_version": evad.__version__,
         "preset_name": preset.name,
+        "trained_on": trained_on(preset.name, preset.num_classes, random_weights),
+        "synthetic_only": preset.name in SYNTHETIC_PRESETS and not random_weights,
         "preset": preset.to_dict(),
         "keep_rates": {str(b): r for b, r in sorted(preset.keep_rates.items())},
         "num_classes": preset.num_classes,

@@ -48,3 +48,19 @@ def label_names(num_classes: int, names: tuple[str, ...] = ()) -> list[str]:
     if num_classes == len(AVA_ACTIONS):
         return list(AVA_ACTIONS)
     return [f"class_{i + 1}" for i in range(num_classes)]
+
+
+#: presets whose only training data is this project's synthetic generator
+SYNTHETIC_PRESETS = ("demo",)
+
+
+def trained_on(preset_name: str, num_classes: int, random_weights: bool = False) -> str:
+    """What a model's weights were trained on, as far as its preset and class count tell:
+    the demo preset knows synthetic stick figures only; 80 classes is AVA v2.2, 24 UCF101-24,
+    21 JHMDB-21 (the official releases)."""
+    if random_weights:
+        return "nothing (random weights)"
+    if preset_name in SYNTHETIC_PRESETS:
+        return "synthetic stick-figure clips only (not real footage)"
+    return {80: "AVA v2.2 (80 actions)", 24: "UCF101-24", 21: "JHMDB-21"}.get(
+        num_classes, f"{num_classes} action classes")

@@ -11,7 +11,7 @@ import torch
 from evad.models.checkpoint import load_checkpoint
 from evad.models.evad import EVAD
 from evad.models.flops import token_counts
-from evad.models.labels import label_names
+from evad.models.labels import SYNTHETIC_PRESETS, label_names, trained_on
 from evad.models.presets import Preset
 from evad.runner import (
     OUTPUT_ACTION_PROBS,
@@ -31,11 +31,14 @@ def pruning_blocks_at(preset: Preset, height: int, width: int) -> list[int]:
     return [b for b in range(preset.depth) if counts[b + 1] < counts[b]]
 
 
-def spec_of(preset: Preset, name: str) -> ModelSpec:
+def spec_of(preset: Preset, name: str, random_weights: bool = False) -> ModelSpec:
     """What the runtime needs of a preset (the torch reference takes any input size)."""
     return ModelSpec(name, None, preset.num_frames, preset.frame_stride, preset.short_side,
                      preset.max_long_side, tuple(preset.mean), tuple(preset.std),
-                     preset.person_threshold, label_names(preset.num_classes, preset.labels))
+                     preset.person_threshold, label_names(preset.num_classes, preset.labels),
+                     None, preset.name, trained_on(preset.name, preset.num_classes,
+                                                   random_weights),
+                     preset.name in SYNTHETIC_PRESETS and not random_weights)
 
 
 class TorchRunner:

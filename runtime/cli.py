@@ -26,7 +26,7 @@ from evad.runtime.backends import BACKENDS, open_runner
 from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
 from evad.runtime.pipeline import detect
 from evad.runtime.preprocess import Preprocessor
-from evad.runtime.render import render_video
+from evad.runtime.render import render_video, video_codec
 from evad.runtime.sampling import expected_keyframes
 from evad.runtime.video import VideoInfo, open_video
 
@@ -116,10 +116,12 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None, *, default_video: Default | None = None,
-         default_model: Default | None = None) -> int:
-    """Run the command; ``default_video`` / ``default_model`` give the files to use when the
-    user named no video / no model (without them, a missing one is an error)."""
+         default_model: Default | None = None, default_ckpt: Default | None = None) -> int:
+    """Run the command; ``default_video`` / ``default_model`` / ``default_ckpt`` give the files
+    to use when the user named no video / no model / no checkpoint for ``--backend torch``
+    (without them, a missing one is an error)."""
     args = parser().parse_args(argv)
+    args.default_ckpt = default_ckpt
     state: dict = {}
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -161,14 +163,24 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
                           "cannot hold: pass --video-id NAME")
     out_dir = args.out if args.out is not None else Path("runs") / video_id
     check_output_dir(out_dir, "--out")
-    onnx = args.onnx
+    onnx, ckpt = args.onnx, args.ckpt
     if args.engine is None and args.onnx is None and args.ckpt is None:
-        if default_model is None:
+        if args.backend == "torch" and args.default_ckpt is not None:
+            ckpt = args.default_ckpt()
+        elif default_model is None:
             raise ConfigError("no model: pass --onnx FILE, --engine FILE or --ckpt FILE")
-        onnx = default_model()
-    backend, notes = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=args.ckpt,
+        else:
+            onnx = default_model()
+    backend, notes = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=ckpt,
                                  threads=args.threads, shrink_arena=True)
     spec = backend.spec
+    _log(f"model {spec.describe()}", q)
+    if spec.synthetic_only and args.video is not None:
+        print(f"{_PROG}: warning: {spec.describe()} knows only this project's synthetic stick "
+              "figures: on real footage its boxes and actions mean nothing. For real video use "
+              "an official EVAD checkpoint (ViT-B / ViT-L on AVA, UCF101-24, JHMDB: the "
+              "MCG-NJU/EVAD release) exported with evad-export --ckpt FILE --onnx-only",
+              file=sys.stderr)
     pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
                               spec.mean, spec.std, spec.input_size, spec.name)
     batch = args.batch_size or (8 if backend.on_gpu else 1)
@@ -185,10 +197,10 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
 
     src = (f"{len(info.frames)} frames at an assumed {info.fps:g} fps" if info.is_directory
            else f"{info.codec}, {info.fps:.3g} fps, ~{info.duration_s:.1f} s")
-    _log(f"video {info.path}: {info.width}x{info.height}, {src}", q)
+    _log(f"video {info.path}: {info.height}x{info.width} (H x W), {src}", q)
     _log(f"backend {backend.name}" + (f" (auto; {'; '.join(notes)})" if notes else "")
-         + f"; input {pre.padded[0]}x{pre.padded[1]}, frames resized to "
-         f"{pre.resized[1]}x{pre.resized[0]}, batch {batch}", q)
+         + f"; frames resized to {pre.resized[0]}x{pre.resized[1]}, padded to the input "
+         f"{pre.padded[0]}x{pre.padded[1]} (H x W), batch {batch}", q)
 
     created = not out_dir.exists()
     try:
@@ -235,6 +247,9 @@ def _detect_and_write(args: argparse.Namespace, state: dict, info: VideoInfo, ba
     }
     writer.finish(summary)
     if args.render:
+        if video_codec() != "h264":
+            _log("note: PyAV with libx264 is missing, so annotated.mp4 is MPEG-4 Part 2 (mp4v), "
+                 "which browsers do not play: pip install av", q)
         with tqdm(total=info.frame_count, desc="render", unit="frame", disable=q,
                   leave=False, dynamic_ncols=True) as bar:
             render_video(info, writer.records, writer.staged_path(VIDEO_NAME),

@@ -215,3 +215,19 @@ def test_resume_after_kill(tmp_path, capfd, tiny_onnx):
     assert summary["keyframes_resumed"] >= done  # the finished keyframes were not rerun
     assert f"({summary['keyframes_resumed']} resumed)" in stdout
     assert len(recs) == 16 and (out / "annotated.mp4").is_file()
+
+
+def test_demo_model_on_another_video_says_what_it_is(tmp_path, capfd) -> None:
+    """The default model (the demo checkpoint, here on the torch backend with no --ckpt) names
+    itself, and on a video the user chose warns once that it knows synthetic figures only."""
+    from evad.cli.trt_run import main as trt_run_main
+
+    video = make_video(tmp_path / "street.mp4", 2.0, 320, 180, 10.0)
+    rc = trt_run_main([str(video), "--backend", "torch", "--out", str(tmp_path / "o")])
+    out, err = capfd.readouterr()
+    assert rc == 0, err
+    assert "model checkpoint " in out and "(preset demo, trained on synthetic stick-figure " \
+        "clips only (not real footage))" in out
+    warnings = [x for x in err.splitlines() if ": warning: " in x]
+    assert len(warnings) == 1 and "synthetic stick figures" in warnings[0]
+    assert "MCG-NJU/EVAD" in warnings[0] and "evad-export --ckpt" in warnings[0]
