@@ -48,7 +48,7 @@ from evad.models import PRESETS, build_model, load_checkpoint
 from evad.models.flops import flops, token_counts
 from evad.runtime.backends import open_runner
 
-__all__ = ["main", "progress"]
+__all__ = ["ParityBar", "main"]
 
 _EXPORT_EPILOG = """\
 examples:
@@ -64,14 +64,35 @@ Custom ops are nodes in domain 'evad' with model-local functions, so plain onnxr
 """
 
 
+_T0 = [time.perf_counter()]  # the command's start, for the elapsed time on each stage line
+
+
 def _log(stage: str, msg: str, quiet: bool = False) -> None:
     if not quiet:
-        print(f"{stage}: {msg}", flush=True)
+        print(f"[{time.perf_counter() - _T0[0]:6.1f} s] {stage}: {msg}", flush=True)
 
 
-def progress(items, desc: str, quiet: bool):
-    """A clip-loop progress bar (off with ``quiet``)."""
-    return tqdm(items, desc=desc, unit="clip", disable=quiet, leave=False)
+class ParityBar:
+    """The parity progress bar: two steps per clip (the backend's run, then torch's), so it
+    moves within a clip; use as ``compare(..., progress=bar.step)`` inside ``with``."""
+
+    def __init__(self, clips: int, what: str, quiet: bool) -> None:
+        self.bar = tqdm(total=2 * clips, desc="parity", unit="run", disable=quiet, leave=False)
+        self.what = what
+        self.bar.set_postfix_str(f"{what} on clip 1")
+
+    def step(self, done: str) -> None:
+        self.bar.update(1)
+        clip = self.bar.n // 2 + 1
+        nxt = "torch (forced to its decisions)" if done == "backend" else self.what
+        if self.bar.n < self.bar.total:
+            self.bar.set_postfix_str(f"{nxt} on clip {clip}")
+
+    def __enter__(self) -> ParityBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -146,7 +167,7 @@ def _export(args: argparse.Namespace) -> int:
                             f"engine later on a machine with a GPU and TensorRT: "
                             f"evad-build-engine <out>/<name>.onnx{flag}")
     q = args.quiet
-    t0 = time.perf_counter()
+    t0 = _T0[0] = time.perf_counter()
     if args.ckpt is not None:
         model, meta = load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
         sha, stem = meta["sha256"], args.ckpt.stem
@@ -175,8 +196,10 @@ def _export(args: argparse.Namespace) -> int:
          f"{' -> '.join(map(str, meta['tokens']))}, {f['total']:.1f} GFLOPs/clip", q)
 
     t1 = time.perf_counter()
-    _log("export", "tracing and converting (the dynamo exporter takes a while) ...", q)
-    proto = export_onnx(model, args.height, args.width, args.opset)
+    _log("export", "trace (torch.export) and translate to ONNX: the dynamo exporter takes a "
+         "while ...", q)
+    proto = export_onnx(model, args.height, args.width, args.opset,
+                        log=lambda m: _log("export", m, q))
     write_metadata(proto, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     # The ONNX is written into a staging folder and moved into place only once it passed
@@ -195,8 +218,8 @@ def _export(args: argparse.Namespace) -> int:
             ort_model, _ = open_runner("ort", onnx=staged, cuda=False)
             clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
                                          args.width, args.seed)
-            report = compare(model, ort_model, clips, sizes,
-                             progress=lambda xs: progress(xs, "parity", q))
+            with ParityBar(len(clips), "ONNX Runtime", q) as bar:
+                report = compare(model, ort_model, clips, sizes, progress=bar.step)
             del ort_model
             for line in report.lines():
                 _log("parity", f"ORT CPU vs torch fp32: {line}", q)

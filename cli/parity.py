@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from evad.atomic import write_json_atomic
-from evad.cli.export import progress
+from evad.cli.export import ParityBar
 from evad.command import ArgumentParser, check_input_file, check_output_file, number, run_command
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import ConfigError, EvadError
@@ -85,8 +85,8 @@ def _parity(args: argparse.Namespace) -> int:
     thresholds = REDUCED_THRESHOLDS if reduced else FP32_THRESHOLDS
     h, w = meta["input_size"]
     clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
-    report = compare(model, runner, clips, sizes, thresholds,
-                     progress=lambda xs: progress(xs, "parity", False))
+    with ParityBar(len(clips), runner.name, False) as bar:
+        report = compare(model, runner, clips, sizes, thresholds, progress=bar.step)
     print(f"parity: {runner.spec.name} ({runner.name}) vs torch fp32, {report.clips} batch(es) "
           f"of {args.batch}")
     for line in report.lines():

@@ -65,7 +65,7 @@ class ModelSpec:
     sha256: the model file's SHA-256 (what a resumed run checks), None for a model in memory.
     preset: the preset's name; trained_on: what the weights learnt from (``AVA v2.2 (80
     actions)``, ``synthetic stick-figure clips only``); synthetic_only: the demo model, which
-    knows no real footage.
+    knows no real footage. patch_size, tubelet_size: token size (pixels, frames).
     """
 
     name: str
@@ -82,6 +82,8 @@ class ModelSpec:
     preset: str = ""
     trained_on: str = ""
     synthetic_only: bool = False
+    patch_size: int = 16
+    tubelet_size: int = 2
 
     def describe(self) -> str:
         """One line on what the model is: ``ONNX model x.onnx (preset demo, trained on ...)``."""
@@ -142,10 +144,15 @@ class ModelSpec:
             raise bad("preset_name / trained_on", "is not text")
         # exports made before these keys: the demo preset was the only synthetic one
         synthetic = meta.get("synthetic_only", preset == "demo" and "random_seed" not in meta)
+        grid = meta.get("preset") if isinstance(meta.get("preset"), dict) else {}
+        patch, tubelet = grid.get("patch_size", 16), grid.get("tubelet_size", 2)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                   for v in (patch, tubelet)):
+            raise bad("preset.patch_size / tubelet_size", "is not a positive integer")
         return cls(name, (size[0], size[1]), count("num_frames"), count("frame_stride"),
                    count("short_side"), count("max_long_side"), triple("mean", False),
                    triple("std", True), float(thr), labels, sha256, preset, trained,
-                   bool(synthetic))
+                   bool(synthetic), patch, tubelet)
 
 
 _SPEC_KEYS = ("input_size", "num_frames", "frame_stride", "short_side", "max_long_side",

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -73,7 +74,8 @@ def validate_size(height: int, width: int) -> None:
 
 
 def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True) -> onnx.ModelProto:
+                dynamic_batch: bool = True,
+                log: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """Export ``model`` (eval mode) to an ONNX model with ``evad`` custom nodes and functions.
 
     Args:
@@ -81,6 +83,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
         height, width: the fixed input size in pixels (multiples of 32).
         opset: default-domain opset (>= 17).
         dynamic_batch: make the batch dimension symbolic ("batch").
+        log: told each stage as it ends (traced and translated, checked).
 
     Returns:
         The checked model (full checker and strict shape inference pass).
@@ -88,6 +91,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     Raises:
         ConfigError: bad size or opset. EvadError: the exporter or the checks failed.
     """
+    say = log or (lambda m: None)
     validate_size(height, width)
     if opset < 17:
         raise ConfigError(f"opset {opset}: the export needs opset >= 17 (LayerNormalization)")
@@ -117,7 +121,11 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     proto = program.model_proto
     used = {n.op_type for n in proto.graph.node if n.domain == DOMAIN}
     proto.functions.extend(f for f in function_protos() if f.name in used)
-    return check_model(proto)
+    say(f"traced and translated: {len(proto.graph.node)} nodes, {len(proto.functions)} evad "
+        f"functions; checking (onnx full checker, strict shape inference) ...")
+    checked = check_model(proto)
+    say("checks passed")
+    return checked
 
 
 def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:

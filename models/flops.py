@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("preset", nargs="?", default="vit_b_ktp", choices=list(PRESETS))
     ap.add_argument("--height", type=number(32, 4096, integer=True), default=288,
                     help="input height in pixels, a multiple of 32 (default 288)")
-    ap.add_argument("--width", type=number(32, 4096, integer=True), default=None,
-                    help="input width, a multiple of 32 (default: = height)")
+    ap.add_argument("--width", type=number(32, 4096, integer=True), default=512,
+                    help="input width, a multiple of 32 (default 512, as evad-export)")
     ap.add_argument("--keep-rate", type=number(0, 1, lo_open=True), default=None,
                     help="override the keep rate of every pruning block, e.g. 0.6")
     ap.add_argument("--paper", action="store_true",
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         for (name, size, rate), ref in PAPER_GFLOPS.items():
             rows.append((name, size, size, rate, ref))
     else:
-        rows.append((args.preset, args.height, args.width or args.height, args.keep_rate, None))
+        rows.append((args.preset, args.height, args.width, args.keep_rate, None))
     head = (f"{'preset':<14}{'size':>9}{'keep':>6}  {'tokens (after each pruning)':<29}"
             f"{'encoder':>8}{'fpn':>6}{'loc':>6}{'decoder':>8}{'total':>8}{'paper':>8}{'diff':>8}")
 

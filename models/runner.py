@@ -38,7 +38,8 @@ def spec_of(preset: Preset, name: str, random_weights: bool = False) -> ModelSpe
                      preset.person_threshold, label_names(preset.num_classes, preset.labels),
                      None, preset.name, trained_on(preset.name, preset.num_classes,
                                                    random_weights),
-                     preset.name in SYNTHETIC_PRESETS and not random_weights)
+                     preset.name in SYNTHETIC_PRESETS and not random_weights,
+                     preset.patch_size, preset.tubelet_size)
 
 
 class TorchRunner:
