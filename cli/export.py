@@ -168,6 +168,8 @@ def _export(args: argparse.Namespace) -> int:
                             f"evad-build-engine <out>/<name>.onnx{flag}")
     q = args.quiet
     t0 = _T0[0] = time.perf_counter()
+    _log("export", f"loading {args.ckpt} ..." if args.ckpt is not None else
+         f"building preset {args.preset} ...", q)
     if args.ckpt is not None:
         model, meta = load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
         sha, stem = meta["sha256"], args.ckpt.stem
