@@ -194,7 +194,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.ckpt is None:
         meta["random_seed"] = args.seed
     rates = ", ".join(f"{r} at block {b}" for b, r in sorted(p.keep_rates.items())) or "none"
-    _log("export", f"input {args.height}x{args.width}, keep {rates}, tokens "
+    _log("export", f"input {args.height}x{args.width} (H x W), keep {rates}, tokens (all, then "
+         "after each pruning block) "
          f"{' -> '.join(map(str, meta['tokens']))}, {f['total']:.1f} GFLOPs/clip", q)
 
     t1 = time.perf_counter()
@@ -246,7 +247,7 @@ def _export(args: argparse.Namespace) -> int:
                                    log=lambda m: _log("engine", m, q))
 
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
-          f"{args.height}x{args.width}, tokens {' -> '.join(map(str, meta['tokens']))}, "
+          f"{args.height}x{args.width} (H x W), tokens {' -> '.join(map(str, meta['tokens']))}, "
           f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
           + (f"\n  parity (ORT CPU, {report.clips} clip): PASS, boxes "
              f"{report.box_max_abs:.1e} px, probs {report.prob_max_abs:.1e}" if report else "")

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, size, size, rate, ref))
     else:
         rows.append((args.preset, args.height, args.width, args.keep_rate, None))
-    head = (f"{'preset':<14}{'size':>9}{'keep':>6}  {'tokens (after each pruning)':<29}"
+    head = (f"{'preset':<14}{'H x W':>9}{'keep':>6}  {'tokens (after each pruning)':<29}"
             f"{'encoder':>8}{'fpn':>6}{'loc':>6}{'decoder':>8}{'total':>8}{'paper':>8}{'diff':>8}")
 
     def body() -> int:
