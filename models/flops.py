@@ -13,7 +13,10 @@ and the encoder's and decoder's MLP ratios enter it.
 
 from __future__ import annotations
 
-from evad.command import ArgumentParser, number, run_command
+import sys
+
+from evad.atomic import write_json_atomic
+from evad.command import ArgumentParser, check_output_file, number, run_command
 from evad.errors import ConfigError
 from evad.models.keyframe_topk_prune import keep_fraction, kept_token_count
 from evad.models.presets import PRESETS, Preset, get_preset
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override the keep rate of every pruning block, e.g. 0.6")
     ap.add_argument("--paper", action="store_true",
                     help="print every configuration of the paper's table with its figure")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the rows as JSON (e.g. benchmarks/results/flops_paper.json)")
     args = ap.parse_args(argv)
     rows = []
     if args.paper:
@@ -141,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         for _, h, w, _, _ in rows:
             if h % 32 or w % 32:
                 raise ConfigError(f"height and width must be multiples of 32, got {h}x{w}")
+        if args.json is not None:
+            check_output_file(args.json, "--json")
+        table = []
         print(head)
         print("-" * len(head))
         for name, h, w, rate, ref in rows:
@@ -153,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14}{f'{h}x{w}':>9}{keep:>6.2f}  {' -> '.join(map(str, path)):<29}"
                   f"{f['encoder']:8.1f}{f['fpn']:6.1f}{f['localization']:6.1f}"
                   f"{f['decoder']:8.1f}{f['total']:8.1f}{ref_s}")
+            table.append({"preset": name, "height": h, "width": w, "keep_rate": keep,
+                          "tokens": path, "gflops": {k: round(v, 2) for k, v in f.items()},
+                          "paper_gflops": ref})
+        if args.json is not None:
+            write_json_atomic(args.json, {"command": "evad-flops " + " ".join(
+                argv if argv is not None else sys.argv[1:]), "convention": "fvcore multiply-adds",
+                "rows": table})
         return 0
 
     return run_command("evad-flops", body)

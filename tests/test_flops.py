@@ -50,3 +50,13 @@ def test_cli_prints_table(capsys) -> None:
     assert "4608 -> 3226 -> 2259 -> 1582" in capsys.readouterr().out
     assert main(["vit_b_ktp", "--height", "100"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_flops_json_holds_the_printed_rows(tmp_path, capsys) -> None:
+    import json
+
+    path = tmp_path / "f.json"
+    assert main(["vit_b_ktp", "--height", "288", "--width", "512", "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["tokens"] == [4608, 3226, 2259, 1582] and row["gflops"]["total"] == 520.95
+    assert "520.9" in capsys.readouterr().out
