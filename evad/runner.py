@@ -144,7 +144,8 @@ class ModelSpec:
             raise bad("preset_name / trained_on", "is not text")
         # exports made before these keys: the demo preset was the only synthetic one
         synthetic = meta.get("synthetic_only", preset == "demo" and "random_seed" not in meta)
-        grid = meta.get("preset") if isinstance(meta.get("preset"), dict) else {}
+        stored = meta.get("preset")
+        grid: dict[str, Any] = stored if isinstance(stored, dict) else {}
         patch, tubelet = grid.get("patch_size", 16), grid.get("tubelet_size", 2)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                    for v in (patch, tubelet)):
