@@ -34,14 +34,14 @@ ALLOWED = {
     "cli": set(STAGES.values()),
 }
 #: third-party packages that must load lazily (``evad.lazy.lazy_import``) wherever they are used
-LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "tensorrt_lean_bindings",
+LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "av", "tensorrt_lean_bindings",
         "tensorrt_dispatch_bindings"}
 #: modules that are themselves the lazy boundary (they import a heavy package at their top and
 #: are only ever loaded through ``lazy_import``): Triton kernels must be decorated at import
 LAZY_MODULES = {"evad.plugins.triton_kernels"}
 #: modules that must import without torch (a CPU/ORT deployment needs none)
 TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.runner",
-              "evad.command", "evad.atomic", "evad.run_lock",
+              "evad.command", "evad.atomic", "evad.run_lock", "evad.runtime.tokens",
               "evad.metadata", "evad.hashing", "evad.resize", "evad.plugins",
               "evad.plugins.build", "evad.engines.metadata", "evad.engines.environment",
               "evad.engines.trt_runner", "evad.engines.cli", "evad.export.ort_runner",
@@ -193,9 +193,9 @@ def test_torch_free_modules_import_without_torch_and_heavy_packages() -> None:
 
 @pytest.mark.parametrize("command", ["evad-export", "evad-build-engine", "evad-parity",
                                      "evad-trt-run", "evad-eval", "evad-train", "evad-flops",
-                                     "evad-build-plugins"])
+                                     "evad-build-plugins", "evad-tokens"])
 def test_help_works_without_heavy_packages(command: str) -> None:
-    """Every --help prints with TensorRT, onnxruntime, Triton and OpenCV unavailable."""
+    """Every --help prints with TensorRT, onnxruntime, Triton, OpenCV and PyAV unavailable."""
     from importlib.metadata import entry_points
 
     ep = next(e for e in entry_points(group="console_scripts") if e.name == command)
