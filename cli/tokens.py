@@ -31,7 +31,13 @@ from evad.runtime.backends import BACKENDS, open_runner
 from evad.runtime.pipeline import ClipProducer
 from evad.runtime.preprocess import Preprocessor
 from evad.runtime.sampling import expected_keyframes
-from evad.runtime.tokens import kept_masks, motion_ratio, token_motion, token_strip
+from evad.runtime.tokens import (
+    kept_masks,
+    kept_share,
+    motion_ratio,
+    token_motion,
+    token_strip,
+)
 from evad.runtime.video import open_video
 
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
@@ -111,8 +117,7 @@ def _tokens(args: argparse.Namespace) -> int:
                     width // spec.patch_size)
             masks = kept_masks({b: result[kept_idx_name(b)][0] for b in blocks}, grid)
             motion = token_motion(clip, grid, spec.patch_size, spec.tubelet_size, pre.resized)
-            rows = [{"block": b, "kept_share": round(float(masks[b][np.arange(grid[0]) !=
-                                                                    grid[0] // 2].mean()), 4),
+            rows = [{"block": b, "kept_share": round(kept_share(masks[b]), 4),
                      "motion_ratio": round(motion_ratio(motion, masks[b]), 3)} for b in blocks]
             img = token_strip(clip, masks, spec.mean, spec.std, spec.patch_size,
                               spec.tubelet_size, pre.resized)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from evad.atomic import write_bytes_atomic
 from evad.engines.environment import missing_for_engine_build, running_environment
-from evad.engines.metadata import engine_metadata, onnx_sha256, sidecar_path, write_atomic
+from evad.engines.metadata import engine_metadata, onnx_sha256, sidecar_path
 from evad.engines.onnx_prep import (
     evad_nodes,
     fp32_layer_types,
@@ -233,11 +234,11 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     # The old engine goes first, then the sidecar, then the engine: an engine file never stands
     # beside a sidecar that describes another build (a failed write leaves no engine at all).
     engine_path.unlink(missing_ok=True)
-    write_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
-    write_atomic(engine_path, bytes(serialized))
+    write_bytes_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_bytes_atomic(engine_path, bytes(serialized))
     cache = config.get_timing_cache() if timing_cache else None
     if timing_cache and cache is not None:
-        write_atomic(Path(timing_cache), bytes(cache.serialize()))
+        write_bytes_atomic(Path(timing_cache), bytes(cache.serialize()))
     log(f"wrote {engine_path} ({precision}, batch {lo}/{opt}/{hi}, {plugins} plugins) in "
         f"{time.perf_counter() - t0:.1f} s")
     return engine_path

@@ -15,7 +15,7 @@ from evad.hashing import file_sha256
 
 __all__ = ["FORMAT_VERSION", "EngineMismatchError", "check_engine_metadata", "engine_metadata",
            "merged_metadata", "onnx_sha256", "read_engine_metadata", "sidecar_path",
-           "write_atomic"]
+]
 
 FORMAT_VERSION = 1
 #: what must equal between the engine's build and the machine that runs it
@@ -34,16 +34,6 @@ def sidecar_path(engine: str | os.PathLike) -> Path:
 def onnx_sha256(path: str | os.PathLike) -> str:
     """sha256 of the .onnx file (and its external data file when present), hex."""
     return file_sha256(path, str(path) + ".data")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def engine_metadata(env: dict[str, Any], precision: str, onnx_meta: dict[str, Any],

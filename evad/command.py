@@ -95,29 +95,25 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
 
     ``number(0, 1)`` is [0, 1]; ``number(0, lo_open=True)`` is > 0; ``integer`` makes ints.
     """
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    if lo is not None and hi is not None:
-        want = f"in {left}{lo:g}, {hi:g}{right}"
-    elif lo is not None:
-        want = f"{'>' if lo_open else '>='} {lo:g}"
-    elif hi is not None:
-        want = f"{'<' if hi_open else '<='} {hi:g}"
-    else:
-        want = "finite"
     kind = "an integer" if integer else "a number"
+    if lo is not None and hi is not None:
+        want = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        want = f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        want = f"{kind} {'<' if hi_open else '<='} {hi:g}"
+    else:
+        want = f"a finite {'integer' if integer else 'number'}"
 
     def parse(text: str) -> float:
         try:
             v: float = int(text) if integer else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-        ok = math.isfinite(v) and not (
-            lo is not None and (v < lo or (lo_open and v == lo))) and not (
-            hi is not None and (v > hi or (hi_open and v == hi)))
-        if not ok:
-            raise argparse.ArgumentTypeError(f"{text} must be {kind} {want}".replace(
-                f"{kind} finite", f"a finite {kind.split()[-1]}"))
+        below = lo is not None and (v < lo or (lo_open and v == lo))
+        above = hi is not None and (v > hi or (hi_open and v == hi))
+        if not math.isfinite(v) or below or above:
+            raise argparse.ArgumentTypeError(f"{text} must be {want}")
         return v
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in errors
@@ -140,52 +136,36 @@ def check_input_file(path: str | os.PathLike, what: str, *, empty_ok: bool = Fal
         error (EvadError or a subclass): missing (and whether its folder is), a directory, a
             FIFO or device, unreadable, or empty.
     """
-    try:
-        return _check_input_file(Path(path), what, empty_ok)
-    except EvadError as e:
-        if error is EvadError:
-            raise
-        raise error(str(e)) from None
-
-
-def _check_input_file(p: Path, what: str, empty_ok: bool) -> Path:
+    p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
         parent = p.parent
         where = "" if parent.is_dir() else f" (nor does its folder {parent})"
-        raise EvadError(f"{what} {p} does not exist{where}") from None
+        raise error(f"{what} {p} does not exist{where}") from None
     except OSError as e:
-        raise EvadError(f"{what} {p} cannot be read: {e.strerror}") from None
+        raise error(f"{what} {p} cannot be read: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise EvadError(f"{what} {p} is a directory, not a file")
+        raise error(f"{what} {p} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
-        raise EvadError(f"{what} {p} is {_kind(st.st_mode)}, not a regular file")
+        raise error(f"{what} {p} is {_kind(st.st_mode)}, not a regular file")
     if not os.access(p, os.R_OK):
-        raise EvadError(f"{what} {p} is not readable (permission denied)")
+        raise error(f"{what} {p} is not readable (permission denied)")
     if st.st_size == 0 and not empty_ok:
-        raise EvadError(f"{what} {p} is empty (0 bytes)")
+        raise error(f"{what} {p} is empty (0 bytes)")
     return p
 
 
 def check_input_dir(path: str | os.PathLike, what: str,
                     error: type[EvadError] = EvadError) -> Path:
     """``path`` as a readable directory, else one exact reason (raised as ``error``)."""
-    try:
-        return _check_input_dir(Path(path), what)
-    except EvadError as e:
-        if error is EvadError:
-            raise
-        raise error(str(e)) from None
-
-
-def _check_input_dir(p: Path, what: str) -> Path:
+    p = Path(path)
     if not p.exists():
-        raise EvadError(f"{what} {p} does not exist")
+        raise error(f"{what} {p} does not exist")
     if not p.is_dir():
-        raise EvadError(f"{what} {p} is not a directory")
+        raise error(f"{what} {p} is not a directory")
     if not os.access(p, os.R_OK | os.X_OK):
-        raise EvadError(f"{what} {p} is not readable (permission denied)")
+        raise error(f"{what} {p} is not readable (permission denied)")
     return p
 
 

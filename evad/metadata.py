@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evad.command import check_input_file
 from evad.errors import EvadError
 from evad.lazy import lazy_import
 
@@ -45,9 +45,7 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
         EvadError: the file is missing, not ONNX, or was not exported by evad-deploy.
     """
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise EvadError(f"ONNX file {path} does not exist")
+        path = check_input_file(model, "ONNX model")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:

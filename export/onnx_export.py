@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import nn
 
+from evad.command import one_line
 from evad.errors import ConfigError, EvadError
 from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
 from evad.models.evad import EVAD
@@ -116,7 +117,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     except ConfigError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = one_line(e)
         raise EvadError(f"torch.onnx.export failed: {first}") from e
     proto = program.model_proto
     used = {n.op_type for n in proto.graph.node if n.domain == DOMAIN}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evad.command import check_input_file
+from evad.command import check_input_file, one_line
 from evad.errors import BackendError
 from evad.hashing import file_sha256
 from evad.lazy import lazy_import
@@ -102,7 +102,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own classes: one line for the user
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = one_line(e)
             raise BackendError(f"onnxruntime cannot load {self.path}: {first}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
         _check_signature(self.path, self.session)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from evad.atomic import atomic_write
 from evad.command import ArgumentParser, check_input_file, run_command
 from evad.errors import CheckpointError, ConfigError
 from evad.hashing import file_sha256
@@ -286,17 +286,8 @@ def save_checkpoint(model: EVAD, path: str | os.PathLike, epoch: int = 0,
         "amp": None,
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(blob, f)
     return path
 
 
@@ -347,14 +338,8 @@ def convert_trusted(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         return str(v)
 
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
-        torch.save(plain(obj), tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dst, "wb") as f:
+        torch.save(plain(obj), f)
     return dst
 
 

@@ -155,6 +155,7 @@ class DetectionWriter:
         self.resume_note = ""
         self.committed = False
         self._owns_staging = False  # open() got past the resume check: the staging is ours
+        self._recorded: dict[str, dict[str, Any]] = {}  # outputs moved in: name -> size, hash
         self._csv: IO[str] | None = None
         self._jsonl: IO[str] | None = None
         self._resume = resume
@@ -258,23 +259,23 @@ class DetectionWriter:
                 raise OSError(e.errno, e.strerror, str(path)) from e
         self.records.extend(recs)
 
-    def close(self) -> None:
-        """Close the staged files (they stay, for ``--resume``)."""
+    def close(self, after_failure: bool = False) -> None:
+        """Close the staged files (they stay, for ``--resume``). ``after_failure``: a write
+        error on closing is the failure already being reported (a full disk), and resume
+        trims the file, so it is not raised again."""
         for f in (self._csv, self._jsonl):
-            if f is not None:
-                f.close()
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                if not after_failure:
+                    raise
         self._csv = self._jsonl = None
 
     def abandon(self) -> bool:
         """After a failure: close, and remove the staging folder when it holds no keyframe
         (nothing to resume). Returns whether resumable keyframes stay staged."""
-        for f in (self._csv, self._jsonl):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:  # the failure was this file (disk full): resume trims it
-                pass
-        self._csv = self._jsonl = None
+        self.close(after_failure=True)
         if self.committed:  # only an extra output was being made: nothing to resume
             shutil.rmtree(self.staging, ignore_errors=True)
             return False
@@ -283,9 +284,13 @@ class DetectionWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
         return False
 
-    def _files(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return {n: {"bytes": (self.out_dir / n).stat().st_size,
-                    "sha256": file_sha256(self.out_dir / n)} for n in names}
+    def _add_files(self, *names: str) -> dict[str, dict[str, Any]]:
+        """Record the size and SHA-256 of outputs now in ``out_dir`` (each hashed once) and
+        return every output recorded so far, for ``run.json``."""
+        for n in names:
+            self._recorded[n] = {"bytes": (self.out_dir / n).stat().st_size,
+                                 "sha256": file_sha256(self.out_dir / n)}
+        return dict(self._recorded)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Move the staged detections into ``out_dir`` and rewrite its ``run.json`` last.
@@ -306,7 +311,7 @@ class DetectionWriter:
         os.replace(self._csv_part, self.csv_path)
         os.replace(self._jsonl_part, self.jsonl_path)
         write_json_atomic(self.run_path, self._state(
-            True, summary=summary, files=self._files((CSV_NAME, JSONL_NAME))))
+            True, summary=summary, files=self._add_files(CSV_NAME, JSONL_NAME)))
         self.committed = True
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -322,6 +327,6 @@ class DetectionWriter:
         final = self.out_dir / name
         os.replace(self.staging / name, final)
         write_json_atomic(self.run_path, self._state(
-            True, summary=self.summary, files=self._files((CSV_NAME, JSONL_NAME, name))))
+            True, summary=self.summary, files=self._add_files(name)))
         shutil.rmtree(self.staging, ignore_errors=True)
         return final

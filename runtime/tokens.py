@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 else:
     cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
-__all__ = ["kept_masks", "motion_ratio", "token_motion", "token_strip"]
+__all__ = ["kept_masks", "kept_share", "motion_ratio", "token_motion", "token_strip"]
 
 
 def kept_masks(kept: Mapping[int, np.ndarray], grid: tuple[int, int, int]) -> dict[int, np.ndarray]:
@@ -50,6 +50,13 @@ def kept_masks(kept: Mapping[int, np.ndarray], grid: tuple[int, int, int]) -> di
         mask[sl, (idx % s) // w, idx % w] = True
         out[block] = mask
     return out
+
+
+def kept_share(mask: np.ndarray) -> float:
+    """The share of non-keyframe tokens a (t, h, w) mask keeps (the keyframe slice is always
+    kept, so it is left out)."""
+    t = mask.shape[0]
+    return float(mask[np.arange(t) != t // 2].mean())
 
 
 def _frames(clip: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -111,8 +118,8 @@ def token_strip(clip: np.ndarray, masks: Mapping[int, np.ndarray], mean: Sequenc
     scale = cell_width / iw
     ch = max(1, round(ih * scale))
     label_w, pad = 120, 4
-    rows = [("input", None)] + [(f"block {b}: {100 * m[np.arange(t) != t // 2].mean():.0f}%",
-                                 m) for b, m in sorted(masks.items())]
+    rows = [("input", None)] + [(f"block {b}: {100 * kept_share(m):.0f}%", m)
+                                for b, m in sorted(masks.items())]
     img = np.full((len(rows) * (ch + pad) + pad, label_w + t * (cell_width + pad) + pad, 3), 255,
                   np.uint8)
     for r, (label, mask) in enumerate(rows):
