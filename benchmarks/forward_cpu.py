@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 
@@ -22,18 +21,7 @@ from evad.models import PRESETS, build_model
 from evad.models.flops import flops
 from evad.models.runner import TorchRunner
 from evad.runner import kept_blocks, kept_idx_name
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what platform reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from evad.runtime.benchmark import cpu_name
 
 
 def main() -> None:

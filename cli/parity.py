@@ -14,8 +14,15 @@ from evad.command import ArgumentParser, check_input_file, check_output_file, nu
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import ConfigError, EvadError
 from evad.export.metadata import preset_of
+from evad.export.openvino_runner import OpenVinoRunner
 from evad.export.ort_runner import OrtRunner
-from evad.export.parity import FP32_THRESHOLDS, REDUCED_THRESHOLDS, compare, seeded_inputs
+from evad.export.parity import (
+    FP32_THRESHOLDS,
+    OPENVINO_FP32_THRESHOLDS,
+    REDUCED_THRESHOLDS,
+    compare,
+    seeded_inputs,
+)
 from evad.models import build_model, load_checkpoint
 from evad.runtime.backends import open_runner
 
@@ -29,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG, description="Compare an exported EVAD model, run in ONNX Runtime or as a "
         "TensorRT engine, against the torch reference on seeded clips; exit 1 when a parity "
         "bar fails (fp32: kept tokens identical up to near-ties, boxes 1e-2 px, action "
-        "probabilities 1e-4; fp16/bf16 engines: Jaccard >= 0.97, 98%% of detections matched, "
-        "mean probability difference <= 0.01).",
+        "probabilities 1e-4; fp16/bf16 engines and OpenVINO bf16: Jaccard >= 0.97, 98%% of "
+        "detections matched, mean probability difference <= 0.01).",
         epilog="Reported per pruning block: kept-token Jaccard, boundary flips and order swaps "
         "with the reference's score gaps; then box, person-score and action-probability "
         "differences and the detection match rate. The torch run is forced to the backend's "
@@ -48,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                     help="ONNX Runtime execution provider (default cpu)")
+    ap.add_argument("--backend", choices=["ort", "openvino"], default="ort",
+                    help="what runs --onnx: ort (default) or openvino")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="with --backend openvino: its compute precision; bf16 is judged by "
+                    "the reduced-precision rules")
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     return ap
 
@@ -64,9 +76,14 @@ def _parity(args: argparse.Namespace) -> int:
         check_input_file(args.ckpt, "checkpoint")
     if args.engine is not None:
         runner, _ = open_runner("trt", engine=args.engine)
+    elif args.backend == "openvino":
+        runner, _ = open_runner("openvino", onnx=args.onnx, precision=args.precision)
     else:
+        if args.precision != "fp32":
+            raise ConfigError("--precision bf16 runs on --backend openvino (ONNX Runtime's CPU "
+                              "kernels are fp32)")
         runner, _ = open_runner("ort", onnx=args.onnx, cuda=args.provider == "cuda")
-    assert isinstance(runner, (OrtRunner, TrtRunner))
+    assert isinstance(runner, (OrtRunner, TrtRunner, OpenVinoRunner))
     meta = runner.metadata
     preset = preset_of(meta)
     if args.ckpt is not None:
@@ -81,8 +98,10 @@ def _parity(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"{runner.spec.name} was exported from a checkpoint: pass it with "
                           "--ckpt")
-    reduced = meta.get("precision", "fp32") != "fp32" and args.engine is not None
-    thresholds = REDUCED_THRESHOLDS if reduced else FP32_THRESHOLDS
+    reduced = (meta.get("precision", "fp32") != "fp32" and args.engine is not None) or \
+        getattr(runner, "precision", "fp32") != "fp32"
+    thresholds = REDUCED_THRESHOLDS if reduced else (
+        OPENVINO_FP32_THRESHOLDS if isinstance(runner, OpenVinoRunner) else FP32_THRESHOLDS)
     h, w = meta["input_size"]
     clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
     with ParityBar(len(clips), runner.name, False) as bar:

@@ -15,7 +15,8 @@ _WHERE = {
     "running_environment": "environment", "EngineMismatchError": "metadata",
     "check_engine_metadata": "metadata", "engine_metadata": "metadata",
     "read_engine_metadata": "metadata", "onnx_sha256": "metadata", "FP32_OPS": "onnx_prep",
-    "strip_evad_functions": "onnx_prep", "to_mixed_precision": "onnx_prep",
+    "strip_evad_functions": "onnx_prep", "for_parser": "onnx_prep",
+    "to_mixed_precision": "onnx_prep",
     "TrtRunner": "trt_runner",
 }
 __all__ = sorted(_WHERE)

@@ -26,8 +26,8 @@ from evad.engines.environment import missing_for_engine_build, running_environme
 from evad.engines.metadata import engine_metadata, onnx_sha256, sidecar_path
 from evad.engines.onnx_prep import (
     evad_nodes,
+    for_parser,
     fp32_layer_types,
-    strip_evad_functions,
     to_mixed_precision,
 )
 from evad.errors import ConfigError, EvadError
@@ -212,7 +212,7 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     t0 = time.perf_counter()
     model = onnx.load(str(onnx_path))
     expected = len(evad_nodes(model))
-    model = strip_evad_functions(model)
+    model = for_parser(model)
     if precision in ("fp16", "bf16") and getattr(trt.BuilderFlag, precision.upper(),
                                                  None) is None:
         model = to_mixed_precision(model, precision)  # TensorRT 11: no precision flags

@@ -1,5 +1,7 @@
-"""The ONNX model as the TensorRT parser should see it: ``evad`` local functions stripped (so
-the ``evad`` nodes bind our plugins) and, for strongly typed TensorRT, a mixed-precision copy.
+"""The ONNX model as the TensorRT parser should see it: fused ``com.microsoft`` attention back
+in standard ops (TensorRT's parser has no ``com.microsoft`` domain and fuses MatMul + Softmax +
+MatMul itself), ``evad`` local functions stripped (so the ``evad`` nodes bind our plugins) and,
+for strongly typed TensorRT, a mixed-precision copy.
 
 Why strip: TensorRT's ONNX importer prefers a builtin op, then a model-local function's body,
 then a plugin; our nodes have function bodies (for ONNX Runtime), so a copy without the ``evad``
@@ -14,10 +16,11 @@ import warnings
 import onnx
 
 from evad.errors import ConfigError
+from evad.export.attention import decompose_fused_attention
 from evad.lazy import MissingDependency
 from evad.op_contracts import NAMESPACE, PLUGIN_VERSION
 
-__all__ = ["FP32_OPS", "evad_nodes", "fp32_layer_types", "strip_evad_functions",
+__all__ = ["FP32_OPS", "evad_nodes", "for_parser", "fp32_layer_types", "strip_evad_functions",
            "to_mixed_precision"]
 
 #: ops that stay fp32 under fp16/bf16: ONNX op type -> the TensorRT layer type it becomes. The
@@ -59,6 +62,13 @@ def strip_evad_functions(model: onnx.ModelProto) -> onnx.ModelProto:
             node.attribute.extend(kept)
             node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in tags.items())
     return out
+
+
+def for_parser(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The copy of an evad-export ONNX that TensorRT parses: attention decomposed
+    (:func:`evad.export.attention.decompose_fused_attention`), then
+    :func:`strip_evad_functions`."""
+    return strip_evad_functions(decompose_fused_attention(model))
 
 
 def to_mixed_precision(model: onnx.ModelProto, precision: str = "fp16") -> onnx.ModelProto:

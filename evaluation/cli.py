@@ -52,6 +52,9 @@ def parser() -> ArgumentParser:
                     "(videos/ + annotations.csv), with --ckpt (torch) or --onnx (ONNX Runtime)")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint for --data")
     ap.add_argument("--onnx", type=Path, default=None, help="exported ONNX for --data")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="with --data: fp32 (default; ONNX Runtime or torch) or bf16 (OpenVINO "
+                    "for --onnx, torch autocast for --ckpt)")
     ap.add_argument("--write-det", type=Path, default=None,
                     help="with --data: also write the detections CSV here")
     ap.add_argument("--labelmap", type=Path, default=None,
@@ -153,10 +156,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_model(args: argparse.Namespace) -> list[tuple]:
     if args.onnx is not None:
-        runner, _ = open_runner("ort", onnx=args.onnx)
+        kind = "ort" if args.precision == "fp32" else "openvino"
+        runner, _ = open_runner(kind, onnx=args.onnx, precision=args.precision)
         preset = preset_of(runner.metadata)  # type: ignore[attr-defined]
     else:
-        runner, _ = open_runner("torch", ckpt=args.ckpt)
+        runner, _ = open_runner("torch", ckpt=args.ckpt, precision=args.precision)
         preset = runner.model.preset  # type: ignore[attr-defined]
     rows = detect(runner, ClipDataset(args.data, preset), progress=True)
     if args.write_det is not None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from evad.command import one_line
 from evad.errors import ConfigError, EvadError
+from evad.export import attention
 from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
 from evad.models.evad import EVAD
 from evad.models.runner import pruning_blocks_at
@@ -75,7 +76,7 @@ def validate_size(height: int, width: int) -> None:
 
 
 def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True,
+                dynamic_batch: bool = True, attention_op: str = "fused",
                 log: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """Export ``model`` (eval mode) to an ONNX model with ``evad`` custom nodes and functions.
 
@@ -84,6 +85,9 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
         height, width: the fixed input size in pixels (multiples of 32).
         opset: default-domain opset (>= 17).
         dynamic_batch: make the batch dimension symbolic ("batch").
+        attention_op: ``"fused"`` writes each attention as one ``com.microsoft``
+            ``MultiHeadAttention`` (ONNX Runtime's flash kernel: no (B, heads, N, N) scores;
+            ``evad.export.attention``), ``"standard"`` as MatMul + Softmax + MatMul.
         log: told each stage as it ends (traced and translated, checked).
 
     Returns:
@@ -94,6 +98,8 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     """
     say = log or (lambda m: None)
     validate_size(height, width)
+    if attention_op not in ("fused", "standard"):
+        raise ConfigError(f"attention_op {attention_op!r}: 'fused' or 'standard'")
     if opset < 17:
         raise ConfigError(f"opset {opset}: the export needs opset >= 17 (LayerNormalization)")
     model = model.eval()
@@ -104,6 +110,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     shapes = {INPUT_CLIP: {0: batch}, INPUT_IMAGE_SIZE: {0: batch}} if dynamic_batch else None
     names = output_names(model, height, width)
     log = io.StringIO()
+    table = {**TRANSLATIONS, **(attention.TRANSLATIONS if attention_op == "fused" else {})}
     # torch.onnx logs a warning per torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
@@ -112,7 +119,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
             program = torch.onnx.export(
                 DetectorGraph(model), (clip, image_size), dynamo=True, opset_version=opset,
                 input_names=list(INPUTS), output_names=names, dynamic_shapes=shapes,
-                custom_translation_table=TRANSLATIONS, verbose=False,
+                custom_translation_table=table, verbose=False,
             )
     except ConfigError:
         raise

@@ -20,7 +20,7 @@ from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
 from evad.errors import ConfigError
-from evad.models.keyframe_topk_prune import keyframe_topk_prune
+from evad.models.keyframe_topk_prune import _ROW_CHUNK, keyframe_topk_prune
 from evad.models.roi_align_3d import roi_align_3d
 from evad.op_contracts import (
     CONTRACTS,
@@ -118,22 +118,37 @@ def RoIAlign3D(features, rois, output_height: int, output_width: int, spatial_sc
     return op.Where(op.Reshape(valid, [-1, 1, 1, 1, 1]), out, op.CastLike(zero, out))
 
 
+#: query rows per softmax chunk in the KeyframeTopKPrune body: bounds its (B, H, rows, N) slab
+#: (12 heads x 1024 rows x 4608 keys = 226 MB fp32 at vit_b_ktp 288x512) as the reference does.
+ROW_CHUNK = _ROW_CHUNK
+
+
 @script(evad, default_opset=op)
 def KeyframeTopKPrune(q, k, x_nonkey, idx, keep_num: int, keep_den: int, keyframe_weight: float):
     """Importance = mean over heads of the keyframe-weighted column sums of softmax(q k^T) / N,
-    in fp32; K = (keep_num * N + keep_den - 1) // keep_den - S; TopK; gather."""
-    probs = op.Softmax(op.MatMul(op.Cast(q, to=_FLOAT),
-                                 op.Transpose(op.Cast(k, to=_FLOAT), perm=[0, 1, 3, 2])), axis=-1)
-    n = op.Slice(op.Shape(q), [2], [3])  # (1,) int64
+    in fp32, accumulated over ROW_CHUNK query rows at a time (a Loop, so no N x N tensor is
+    ever held); K = (keep_num * N + keep_den - 1) // keep_den - S; TopK; gather."""
+    qf = op.Cast(q, to=_FLOAT)
+    kt = op.Transpose(op.Cast(k, to=_FLOAT), perm=[0, 1, 3, 2])
+    qshape = op.Shape(q)
+    n = op.Slice(qshape, [2], [3])  # (1,) int64
     xshape = op.Shape(x_nonkey)
     s = op.Sub(n, op.Slice(xshape, [1], [2]))
-    cols = op.Slice(probs, s, n, [3])  # (B, H, N, N - S): non-keyframe keys
-    rows = op.Range(op.Constant(value_int=0), op.Squeeze(n, [0]), op.Constant(value_int=1))
+    chunk = op.Constant(value_ints=[ROW_CHUNK])
+    steps = op.Squeeze(op.Div(op.Sub(op.Add(n, chunk), op.Constant(value_ints=[1])), chunk), [0])
     w_kf = op.Constant(value_float=keyframe_weight)
     one = op.Constant(value_float=1.0)
-    weights = op.Reshape(op.Where(op.Less(rows, s), w_kf, one), [1, 1, -1, 1])
-    summed = op.ReduceSum(op.Mul(cols, weights), [2], keepdims=0)  # (B, H, N - S)
-    score = op.ReduceMean(op.Div(summed, op.Cast(n, to=_FLOAT)), [1], keepdims=0)
+    total = op.Expand(op.Constant(value_float=0.0),
+                      op.Concat(op.Slice(qshape, [0], [2]), op.Sub(n, s), axis=0))
+    for i in range(steps):
+        r0 = op.Mul(op.Reshape(i, [1]), chunk)
+        r1 = op.Min(op.Add(r0, chunk), n)
+        probs = op.Softmax(op.MatMul(op.Slice(qf, r0, r1, [2]), kt), axis=-1)
+        cols = op.Slice(probs, s, n, [3])  # (B, H, rows, N - S): non-keyframe keys
+        rows = op.Range(op.Squeeze(r0, [0]), op.Squeeze(r1, [0]), op.Constant(value_int=1))
+        weights = op.Reshape(op.Where(op.Less(rows, s), w_kf, one), [1, 1, -1, 1])
+        total = op.Add(total, op.ReduceSum(op.Mul(cols, weights), [2], keepdims=0))
+    score = op.ReduceMean(op.Div(total, op.Cast(n, to=_FLOAT)), [1], keepdims=0)
     num = op.Constant(value_int=keep_num)
     den = op.Constant(value_int=keep_den)
     kk = op.Sub(op.Div(op.Add(op.Mul(num, n), op.Sub(den, op.Constant(value_int=1))), den), s)

@@ -19,7 +19,7 @@ by IoU), and the element-wise part left is two lines of numpy. So they are not u
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from evad.runner import (
     kept_idx_name,
 )
 
-__all__ = ["FP32_THRESHOLDS", "REDUCED_THRESHOLDS", "ParityReport", "Thresholds", "compare",
-           "seeded_inputs"]
+__all__ = ["FP32_THRESHOLDS", "OPENVINO_FP32_THRESHOLDS", "REDUCED_THRESHOLDS", "ParityReport",
+           "Thresholds", "compare", "seeded_inputs"]
 
 
 def seeded_inputs(n: int, batch: int, frames: int, height: int, width: int,
@@ -66,6 +66,9 @@ class Thresholds:
 
 FP32_THRESHOLDS = Thresholds()
 # fp16/bf16 engines: flips and swaps are reported with their gaps; the bars are the design's
+#: OpenVINO at fp32: its exp and reduction order move importance scores by ~1e-6 relative (seen:
+#: order swaps at a 1.3e-6 gap on the tiny model), so near-ties are forgiven up to 1e-5.
+OPENVINO_FP32_THRESHOLDS = replace(FP32_THRESHOLDS, tie_rtol=1e-5)
 REDUCED_THRESHOLDS = Thresholds(box_max_abs=None, prob_max_abs=None, prob_mean_abs=0.01,
                                 min_jaccard=0.97, min_match_rate=0.98, tie_rtol=1e-2,
                                 judge_decisions=False)

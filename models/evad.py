@@ -157,7 +157,7 @@ class EVADHead(nn.Module):
         # Placement quirk of the released weights: kept tokens, in top-k order, fill the kept
         # positions in ASCENDING order (a boolean-mask assignment), not their own positions.
         slots = torch.sort(idx, dim=1).values
-        others = self.mask_token.expand(b, (t - 1) * s, dim).scatter(
+        others = self.mask_token.to(x.dtype).expand(b, (t - 1) * s, dim).scatter(
             1, slots[..., None].expand(-1, -1, dim), x[:, s:]
         )
         dense = torch.cat((others[:, : key * s], x[:, :s], others[:, key * s:]), dim=1) + pos

@@ -58,7 +58,11 @@ def importance(q: torch.Tensor, k: torch.Tensor, s: int, keyframe_weight: float)
         (B, N - s) float32 ``I_j = mean_h((w_kf * sum_{i<s} A[h,i,j] + sum_{i>=s} A[h,i,j]) / N)``
         with ``A = softmax(q k^T)``.
     """
-    q, k = q.float(), k.float()
+    with torch.autocast(q.device.type, enabled=False):  # fp32 under a bf16/fp16 autocast too
+        return _importance(q.float(), k.float(), s, keyframe_weight)
+
+
+def _importance(q: torch.Tensor, k: torch.Tensor, s: int, keyframe_weight: float) -> torch.Tensor:
     n = q.shape[2]
     total = q.new_zeros(q.shape[0], q.shape[1], n - s)
     for r0 in range(0, n, _ROW_CHUNK):

@@ -1,9 +1,11 @@
 """The one place that chooses an inference backend: :func:`open_runner`.
 
 Every backend is a :class:`evad.runner.Runner` (``runner(clip, image_size) -> outputs``):
-``TrtRunner`` (a TensorRT engine), ``OrtRunner`` (ONNX Runtime, CUDA or CPU), ``TorchRunner``
-(the torch reference). ``auto`` takes the fastest that can run here. The ORT path is torch-free:
-the torch runner's module loads only when the torch backend is used.
+``TrtRunner`` (a TensorRT engine), ``OrtRunner`` (ONNX Runtime, CUDA or CPU),
+``OpenVinoRunner`` (OpenVINO on the CPU, fp32 or bf16: the fast CPU path), ``TorchRunner`` (the
+torch reference, fp32 or under bf16 autocast). ``auto`` takes the fastest that can run here. The
+ORT and OpenVINO paths are torch-free: the torch runner's module loads only when the torch
+backend is used.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from evad.command import check_input_file
 from evad.engines.metadata import onnx_sha256, sidecar_path
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import BackendError, EvadError
+from evad.export.openvino_runner import OpenVinoRunner
 from evad.export.ort_runner import CUDA, OrtRunner, available_providers
 from evad.lazy import available, lazy_import
 from evad.runner import Runner
@@ -28,9 +31,11 @@ else:
     torch = lazy_import("torch", "pip install torch")
     torch_runner = lazy_import("evad.models.runner", "pip install torch")
 
-__all__ = ["BACKENDS", "open_runner", "sibling_engine"]
+__all__ = ["BACKENDS", "PRECISIONS", "open_runner", "sibling_engine"]
 
-BACKENDS = ("auto", "trt", "ort", "torch")
+BACKENDS = ("auto", "trt", "ort", "openvino", "torch")
+#: what ``--precision`` takes; an engine's precision is the one it was built with
+PRECISIONS = ("fp32", "bf16")
 
 
 def _torch_cuda() -> bool:
@@ -61,26 +66,38 @@ def sibling_engine(onnx: Path | None) -> Path | None:
     return None
 
 
-def _torch(ckpt: Path) -> Runner:
-    return torch_runner.TorchRunner.from_checkpoint(ckpt)
+def _torch(ckpt: Path, precision: str = "fp32") -> Runner:
+    return torch_runner.TorchRunner.from_checkpoint(ckpt, precision=precision)
+
+
+def _openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | None = None,
                 ckpt: Path | None = None, threads: int = 0, shrink_arena: bool = False,
-                cuda: bool | None = None) -> tuple[Runner, list[str]]:
+                cuda: bool | None = None,
+                precision: str = "fp32") -> tuple[Runner, list[str]]:
     """The runner to use, and notes on why (for ``auto``: what was skipped and why).
 
     Args:
-        kind: ``auto``, ``trt``, ``ort`` or ``torch``.
+        kind: ``auto``, ``trt``, ``ort``, ``openvino`` or ``torch``.
         engine, onnx, ckpt: the model files at hand (any subset).
         threads: ONNX Runtime intra-op threads (0 = its default).
         shrink_arena: ONNX Runtime gives its CPU arena back after each run (long videos).
         cuda: for ``ort``: None = its CUDA provider when installed, True = require it, False =
             CPU only.
+        precision: ``fp32`` or ``bf16`` for ``openvino`` and ``torch`` (ONNX Runtime runs
+            fp32 only; an engine runs the precision it was built with).
 
     ``auto`` takes the fastest available: a TensorRT engine (given, or beside the ONNX), then
-    ONNX Runtime on CUDA, the torch reference on CUDA, ONNX Runtime on CPU, torch on CPU. An
-    engine named explicitly that cannot run is an error, not skipped.
+    ONNX Runtime on CUDA, the torch reference on CUDA, then on the CPU: at bf16 OpenVINO (when
+    installed) or torch bf16; at fp32 ONNX Runtime, torch. An engine named explicitly that
+    cannot run is an error, not skipped.
 
     Raises:
         BackendError / EvadError: the named backend cannot run (missing package, missing model
@@ -88,6 +105,13 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
     """
     if kind not in BACKENDS:
         raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; choose one of "
+                           f"{', '.join(PRECISIONS)}")
+    if precision != "fp32" and kind in ("trt", "ort"):
+        raise BackendError(f"--precision {precision} is for --backend openvino or torch: ONNX "
+                           "Runtime runs fp32 and an engine runs the precision it was built with "
+                           "(evad-build-engine --bf16)")
     # each named file first, so that a typo is said as such, not as a backend problem
     for path, what in ((engine, "TensorRT engine"), (onnx, "ONNX model"), (ckpt, "checkpoint")):
         if path is not None:
@@ -102,10 +126,14 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
         if onnx is None:
             raise BackendError("--backend ort needs an ONNX model: pass --onnx FILE")
         return OrtRunner(onnx, cuda=cuda, **ort_kw), []
+    if kind == "openvino":
+        if onnx is None:
+            raise BackendError("--backend openvino needs an ONNX model: pass --onnx FILE")
+        return OpenVinoRunner(onnx, precision, threads), []
     if kind == "torch":
         if ckpt is None:
             raise BackendError("--backend torch needs a checkpoint: pass --ckpt FILE")
-        return _torch(ckpt), []
+        return _torch(ckpt, precision), []
 
     notes: list[str] = []
     eng = engine or sibling_engine(onnx)
@@ -120,13 +148,22 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
             notes.append(f"skipped trt ({e})")
     elif onnx is not None or ckpt is not None:
         notes.append("skipped trt (no engine given)")
-    if onnx is not None and _ort_cuda():
+    if onnx is not None and precision == "fp32" and _ort_cuda():
         try:
             return OrtRunner(onnx, cuda=True, **ort_kw), notes
         except BackendError as e:  # the CUDA provider did not load: keep to the order
             notes.append(f"skipped ort cuda ({e})")
     if ckpt is not None and _torch_cuda():
-        return _torch(ckpt), notes
+        return _torch(ckpt, precision), notes
+    if precision != "fp32":
+        if onnx is not None and _openvino_installed():
+            return OpenVinoRunner(onnx, precision, threads), notes
+        if onnx is not None:
+            notes.append("skipped openvino (not installed: pip install openvino)")
+        if ckpt is not None:
+            return _torch(ckpt, precision), notes
+        raise BackendError("; ".join(notes) or f"no model for a {precision} CPU backend: pass "
+                           "--onnx FILE (OpenVINO) or --ckpt FILE (torch)")
     if onnx is not None:
         return OrtRunner(onnx, **ort_kw), notes
     if ckpt is not None:

@@ -22,7 +22,7 @@ from evad.errors import ConfigError, EvadError
 from evad.hashing import content_identity
 from evad.run_lock import FolderLock
 from evad.runner import Runner
-from evad.runtime.backends import BACKENDS, open_runner
+from evad.runtime.backends import BACKENDS, PRECISIONS, open_runner
 from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
 from evad.runtime.pipeline import detect
 from evad.runtime.preprocess import Preprocessor
@@ -69,10 +69,14 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", type=Path, help="checkpoint, for the torch backend")
     model.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (default): the fastest that is available for the given "
-                       "model(s): TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, "
-                       "torch CPU")
+                       "model(s): TensorRT, ONNX Runtime CUDA, torch CUDA, then on the CPU "
+                       "ONNX Runtime and torch (fp32) or OpenVINO and torch (bf16)")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="CPU compute precision (default fp32); bf16 is the fast CPU path "
+                       "on CPUs with AVX512-BF16 or AMX: OpenVINO with --onnx, torch autocast "
+                       "with --ckpt (README, 'Speed on a CPU', has its speed and accuracy)")
     model.add_argument("--threads", type=number(0, 1024, integer=True), default=0,
-                       help="ONNX Runtime intra-op threads (0 = its default)")
+                       help="ONNX Runtime / OpenVINO threads (0 = its default)")
     run = ap.add_argument_group("sampling and detection")
     run.add_argument("--keyframe-stride", type=number(0, 3600, lo_open=True), default=1.0,
                      help="seconds between keyframes (default 1.0, the AVA protocol)")
@@ -172,7 +176,8 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
         else:
             onnx = default_model()
     backend, notes = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=ckpt,
-                                 threads=args.threads, shrink_arena=True)
+                                 threads=args.threads, shrink_arena=True,
+                                 precision=args.precision)
     spec = backend.spec
     _log(f"model {spec.describe()}", q)
     if spec.synthetic_only and args.video is not None:

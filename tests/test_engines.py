@@ -110,20 +110,26 @@ def test_build_refuses_without_tensorrt_or_gpu(tmp_path) -> None:
         build(tmp_path / "x.onnx", "int3")
 
 
-def _stub_roi_align(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace each RoIAlign3D node by zeros of its output shape from standard ops.
+def _stub_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each ``evad`` node by standard ops giving its output shapes: RoIAlign3D by zeros,
+    KeyframeTopKPrune by the first K tokens and positions (K from the shapes, as the op's).
 
-    Why: ONNX RoiAlign is itself a TensorRT plugin (ROIAlign_TRT) inside every TensorRT ONNX
-    parser, and TensorRT-RTX aborts/fails on plugin creation without a GPU; in our engines
-    RoIAlign3D is our plugin anyway, so its function body is never what TensorRT runs.
+    Why: in our engines both are our plugins, so their function bodies are never what TensorRT
+    runs; and ONNX RoiAlign is itself a TensorRT plugin (ROIAlign_TRT) inside every TensorRT
+    ONNX parser, which TensorRT-RTX aborts/fails on without a GPU.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = []
+
+    def const(name: str, vals: list[int]) -> None:
+        out.graph.initializer.append(helper.make_tensor(name, onnx.TensorProto.INT64,
+                                                        [len(vals)], vals))
+
     for i, n in enumerate(out.graph.node):
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        p = f"_stub{i}_"
         if n.domain == "evad" and n.op_type == "RoIAlign3D":
-            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-            p = f"_stub{i}_"
             nodes += [
                 helper.make_node("Shape", [n.input[0]], [p + "sf"]),
                 helper.make_node("Shape", [n.input[1]], [p + "sr"]),
@@ -134,15 +140,33 @@ def _stub_roi_align(model: onnx.ModelProto) -> onnx.ModelProto:
             ]
             for name, vals in (("z", [0]), ("o", [1]), ("three", [3]),
                                ("hw", [a["output_height"], a["output_width"]])):
-                out.graph.initializer.append(helper.make_tensor(p + name, onnx.TensorProto.INT64,
-                                                                [len(vals)], vals))
+                const(p + name, vals)
             out.graph.initializer.append(helper.make_tensor(p + "zero", onnx.TensorProto.FLOAT,
                                                             [1], [0.0]))
+        elif n.domain == "evad" and n.op_type == "KeyframeTopKPrune":
+            q, _, x, idx = n.input
+            nodes += [
+                helper.make_node("Shape", [q], [p + "sq"]),
+                helper.make_node("Shape", [x], [p + "sx"]),
+                helper.make_node("Slice", [p + "sq", p + "two", p + "three"], [p + "n"]),
+                helper.make_node("Slice", [p + "sx", p + "o", p + "two"], [p + "m"]),
+                helper.make_node("Sub", [p + "n", p + "m"], [p + "s"]),
+                helper.make_node("Mul", [p + "n", p + "num"], [p + "nn"]),
+                helper.make_node("Add", [p + "nn", p + "den1"], [p + "up"]),
+                helper.make_node("Div", [p + "up", p + "den"], [p + "keep"]),
+                helper.make_node("Sub", [p + "keep", p + "s"], [p + "k"]),
+                helper.make_node("Slice", [x, p + "z", p + "k", p + "o"], [n.output[0]]),
+                helper.make_node("Slice", [idx, p + "z", p + "k", p + "o"], [n.output[1]]),
+            ]
+            for name, vals in (("z", [0]), ("o", [1]), ("two", [2]), ("three", [3]),
+                               ("num", [a["keep_num"]]), ("den", [a["keep_den"]]),
+                               ("den1", [a["keep_den"] - 1])):
+                const(p + name, vals)
         else:
             nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    keep = [f for f in out.functions if f.name != "RoIAlign3D"]
+    keep = [f for f in out.functions if f.domain != "evad"]
     del out.functions[:]
     out.functions.extend(keep)
     return out
@@ -173,10 +197,10 @@ _RTX_SCRIPT = textwrap.dedent("""
 
 
 def test_graph_parses_and_builds_in_tensorrt_rtx_on_cpu(tiny_onnx, tmp_path) -> None:
-    """Every non-plugin op of the exported graph is TensorRT-parseable: the KeyframeTopKPrune
-    function inlined (MatMul, Softmax, ReduceSum, TopK, GatherElements, ...), RoIAlign3D stubbed
-    (see _stub_roi_align), parsed and built by TensorRT-RTX on the CPU in a subprocess (it aborts
-    the process on errors it cannot report)."""
+    """Every non-plugin op of the exported graph is TensorRT-parseable: the fused attention
+    decomposed as the builder does it, the two plugin nodes stubbed (see _stub_plugins), parsed
+    and built by TensorRT-RTX on the CPU in a subprocess (it aborts the process on errors it
+    cannot report)."""
     try:
         import tensorrt_rtx_bindings  # noqa: F401
     except ImportError:
@@ -185,11 +209,11 @@ def test_graph_parses_and_builds_in_tensorrt_rtx_on_cpu(tiny_onnx, tmp_path) -> 
                         "tensorrt-rtx-cu13-bindings (.ci/plugins.sh)")
         pytest.skip("TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs "
                     "tensorrt-rtx-cu13-bindings)")
-    from onnx import inliner
+    from evad.export.attention import decompose_fused_attention
 
-    model = inliner.inline_local_functions(_stub_roi_align(tiny_onnx))
-    assert not [n for n in model.graph.node if n.domain == "evad"]
-    path = tmp_path / "inlined.onnx"
+    model = _stub_plugins(decompose_fused_attention(tiny_onnx))  # as the builder's for_parser
+    assert not [n for n in model.graph.node if n.domain in ("com.microsoft", "evad")]
+    path = tmp_path / "stubbed.onnx"
     onnx.save(model, str(path))
     proc = subprocess.run([sys.executable, "-c", _RTX_SCRIPT, str(path), str(H), str(W)],
                           capture_output=True, text=True, timeout=600)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from test_keyframe_topk_prune import _inputs, plain_importance
 from test_roi_align_3d import EDGE_ROIS, _rois
 
-from evad.export.ops import function_protos
+from evad.export.ops import ROW_CHUNK, function_protos
 from evad.models.keyframe_topk_prune import keyframe_topk_prune
 from evad.models.roi_align_3d import roi_align_3d
 
@@ -115,6 +115,23 @@ def test_keyframe_topk_prune_function(b, n, s, num, den, w_kf) -> None:
     assert idx_kept.shape == (b, kk)
     assert np.array_equal(idx_kept, ref_idx.numpy())  # identical indices, same order
     assert np.array_equal(x_kept, ref_x.numpy())  # bit-identical gathered tokens
+
+
+@pytest.mark.parametrize(("n", "s"), [(2500, 1100), (ROW_CHUNK, 100), (ROW_CHUNK + 1, 5)])
+def test_keyframe_topk_prune_function_in_row_chunks(n: int, s: int) -> None:
+    """The body's Loop over ROW_CHUNK query rows (no N x N tensor) gives the reference's
+    importance: several chunks with the keyframe rows crossing a chunk boundary, exactly one
+    chunk, and one row past it."""
+    q, k, x, idx = _inputs(1, 2, n, 4, s, 3, seed=n, spread=0.02, ladder=0.05)
+    sess = _single_op_session("KeyframeTopKPrune", *PRUNE_IO, keep_num=7, keep_den=10,
+                              keyframe_weight=4.0)
+    x_kept, idx_kept = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "x_nonkey": x.numpy(),
+                                       "idx": idx.numpy()})
+    ref_x, ref_idx = keyframe_topk_prune(q, k, x, idx, 7, 10, 4.0)
+    assert np.array_equal(idx_kept, ref_idx.numpy())
+    assert np.array_equal(x_kept, ref_x.numpy())
+    body = next(f for f in function_protos() if f.name == "KeyframeTopKPrune")
+    assert [n.op_type for n in body.node].count("Loop") == 1
 
 
 def test_keyframe_topk_prune_function_is_shape_generic() -> None:
