@@ -68,7 +68,9 @@ def _paths(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
-        prog=_PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+        prog=_PROG, description="Time each backend and precision on one EVAD model on this "
+        "machine: median and p95 latency, clips/s, peak memory, GMAC/s against the GEMM rate "
+        "measured now, tokens per pruning block; a table, --json and --png.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="paths: " + ", ".join(PATHS) + """
 
@@ -91,8 +93,10 @@ Times on a shared machine drift: compare paths within one run, not across runs."
                     help="comma-separated paths (default: torch-fp32, ort-fp32 and the fast "
                     "CPU path, openvino-bf16 where OpenVINO and a bf16 CPU are here, else "
                     "torch-bf16; on a GPU also torch-cuda-fp32, and trt with --engine)")
-    ap.add_argument("--height", type=number(32, 2048, integer=True), default=288)
-    ap.add_argument("--width", type=number(32, 2048, integer=True), default=512)
+    ap.add_argument("--height", type=number(32, 2048, integer=True), default=288,
+                    help="input height, pixels, a multiple of 32 (default 288)")
+    ap.add_argument("--width", type=number(32, 2048, integer=True), default=512,
+                    help="input width, pixels, a multiple of 32 (default 512)")
     ap.add_argument("--batch", type=number(1, 256, integer=True), default=1,
                     help="clips per call (default 1)")
     ap.add_argument("--keep-rate", type=_rates, default=None,

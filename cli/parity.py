@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="ONNX Runtime execution provider (default cpu)")
     ap.add_argument("--backend", choices=["ort", "openvino"], default="ort",
                     help="what runs --onnx: ort (default) or openvino")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-int8w"], default="fp32",
                     help="with --backend openvino: its compute precision; bf16 is judged by "
                     "the reduced-precision rules")
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from evad.errors import ConfigError
 
-__all__ = ["CONTRACTS", "KEYFRAME_TOPK_PRUNE", "NAMESPACE", "PLUGIN_VERSION", "ROI_ALIGN_3D",
-           "ContractError", "Field", "OpContract", "header", "kept_token_count",
-           "pruned_count"]
+__all__ = ["CONTRACTS", "IMPORTANCE_ROW_CHUNK", "KEYFRAME_TOPK_PRUNE", "NAMESPACE",
+           "PLUGIN_VERSION", "ROI_ALIGN_3D", "ContractError", "Field", "OpContract", "header",
+           "kept_token_count", "pruned_count"]
 
 #: ONNX domain of the custom nodes, and the TensorRT plugin namespace (the same string)
 NAMESPACE = "evad"
@@ -182,6 +182,12 @@ KEYFRAME_TOPK_PRUNE = OpContract(
     tie_order="descending importance; on equal importance the lower position in x_nonkey "
               "ranks first (a stable descending sort)",
 )
+
+#: query rows per softmax chunk of the pruning importance, in every implementation that chunks
+#: (torch reference, ONNX function body, OpenVINO variant): bounds the (B, H, rows, N) slab to
+#: 226 MB fp32 for vit_b at 288x512 (12 heads, N = 4608) and fixes where partial sums are cut.
+IMPORTANCE_ROW_CHUNK = 1024
+
 
 def kept_token_count(n, keep_num: int, keep_den: int):
     """Tokens a pruning block keeps out of ``n`` (keyframe tokens included):

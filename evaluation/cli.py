@@ -52,7 +52,7 @@ def parser() -> ArgumentParser:
                     "(videos/ + annotations.csv), with --ckpt (torch) or --onnx (ONNX Runtime)")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint for --data")
     ap.add_argument("--onnx", type=Path, default=None, help="exported ONNX for --data")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-int8w"], default="fp32",
                     help="with --data: fp32 (default; ONNX Runtime or torch) or bf16 (OpenVINO "
                     "for --onnx, torch autocast for --ckpt)")
     ap.add_argument("--write-det", type=Path, default=None,

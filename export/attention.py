@@ -24,8 +24,8 @@ from onnxscript.values import Opset
 
 from evad.errors import ConfigError
 
-__all__ = ["FUSED_ATTENTION", "MS_DOMAIN", "TRANSLATIONS", "decompose_fused_attention",
-           "fused_attention_nodes"]
+__all__ = ["FUSED_ATTENTION", "MS_DOMAIN", "decompose_fused_attention", "fused_attention_nodes",
+           "translations"]
 
 MS_DOMAIN = "com.microsoft"
 #: the fused node's op type in :data:`MS_DOMAIN`
@@ -78,13 +78,12 @@ def _translate_sdpa(query: FLOAT, key: FLOAT, value: FLOAT, attn_mask=None,
     return op.Transpose(op.Reshape(out, [0, 0, heads, d]), perm=[0, 2, 1, 3])
 
 
-def _sdpa_overload():
+def translations() -> dict:
+    """The exporter's translation-table entry (torch is imported here, not at module import:
+    the OpenVINO runner and the engine builder read this module torch-free)."""
     import torch
 
-    return torch.ops.aten.scaled_dot_product_attention.default
-
-
-TRANSLATIONS = {_sdpa_overload(): _translate_sdpa}
+    return {torch.ops.aten.scaled_dot_product_attention.default: _translate_sdpa}
 
 
 def fused_attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

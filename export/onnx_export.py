@@ -110,7 +110,7 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     shapes = {INPUT_CLIP: {0: batch}, INPUT_IMAGE_SIZE: {0: batch}} if dynamic_batch else None
     names = output_names(model, height, width)
     log = io.StringIO()
-    table = {**TRANSLATIONS, **(attention.TRANSLATIONS if attention_op == "fused" else {})}
+    table = {**TRANSLATIONS, **(attention.translations() if attention_op == "fused" else {})}
     # torch.onnx logs a warning per torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:

@@ -26,6 +26,7 @@ from evad.export.attention import decompose_fused_attention
 from evad.hashing import file_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
+from evad.op_contracts import IMPORTANCE_ROW_CHUNK
 from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
 
 if TYPE_CHECKING:
@@ -33,19 +34,71 @@ if TYPE_CHECKING:
 else:
     ov = lazy_import("openvino", "pip install 'evad-deploy[openvino]' (or: pip install openvino)")
 
-__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "openvino_graph"]
+__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cache_dir", "int8_matmul_weights",
+           "openvino_graph", "unroll_pruning"]
 
-#: precision name -> OpenVINO's INFERENCE_PRECISION_HINT
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8)
+OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
+                       "bf16-int8w": ("bf16", True)}
 
 
-def openvino_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+def cache_dir() -> str:
+    """Where compiled models are kept (OpenVINO's model cache: compiling vit_b_ktp takes about
+    2 minutes on 2 cores, loading it from the cache seconds): ``$EVAD_OPENVINO_CACHE``, else
+    ``~/.cache/evad/openvino``; an empty ``EVAD_OPENVINO_CACHE`` turns the cache off."""
+    return os.environ.get("EVAD_OPENVINO_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "evad", "openvino"))
+
+
+def openvino_graph(model: onnx.ModelProto, int8_weights: bool = False) -> onnx.ModelProto:
     """The copy of an export that OpenVINO reads: attention decomposed, each KeyframeTopKPrune
     unrolled over its static row chunks (:func:`unroll_pruning`), the other local functions
-    inlined (RoIAlign3D becomes its standard-op body)."""
+    inlined (RoIAlign3D becomes its standard-op body); with ``int8_weights`` every MatMul weight
+    stored as int8 (:func:`int8_matmul_weights`)."""
     from onnx import inliner
 
-    return inliner.inline_local_functions(unroll_pruning(decompose_fused_attention(model)))
+    graph = unroll_pruning(decompose_fused_attention(model))
+    if int8_weights:
+        graph = int8_matmul_weights(graph)
+    return inliner.inline_local_functions(graph)
+
+
+def int8_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with each MatMul's constant 2-D weight W (in, out) stored as symmetric int8 per
+    output column: ``DequantizeLinear(round(W / s), s, axis=1)``, s = max|W[:, j]| / 127.
+
+    Why: OpenVINO turns that pattern into a compressed FullyConnected (int8 weights expanded in
+    registers, bf16 products), which reads a quarter of the bytes. Each weight moves by at most
+    s / 2; activations are not quantized.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    users: dict[str, int] = {}
+    for node in out.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    nodes: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 \
+            else None
+        if w is None or len(w.dims) != 2 or users[w.name] != 1 or \
+                w.data_type != onnx.TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        value = onnx.numpy_helper.to_array(w).astype(np.float32)
+        scale = np.maximum(np.abs(value).max(axis=0), 1e-30) / 127.0
+        q = np.clip(np.rint(value / scale), -127, 127).astype(np.int8)
+        w.CopyFrom(onnx.numpy_helper.from_array(q, w.name))
+        out.graph.initializer.append(onnx.numpy_helper.from_array(
+            scale.astype(np.float32), w.name + "/scale"))
+        nodes.append(helper.make_node("DequantizeLinear", [w.name, w.name + "/scale"],
+                                      [w.name + "/fp32"], axis=1, name=w.name + "/dequantize"))
+        node.input[1] = w.name + "/fp32"
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def _dims(model: onnx.ModelProto, name: str) -> list[int | None]:
@@ -58,7 +111,7 @@ def _dims(model: onnx.ModelProto, name: str) -> list[int | None]:
 
 def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with each ``evad`` KeyframeTopKPrune node written out in standard ops, its
-    ``ROW_CHUNK`` query-row chunks unrolled (the token count N is static in an export).
+    ``IMPORTANCE_ROW_CHUNK`` query-row chunks unrolled (N is static in an export).
 
     Why: OpenVINO runs an ONNX Loop as an opaque node without its bf16 kernels (0.9 s of a
     4.3 s vit_b_ktp clip); unrolled, each chunk's MatMul and Softmax are ordinary nodes. The maths
@@ -83,8 +136,6 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
                     p: str) -> list[onnx.NodeProto]:
     """One KeyframeTopKPrune node in standard ops; its constants go into ``out``'s
     initializers, named with the prefix ``p``."""
-    from evad.export.ops import ROW_CHUNK
-
     nodes: list[onnx.NodeProto] = []
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     q, k, x, idx = node.input
@@ -107,7 +158,7 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
     # Chunks of ROW_CHUNK rows, split where the keyframe rows end, so each chunk has one
     # row weight: sum its softmax rows over every key (B, H, N), weight that sum, and take
     # the non-keyframe columns once at the end (no (rows, N) slice or product per chunk).
-    cuts = sorted({*range(0, n, ROW_CHUNK), s if 0 < s < n else 0, n})
+    cuts = sorted({*range(0, n, IMPORTANCE_ROW_CHUNK), s if 0 < s < n else 0, n})
     total = None
     for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
         tag = f"{p}c{r0}_"
@@ -158,7 +209,9 @@ class OpenVinoRunner:
 
     Args:
         path: the ``.onnx`` from evad-export.
-        precision: ``"fp32"`` or ``"bf16"`` (needs a CPU with native bf16: AVX512-BF16 or AMX).
+        precision: ``"fp32"``, ``"bf16"`` or ``"bf16-int8w"`` (bf16 with every MatMul weight
+            stored as int8, :func:`int8_matmul_weights`); bf16 needs a CPU with native bf16
+            (AVX512-BF16 or AMX).
         threads: inference threads (0 = OpenVINO's default, one per core).
 
     Raises:
@@ -178,14 +231,19 @@ class OpenVinoRunner:
                                             file_sha256(self.path, f"{self.path}.data"))
         self.precision = precision
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property(
+        hint, int8_weights = OPENVINO_PRECISIONS[precision]
+        if hint == "bf16" and "BF16" not in core.get_property(
                 "CPU", "OPTIMIZATION_CAPABILITIES"):
             raise ConfigError("this CPU has no native bf16 (AVX512-BF16 or AMX); use "
                               "--precision fp32")
         try:
-            graph = openvino_graph(onnx.load(str(self.path)))
+            graph = openvino_graph(onnx.load(str(self.path)), int8_weights)
             model = core.read_model(graph.SerializeToString(), ov.Tensor(np.empty(0, np.uint8)))
-            config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+            del graph
+            config: dict = {"INFERENCE_PRECISION_HINT": hint}
+            if cache_dir():
+                os.makedirs(cache_dir(), exist_ok=True)
+                config["CACHE_DIR"] = cache_dir()
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             self.compiled = core.compile_model(model, "CPU", config)

@@ -20,11 +20,12 @@ from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
 from evad.errors import ConfigError
-from evad.models.keyframe_topk_prune import _ROW_CHUNK, keyframe_topk_prune
+from evad.models.keyframe_topk_prune import keyframe_topk_prune
 from evad.models.roi_align_3d import roi_align_3d
 from evad.op_contracts import (
     CONTRACTS,
     DOMAIN_VERSION,
+    IMPORTANCE_ROW_CHUNK,
     KEYFRAME_TOPK_PRUNE,
     NAMESPACE,
     ROI_ALIGN_3D,
@@ -118,9 +119,8 @@ def RoIAlign3D(features, rois, output_height: int, output_width: int, spatial_sc
     return op.Where(op.Reshape(valid, [-1, 1, 1, 1, 1]), out, op.CastLike(zero, out))
 
 
-#: query rows per softmax chunk in the KeyframeTopKPrune body: bounds its (B, H, rows, N) slab
-#: (12 heads x 1024 rows x 4608 keys = 226 MB fp32 at vit_b_ktp 288x512) as the reference does.
-ROW_CHUNK = _ROW_CHUNK
+#: query rows per softmax chunk in the KeyframeTopKPrune body (the reference's)
+ROW_CHUNK = IMPORTANCE_ROW_CHUNK
 
 
 @script(evad, default_opset=op)

@@ -62,6 +62,10 @@ class Thresholds:
     match_iou: float = 0.9
     tie_rtol: float = 1e-6  # relative score gap under which a different decision is a near-tie
     judge_decisions: bool = True  # fail a decision beyond a near-tie (else: report it only)
+    #: person-score band around the threshold: a query whose reference score lies within it may
+    #: be a detection on one side only (a threshold flip, the detections' near-tie), so it is
+    #: left out of the match rate and counted apart
+    score_band: float = 0.0
 
 
 FP32_THRESHOLDS = Thresholds()
@@ -69,9 +73,11 @@ FP32_THRESHOLDS = Thresholds()
 #: OpenVINO at fp32: its exp and reduction order move importance scores by ~1e-6 relative (seen:
 #: order swaps at a 1.3e-6 gap on the tiny model), so near-ties are forgiven up to 1e-5.
 OPENVINO_FP32_THRESHOLDS = replace(FP32_THRESHOLDS, tie_rtol=1e-5)
+# score_band: bf16 moved person scores near the 0.7 threshold by up to 0.03 (vit_b_ktp, calmed
+# random weights), flipping two of 47 detections whose boxes matched at IoU >= 0.987.
 REDUCED_THRESHOLDS = Thresholds(box_max_abs=None, prob_max_abs=None, prob_mean_abs=0.01,
                                 min_jaccard=0.97, min_match_rate=0.98, tie_rtol=1e-2,
-                                judge_decisions=False)
+                                judge_decisions=False, score_band=0.05)
 
 
 @dataclass
@@ -99,6 +105,7 @@ class ParityReport:
     prob_mean_abs: float = 0.0
     detections: int = 0
     matched: int = 0
+    threshold_flips: int = 0  # queries in the score band that are a detection on one side only
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -137,7 +144,9 @@ class ParityReport:
         out.append(f"boxes max abs {self.box_max_abs:.2e} px, person score max abs "
                    f"{self.person_score_max_abs:.2e}, action prob max abs {self.prob_max_abs:.2e} "
                    f"mean abs {self.prob_mean_abs:.2e}, detections matched "
-                   f"{self.matched}/{self.detections}")
+                   f"{self.matched}/{self.detections}"
+                   + (f" ({self.threshold_flips} threshold flip(s) in the score band left out)"
+                      if self.threshold_flips else ""))
         out.extend(f"FAIL: {f}" for f in self.failures)
         return out
 
@@ -285,8 +294,13 @@ def compare(reference: EVAD, backend: Runner, clips: Sequence[np.ndarray],
         prob_sum, prob_n = prob_sum + float(probs.sum()), prob_n + probs.size
         thr = reference.preset.person_threshold
         for b in range(clip.shape[0]):
-            keep = ref.person_scores[b].numpy() >= thr
+            ref_scores = ref.person_scores[b].numpy()
+            keep = ref_scores >= thr
             mine = got[OUTPUT_PERSON_SCORES][b] >= thr
+            band = np.abs(ref_scores - thr) <= thresholds.score_band if \
+                thresholds.score_band > 0 else np.zeros_like(keep)
+            report.threshold_flips += int((band & (keep != mine)).sum())
+            keep, mine = keep & ~band | keep & mine, mine & ~band | keep & mine
             ref_boxes, got_boxes = ref.boxes[b].numpy()[keep], got[OUTPUT_BOXES][b][mine]
             # one-to-one: a backend's extra (phantom) detections count against the rate too
             report.detections += max(int(keep.sum()), int(mine.sum()))

@@ -19,7 +19,7 @@ from fractions import Fraction
 import torch
 
 from evad.errors import ConfigError
-from evad.op_contracts import kept_token_count, pruned_count
+from evad.op_contracts import IMPORTANCE_ROW_CHUNK, kept_token_count, pruned_count
 
 __all__ = [
     "importance",
@@ -29,8 +29,7 @@ __all__ = [
     "pruned_count",
 ]
 
-# Query rows per softmax chunk: bounds the (B, H, rows, N) probability slab the reference holds.
-_ROW_CHUNK = 1024
+_ROW_CHUNK = IMPORTANCE_ROW_CHUNK
 
 
 def keep_fraction(rate: float) -> tuple[int, int]:

@@ -35,7 +35,7 @@ __all__ = ["BACKENDS", "PRECISIONS", "open_runner", "sibling_engine"]
 
 BACKENDS = ("auto", "trt", "ort", "openvino", "torch")
 #: what ``--precision`` takes; an engine's precision is the one it was built with
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "bf16-int8w")
 
 
 def _torch_cuda() -> bool:
@@ -91,8 +91,9 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
         shrink_arena: ONNX Runtime gives its CPU arena back after each run (long videos).
         cuda: for ``ort``: None = its CUDA provider when installed, True = require it, False =
             CPU only.
-        precision: ``fp32`` or ``bf16`` for ``openvino`` and ``torch`` (ONNX Runtime runs
-            fp32 only; an engine runs the precision it was built with).
+        precision: ``fp32`` or ``bf16`` for ``openvino`` and ``torch``, ``bf16-int8w`` (int8
+            MatMul weights) for ``openvino`` (ONNX Runtime runs fp32 only; an engine runs the
+            precision it was built with).
 
     ``auto`` takes the fastest available: a TensorRT engine (given, or beside the ONNX), then
     ONNX Runtime on CUDA, the torch reference on CUDA, then on the CPU: at bf16 OpenVINO (when
@@ -133,6 +134,9 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
     if kind == "torch":
         if ckpt is None:
             raise BackendError("--backend torch needs a checkpoint: pass --ckpt FILE")
+        if precision == "bf16-int8w":
+            raise BackendError("--precision bf16-int8w is OpenVINO's: pass --onnx FILE with "
+                               "--backend openvino (torch takes fp32 or bf16)")
         return _torch(ckpt, precision), []
 
     notes: list[str] = []

@@ -48,6 +48,7 @@ PATHS: dict[str, BenchPath] = {p.name: p for p in (
     BenchPath("ort-fp32", "ort", "fp32", "cpu", "onnx"),
     BenchPath("openvino-fp32", "openvino", "fp32", "cpu", "onnx"),
     BenchPath("openvino-bf16", "openvino", "bf16", "cpu", "onnx"),
+    BenchPath("openvino-bf16-int8w", "openvino", "bf16-int8w", "cpu", "onnx"),
     BenchPath("torch-cuda-fp32", "torch", "fp32", "cuda", "ckpt"),
     BenchPath("torch-cuda-bf16", "torch", "bf16", "cuda", "ckpt"),
     BenchPath("trt", "trt", "engine", "cuda", "engine"),

@@ -75,3 +75,50 @@ def test_inconsistent_decisions_are_reported(tiny_model) -> None:
 
     report = compare(tiny_model, _torch_backend(tiny_model, tamper), *_inputs())
     assert not report.passed and "inconsistent" in report.failures[0]
+
+
+def _flip_one_detection(delta: float, which: str = "above"):
+    """Move one query's person score across the threshold by ``delta``: the one closest to the
+    threshold from ``which`` side."""
+    def tamper(r, thr=0.7):
+        s = r["person_scores"][0]
+        pick = np.where(s >= thr, s - thr, np.inf) if which == "above" else \
+            np.where(s < thr, thr - s, np.inf)
+        i = int(np.argmin(pick))
+        s[i] = thr - delta if which == "above" else thr + delta
+        return r
+    return tamper
+
+
+def test_threshold_flip_in_the_score_band_is_forgiven_and_counted(tiny_model) -> None:
+    """Reduced precision: a query whose reference score is within the band of the threshold
+    may be a detection on one side only (reported as a flip); further out it fails the rate."""
+    import dataclasses
+
+    from evad.export.parity import REDUCED_THRESHOLDS
+
+    clip, size = _inputs()
+    ref = TorchRunner(tiny_model, "reference", "cpu")(clip[0], size[0])["person_scores"][0]
+    thr = tiny_model.preset.person_threshold
+    assert thr == 0.7
+    strict = dataclasses.replace(REDUCED_THRESHOLDS, min_match_rate=1.0)
+    above = ref[ref >= thr]
+    assert len(above) and float((above - thr).min()) <= strict.score_band  # a query in the band
+    report = compare(tiny_model, _torch_backend(tiny_model, _flip_one_detection(0.001)),
+                     clip, size, strict)
+    assert report.threshold_flips == 1 and report.passed, report.lines()
+    assert "1 threshold flip(s)" in report.lines()[-1]
+    # without the band the same flip is an unmatched detection
+    no_band = dataclasses.replace(strict, score_band=0.0)
+    report = compare(tiny_model, _torch_backend(tiny_model, _flip_one_detection(0.001)),
+                     clip, size, no_band)
+    assert not report.passed and report.matched == report.detections - 1
+    # a query far below the threshold turning into a detection is a phantom, band or not
+    assert (ref < thr - strict.score_band).any()
+
+    def phantom(r):
+        s = r["person_scores"][0]
+        s[int(np.argmax(np.where(ref < thr - strict.score_band, ref, -1)))] = 0.99
+        return r
+    report = compare(tiny_model, _torch_backend(tiny_model, phantom), clip, size, strict)
+    assert not report.passed and report.threshold_flips == 0

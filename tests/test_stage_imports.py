@@ -34,7 +34,7 @@ ALLOWED = {
     "cli": set(STAGES.values()),
 }
 #: third-party packages that must load lazily (``evad.lazy.lazy_import``) wherever they are used
-LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "av", "tensorrt_lean_bindings",
+LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "av", "openvino", "tensorrt_lean_bindings",
         "tensorrt_dispatch_bindings"}
 #: modules that are themselves the lazy boundary (they import a heavy package at their top and
 #: are only ever loaded through ``lazy_import``): Triton kernels must be decorated at import
@@ -48,7 +48,9 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.runtime.backends", "evad.runtime.cli", "evad.runtime.outputs",
               "evad.runtime.pipeline", "evad.runtime.render", "evad.runtime.video",
               "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
-              "evad.models.demo", "evad.datasets.synthetic"]
+              "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
+              "evad.export.openvino_runner", "evad.engines.onnx_prep", "evad.runtime.benchmark",
+              "evad.cli.bench"]
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -193,7 +195,7 @@ def test_torch_free_modules_import_without_torch_and_heavy_packages() -> None:
 
 @pytest.mark.parametrize("command", ["evad-export", "evad-build-engine", "evad-parity",
                                      "evad-trt-run", "evad-eval", "evad-train", "evad-flops",
-                                     "evad-build-plugins", "evad-tokens"])
+                                     "evad-build-plugins", "evad-tokens", "evad-bench"])
 def test_help_works_without_heavy_packages(command: str) -> None:
     """Every --help prints with TensorRT, onnxruntime, Triton, OpenCV and PyAV unavailable."""
     from importlib.metadata import entry_points
