@@ -22,7 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from evad.atomic import write_bytes_atomic, write_json_atomic
 from evad.command import (
@@ -33,7 +35,26 @@ from evad.command import (
     run_command,
 )
 from evad.errors import ConfigError, EvadError
-from evad.runtime.benchmark import PATHS, cpu_name, settle_warmups, summarise
+from evad.lazy import lazy_import
+from evad.metadata import read_metadata, write_metadata
+from evad.models.presets import get_preset
+from evad.runtime.backends import openvino_installed
+from evad.runtime.benchmark import PATHS, cpu_name, gemm_rate, settle_warmups, summarise
+
+if TYPE_CHECKING:
+    import cv2
+    import torch
+
+    from evad import export, models
+    from evad.export import metadata as export_metadata
+    from evad.models import flops as model_flops
+else:  # --help, and --onnx paths, need no torch
+    cv2 = lazy_import("cv2", "pip install opencv-python-headless")
+    torch = lazy_import("torch", "pip install torch")
+    export = lazy_import("evad.export", "pip install torch onnx onnxscript")
+    models = lazy_import("evad.models", "pip install torch")
+    export_metadata = lazy_import("evad.export.metadata", "pip install torch")
+    model_flops = lazy_import("evad.models.flops", "pip install torch")
 
 __all__ = ["main"]
 
@@ -93,10 +114,12 @@ Times on a shared machine drift: compare paths within one run, not across runs."
                     help="comma-separated paths (default: torch-fp32, ort-fp32 and the fast "
                     "CPU path, openvino-bf16 where OpenVINO and a bf16 CPU are here, else "
                     "torch-bf16; on a GPU also torch-cuda-fp32, and trt with --engine)")
-    ap.add_argument("--height", type=number(32, 2048, integer=True), default=288,
-                    help="input height, pixels, a multiple of 32 (default 288)")
-    ap.add_argument("--width", type=number(32, 2048, integer=True), default=512,
-                    help="input width, pixels, a multiple of 32 (default 512)")
+    ap.add_argument("--height", type=number(32, 2048, integer=True), default=None,
+                    help="input height, pixels, a multiple of 32 (default 288, or the "
+                    "--onnx export's)")
+    ap.add_argument("--width", type=number(32, 2048, integer=True), default=None,
+                    help="input width, pixels, a multiple of 32 (default 512, or the "
+                    "--onnx export's)")
     ap.add_argument("--batch", type=number(1, 256, integer=True), default=1,
                     help="clips per call (default 1)")
     ap.add_argument("--keep-rate", type=_rates, default=None,
@@ -123,13 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_paths(args: argparse.Namespace) -> list[str]:
-    from evad.runtime.backends import _openvino_installed
-
     paths = []
     if args.onnx is None:
         paths.append("torch-fp32")
     paths.append("ort-fp32")
-    fast = "openvino-bf16" if _openvino_installed() and _cpu_has_bf16() else "torch-bf16"
+    fast = "openvino-bf16" if openvino_installed() and _cpu_has_bf16() else "torch-bf16"
     if fast == "openvino-bf16" or args.onnx is None:
         paths.append(fast)
     if _cuda():
@@ -151,10 +172,9 @@ def _cpu_has_bf16() -> bool:
 
 def _cuda() -> bool:
     try:
-        import torch
-    except ImportError:
+        return bool(torch.cuda.is_available())
+    except ImportError:  # no torch: no CUDA path
         return False
-    return bool(torch.cuda.is_available())
 
 
 def _versions() -> dict[str, str | None]:
@@ -171,6 +191,17 @@ def _versions() -> dict[str, str | None]:
 
 def _bench(args: argparse.Namespace) -> int:
     paths = args.paths or _default_paths(args)
+    if args.onnx is not None:
+        check_input_file(args.onnx, "ONNX model")
+        fixed = tuple(read_metadata(args.onnx)["input_size"])
+        given = (args.height or fixed[0], args.width or fixed[1])
+        if given != fixed:
+            raise ConfigError(f"{args.onnx} was exported for {fixed[0]}x{fixed[1]}; "
+                              f"--height/--width ask for {given[0]}x{given[1]}")
+    args.height, args.width = args.height or 288, args.width or 512
+    if args.keep_rate and "trt" in paths:
+        raise ConfigError("--keep-rate cannot apply to the trt path (an engine has its rates "
+                          "built in)")
     for p in (args.json, args.png):
         if p is not None:
             check_output_file(p, "--json" if p is args.json else "--png")
@@ -178,7 +209,6 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"input size {args.height}x{args.width}: height and width must be "
                           "multiples of 32 (e.g. 288x512)")
     if args.onnx is not None:
-        check_input_file(args.onnx, "ONNX model")
         torch_paths = [p for p in paths if PATHS[p].needs == "ckpt"]
         if torch_paths:
             raise ConfigError(f"{', '.join(torch_paths)} need(s) --preset or --ckpt, not --onnx")
@@ -195,9 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
         if PATHS[p].device == "cuda" and not _cuda():
             raise ConfigError(f"path {p} needs a CUDA GPU; none is visible here")
         if PATHS[p].backend == "openvino":
-            from evad.runtime.backends import _openvino_installed
-
-            if not _openvino_installed():
+            if not openvino_installed():
                 raise ConfigError(f"path {p} needs OpenVINO: pip install 'evad-deploy[openvino]'")
     threads = args.threads or os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="evad-bench-"))
@@ -217,38 +245,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _model_preset(args: argparse.Namespace):
     if args.onnx is not None:
-        from evad.export.metadata import preset_of
-        from evad.metadata import read_metadata
-
-        return preset_of(read_metadata(args.onnx))
+        return export_metadata.preset_of(read_metadata(args.onnx))
     if args.ckpt is not None:
-        from evad.models import load_checkpoint
-
-        return load_checkpoint(args.ckpt)[0].preset
-    from evad.models.presets import get_preset
-
+        return models.load_checkpoint(args.ckpt)[0].preset
     return get_preset(args.preset)
 
 
 def _export(args: argparse.Namespace, keep_rate: float | None, work: Path) -> Path:
-    import torch
-
-    from evad.export import build_metadata, export_onnx, save_model
-    from evad.metadata import write_metadata
-    from evad.models import build_model, load_checkpoint
-
     overrides = {"keep_rate": keep_rate} if keep_rate else {}
     if args.ckpt is not None:
-        model, _ = load_checkpoint(args.ckpt, **overrides)
+        model, _ = models.load_checkpoint(args.ckpt, **overrides)
     else:
         torch.manual_seed(args.seed)
-        model = build_model(args.preset, **overrides).eval().calm()
+        model = models.build_model(args.preset, **overrides).eval().calm()
     t0 = time.perf_counter()
-    proto = export_onnx(model, args.height, args.width)
-    meta = build_metadata(model.preset, args.height, args.width, 18,
-                          random_weights=args.ckpt is None)
+    proto = export.export_onnx(model, args.height, args.width)
+    meta = export.build_metadata(model.preset, args.height, args.width, 18,
+                                 random_weights=args.ckpt is None)
     write_metadata(proto, meta)
-    path = save_model(proto, work / f"rho{keep_rate or 'model'}.onnx")
+    path = export.save_model(proto, work / f"rho{keep_rate or 'model'}.onnx")
     _log(f"exported the ONNX for keep rate {keep_rate or 'as trained'} in "
          f"{time.perf_counter() - t0:.1f} s")
     return path
@@ -263,18 +278,33 @@ class _Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "evad.runtime.benchmark"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.ask(json.dumps(cfg), expect_ready=True)
+        try:
+            self.ask(json.dumps(cfg))
+        except EvadError:
+            self.close()
+            raise
 
-    def ask(self, line: str, expect_ready: bool = False) -> dict[str, Any]:
+    def _died(self) -> EvadError:
+        code = self.proc.wait(timeout=30) if self.proc.poll() is None else self.proc.returncode
+        self.log.seek(0)
+        tail = [x for x in self.log.read().splitlines() if x.strip()][-1:] or ["no output"]
+        return EvadError(f"path {self.cfg['path']} died (exit code {code}): {tail[0][:300]}")
+
+    def ask(self, line: str) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except OSError:  # the child is gone (broken pipe)
+            raise self._died() from None
         if not answer:
-            self.log.seek(0)
-            tail = [x for x in self.log.read().splitlines() if x.strip()][-1:] or ["no output"]
-            raise EvadError(f"path {self.cfg['path']} died: {tail[0][:300]}")
-        msg = json.loads(answer)
+            raise self._died()
+        try:
+            msg = json.loads(answer)
+        except ValueError:
+            raise EvadError(f"path {self.cfg['path']} answered {answer.strip()[:120]!r}, not "
+                            "the benchmark protocol") from None
         if "error" in msg:
             raise EvadError(f"path {self.cfg['path']}: {msg['error']}")
         return msg
@@ -287,12 +317,15 @@ class _Child:
             self.proc.wait(timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         self.log.close()
 
 
 def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -> dict:
-    from evad.models.flops import flops, token_counts
-
+    flops, token_counts = model_flops.flops, model_flops.token_counts
     preset = _model_preset(args)
     rates: list[float | None] = list(args.keep_rate) if args.keep_rate else [None]
     report: dict[str, Any] = {
@@ -309,7 +342,8 @@ def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -
         "gemm_gmac_per_s": {}, "results": [],
     }
     try:
-        for prec in sorted({PATHS[p].precision for p in paths if PATHS[p].device == "cpu"}):
+        for prec in sorted({_GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
+                            for p in paths if PATHS[p].device == "cpu"}):
             rate = _gemm(prec, threads)
             report["gemm_gmac_per_s"][prec] = round(rate, 1)
             _log(f"GEMM rate now, 4608x768 @ 768x3072, {prec}, {threads} threads: "
@@ -383,7 +417,8 @@ def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -
                 res["peak_rss_gb"] = round(last[name]["peak_rss_gb"], 3)
                 res["tokens_after_pruning"] = last[name]["tokens_after"]
                 res["gmac_per_s"] = round(gmac * args.batch / res["median_s"], 1)
-                peak = report["gemm_gmac_per_s"].get(PATHS[name].precision)
+                prec = PATHS[name].precision
+                peak = report["gemm_gmac_per_s"].get(_GEMM_PRECISION.get(prec, prec))
                 if peak and PATHS[name].device == "cpu":
                     res["fraction_of_gemm_rate"] = round(res["gmac_per_s"] / peak, 3)
         finally:
@@ -394,9 +429,11 @@ def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -
     return report
 
 
-def _gemm(precision: str, threads: int) -> float:
-    from evad.runtime.benchmark import gemm_rate
+#: a path's precision -> the GEMM rate it is a fraction of (int8 weights: bf16 products)
+_GEMM_PRECISION = {"bf16-int8w": "bf16"}
 
+
+def _gemm(precision: str, threads: int) -> float:
     return gemm_rate(precision, threads)
 
 
@@ -444,9 +481,6 @@ def table(report: dict) -> list[str]:
 
 def plot_png(report: dict, width: int = 900) -> bytes:
     """Two bar panels (median latency with its p95, peak RSS) per path, as PNG bytes."""
-    import cv2
-    import numpy as np
-
     rows = [r for r in report["results"] if not r.get("error")]
     bar_h, gap, left, top = 26, 10, 230, 60
     panel = len(rows) * (bar_h + gap) + 50

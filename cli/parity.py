@@ -74,14 +74,19 @@ def _parity(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.ckpt is not None:
         check_input_file(args.ckpt, "checkpoint")
+    if args.engine is not None and (args.backend != "ort" or args.precision != "fp32"):
+        raise ConfigError("--backend and --precision are for --onnx: an engine runs the "
+                          "precision it was built with")
+    if args.backend == "openvino" and args.provider != "cpu":
+        raise ConfigError("--provider is ONNX Runtime's; OpenVINO runs on the CPU here")
     if args.engine is not None:
         runner, _ = open_runner("trt", engine=args.engine)
     elif args.backend == "openvino":
         runner, _ = open_runner("openvino", onnx=args.onnx, precision=args.precision)
     else:
         if args.precision != "fp32":
-            raise ConfigError("--precision bf16 runs on --backend openvino (ONNX Runtime's CPU "
-                              "kernels are fp32)")
+            raise ConfigError(f"--precision {args.precision} runs on --backend openvino (ONNX "
+                              "Runtime's CPU kernels are fp32)")
         runner, _ = open_runner("ort", onnx=args.onnx, cuda=args.provider == "cuda")
     assert isinstance(runner, (OrtRunner, TrtRunner, OpenVinoRunner))
     meta = runner.metadata

@@ -16,7 +16,7 @@ import warnings
 import onnx
 
 from evad.errors import ConfigError
-from evad.export.attention import decompose_fused_attention
+from evad.fused_attention import decompose_fused_attention
 from evad.lazy import MissingDependency
 from evad.op_contracts import NAMESPACE, PLUGIN_VERSION
 
@@ -66,7 +66,7 @@ def strip_evad_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def for_parser(model: onnx.ModelProto) -> onnx.ModelProto:
     """The copy of an evad-export ONNX that TensorRT parses: attention decomposed
-    (:func:`evad.export.attention.decompose_fused_attention`), then
+    (:func:`evad.fused_attention.decompose_fused_attention`), then
     :func:`strip_evad_functions`."""
     return strip_evad_functions(decompose_fused_attention(model))
 

@@ -77,8 +77,9 @@ class OrtRunner:
         shrink_arena: with ``cpu_arena``, give the CPU arena back after every run.
         cpu_arena: pool CPU allocations in ONNX Runtime's arena (off by default). The arena
             keeps the largest activations of every run and grows by doubling: vit_b_ktp at
-            288x512 peaked at 2.66 GB with it and 1.96 GB without (torch fp32: 2.3 GB), for
-            8.3 s against 9.3 s a clip (ORT 1.32, 2 threads; README, "Speed on a CPU").
+            288x512 peaked at 2.66 GB with it and 1.96 GB without, for 8.3 s against 9.3 s a
+            clip (ORT 1.32, 2 threads, one standalone run each; in evad-bench's committed run,
+            without it: 2.17 GB against torch fp32's 2.20 GB, README "Speed on a CPU").
 
     Raises:
         EvadError: the file is missing, not an evad export, or onnxruntime cannot load it;

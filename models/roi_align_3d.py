@@ -152,6 +152,13 @@ def _apply_transposed(grad: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
 def _roi_align_3d(features: torch.Tensor, rois: torch.Tensor, output_height: int,
                   output_width: int, spatial_scale: float, sampling_ratio: int,
                   aligned: bool) -> torch.Tensor:
+    if features.dtype in (torch.float16, torch.bfloat16):
+        # half-precision features (a bf16/fp16 autocast): coordinates and bilinear weights in
+        # fp32, as the plugins do; bf16 box coordinates alone would be off by 2-4 px at 512 px
+        with torch.autocast(features.device.type, enabled=False):
+            out = _roi_align_3d(features.float(), rois.float(), output_height, output_width,
+                                spatial_scale, sampling_ratio, aligned)
+        return out.to(features.dtype)
     wy, wx, batch = _weights(features, rois, output_height, output_width, spatial_scale,
                              sampling_ratio, aligned)
     return _apply(features, wy, wx, batch)

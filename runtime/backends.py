@@ -18,20 +18,25 @@ from evad.command import check_input_file
 from evad.engines.metadata import onnx_sha256, sidecar_path
 from evad.engines.trt_runner import TrtRunner
 from evad.errors import BackendError, EvadError
-from evad.export.openvino_runner import OpenVinoRunner
 from evad.export.ort_runner import CUDA, OrtRunner, available_providers
 from evad.lazy import available, lazy_import
 from evad.runner import Runner
 
 if TYPE_CHECKING:
+    import openvino
     import torch
 
+    from evad.export import openvino_runner
     from evad.models import runner as torch_runner
 else:
     torch = lazy_import("torch", "pip install torch")
     torch_runner = lazy_import("evad.models.runner", "pip install torch")
+    # a TensorRT-only deployment has no onnx: the OpenVINO runner (which reads ONNX) loads here
+    # only when it is used
+    openvino_runner = lazy_import("evad.export.openvino_runner", "pip install onnx openvino")
+    openvino = lazy_import("openvino", "pip install 'evad-deploy[openvino]'")
 
-__all__ = ["BACKENDS", "PRECISIONS", "open_runner", "sibling_engine"]
+__all__ = ["BACKENDS", "PRECISIONS", "open_runner", "openvino_installed", "sibling_engine"]
 
 BACKENDS = ("auto", "trt", "ort", "openvino", "torch")
 #: what ``--precision`` takes; an engine's precision is the one it was built with
@@ -70,12 +75,9 @@ def _torch(ckpt: Path, precision: str = "fp32") -> Runner:
     return torch_runner.TorchRunner.from_checkpoint(ckpt, precision=precision)
 
 
-def _openvino_installed() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def openvino_installed() -> bool:
+    """Whether OpenVINO can be imported here."""
+    return available(openvino)
 
 
 def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | None = None,
@@ -130,7 +132,7 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
     if kind == "openvino":
         if onnx is None:
             raise BackendError("--backend openvino needs an ONNX model: pass --onnx FILE")
-        return OpenVinoRunner(onnx, precision, threads), []
+        return openvino_runner.OpenVinoRunner(onnx, precision, threads), []
     if kind == "torch":
         if ckpt is None:
             raise BackendError("--backend torch needs a checkpoint: pass --ckpt FILE")
@@ -141,6 +143,10 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
 
     notes: list[str] = []
     eng = engine or sibling_engine(onnx)
+    if eng is not None and precision != "fp32":
+        notes.append(f"skipped trt (an engine runs the precision it was built with, not "
+                     f"--precision {precision})")
+        eng = None
     if eng is not None:
         try:
             if not _torch_cuda():
@@ -157,14 +163,20 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
             return OrtRunner(onnx, cuda=True, **ort_kw), notes
         except BackendError as e:  # the CUDA provider did not load: keep to the order
             notes.append(f"skipped ort cuda ({e})")
-    if ckpt is not None and _torch_cuda():
+    torch_ok = precision in ("fp32", "bf16")  # bf16-int8w is OpenVINO's
+    if ckpt is not None and torch_ok and _torch_cuda():
         return _torch(ckpt, precision), notes
     if precision != "fp32":
-        if onnx is not None and _openvino_installed():
-            return OpenVinoRunner(onnx, precision, threads), notes
-        if onnx is not None:
+        if onnx is not None and openvino_installed():
+            try:
+                return openvino_runner.OpenVinoRunner(onnx, precision, threads), notes
+            except EvadError as e:
+                if ckpt is None or not torch_ok:
+                    raise
+                notes.append(f"skipped openvino ({e})")
+        elif onnx is not None:
             notes.append("skipped openvino (not installed: pip install openvino)")
-        if ckpt is not None:
+        if ckpt is not None and torch_ok:
             return _torch(ckpt, precision), notes
         raise BackendError("; ".join(notes) or f"no model for a {precision} CPU backend: pass "
                            "--onnx FILE (OpenVINO) or --ckpt FILE (torch)")

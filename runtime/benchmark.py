@@ -21,11 +21,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evad.lazy import lazy_import
 from evad.runner import KEPT_IDX_PREFIX, Runner
+
+if TYPE_CHECKING:
+    import torch
+
+    from evad import models
+    from evad.models import runner as torch_runner
+    from evad.runtime import backends
+else:  # a child for ONNX Runtime or OpenVINO never loads torch
+    torch = lazy_import("torch", "pip install torch")
+    models = lazy_import("evad.models", "pip install torch")
+    torch_runner = lazy_import("evad.models.runner", "pip install torch")
+    backends = lazy_import("evad.runtime.backends", "pip install -e .")
 
 __all__ = ["PATHS", "BenchPath", "cpu_name", "gemm_rate", "p95", "settle_warmups"]
 
@@ -68,7 +81,7 @@ def cpu_name() -> str:
 
 
 def p95(values: list[float]) -> float:
-    """The 95th percentile (linear interpolation; the maximum for fewer than 20 values)."""
+    """The 95th percentile, linear interpolation between order statistics (numpy's default)."""
     v = sorted(values)
     if len(v) == 1:
         return v[0]
@@ -100,26 +113,22 @@ def _open(cfg: dict[str, Any]) -> Runner:
     path = PATHS[cfg["path"]]
     threads = int(cfg.get("threads", 0))
     if path.backend == "torch":
-        import torch
-
-        from evad.models import build_model
-        from evad.models.runner import TorchRunner
-
         if threads:
             torch.set_num_threads(threads)
-        if cfg.get("ckpt"):
-            return TorchRunner.from_checkpoint(cfg["ckpt"], path.device, path.precision)
-        torch.manual_seed(int(cfg["seed"]))
         overrides = {"keep_rate": cfg["keep_rate"]} if cfg.get("keep_rate") else {}
-        model = build_model(cfg["preset"], **overrides).eval().calm()
-        return TorchRunner(model, f"preset {cfg['preset']}", path.device, path.precision)
-    from evad.runtime.backends import open_runner
-
+        if cfg.get("ckpt"):
+            model, _ = models.load_checkpoint(cfg["ckpt"], **overrides)
+            return torch_runner.TorchRunner(model, f"checkpoint {cfg['ckpt']}", path.device,
+                                            path.precision)
+        torch.manual_seed(int(cfg["seed"]))
+        model = models.build_model(cfg["preset"], **overrides).eval().calm()
+        return torch_runner.TorchRunner(model, f"preset {cfg['preset']}", path.device,
+                                        path.precision)
     if path.backend == "trt":
-        runner, _ = open_runner("trt", engine=Path(cfg["engine"]))
+        runner, _ = backends.open_runner("trt", engine=Path(cfg["engine"]))
         return runner
-    runner, _ = open_runner(path.backend, onnx=Path(cfg["onnx"]), threads=threads,
-                            precision=path.precision, cuda=False)
+    runner, _ = backends.open_runner(path.backend, onnx=Path(cfg["onnx"]), threads=threads,
+                                     precision=path.precision, cuda=False)
     return runner
 
 
@@ -127,8 +136,6 @@ def _timer(runner: Runner):
     """A call timer: CUDA events around the call on a GPU (when torch is there), else wall."""
     if getattr(runner, "on_gpu", False):
         try:
-            import torch
-
             if torch.cuda.is_available():
                 def cuda_time(fn) -> float:
                     start, end = torch.cuda.Event(True), torch.cuda.Event(True)
@@ -139,7 +146,7 @@ def _timer(runner: Runner):
                     torch.cuda.synchronize()
                     return start.elapsed_time(end) / 1e3
                 return cuda_time
-        except ImportError:
+        except ImportError:  # MissingDependency too: no torch, wall time
             pass
 
     def wall(fn) -> float:
@@ -151,8 +158,11 @@ def _timer(runner: Runner):
 
 def child() -> int:
     """The child's loop (see the module docstring)."""
-    out = sys.stdout
-    sys.stdout = sys.stderr  # a library's print must not break the protocol
+    # the protocol gets its own copy of fd 1; fd 1 itself (where native libraries print) and
+    # sys.stdout go to stderr, so nothing but answers reaches the parent's pipe
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def say(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -197,8 +207,6 @@ def child() -> int:
 
 def _gpu_name() -> str | None:
     try:
-        import torch
-
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         return None
@@ -209,8 +217,6 @@ def gemm_rate(precision: str, threads: int, m: int = 4608, k: int = 768, n: int 
     """This machine's GEMM rate now, GMAC/s, at ViT-B's MLP shape (4608 x 768 @ 768 x 3072):
     the yardstick the achieved rate of each path is a fraction of. torch (oneDNN / MKL) on the
     CPU; ``precision`` fp32 or bf16."""
-    import torch
-
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -28,6 +28,21 @@ def _examples():
 make_video = _examples().make_video
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache_in_tmp(tmp_path_factory):
+    """OpenVINO's compiled-model cache in a session folder, not the user's ~/.cache (child
+    processes, such as evad-bench's, inherit it)."""
+    import os
+
+    old = os.environ.get("EVAD_OPENVINO_CACHE")
+    os.environ["EVAD_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EVAD_OPENVINO_CACHE", None)
+    else:
+        os.environ["EVAD_OPENVINO_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> EVAD:
     """Random tiny weights, calmed (``EVAD.calm``): attention logits of order 1, so importance

@@ -209,7 +209,7 @@ def test_graph_parses_and_builds_in_tensorrt_rtx_on_cpu(tiny_onnx, tmp_path) -> 
                         "tensorrt-rtx-cu13-bindings (.ci/plugins.sh)")
         pytest.skip("TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs "
                     "tensorrt-rtx-cu13-bindings)")
-    from evad.export.attention import decompose_fused_attention
+    from evad.fused_attention import decompose_fused_attention
 
     model = _stub_plugins(decompose_fused_attention(tiny_onnx))  # as the builder's for_parser
     assert not [n for n in model.graph.node if n.domain in ("com.microsoft", "evad")]

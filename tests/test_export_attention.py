@@ -15,7 +15,6 @@ from conftest import TINY_H, TINY_W
 from onnx import TensorProto, helper
 from test_keyframe_topk_prune import _inputs
 
-from evad.export.attention import MS_DOMAIN, decompose_fused_attention, fused_attention_nodes
 from evad.export.ops import ROW_CHUNK, function_protos
 from evad.export.parity import (
     FP32_THRESHOLDS,
@@ -24,6 +23,7 @@ from evad.export.parity import (
     compare,
     seeded_inputs,
 )
+from evad.fused_attention import MS_DOMAIN, decompose_fused_attention, fused_attention_nodes
 from evad.models.keyframe_topk_prune import keyframe_topk_prune
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

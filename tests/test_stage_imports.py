@@ -49,8 +49,8 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.runtime.pipeline", "evad.runtime.render", "evad.runtime.video",
               "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
               "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
-              "evad.export.openvino_runner", "evad.engines.onnx_prep", "evad.runtime.benchmark",
-              "evad.cli.bench"]
+              "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
+              "evad.runtime.benchmark", "evad.cli.bench"]
 
 
 def _modules() -> list[tuple[str, Path]]:
