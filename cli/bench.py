@@ -35,6 +35,7 @@ from evad.command import (
     run_command,
 )
 from evad.errors import ConfigError, EvadError
+from evad.export.openvino_runner import cpu_has_bf16
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata, write_metadata
 from evad.models.presets import get_preset
@@ -150,7 +151,7 @@ def _default_paths(args: argparse.Namespace) -> list[str]:
     if args.onnx is None:
         paths.append("torch-fp32")
     paths.append("ort-fp32")
-    fast = "openvino-bf16" if openvino_installed() and _cpu_has_bf16() else "torch-bf16"
+    fast = "openvino-bf16" if openvino_installed() and cpu_has_bf16() else "torch-bf16"
     if fast == "openvino-bf16" or args.onnx is None:
         paths.append(fast)
     if _cuda():
@@ -159,15 +160,6 @@ def _default_paths(args: argparse.Namespace) -> list[str]:
         if args.engine is not None:
             paths.append("trt")
     return paths
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _cuda() -> bool:
@@ -224,9 +216,8 @@ def _bench(args: argparse.Namespace) -> int:
     for p in paths:
         if PATHS[p].device == "cuda" and not _cuda():
             raise ConfigError(f"path {p} needs a CUDA GPU; none is visible here")
-        if PATHS[p].backend == "openvino":
-            if not openvino_installed():
-                raise ConfigError(f"path {p} needs OpenVINO: pip install 'evad-deploy[openvino]'")
+        if PATHS[p].backend == "openvino" and not openvino_installed():
+            raise ConfigError(f"path {p} needs OpenVINO: pip install 'evad-deploy[openvino]'")
     threads = args.threads or os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="evad-bench-"))
     try:
@@ -344,7 +335,7 @@ def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -
     try:
         for prec in sorted({_GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
                             for p in paths if PATHS[p].device == "cpu"}):
-            rate = _gemm(prec, threads)
+            rate = gemm_rate(prec, threads)
             report["gemm_gmac_per_s"][prec] = round(rate, 1)
             _log(f"GEMM rate now, 4608x768 @ 768x3072, {prec}, {threads} threads: "
                  f"{rate:.0f} GMAC/s")
@@ -431,10 +422,6 @@ def _run(args: argparse.Namespace, paths: list[str], threads: int, work: Path) -
 
 #: a path's precision -> the GEMM rate it is a fraction of (int8 weights: bf16 products)
 _GEMM_PRECISION = {"bf16-int8w": "bf16"}
-
-
-def _gemm(precision: str, threads: int) -> float:
-    return gemm_rate(precision, threads)
 
 
 def _ratios(results: list[dict]) -> dict[str, dict[str, float]]:

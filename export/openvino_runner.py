@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 else:
     ov = lazy_import("openvino", "pip install 'evad-deploy[openvino]' (or: pip install openvino)")
 
-__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cache_dir", "int8_matmul_weights",
+__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cache_dir", "cpu_has_bf16",
+           "int8_matmul_weights",
            "openvino_graph", "unroll_pruning"]
 
 #: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8)
@@ -206,6 +207,12 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
     return nodes
 
 
+def cpu_has_bf16(core: ov.Core | None = None) -> bool:
+    """Whether OpenVINO sees native bf16 on this CPU (AVX512-BF16 or AMX)."""
+    core = core or ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def _usable_cache() -> bool:
     """Whether the cache folder exists or can be made (an unwritable home compiles uncached)."""
     if not cache_dir():
@@ -245,8 +252,7 @@ class OpenVinoRunner:
         self.precision = precision
         core = ov.Core()
         hint, int8_weights = OPENVINO_PRECISIONS[precision]
-        if hint == "bf16" and "BF16" not in core.get_property(
-                "CPU", "OPTIMIZATION_CAPABILITIES"):
+        if hint == "bf16" and not cpu_has_bf16(core):
             raise ConfigError("this CPU has no native bf16 (AVX512-BF16 or AMX); use "
                               "--precision fp32")
         try:

@@ -26,8 +26,9 @@ def _openvino_path() -> str:
         if IN_CI:
             pytest.fail("CI installs openvino (the dev extra): the fast CPU path must be tested")
         pytest.skip("openvino not installed (pip install 'evad-deploy[openvino]')")
-    with open("/proc/cpuinfo") as f:
-        return "openvino-bf16" if "avx512_bf16" in f.read() else "openvino-fp32"
+    from evad.export.openvino_runner import cpu_has_bf16
+
+    return "openvino-bf16" if cpu_has_bf16() else "openvino-fp32"
 
 
 def _check_figures(r: dict, gmac: float, runs: int) -> None:
