@@ -14,21 +14,28 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from evad.command import ArgumentParser, check_name, check_output_dir, number, run_command
-from evad.errors import ConfigError, EvadError
-from evad.hashing import content_identity
-from evad.run_lock import FolderLock
+from evad.command import ArgumentParser, check_output_dir, number, run_command
+from evad.errors import ConfigError
+from evad.lazy import lazy_import
 from evad.runner import Runner
 from evad.runtime.backends import BACKENDS, PRECISIONS, open_runner
-from evad.runtime.outputs import VIDEO_NAME, DetectionWriter
-from evad.runtime.pipeline import detect
-from evad.runtime.preprocess import Preprocessor
-from evad.runtime.render import render_video, video_codec
-from evad.runtime.sampling import expected_keyframes
-from evad.runtime.video import VideoInfo, open_video
+from evad.runtime.job import (
+    JOB_NAME,
+    DetectOptions,
+    check_video_id,
+    find_videos,
+    plan_job,
+    run_job,
+    run_video,
+)
+from evad.runtime.video import open_video
+
+if TYPE_CHECKING:
+    from evad.runtime import ray_job
+else:  # Ray is an extra: loaded for --ray only
+    ray_job = lazy_import("evad.runtime.ray_job", "pip install 'evad-deploy[ray]'")
 
 __all__ = ["main", "parser"]
 
@@ -43,6 +50,12 @@ examples:
   evad-trt-run video.mp4 --engine vitb_ktp.engine --render --out o/
   evad-trt-run frames/ --fps 30 --ckpt vitb_ktp.pyth --backend torch
   evad-trt-run long.mp4 --onnx m.onnx --out o/ --resume          # continue an interrupted run
+  evad-trt-run videos/ --onnx m.onnx --out job/                  # many videos: one job
+  evad-trt-run 'clips/**/*.mp4' --onnx m.onnx --out job/ --resume  # redo only unfinished ones
+  evad-trt-run list.txt --onnx m.onnx --out job/ --ray           # the job on a local Ray
+  evad-trt-run list.txt --onnx m.onnx --out job/ --ray HOST:6379 # ... on a Ray cluster
+  evad-trt-run rtsp://cam.local/stream --onnx m.onnx             # live: detections as they come
+  evad-trt-run 0 --onnx m.onnx                                   # camera 0
 
 Outputs in --out: detections.csv (AVA format: video_id, timestamp, x1, y1, x2, y2 normalised,
 action_id, score; every class >= --csv-min-score), detections.jsonl (one object per keyframe:
@@ -50,6 +63,14 @@ time, frame, boxes in pixels, person score, actions >= --action-threshold), run.
 summary, and each file's size and SHA-256) and with --render annotated.mp4. While running,
 detections go to --out/.evad-staging/, flushed per batch; a finished run already in --out is
 replaced only when the new one completes. One run at a time per --out (.evad.lock names it).
+
+A job (a directory of videos, a quoted glob, or a list file: one path per line) writes
+--out/<video id>/ per video as above, --out/detections.csv (every video's rows, in job order) and
+--out/job.json (each video's status, counts and error line); a video that fails is recorded and
+the job goes on (exit code 1 at the end). With --resume a video already finished with the same
+model and settings is not redone. A live source (camera index, rtsp:// or http:// URL) writes
+each keyframe as soon as the clip around it has arrived and prints its latency; Ctrl-C or the
+stream stopping ends the run with the detections so far complete.
 Set EVAD_DEBUG=1 for tracebacks.
 """
 
@@ -60,9 +81,10 @@ def parser() -> argparse.ArgumentParser:
         "model: one keyframe per --keyframe-stride seconds, a clip of the model's frames "
         "around each.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("video", nargs="?", type=Path, default=None,
-                    help="video file (any container OpenCV reads) or a directory of frames "
-                    "(default: the demo video)")
+    ap.add_argument("video", nargs="?", default=None,
+                    help="a video file (any container OpenCV reads), a directory of frames, "
+                    "many videos (a directory of videos, a quoted glob, a .txt list), a camera "
+                    "index or a stream URL (default: the demo video)")
     model = ap.add_argument_group("model (default: the demo model)")
     model.add_argument("--engine", type=Path, help="TensorRT engine")
     model.add_argument("--onnx", type=Path, help="ONNX model from evad-export")
@@ -98,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
                      "their container timestamps")
     out = ap.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None,
-                     help="output folder (default runs/<video id>); one run at a time")
+                     help="output folder (default runs/<video id>, for a job runs/); one run "
+                     "at a time")
     out.add_argument("--video-id", default=None,
                      help="first CSV column and the default folder name (default: the video "
                      "file's stem); a plain name")
@@ -107,6 +130,11 @@ def parser() -> argparse.ArgumentParser:
                      help="continue the interrupted run in --out (refused if the model, the "
                      "video or a setting changed)")
     out.add_argument("--quiet", action="store_true", help="no progress bar; only the summary")
+    out.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run a job of many videos on Ray: a local cluster without ADDRESS, "
+                     "else the cluster at ADDRESS (host:port or ray://host:port); one model "
+                     "per actor, a GPU per actor when the cluster has GPUs (pip install "
+                     "'evad-deploy[ray]')")
     return ap
 
 
@@ -152,21 +180,38 @@ def _interrupted(state: dict) -> str:
 def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
          default_model: Default | None) -> int:
     q = args.quiet
-    t_start = time.perf_counter()
     # Everything that can refuse the input runs before a file is written.
     video = args.video
     if video is None:
         if default_video is None:
-            raise ConfigError("no video: pass a video file or a directory of frames")
-        video = default_video()
+            raise ConfigError("no video: pass a video file, a directory of frames or videos, a "
+                              "glob, a list file, a camera index or a stream URL")
+        video = str(default_video())
+    videos = find_videos(video)
+    if videos is not None:
+        return _run_job(args, videos, default_model)
+    if args.ray is not None:
+        raise ConfigError("--ray runs jobs of many videos: pass a directory of videos, a glob "
+                          "or a list file")
     info = open_video(video, args.fps)
-    video_id = check_name(info.video_id if args.video_id is None else args.video_id,
-                          "video id" if args.video_id is None else "--video-id")
-    if any(c in video_id for c in ',"'):
-        raise ConfigError(f"video id {video_id!r} has a comma or quote, which the AVA CSV "
-                          "cannot hold: pass --video-id NAME")
+    if info.is_live:
+        for flag, given in (("--resume", args.resume), ("--render", args.render)):
+            if given:
+                raise ConfigError(f"{flag} needs a video file: a live source cannot be read "
+                                  "again (record it first, e.g. ffmpeg -i URL -c copy rec.mp4)")
+    video_id = check_video_id(info.video_id if args.video_id is None else args.video_id,
+                              args.video_id is not None)
     out_dir = args.out if args.out is not None else Path("runs") / video_id
     check_output_dir(out_dir, "--out")
+    backend, notes = _open_model(args, default_model)
+    run_video(info, video_id, out_dir, backend, DetectOptions.from_args(args),
+              resume=args.resume, quiet=q, state=state, prog=_PROG, notes=notes)
+    return 0
+
+
+def _model_files(args: argparse.Namespace, default_model: Default | None
+                 ) -> tuple[Path | None, Path | None, Path | None]:
+    """(engine, onnx, ckpt): the ones given, or the demo model's."""
     onnx, ckpt = args.onnx, args.ckpt
     if args.engine is None and args.onnx is None and args.ckpt is None:
         if args.backend == "torch" and args.default_ckpt is not None:
@@ -175,94 +220,58 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
             raise ConfigError("no model: pass --onnx FILE, --engine FILE or --ckpt FILE")
         else:
             onnx = default_model()
-    backend, notes = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=ckpt,
+    return args.engine, onnx, ckpt
+
+
+def _open_model(args: argparse.Namespace, default_model: Default | None
+                ) -> tuple[Runner, list[str]]:
+    engine, onnx, ckpt = _model_files(args, default_model)
+    backend, notes = open_runner(args.backend, engine=engine, onnx=onnx, ckpt=ckpt,
                                  threads=args.threads, shrink_arena=True,
                                  precision=args.precision)
     spec = backend.spec
-    _log(f"model {spec.describe()}", q)
+    _log(f"model {spec.describe()}", args.quiet)
     if spec.synthetic_only and args.video is not None:
         print(f"{_PROG}: warning: {spec.describe()} knows only this project's synthetic stick "
               "figures: on real footage its boxes and actions mean nothing. For real video use "
               "an official EVAD checkpoint (ViT-B / ViT-L on AVA, UCF101-24, JHMDB: the "
               "MCG-NJU/EVAD release) exported with evad-export --ckpt FILE --onnx-only",
               file=sys.stderr)
-    pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
-                              spec.mean, spec.std, spec.input_size, spec.name)
-    batch = args.batch_size or (8 if backend.on_gpu else 1)
-    person_thr = spec.person_threshold if args.person_threshold is None else args.person_threshold
-    settings = {
-        "model_sha256": spec.sha256, "backend": backend.name,
-        "video_identity": content_identity(info.path), "fps": info.fps,
-        "input_size": list(pre.padded), "keyframe_stride": args.keyframe_stride,
-        "person_threshold": person_thr, "keep_all_if_none": args.keep_all_if_none,
-        "action_threshold": args.action_threshold, "top_k": args.top_k,
-        "csv_min_score": args.csv_min_score, "video_id": video_id,
-    }
-    source = {"video": str(info.path.resolve()), "model": spec.name}
-
-    src = (f"{len(info.frames)} frames at an assumed {info.fps:g} fps" if info.is_directory
-           else f"{info.codec}, {info.fps:.3g} fps, ~{info.duration_s:.1f} s")
-    _log(f"video {info.path}: {info.height}x{info.width} (H x W), {src}", q)
-    _log(f"backend {backend.name}" + (f" (auto; {'; '.join(notes)})" if notes else "")
-         + f"; frames resized to {pre.resized[0]}x{pre.resized[1]}, padded to the input "
-         f"{pre.padded[0]}x{pre.padded[1]} (H x W), batch {batch}", q)
-
-    created = not out_dir.exists()
-    try:
-        with FolderLock(out_dir, _PROG) as lock:
-            if lock.taken_over:  # said even with --quiet: another run's leftovers are news
-                print(f"{_PROG}: warning: {lock.taken_over}", file=sys.stderr)
-            writer = DetectionWriter(out_dir, video_id, spec.labels, settings,
-                                     args.action_threshold, args.top_k, args.csv_min_score,
-                                     resume=args.resume, source=source)
-            try:
-                return _detect_and_write(args, state, info, backend, pre, writer, batch,
-                                         person_thr, t_start)
-            except BaseException:
-                state["resumable"] = writer.abandon()
-                raise
-    finally:  # a folder this run made and left empty is not left behind
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+    return backend, notes
 
 
-def _detect_and_write(args: argparse.Namespace, state: dict, info: VideoInfo, backend: Runner,
-                      pre: Preprocessor, writer: DetectionWriter, batch: int,
-                      person_thr: float, t_start: float) -> int:
+def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Default | None
+             ) -> int:
     q = args.quiet
-    state["writer"] = writer
-    writer.open()
-    if writer.resume_note:
-        _log(writer.resume_note, q)
-    total = expected_keyframes(info.duration_s - 1.0 / info.fps, args.keyframe_stride)
-    with tqdm(total=max(total, writer.resumed), initial=writer.resumed, desc="detect",
-              unit="kf", disable=q, leave=False, dynamic_ncols=True) as bar:
-        stats = detect(info, backend, pre, writer, keyframe_stride_s=args.keyframe_stride,
-                       batch_size=batch, person_threshold=person_thr,
-                       keep_all_if_none=args.keep_all_if_none, on_batch=bar.update)
-    if not writer.records:
-        raise EvadError(f"{info.path} gave no keyframes (no frame decoded)")
-    files = [writer.csv_path, writer.jsonl_path]
-    summary = {
-        "keyframes": len(writer.records), "keyframes_resumed": writer.resumed,
-        "people": sum(len(r["people"]) for r in writer.records), "backend": backend.name,
-        "batch": batch, "clips_per_s": round(stats.clips_per_s, 3),
-        "detect_s": round(stats.wall_s, 3), "inference_s": round(stats.inference_s, 3),
-        "decode_s": round(stats.producer_s, 3), "frames": stats.frames,
-    }
-    writer.finish(summary)
-    if args.render:
-        if video_codec() != "h264":
-            _log("note: PyAV with libx264 is missing, so annotated.mp4 is MPEG-4 Part 2 (mp4v), "
-                 "which browsers do not play: pip install av", q)
-        with tqdm(total=info.frame_count, desc="render", unit="frame", disable=q,
-                  leave=False, dynamic_ncols=True) as bar:
-            render_video(info, writer.records, writer.staged_path(VIDEO_NAME),
-                         on_frame=bar.update)
-        files.append(writer.add_output(VIDEO_NAME))
-    print(f"{_PROG}: {summary['keyframes']} keyframes"
-          + (f" ({writer.resumed} resumed)" if writer.resumed else "")
-          + f", {summary['people']} people, {stats.clips_per_s:.2f} clips/s, backend "
-          f"{backend.name}, {time.perf_counter() - t_start:.1f} s -> "
-          + ", ".join(str(f) for f in files))
+    if args.video_id is not None:
+        raise ConfigError("--video-id names one video; a job names each video by its file")
+    out = args.out if args.out is not None else Path("runs")
+    check_output_dir(out, "--out")
+    tasks = plan_job(videos, out)
+    opts = DetectOptions.from_args(args)
+    t0 = time.perf_counter()
+    if args.ray is not None:
+        engine, onnx, ckpt = _model_files(args, default_model)
+        model = {"engine": engine, "onnx": onnx, "ckpt": ckpt, "backend": args.backend,
+                 "threads": args.threads, "precision": args.precision}
+        _log(f"{len(tasks)} videos on Ray ({args.ray or 'a local cluster'}) -> {out}", q)
+        job = ray_job.run_job_ray(tasks, model, opts, out, address=args.ray or None,
+                                  resume=args.resume, quiet=q, prog=_PROG)
+    else:
+        backend, notes = _open_model(args, default_model)
+        if notes:
+            _log(f"backend {backend.name} (auto; {'; '.join(notes)})", q)
+        _log(f"{len(tasks)} videos -> {out}", q)
+        job = run_job(tasks, backend, opts, out, resume=args.resume, quiet=q, prog=_PROG,
+                      model={"name": backend.spec.name, "sha256": backend.spec.sha256,
+                             "backend": backend.name})
+    print(f"{_PROG}: job of {job['videos']} videos: {job['done']} done, {job['skipped']} "
+          f"already done, {job['failed']} failed; {job['keyframes']} keyframes, "
+          f"{job['people']} people, {time.perf_counter() - t0:.1f} s -> {out / 'detections.csv'}"
+          f", {out / JOB_NAME}")
+    if job["failed"]:
+        print(f"{_PROG}: error: {job['failed']} of {job['videos']} videos failed (their errors "
+              f"are in {out / JOB_NAME}); rerun with --resume to redo only those",
+              file=sys.stderr)
+        return 1
     return 0

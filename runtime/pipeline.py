@@ -27,7 +27,7 @@ from evad.runtime.preprocess import Preprocessor
 from evad.runtime.sampling import Keyframe, KeyframeSelector, clip_offsets
 from evad.runtime.video import VideoInfo, iter_frames
 
-__all__ = ["ClipProducer", "RunStats", "detect"]
+__all__ = ["ClipProducer", "KeyframeTiming", "RunStats", "detect"]
 
 _END = object()
 
@@ -76,6 +76,10 @@ class ClipProducer(threading.Thread):
         self.frames = 0
         self.busy_s = 0.0
         self.wait_s = 0.0
+        # keyframe index -> perf_counter() when its frame arrived / when its clip was complete
+        # (a live source's latency: what the clip waited for, then what inference took)
+        self.arrived: dict[int, float] = {}
+        self.ready: dict[int, float] = {}
 
     def _put(self, item: object) -> None:
         t0 = time.perf_counter()
@@ -89,6 +93,7 @@ class ClipProducer(threading.Thread):
 
     def _emit(self, kf: Keyframe, window: dict[int, np.ndarray], last: int) -> None:
         idx = [min(max(kf.frame + o, 0), last) for o in self.offsets]
+        self.ready[kf.index] = time.perf_counter()
         self._put((kf, self.pre.clip([window[j] for j in idx])))
 
     def run(self) -> None:
@@ -99,13 +104,16 @@ class ClipProducer(threading.Thread):
             pending: deque[Keyframe] = deque()
             low = 0  # every frame index below this is evicted
             i = -1
+            previous = now = 0.0  # arrival of the frame before this one, and of this one
             for i, t, frame in iter_frames(self.info):
+                previous, now = now, time.perf_counter()
                 if self.stop_event.is_set():
                     return
                 window[i] = self.pre.resize(frame)
                 for kf in selector.push(i, t):
                     if kf.index not in self.skip:
                         pending.append(kf)
+                        self.arrived[kf.index] = now if kf.frame == i else previous
                 while pending and pending[0].frame + self.offsets[-1] <= i:
                     self._emit(pending.popleft(), window, i)
                 # The next keyframe's frame is at least i - 1 (the frame before the one that
@@ -145,10 +153,25 @@ class ClipProducer(threading.Thread):
             self.join(timeout=0.1)
 
 
+@dataclass(frozen=True)
+class KeyframeTiming:
+    """How long one keyframe took from its frame's arrival to its detections on disk (seconds):
+    ``clip_s`` waiting for the rest of its clip (about half the clip's span on a live source),
+    then ``queue_s`` before its batch ran, ``inference_s`` of its batch, and ``latency_s`` all
+    of it until the write was flushed."""
+
+    latency_s: float
+    clip_s: float
+    queue_s: float
+    inference_s: float
+
+
 def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: DetectionWriter, *,
            keyframe_stride_s: float = 1.0, batch_size: int = 1,
            person_threshold: float | None = None, keep_all_if_none: bool = False,
-           on_batch: Callable[[int], None] | None = None) -> RunStats:
+           on_batch: Callable[[int], None] | None = None,
+           on_keyframe: Callable[[Keyframe, list[Person], KeyframeTiming], None] | None = None
+           ) -> RunStats:
     """Run the whole video through ``backend``, writing each batch with ``writer``.
 
     Args:
@@ -159,6 +182,8 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
         person_threshold: default: the model's (metadata).
         keep_all_if_none: the official fallback (keep every box when none passes).
         on_batch: called with the number of keyframes after each batch (progress bar).
+        on_keyframe: called for each keyframe once its detections are written, with its
+            ``KeyframeTiming`` (a live source prints its latency).
 
     Returns:
         RunStats of the keyframes run now (resumed ones not counted).
@@ -179,7 +204,8 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
             size = np.tile(np.array([[rh, rw]], np.int64), (len(batch), 1))
             t = time.perf_counter()
             out = backend(clip, size)
-            stats.inference_s += time.perf_counter() - t
+            t_infer = time.perf_counter() - t
+            stats.inference_s += t_infer
             items: list[tuple[Keyframe, list[Person]]] = []
             for b, (kf, _) in enumerate(batch):
                 people = keyframe_people(out[OUTPUT_BOXES][b], out[OUTPUT_PERSON_SCORES][b],
@@ -188,6 +214,12 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
                 items.append((kf, people))
                 stats.people += len(people)
             writer.write_batch(items)
+            if on_keyframe is not None:
+                written = time.perf_counter()
+                for kf, people in items:
+                    arrived, ready = producer.arrived[kf.index], producer.ready[kf.index]
+                    on_keyframe(kf, people, KeyframeTiming(
+                        written - arrived, ready - arrived, max(t - ready, 0.0), t_infer))
             stats.keyframes += len(batch)
             stats.batches.append(len(batch))
             if on_batch is not None:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,17 @@ from evad.lazy import lazy_import
 
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
-__all__ = ["FRAME_EXTENSIONS", "VideoInfo", "iter_frames", "open_video"]
+__all__ = ["FRAME_EXTENSIONS", "LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VideoInfo", "iter_frames",
+           "live_source", "open_video"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: file endings taken as videos when a directory, glob or list names many (a job)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".ts", ".mts", ".3gp", ".ogv")
+#: URL schemes read as live streams (OpenCV's FFmpeg opens them)
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+#: how long a live source may stay silent before it counts as dropped (ms)
+LIVE_TIMEOUT_MS = 10_000
 
 
 # FFmpeg inside OpenCV prints its errors ("moov atom not found") on stderr; we report one line
@@ -106,10 +115,20 @@ class VideoInfo:
     frame_count: int
     codec: str
     frames: tuple[Path, ...] = ()
+    live: str = ""  # a camera index or stream URL as given; "" for files and frame directories
 
     @property
     def is_directory(self) -> bool:
         return bool(self.frames)
+
+    @property
+    def is_live(self) -> bool:
+        return bool(self.live)
+
+    @property
+    def source(self) -> str:
+        """The source as a person names it: the stream URL / camera index, else the path."""
+        return self.live or str(self.path)
 
     @property
     def duration_s(self) -> float:
@@ -117,8 +136,61 @@ class VideoInfo:
 
     @property
     def video_id(self) -> str:
-        """The id written in the CSV: the file stem, or the directory name."""
+        """The id written in the CSV: the file stem, the directory name, ``camera<N>`` for a
+        camera, or the last part of a stream URL's path (``stream`` when it has none)."""
+        if self.is_live:
+            if self.live.isdigit():
+                return f"camera{self.live}"
+            tail = self.live.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/")
+            name = Path(tail[-1]).stem if len(tail) > 1 else ""
+            return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "stream"
         return self.path.name if self.is_directory else self.path.stem
+
+
+def live_source(text: str) -> str | None:
+    """``text`` as a live source (a camera index such as ``0``, or a URL with a scheme in
+    ``LIVE_SCHEMES``), or None for a path. An existing file of that name stays a file."""
+    if Path(text).exists():
+        return None
+    if text.isdigit():
+        return text
+    scheme, sep, _ = text.partition("://")
+    return text if sep and scheme.lower() in LIVE_SCHEMES else None
+
+
+def _open_live_capture(source: str):
+    cv2 = _cv2()
+    if source.isdigit():
+        return cv2.VideoCapture(int(source))
+    return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
+                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,
+                             cv2.CAP_PROP_READ_TIMEOUT_MSEC, LIVE_TIMEOUT_MS])
+
+
+def _open_live(source: str) -> VideoInfo:
+    """Probe a live source (opens, one frame decodes) and release it; ``iter_frames`` opens it
+    again, so frames sent while the model loads do not pile up in front of the first clip."""
+    with _native_stderr_silenced():
+        cap = _open_live_capture(source)
+        opened = cap.isOpened()
+        ok, frame = cap.read() if opened else (False, None)
+    try:
+        what = f"camera {source}" if source.isdigit() else f"stream {source}"
+        if not opened:
+            raise VideoError(f"cannot open {what}: OpenCV could not connect to it (check the "
+                             "address, that it is serving, and that its format is one FFmpeg "
+                             "reads)")
+        if not ok or frame is None:
+            raise VideoError(f"{what} opened but sent no frame within "
+                             f"{LIVE_TIMEOUT_MS / 1000:g} s")
+        rate = cap.get(_cv2().CAP_PROP_FPS)
+        codec = _fourcc(cap.get(_cv2().CAP_PROP_FOURCC))
+    finally:
+        cap.release()
+    rate = rate if rate and 0 < rate < 1000 and np.isfinite(rate) else 30.0
+    h, w = frame.shape[:2]
+    return VideoInfo(Path(source.replace("://", "_").replace("/", "_")), w, h, float(rate), 0,
+                     codec, live=source)
 
 
 def _natural_key(p: Path) -> list:
@@ -136,15 +208,20 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
     """Check a video file or frame directory and describe it; nothing is kept open.
 
     Args:
-        path: a video file (any container OpenCV's FFmpeg reads) or a directory of images.
+        path: a video file (any container OpenCV's FFmpeg reads), a directory of images, or a
+            live source: a camera index (``0``) or a stream URL (``rtsp://``, ``http://``, ...).
         fps: frame rate of a frame directory (frames/s; default 30). Ignored for video files,
             whose timestamps come from the container.
 
     Raises:
         VideoError: missing, empty, not a video, no decodable frame (with the codec named), a
-            directory without images, or an unreadable image.
+            directory without images, an unreadable image, or a live source that does not open
+            or sends no frame.
     """
     cv2 = _cv2()
+    live = live_source(str(path))
+    if live is not None:
+        return _open_live(live)
     path = Path(path)
     if not path.exists():
         raise VideoError(f"video {path} does not exist")
@@ -200,8 +277,10 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode every frame: ``(index, time_s, frame)``, frame (H, W, 3) BGR uint8.
 
     ``time_s`` is the container's presentation time (seconds from the stream start) for video
-    files and ``index / fps`` for frame directories. A stream that ends early (truncated file)
-    simply ends; the first frame was checked by ``open_video``.
+    files, ``index / fps`` for frame directories, and the arrival time (seconds since the first
+    frame arrived) for a live source. A stream that ends early (truncated file) simply ends; a
+    live source that stops sending (closed, or silent for ``LIVE_TIMEOUT_MS``) ends with one
+    warning line; the first frame was checked by ``open_video``.
 
     Raises:
         VideoError: a directory image cannot be read, or has another size than the first.
@@ -217,6 +296,9 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
                                  f"frame is {info.width}x{info.height}: frames of a directory "
                                  "must share one size")
             yield i, i / info.fps, frame
+        return
+    if info.is_live:
+        yield from _iter_live(info)
         return
     cap = cv2.VideoCapture(str(info.path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
@@ -242,6 +324,31 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
                 t = last_t + 1.0 / info.fps
             last_t = t
             yield i, t, frame
+            i += 1
+    finally:
+        cap.release()
+
+
+def _iter_live(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
+    with _native_stderr_silenced():
+        cap = _open_live_capture(info.live)
+    if not cap.isOpened():
+        raise VideoError(f"cannot open {info.live} again (it was readable a moment ago)")
+    what = f"camera {info.live}" if info.live.isdigit() else f"stream {info.live}"
+    try:
+        i = 0
+        t0 = 0.0
+        while True:
+            ok, frame = cap.read()
+            now = time.monotonic()
+            if not ok or frame is None:
+                print(f"warning: {what} stopped sending after {i} frames "
+                      f"({now - t0 if i else 0.0:.1f} s): the detections up to there are kept",
+                      file=sys.stderr, flush=True)
+                return
+            if i == 0:
+                t0 = now
+            yield i, round(now - t0, 6), frame
             i += 1
     finally:
         cap.release()
