@@ -30,7 +30,7 @@ from evad.runtime.job import (
     run_job,
     run_video,
 )
-from evad.runtime.video import open_video
+from evad.runtime.video import live_source, open_video
 
 if TYPE_CHECKING:
     from evad.runtime import ray_job
@@ -193,12 +193,12 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
     if args.ray is not None:
         raise ConfigError("--ray runs jobs of many videos: pass a directory of videos, a glob "
                           "or a list file")
-    info = open_video(video, args.fps)
-    if info.is_live:
+    if live_source(video) is not None:
         for flag, given in (("--resume", args.resume), ("--render", args.render)):
             if given:
                 raise ConfigError(f"{flag} needs a video file: a live source cannot be read "
                                   "again (record it first, e.g. ffmpeg -i URL -c copy rec.mp4)")
+    info = open_video(video, args.fps)
     video_id = check_video_id(info.video_id if args.video_id is None else args.video_id,
                               args.video_id is not None)
     out_dir = args.out if args.out is not None else Path("runs") / video_id

@@ -1,0 +1,149 @@
+"""``evad-trt-run`` on a live source: an HTTP MJPEG stream served on loopback by the test.
+
+The server (standard library only) sends real JPEG frames at their frame rate, then closes the
+connection, which is how a dropped stream looks to the client. Detections must reach the JSONL
+while the stream still plays, each keyframe's latency must be printed, and the run must end
+with complete outputs and one line saying the stream stopped.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import make_video
+
+from evad.runtime.cli import main
+
+FPS = 20.0
+SECONDS = 5.0
+
+
+class _Stream:
+    """A loopback MJPEG server sending ``frames`` at ``fps`` to each client, then closing."""
+
+    def __init__(self, frames: list[bytes], fps: float) -> None:
+        self.frames, self.fps = frames, fps
+        self.first_sent = self.last_sent = 0.0
+        stream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                t0 = time.monotonic()
+                try:
+                    for i, jpg in enumerate(stream.frames):
+                        time.sleep(max(0.0, t0 + i / stream.fps - time.monotonic()))
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                        self.wfile.flush()
+                        if i == 0:
+                            stream.first_sent = time.monotonic()
+                    stream.last_sent = time.monotonic()
+                except (BrokenPipeError, ConnectionResetError):  # the probe hangs up early
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cam/front.mjpg"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Stream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def jpeg_frames(tmp_path_factory) -> list[bytes]:
+    video = make_video(tmp_path_factory.mktemp("live") / "src.mp4", SECONDS, 320, 180, FPS)
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    cap.release()
+    assert len(frames) == int(SECONDS * FPS)
+    return frames
+
+
+def test_live_stream_detections_arrive_while_it_plays(tmp_path, capfd, jpeg_frames,
+                                                      tiny_onnx):
+    out = tmp_path / "live"
+    staged = out / ".evad-staging" / "detections.jsonl"
+    seen: list[tuple[float, int]] = []  # (time, lines in the staged JSONL) while running
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                n = staged.read_text().count("\n")
+            except OSError:
+                n = 0
+            seen.append((time.monotonic(), n))
+            time.sleep(0.02)
+
+    with _Stream(jpeg_frames, FPS) as stream:
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            rc = main([stream.url, "--onnx", str(tiny_onnx), "--out", str(out),
+                       "--person-threshold", "0.05"])
+        finally:
+            done.set()
+            watcher.join()
+        stdout, err = capfd.readouterr()
+    assert rc == 0, err
+    # one line for the stream stopping, nothing else on stderr but the synthetic-model warning
+    stops = [ln for ln in err.splitlines() if "stopped sending" in ln]
+    assert len(stops) == 1 and f"after {len(jpeg_frames)} frames" in stops[0], err
+    # the first keyframes were on disk before the last frame was sent
+    during = [n for t, n in seen if t < stream.last_sent]
+    assert max(during) >= 2, seen[-5:]
+    first = next(t for t, n in seen if n >= 1)
+    assert first - stream.first_sent < 1.6 + 1.0  # half the clip span (32 frames) + slack
+    # a latency line per keyframe: its clip wait is about half the clip's span (1.6 s)
+    lat = [tuple(map(float, m)) for m in re.findall(
+        r"keyframe ([\d.]+) s: \d+ \w+, latency ([\d.]+) s \(clip ([\d.]+) s \+ queue "
+        r"([\d.]+) s \+ inference ([\d.]+) s\)", stdout)]
+    recs = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert [r["keyframe"] for r in recs] == list(range(len(recs))) and len(recs) >= 4
+    assert [t for t, *_ in lat] == [r["time"] for r in recs]
+    for t, total, clip, queue, infer in lat[:2]:  # keyframes whose clip arrived in full
+        assert 1.6 - 0.3 < clip < 1.6 + 0.5, (t, clip)
+        assert total == pytest.approx(clip + queue + infer, abs=0.02)
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["settings"]["video_identity"] == {"live": stream.url}
+    assert run["settings"]["video_id"] == "front"
+    assert not (out / ".evad-staging").exists()
+
+
+def test_live_source_refusals(tmp_path, capfd, tiny_onnx):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/none.mjpg"
+    for extra, msg in (([], f"cannot open stream {url}"),
+                       (["--render"], "--render needs a video file"),
+                       (["--resume"], "--resume needs a video file")):
+        rc = main([url, "--onnx", str(tiny_onnx), "--out", str(tmp_path / "o"), *extra])
+        _, err = capfd.readouterr()
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    assert not Path(tmp_path / "o").exists()
