@@ -41,7 +41,7 @@ from evad.runtime.postprocess import Person
 from evad.runtime.sampling import Keyframe
 
 __all__ = ["STAGING", "CsvRow", "DetectionWriter", "by_score", "csv_rows", "format_csv_row",
-           "format_time", "write_csv_atomic"]
+           "format_time", "people_records", "write_csv_atomic"]
 
 T = TypeVar("T")
 #: one AVA detection row: video id, keyframe time (s), normalised x1 y1 x2 y2, action id
@@ -84,6 +84,17 @@ def csv_rows(video_id: str, time_s: float, people: Iterable[Person],
         rows.extend((video_id, time_s, box, c + 1, float(s))  # type: ignore[misc]
                     for c, s in enumerate(p.action_probs) if s >= min_score)
     return by_score(rows, lambda r: r[4])
+
+
+def people_records(people: Iterable[Person], labels: Sequence[str], action_threshold: float,
+                   top_k: int) -> list[dict[str, Any]]:
+    """One keyframe's people as the JSONL writes them: ``box`` (source pixels, 0.1 px),
+    ``box_norm``, ``person_score`` and ``actions`` (``Person.top_actions``)."""
+    return [{"box": [round(float(v), 1) for v in p.box],
+             "box_norm": [round(float(v), 4) for v in p.box_norm],
+             "person_score": round(p.score, 4),
+             "actions": p.top_actions(labels, action_threshold, top_k)}
+            for p in people]
 
 
 def format_csv_row(row: CsvRow) -> str:
@@ -242,12 +253,8 @@ class DetectionWriter:
                                                                self.csv_min_score)]
             rec = {"keyframe": kf.index, "time": kf.time_s, "frame": kf.frame,
                    "frame_time": round(kf.frame_time_s, 6),
-                   "people": [{"box": [round(float(v), 1) for v in p.box],
-                               "box_norm": [round(float(v), 4) for v in p.box_norm],
-                               "person_score": round(p.score, 4),
-                               "actions": p.top_actions(self.labels, self.action_threshold,
-                                                        self.top_k)}
-                              for p in people]}
+                   "people": people_records(people, self.labels, self.action_threshold,
+                                            self.top_k)}
             recs.append(rec)
             json_lines.append(json.dumps(rec, allow_nan=False) + "\n")
         for f, path, text in ((self._csv, self._csv_part, "".join(csv_lines)),

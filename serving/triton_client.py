@@ -1,0 +1,131 @@
+"""Asking a Triton server's ``evad`` model for detections, and a bounded load test.
+
+Nothing here needs the rest of evad: it is what a client does with ``tritonclient`` alone (the
+README shows the same calls), kept here so the tests and ``python -m evad.serving.triton_client``
+use exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evad.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import tritonclient.http as httpclient
+else:
+    httpclient = lazy_import("tritonclient.http", "pip install 'evad-deploy[triton]'")
+
+__all__ = ["detect", "load_test"]
+
+MODEL = "evad"
+
+
+def detect(client: Any, *, video: bytes | None = None, frames: np.ndarray | None = None,
+           model: str = MODEL, **parameters: Any) -> tuple[list[dict], list[str]]:
+    """One request: (the keyframes' JSON objects, the AVA CSV rows).
+
+    Args:
+        client: a ``tritonclient.http.InferenceServerClient``.
+        video: an encoded video file's bytes, or
+        frames: one clip, (T, H, W, 3) uint8 BGR.
+        parameters: request parameters (``video_id``, ``time``, ``keyframe_stride``,
+            ``person_threshold``).
+
+    Raises:
+        tritonclient.utils.InferenceServerException: the server's error, one line.
+    """
+    if video is not None:
+        arr = np.frombuffer(video, np.uint8)
+        inp = httpclient.InferInput("VIDEO", [arr.size], "UINT8")
+    elif frames is not None:
+        arr = np.ascontiguousarray(frames)
+        inp = httpclient.InferInput("FRAMES", list(arr.shape), "UINT8")
+    else:
+        raise ValueError("pass video= or frames=")
+    inp.set_data_from_numpy(arr, binary_data=True)
+    outs = [httpclient.InferRequestedOutput(n, binary_data=True)
+            for n in ("DETECTIONS", "AVA_CSV")]
+    res = client.infer(model, [inp], outputs=outs, parameters=parameters or None)
+    lines = [json.loads(b) for b in res.as_numpy("DETECTIONS")]
+    rows = [b.decode() for b in res.as_numpy("AVA_CSV")]
+    return lines, rows
+
+
+def load_test(url: str, clips: Sequence[np.ndarray], *, clients: int = 3,
+              requests: int = 4, model: str = MODEL, timeout_s: float = 120.0
+              ) -> dict[str, Any]:
+    """``clients`` threads each send ``requests`` clip requests (cycling through ``clips``) to
+    ``url`` (loopback) and wait for every answer. Bounded: a fixed count, and each request's
+    ``timeout_s``; it stops by itself.
+
+    Returns:
+        ``{requests, answered, errors, seconds, requests_per_s, latency_ms_p50, latency_ms_p95}``.
+    """
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s,
+                                                  network_timeout=timeout_s)
+        try:
+            for i in range(requests):
+                t = time.perf_counter()
+                try:
+                    lines, _ = detect(client, frames=clips[(k * requests + i) % len(clips)],
+                                      model=model)
+                    ok = len(lines) == 1
+                except Exception as e:  # noqa: BLE001 - counted, reported
+                    ok, lines = False, [str(e)]
+                with lock:
+                    if ok:
+                        latencies.append(time.perf_counter() - t)
+                    else:
+                        errors.append(str(lines[0])[:200])
+        finally:
+            client.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout_s * requests)
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    return {"clients": clients, "requests": clients * requests, "answered": len(latencies),
+            "errors": errors, "seconds": round(wall, 3),
+            "requests_per_s": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evad.serving.triton_client --url 127.0.0.1:8000 --frames F H W``: a load
+    test with random clips (the server's answers, not their content, are measured)."""
+    ap = argparse.ArgumentParser(prog="python -m evad.serving.triton_client",
+                                 description="Bounded load test of a Triton server's evad model "
+                                 "(clip requests; prints throughput).")
+    ap.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port")
+    ap.add_argument("--frames", type=int, nargs=3, default=[16, 180, 320],
+                    metavar=("T", "H", "W"), help="clip size (default 16 180 320)")
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=10, help="per client")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 256, (*args.frames, 3), np.uint8) for _ in range(4)]
+    report = load_test(args.url, clips, clients=args.clients, requests=args.requests)
+    print(json.dumps(report))
+    return 0 if report["answered"] == report["requests"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

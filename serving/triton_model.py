@@ -1,0 +1,180 @@
+"""The ``evad`` model of a Triton repository: Triton's Python backend runs this class.
+
+One request carries either ``VIDEO`` (the bytes of an encoded video file) or ``FRAMES`` (one
+clip: the model's ``num_frames`` frames, uint8 (T, H, W, 3) BGR as OpenCV decodes them, sampled
+every ``frame_stride`` frames around the keyframe). The answer is ``DETECTIONS`` (one JSON
+object per keyframe, exactly the lines ``evad-trt-run`` writes to ``detections.jsonl``) and
+``AVA_CSV`` (exactly its ``detections.csv`` rows). Pre- and post-processing are the runtime's
+own, so a client needs no evad code. Request parameters (Triton's ``parameters`` field) may set
+``video_id``, ``time`` (a clip's keyframe time, s), ``keyframe_stride`` (s) and
+``person_threshold``; the config's parameters set the rest.
+
+A request that cannot be answered (no input, both inputs, a wrong frame count, a video that
+does not decode) gets a ``TritonError`` with one line saying why; the model goes on serving.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evad.command import check_name, one_line
+from evad.errors import ConfigError, EvadError
+from evad.lazy import lazy_import
+from evad.runner import OUTPUT_ACTION_PROBS, OUTPUT_BOXES, OUTPUT_PERSON_SCORES, Runner
+from evad.runtime.backends import open_runner
+from evad.runtime.job import DetectOptions, run_video
+from evad.runtime.outputs import (
+    CSV_NAME,
+    JSONL_NAME,
+    csv_rows,
+    format_csv_row,
+    people_records,
+)
+from evad.runtime.postprocess import keyframe_people
+from evad.runtime.preprocess import Preprocessor
+from evad.runtime.video import open_video
+
+if TYPE_CHECKING:
+    import triton_python_backend_utils as pb_utils
+else:  # exists only inside Triton's Python-backend stub
+    pb_utils = lazy_import("triton_python_backend_utils",
+                           "run this module inside Triton's Python backend")
+
+__all__ = ["ClipDetector", "TritonPythonModel"]
+
+#: request parameters a client may set, and their types
+REQUEST_PARAMETERS = {"video_id": str, "time": float, "keyframe_stride": float,
+                      "person_threshold": float}
+
+
+class ClipDetector:
+    """The serving logic without Triton: a runner plus the runtime's pre/post-processing.
+
+    Args:
+        runner: any runner (the repository's detector, opened in-process).
+        options: the detection options (keyframe stride, thresholds, CSV / JSONL settings).
+    """
+
+    def __init__(self, runner: Runner, options: DetectOptions) -> None:
+        self.runner = runner
+        self.options = options
+
+    def _options(self, params: dict[str, Any]) -> DetectOptions:
+        kw = {k: params[k] for k in ("keyframe_stride", "person_threshold") if k in params}
+        return DetectOptions(**{**self.options.__dict__, **kw})
+
+    def clip(self, frames: np.ndarray, params: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """One clip's keyframe: (``[JSON]``, AVA rows). ``frames``: (T, H, W, 3) uint8 BGR."""
+        spec = self.runner.spec
+        if frames.ndim != 4 or frames.shape[0] != spec.num_frames or frames.shape[3] != 3:
+            raise ConfigError(f"FRAMES must be ({spec.num_frames}, H, W, 3) uint8 BGR, the "
+                              f"model's {spec.num_frames} frames every {spec.frame_stride} "
+                              f"frames around the keyframe; got {tuple(frames.shape)}")
+        if frames.shape[1] < 2 or frames.shape[2] < 2:
+            raise ConfigError(f"FRAMES of {frames.shape[2]}x{frames.shape[1]} pixels are too "
+                              "small")
+        opts = self._options(params)
+        pre = Preprocessor.create(frames.shape[1:3], spec.short_side, spec.max_long_side,
+                                  spec.mean, spec.std, spec.input_size, spec.name)
+        clip = pre.clip([pre.resize(f) for f in frames])[None]
+        size = np.array([pre.resized], np.int64)
+        out = self.runner(clip, size)
+        thr = spec.person_threshold if opts.person_threshold is None else opts.person_threshold
+        people = keyframe_people(out[OUTPUT_BOXES][0], out[OUTPUT_PERSON_SCORES][0],
+                                 out[OUTPUT_ACTION_PROBS][0], pre.scale, pre.frame_size, thr,
+                                 opts.keep_all_if_none)
+        t = float(params.get("time", 0.0))
+        record = {"time": t, "people": people_records(people, spec.labels,
+                                                      opts.action_threshold, opts.top_k)}
+        rows = [format_csv_row(r) for r in csv_rows(params.get("video_id", "clip"), t, people,
+                                                    opts.csv_min_score)]
+        return [json.dumps(record, allow_nan=False)], rows
+
+    def video(self, data: bytes, params: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """A whole encoded video: (its JSONL lines, its AVA rows), as ``evad-trt-run``."""
+        if not data:
+            raise ConfigError("VIDEO is empty: send the bytes of a video file")
+        video_id = check_name(str(params.get("video_id", "video")), "video_id")
+        with tempfile.TemporaryDirectory(prefix="evad-triton-") as tmp:
+            path = Path(tmp) / "video.bin"
+            path.write_bytes(data)
+            info = open_video(path)
+            out = Path(tmp) / "out"
+            run_video(info, video_id, out, self.runner, self._options(params), quiet=True,
+                      prog="evad-triton", bar_position=1)
+            lines = (out / JSONL_NAME).read_text(encoding="utf-8").splitlines()
+            rows = (out / CSV_NAME).read_text(encoding="utf-8").splitlines(keepends=True)
+        return lines, rows
+
+
+def _parameters(raw: str) -> dict[str, Any]:
+    try:
+        params = json.loads(raw or "{}")
+    except ValueError as e:
+        raise ConfigError(f"request parameters are not JSON: {e}") from None
+    out = {}
+    for k, v in params.items():
+        if k not in REQUEST_PARAMETERS:
+            raise ConfigError(f"unknown request parameter {k!r}; known: "
+                              f"{', '.join(REQUEST_PARAMETERS)}")
+        try:
+            out[k] = REQUEST_PARAMETERS[k](v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"request parameter {k}={v!r} is not a "
+                              f"{REQUEST_PARAMETERS[k].__name__}") from None
+    return out
+
+
+class TritonPythonModel:
+    """Triton's Python-backend entry points: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = Path(args["model_repository"]) / args["model_version"]
+        detector = (here / params["detector"]).resolve()
+        kind = params.get("backend", "ort")
+        runner, _ = open_runner(kind, onnx=detector if kind != "trt" else None,
+                                engine=detector if kind == "trt" else None)
+        options = DetectOptions(
+            keyframe_stride=float(params.get("keyframe_stride", 1.0)),
+            action_threshold=float(params.get("action_threshold", 0.5)),
+            top_k=int(params.get("top_k", 5)),
+            csv_min_score=float(params.get("csv_min_score", 0.0)))
+        self.detector = ClipDetector(runner, options)
+        pb_utils.Logger.log_info(f"evad: serving {runner.spec.describe()} with {runner.name}")
+
+    def _answer(self, request: Any) -> Any:
+        video = pb_utils.get_input_tensor_by_name(request, "VIDEO")
+        frames = pb_utils.get_input_tensor_by_name(request, "FRAMES")
+        if (video is None) == (frames is None):
+            raise ConfigError("send exactly one of VIDEO (a video file's bytes) and FRAMES "
+                              "(one clip of frames)")
+        params = _parameters(request.parameters())
+        if video is not None:
+            lines, rows = self.detector.video(video.as_numpy().tobytes(), params)
+        else:
+            lines, rows = self.detector.clip(frames.as_numpy(), params)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("DETECTIONS", np.array([s.encode() for s in lines], np.object_)),
+            pb_utils.Tensor("AVA_CSV", np.array([r.encode() for r in rows], np.object_))])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._answer(request))
+            except Exception as e:  # noqa: BLE001 - one request's failure, said to its client
+                what = one_line(e) if isinstance(e, (EvadError, OSError)) else \
+                    f"{type(e).__name__}: {one_line(e)[:300]}"
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(what)))
+        return responses
+
+    def finalize(self) -> None:
+        self.detector = None

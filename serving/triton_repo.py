@@ -1,0 +1,252 @@
+"""A Triton Inference Server model repository made from an export.
+
+``write_repository`` lays out, in a new folder (written beside it and renamed into place, so a
+failure leaves nothing half-made)::
+
+    DIR/evad_onnx/config.pbtxt, 1/model.onnx   platform "onnxruntime_onnx", dynamic batching
+    DIR/evad_plan/config.pbtxt, 1/model.plan   platform "tensorrt_plan" (only with an engine)
+    DIR/evad/config.pbtxt, 1/model.py          Python backend: a video or a clip in, detections
+                                               out (``evad.serving.triton_model``)
+    DIR/launch.sh                              the tritonserver command for this repository
+    DIR/evad-repository.json                   what was written from what (sizes, SHA-256)
+
+The detector models' inputs and outputs (names, data types, dims) are read from the ONNX graph;
+a symbolic batch dimension becomes ``max_batch_size`` and dynamic batching, a fixed one a
+model without batching. Every ``evad.*`` metadata entry of the export is carried in the
+config's ``parameters``. The engine's plugin library (our RoIAlign3D / KeyframeTopKPrune) is
+copied beside it and named in ``launch.sh`` through ``--backend-config=tensorrt,plugins=...``,
+as Triton's TensorRT backend documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from evad.command import check_input_file, check_output_dir
+from evad.engines.metadata import read_engine_metadata
+from evad.errors import ConfigError
+from evad.hashing import file_sha256
+from evad.metadata import read_metadata
+
+__all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_MODEL", "config_text", "python_config_text",
+           "write_repository"]
+
+DETECTOR_ONNX, DETECTOR_PLAN, VIDEO_MODEL = "evad_onnx", "evad_plan", "evad"
+MANIFEST = "evad-repository.json"
+
+_TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+                 onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.INT64: "TYPE_INT64",
+                 onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.BOOL: "TYPE_BOOL",
+                 onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.INT8: "TYPE_INT8"}
+
+#: the Python model's shim: the logic lives in the installed package, so the repository
+#: carries no copy of it that could go stale
+_MODEL_PY = '''"""EVAD detections for Triton's Python backend; the logic is evad.serving.triton_model
+(pip install evad-deploy in the Python backend's environment)."""
+
+from evad.serving.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+def _tensors(values: Any) -> list[tuple[str, str, list[int]]]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        if t.elem_type not in _TRITON_TYPES:
+            raise ConfigError(f"ONNX tensor {v.name!r} has element type "
+                              f"{onnx.TensorProto.DataType.Name(t.elem_type)}, which this "
+                              "repository writer does not map to a Triton type")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        out.append((v.name, _TRITON_TYPES[t.elem_type], dims))
+    return out
+
+
+def _io_block(kind: str, tensors: list[tuple[str, str, list[int]]], batched: bool) -> str:
+    items = []
+    for name, dtype, dims in tensors:
+        d = dims[1:] if batched else dims
+        items.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ '
+                     f'{", ".join(str(x) for x in d)} ] }}')
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def _parameters(params: dict[str, str]) -> str:
+    return "".join(f'parameters {{ key: {json.dumps(k)} value: {{ string_value: '
+                   f'{json.dumps(v)} }} }}\n' for k, v in params.items())
+
+
+def config_text(name: str, platform: str, model: onnx.ModelProto, meta: dict[str, Any], *,
+                max_batch_size: int = 8, queue_delay_us: int = 2000, gpu: bool = True) -> str:
+    """A detector's ``config.pbtxt`` (Triton ``ModelConfig`` in protobuf text format).
+
+    Args:
+        name: the model's name (its folder).
+        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``.
+        model: the ONNX graph (weights not needed): inputs and outputs are read from it.
+        meta: the export's ``evad.*`` metadata (carried as string parameters).
+        max_batch_size: clips per batch Triton may form (used only when the graph's batch
+            dimension is symbolic).
+        queue_delay_us: how long (µs) dynamic batching waits to fill a batch.
+        gpu: ``KIND_GPU`` instances, else ``KIND_CPU``.
+    """
+    ins, outs = _tensors(model.graph.input), _tensors(model.graph.output)
+    batched = all(dims and dims[0] == -1 for _, _, dims in ins + outs)
+    text = (f'name: "{name}"\nplatform: "{platform}"\n'
+            f"max_batch_size: {max_batch_size if batched else 0}\n"
+            + _io_block("input", ins, batched) + _io_block("output", outs, batched))
+    if batched:
+        text += (f"dynamic_batching {{ preferred_batch_size: [ {max_batch_size} ] "
+                 f"max_queue_delay_microseconds: {queue_delay_us} }}\n")
+    text += f"instance_group [ {{ count: 1 kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]\n"
+    return text + _parameters({f"evad.{k}": v if isinstance(v, str) else json.dumps(v)
+                               for k, v in meta.items()})
+
+
+def python_config_text(detector_file: str, backend: str, meta: dict[str, Any],
+                       instances: int = 1) -> str:
+    """The Python-backend model's ``config.pbtxt``: a request carries either ``VIDEO`` (an
+    encoded video file's bytes) or ``FRAMES`` (one clip: the model's ``num_frames`` frames,
+    uint8 H x W x 3 BGR as OpenCV decodes them); the answer is ``DETECTIONS`` (one JSON object
+    per keyframe, as ``detections.jsonl``) and ``AVA_CSV`` (the AVA rows, as
+    ``detections.csv``)."""
+    t = int(meta.get("num_frames", 16))
+    params = {"detector": detector_file, "backend": backend, "keyframe_stride": "1.0",
+              "action_threshold": "0.5", "top_k": "5", "csv_min_score": "0.0"}
+    return (f'name: "{VIDEO_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
+            "input [\n"
+            '  { name: "VIDEO" data_type: TYPE_UINT8 dims: [ -1 ] optional: true },\n'
+            f'  {{ name: "FRAMES" data_type: TYPE_UINT8 dims: [ {t}, -1, -1, 3 ] '
+            "optional: true }\n]\n"
+            "output [\n"
+            '  { name: "DETECTIONS" data_type: TYPE_STRING dims: [ -1 ] },\n'
+            '  { name: "AVA_CSV" data_type: TYPE_STRING dims: [ -1 ] }\n]\n'
+            f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+            + _parameters(params))
+
+
+def _launch_script(with_plan: bool) -> str:
+    plugins = ('  --backend-config=tensorrt,plugins="$here/evad_plan/libevad_plugins.so" \\\n'
+               if with_plan else "")
+    return ("#!/usr/bin/env sh\n"
+            "# Serve this repository with NVIDIA Triton Inference Server (in its container:\n"
+            "#   docker run --gpus all -p 8000:8000 -p 8001:8001 -v \"$PWD\":/models \\\n"
+            "#     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 sh /models/launch.sh /models).\n"
+            "# The evad model (Python backend) needs evad-deploy in the backend's Python:\n"
+            "#   pip install evad-deploy  (or set EXECUTION_ENV_PATH in evad/config.pbtxt).\n"
+            'here="$(cd "${1:-$(dirname "$0")}" && pwd)"\n'
+            + ('export LD_LIBRARY_PATH="$here/evad_plan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\n'
+               if with_plan else "")
+            + "exec tritonserver --model-repository=\"$here\" \\\n"
+            + plugins +
+            "  --disable-auto-complete-config --strict-readiness=true \"$@\"\n")
+
+
+def _copy(src: Path, dst: Path) -> dict[str, Any]:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return {"from": str(src.resolve()), "bytes": dst.stat().st_size,
+            "sha256": file_sha256(dst)}
+
+
+def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
+                     engine: str | os.PathLike | None = None,
+                     plugins: str | os.PathLike | None = None, max_batch_size: int = 8,
+                     gpu: bool = True, python_backend: str = "ort",
+                     overwrite: bool = False) -> Path:
+    """Write the Triton model repository for an export (see the module docstring).
+
+    Args:
+        out: the repository folder (must not exist unless ``overwrite``).
+        onnx_path: the ONNX model from ``evad-export`` (its weights are copied, not read).
+        engine: a TensorRT engine built from it (adds ``evad_plan``); needs ``plugins``.
+        plugins: the plugin library the engine was built with (``libevad_plugins.so``).
+        max_batch_size: the detectors' largest dynamic batch (clips).
+        gpu: detector instances on the GPU (``KIND_GPU``) or the CPU.
+        python_backend: the runner the ``evad`` model uses in-process: ``ort`` (the ONNX, ONNX
+            Runtime) or ``trt`` (the engine; needs TensorRT in the Python backend's env).
+
+    Returns:
+        The repository folder.
+
+    Raises:
+        EvadError / ConfigError: a missing or unreadable input, an existing ``out``, an engine
+            without its plugin library, an ONNX tensor type Triton has no name for.
+    """
+    out = Path(out)
+    onnx_path = check_input_file(onnx_path, "ONNX model")
+    if engine is not None:
+        engine = check_input_file(engine, "TensorRT engine")
+        if plugins is None:
+            raise ConfigError("a TensorRT engine needs its plugin library in the repository: "
+                              "pass --plugins build/libevad_plugins.so (evad-build-plugins)")
+        plugins = check_input_file(plugins, "plugin library")
+    if python_backend not in ("ort", "trt"):
+        raise ConfigError(f"python backend {python_backend!r}: choose ort or trt")
+    if python_backend == "trt" and engine is None:
+        raise ConfigError("--python-backend trt runs the engine: pass --engine FILE")
+    if not 1 <= max_batch_size <= 1024:
+        raise ConfigError(f"max batch size {max_batch_size}: use 1 to 1024")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists: remove it or pass --overwrite")
+    check_output_dir(out.parent if str(out.parent) else Path("."), "repository folder")
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    meta = read_metadata(graph)
+    if engine is not None:
+        read_engine_metadata(engine)  # a file that is not one of our engines is refused here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files: dict[str, Any] = {}
+        files[f"{DETECTOR_ONNX}/1/model.onnx"] = _copy(onnx_path, tmp / DETECTOR_ONNX / "1" /
+                                                       "model.onnx")
+        data = onnx_path.with_name(onnx_path.name + ".data")
+        if data.is_file():  # external weights travel with the graph, under the name it uses
+            files[f"{DETECTOR_ONNX}/1/{data.name}"] = _copy(data, tmp / DETECTOR_ONNX / "1" /
+                                                            data.name)
+        (tmp / DETECTOR_ONNX / "config.pbtxt").write_text(config_text(
+            DETECTOR_ONNX, "onnxruntime_onnx", graph, meta, max_batch_size=max_batch_size,
+            gpu=gpu))
+        if engine is not None and plugins is not None:
+            files[f"{DETECTOR_PLAN}/1/model.plan"] = _copy(engine, tmp / DETECTOR_PLAN / "1" /
+                                                           "model.plan")
+            files[f"{DETECTOR_PLAN}/1/model.plan.json"] = _copy(
+                Path(str(engine) + ".json"), tmp / DETECTOR_PLAN / "1" / "model.plan.json")
+            # the plugin library and the kernel library beside it that it links
+            for lib in sorted({plugins, *Path(plugins).parent.glob("libevad_*.so")}):
+                files[f"{DETECTOR_PLAN}/{lib.name}"] = _copy(lib, tmp / DETECTOR_PLAN /
+                                                             lib.name)
+            if Path(plugins).name != "libevad_plugins.so":
+                os.replace(tmp / DETECTOR_PLAN / Path(plugins).name,
+                           tmp / DETECTOR_PLAN / "libevad_plugins.so")
+                files[f"{DETECTOR_PLAN}/libevad_plugins.so"] = files.pop(
+                    f"{DETECTOR_PLAN}/{Path(plugins).name}")
+            (tmp / DETECTOR_PLAN / "config.pbtxt").write_text(config_text(
+                DETECTOR_PLAN, "tensorrt_plan", graph, meta, max_batch_size=max_batch_size,
+                gpu=True))
+        detector = (f"../../{DETECTOR_PLAN}/1/model.plan" if python_backend == "trt"
+                    else f"../../{DETECTOR_ONNX}/1/model.onnx")
+        (tmp / VIDEO_MODEL / "1").mkdir(parents=True)
+        (tmp / VIDEO_MODEL / "1" / "model.py").write_text(_MODEL_PY)
+        (tmp / VIDEO_MODEL / "config.pbtxt").write_text(
+            python_config_text(detector, python_backend, meta))
+        launch = tmp / "launch.sh"
+        launch.write_text(_launch_script(engine is not None))
+        launch.chmod(0o755)
+        (tmp / MANIFEST).write_text(json.dumps(
+            {"models": [DETECTOR_ONNX, *([DETECTOR_PLAN] if engine else []), VIDEO_MODEL],
+             "evad_metadata": meta, "files": files}, indent=1) + "\n")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
