@@ -48,8 +48,9 @@ _TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: 
 
 #: the Python model's shim: the logic lives in the installed package, so the repository
 #: carries no copy of it that could go stale
-_MODEL_PY = '''"""EVAD detections for Triton's Python backend; the logic is evad.serving.triton_model
-(pip install evad-deploy in the Python backend's environment)."""
+_MODEL_PY = '''"""EVAD detections for Triton's Python backend.
+
+The logic is evad.serving.triton_model (pip install evad-deploy in the backend's Python)."""
 
 from evad.serving.triton_model import TritonPythonModel  # noqa: F401
 '''

@@ -147,7 +147,7 @@ class TritonServer:
                       and (self.models is None or m.get("name") in self.models)]
             if failed:
                 raise EvadError("tritonserver could not load " + "; ".join(
-                    f"{m['name']}: {str(m.get('reason', '')).splitlines()[0] if m.get('reason') else '?'}"
+                    f"{m['name']}: {(str(m.get('reason') or '?').splitlines() or ['?'])[0]}"
                     for m in failed))
             time.sleep(0.2)
         raise EvadError(f"tritonserver was not ready in {self.ready_timeout_s:g} s: "

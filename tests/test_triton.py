@@ -148,7 +148,7 @@ def test_bad_requests_get_errors_and_serving_goes_on(server, sample_mp4):
         "bad parameter": (dict(frames=good, person_threshold="high"), "is not a float"),
         "tiny frames": (dict(frames=good[:, :1]), "too small"),
     }
-    for name, (kw, msg) in cases.items():
+    for kw, msg in cases.values():
         with pytest.raises(InferenceServerException, match=msg):
             detect(client, **kw)
     # wrong dtype and no input at all, below the helper

@@ -1,0 +1,111 @@
+"""``evad-trt-run VIDEOS --ray``: the job on a local Ray cluster (``ray.init(num_cpus=2)``).
+
+Its folders and merged CSV must equal the sequential job's byte for byte; a worker killed in
+the middle of a video has that video retried by Ray Data, and no row is doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_video
+
+from evad.runtime.cli import main
+from evad.runtime.job import DetectOptions, plan_job
+
+ray = pytest.importorskip("ray", reason="the [ray] extra (ray[data]) is not installed")
+pytest.importorskip("ray.data", reason="the [ray] extra needs ray[data]")
+
+from evad.runtime.ray_job import open_model, run_job_ray  # noqa: E402
+
+ARGS = ("--person-threshold", "0.05", "--keyframe-stride", "0.5", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 2**20)
+    # the killing opener below lives in this test module, which workers cannot import
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_onnx):
+    d = tmp_path_factory.mktemp("ray-videos")
+    for name, seconds, fps in (("v1", 2.0, 10.0), ("v2", 1.5, 8.0), ("v3", 2.5, 12.0),
+                               ("v4", 1.0, 10.0)):
+        make_video(d / f"{name}.mp4", seconds, 320, 180, fps)
+    seq = tmp_path_factory.mktemp("seq") / "job"
+    assert main([str(d), "--onnx", str(tiny_onnx), "--out", str(seq), *ARGS]) == 0
+    return d, seq
+
+
+def _same_job(a: Path, b: Path) -> None:
+    assert (a / "detections.csv").read_bytes() == (b / "detections.csv").read_bytes()
+    for vid in ("v1", "v2", "v3", "v4"):
+        for name in ("detections.csv", "detections.jsonl"):
+            assert (a / vid / name).read_bytes() == (b / vid / name).read_bytes(), (vid, name)
+    ja, jb = (json.loads((p / "job.json").read_text()) for p in (a, b))
+    assert [(r["video_id"], r["status"], r["keyframes"]) for r in ja["results"]] == \
+        [(r["video_id"], r["status"], r["keyframes"]) for r in jb["results"]]
+
+
+def test_ray_job_equals_the_sequential_job(cluster, job, tmp_path, tiny_onnx, capfd):
+    d, seq = job
+    out = tmp_path / "ray"
+    assert main([str(d), "--onnx", str(tiny_onnx), "--out", str(out), "--ray", *ARGS]) == 0
+    assert "4 done, 0 already done, 0 failed" in capfd.readouterr().out
+    _same_job(out, seq)
+    meta = json.loads((out / "job.json").read_text())["model"]
+    assert meta["ray"] == "local" and meta["actors"] >= 1
+
+
+class _KillOnce:
+    """A runner that kills its own process on its 2nd call, once per marker file: the worker
+    dies in the middle of a video, after that video's first keyframe was written."""
+
+    def __init__(self, runner, marker: str) -> None:
+        self.runner, self.marker, self.calls = runner, marker, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __call__(self, clip, size):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return self.runner(clip, size)
+
+
+def _killing_opener(marker: str):
+    def opener(model):
+        return _KillOnce(open_model(model), marker)
+    return opener
+
+
+def test_a_killed_worker_has_its_video_retried_without_doubled_rows(cluster, job, tmp_path,
+                                                                    tiny_onnx):
+    d, seq = job
+    out = tmp_path / "ray-killed"
+    marker = tmp_path / "killed.pid"
+    tasks = plan_job(sorted(d.glob("*.mp4")), out)
+    opts = DetectOptions(person_threshold=0.05, keyframe_stride=0.5)
+    summary = run_job_ray(tasks, {"onnx": str(tiny_onnx), "backend": "ort"}, opts, out,
+                          quiet=True, actors=2, opener=_killing_opener(str(marker)))
+    assert marker.exists()  # a worker did die mid-video
+    assert (summary["done"], summary["failed"]) == (4, 0)
+    _same_job(out, seq)
+    rows = (out / "detections.csv").read_text().splitlines()
+    assert len(rows) == len((seq / "detections.csv").read_text().splitlines()) > 0
+    for v in ("v1", "v2", "v3", "v4"):  # each keyframe once, in order
+        recs = [json.loads(x) for x in (out / v / "detections.jsonl").read_text().splitlines()]
+        assert [r["keyframe"] for r in recs] == list(range(len(recs)))
+    assert not any((out / v / ".evad-staging").exists() for v in ("v1", "v2", "v3", "v4"))
