@@ -46,7 +46,9 @@ from evad.export.parity import compare, seeded_inputs
 from evad.metadata import write_metadata
 from evad.models import PRESETS, build_model, load_checkpoint
 from evad.models.flops import flops, token_counts
+from evad.plugins import library_path
 from evad.runtime.backends import open_runner
+from evad.serving.triton_repo import write_repository
 
 __all__ = ["ParityBar", "main"]
 
@@ -56,6 +58,7 @@ examples:
   evad-export --ckpt vitb_ktp.pth --keep-rate 0.6      # run a 0.7-trained model at 0.6
   evad-export --ckpt vitb_ktp.pth --fp16               # ... -> TensorRT fp16 engine
   evad-export --preset tiny --onnx-only                # random weights, for trying the tools
+  evad-export --ckpt vitb_ktp.pth --fp16 --triton triton_repo   # ... + a Triton repository
 
 The ONNX graph: inputs clip (B, 3, 16, H, W) float32 normalised and zero padded, image_size
 (B, 2) int64 unpadded (h, w); outputs boxes (B, n, 4) input pixels, person_scores (B, n),
@@ -124,6 +127,10 @@ def _export_parser() -> argparse.ArgumentParser:
                     "ONNX is kept only if it passes")
     ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0,
                     help="seed of --preset weights and clips")
+    ap.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                    help="also write a Triton Inference Server model repository (as "
+                    "evad-triton-repo: the ONNX, the engine with its plugin library, the evad "
+                    "Python-backend model)")
     ap.add_argument("--quiet", action="store_true", help="only errors and the summary")
     return ap
 
@@ -157,6 +164,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.name is not None:
         check_name(args.name, "--name")
     check_output_dir(args.out, "--out")
+    if args.triton is not None:
+        if args.triton.exists():
+            raise ConfigError(f"--triton {args.triton} exists: remove it or name a new folder")
+        if not args.onnx_only and args.plugins == "python":
+            raise ConfigError("--triton serves the engine with the C++ plugin library; build "
+                              "it with --plugins cpp (or pass --onnx-only)")
+        check_output_dir(args.triton, "--triton")
     batch = engine_batch(args.engine_batch)
     precision = precision_of(args)
     if not args.onnx_only:
@@ -246,12 +260,20 @@ def _export(args: argparse.Namespace) -> int:
                                    plugins=args.plugins, workspace_gib=args.workspace,
                                    log=lambda m: _log("engine", m, q))
 
+    repo = None
+    if args.triton is not None:
+        repo = write_repository(args.triton, out, engine=engine_path,
+                                plugins=library_path() if engine_path else None)
+        _log("triton", f"wrote the model repository {repo} (serve it with sh "
+             f"{repo / 'launch.sh'})", q)
+
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
           f"{args.height}x{args.width} (H x W), tokens {' -> '.join(map(str, meta['tokens']))}, "
           f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
           + (f"\n  parity (ORT CPU, {report.clips} clip): PASS, boxes "
              f"{report.box_max_abs:.1e} px, probs {report.prob_max_abs:.1e}" if report else "")
-          + (f"\n  engine: {engine_path} ({precision})" if engine_path else ""))
+          + (f"\n  engine: {engine_path} ({precision})" if engine_path else "")
+          + (f"\n  triton repository: {repo}" if repo else ""))
     return 0
 
 

@@ -37,9 +37,10 @@ from evad.runtime.job import DetectOptions, VideoTask, finish_job, run_task
 
 if TYPE_CHECKING:
     import ray
-    import ray.data
+    import ray.data as ray_data
 else:
     ray = lazy_import("ray", "pip install 'evad-deploy[ray]'")
+    ray_data = lazy_import("ray.data", "pip install 'evad-deploy[ray]'")
 
 __all__ = ["VideoWorker", "run_job_ray"]
 
@@ -129,21 +130,19 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
     Returns:
         The job summary (``finish_job``).
     """
-    import ray.data
-
     started = _init(address)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         cpus = max(int(resources.get("CPU", 1)), 1)
         size = actors or max(1, min(len(tasks), gpus if gpus else max(cpus // 2, 1)))
-        ctx = ray.data.DataContext.get_current()
+        ctx = ray_data.DataContext.get_current()
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in model.items()}
-        ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
+        ds = ray_data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
         results = ds.map_batches(
-            VideoWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+            VideoWorker, batch_size=1, compute=ray_data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus else 0, num_cpus=1,
             fn_constructor_kwargs={"model": clean, "options": asdict(opts), "resume": resume,
                                    "opener": opener})

@@ -33,9 +33,21 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def exported(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     code = export_main(["--ckpt", str(tiny_ckpt), "--height", str(H), "--width", str(W),
-                        "--out", str(out), "--onnx-only", "--quiet"])
+                        "--out", str(out), "--onnx-only", "--quiet", "--triton",
+                        str(out / "triton")])
     assert code == 0
     return out / "tiny.onnx"
+
+
+def test_export_writes_the_triton_repository(exported) -> None:
+    repo = exported.parent / "triton"
+    assert (repo / "evad_onnx" / "1" / "model.onnx").read_bytes() == exported.read_bytes()
+    assert sorted(p.name for p in repo.iterdir()) == ["evad", "evad-repository.json",
+                                                      "evad_onnx", "launch.sh"]
+    cfg = (repo / "evad_onnx" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and f"dims: [ 3, 16, {H}, {W} ]" in cfg
+    manifest = json.loads((repo / "evad-repository.json").read_text())
+    assert manifest["evad_metadata"]["input_size"] == [H, W]
 
 
 def test_graph_has_custom_nodes_and_functions(exported) -> None:

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: folder -> the stage it is (``evad/`` holds the core: errors, runner interface, contracts)
 STAGES = {"evad": "core", "models": "models", "export": "export", "engines": "engines",
           "plugins": "plugins", "runtime": "runtime", "datasets": "datasets",
-          "training": "training", "evaluation": "evaluation", "cli": "cli"}
+          "training": "training", "evaluation": "evaluation", "serving": "serving",
+          "cli": "cli"}
 #: stage -> the stages it may import. models -> export -> engines -> runtime; plugins is used
 #: by engines and runtime and uses none; datasets, training, evaluation consume; cli composes.
 ALLOWED = {
@@ -31,11 +32,12 @@ ALLOWED = {
     "datasets": {"core", "models"},
     "evaluation": {"core", "models", "export", "engines", "plugins", "runtime", "datasets"},
     "training": {"core", "models", "datasets", "evaluation", "runtime"},
+    "serving": {"core", "engines", "runtime"},
     "cli": set(STAGES.values()),
 }
 #: third-party packages that must load lazily (``evad.lazy.lazy_import``) wherever they are used
 LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "av", "openvino", "tensorrt_lean_bindings",
-        "tensorrt_dispatch_bindings"}
+        "tensorrt_dispatch_bindings", "ray", "tritonclient", "triton_python_backend_utils"}
 #: modules that are themselves the lazy boundary (they import a heavy package at their top and
 #: are only ever loaded through ``lazy_import``): Triton kernels must be decorated at import
 LAZY_MODULES = {"evad.plugins.triton_kernels"}
@@ -50,7 +52,9 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
               "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
               "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
-              "evad.runtime.benchmark", "evad.cli.bench"]
+              "evad.runtime.benchmark", "evad.cli.bench", "evad.runtime.job",
+              "evad.runtime.ray_job", "evad.serving.triton_repo", "evad.serving.triton_model",
+              "evad.serving.triton_server", "evad.serving.triton_client", "evad.cli.triton_repo"]
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -218,3 +222,21 @@ def test_the_tensorrt_runner_needs_no_onnx() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_core_install_pulls_in_no_scale_out_extra() -> None:
+    """``pip install -e .`` brings neither Ray nor Triton's server or client: they are the
+    ``ray`` and ``triton`` extras, loaded lazily where used."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"]).lower()
+    for name in ("ray", "tritonclient", "pytriton"):
+        assert name not in core, name
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("ray[data]") for d in extras["ray"])
+    assert any(d.startswith("tritonclient") for d in extras["triton"])
+    code = ("import sys; import evad.runtime.cli, evad.cli.triton_repo, evad.serving.triton_repo;"
+            " bad = [m for m in ('ray', 'tritonclient', 'pytriton') if m in sys.modules];"
+            " assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
