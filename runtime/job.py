@@ -218,7 +218,9 @@ def _detect_and_write(info: VideoInfo, backend: Runner, pre: Preprocessor,
             "frames": stats.frames})
     if stopped:
         summary["stopped"] = "Ctrl-C"
-    writer.finish(summary)
+        writer.finish_interrupted(summary)
+    else:
+        writer.finish(summary)
     if opts.render:
         if video_codec() != "h264":
             _log(prog, "note: PyAV with libx264 is missing, so annotated.mp4 is MPEG-4 Part 2 "

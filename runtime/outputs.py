@@ -221,8 +221,15 @@ class DetectionWriter:
             good_end += len(line)
         with open(self._jsonl_part, "r+b") as f:
             f.truncate(good_end)
-        # ... and the CSV rows of exactly those keyframes (the CSV is written first, so it may
-        # hold rows of a batch whose JSONL lines were not written).
+        # ... and the CSV rows of exactly those keyframes
+        self._trim_csv()
+        self.resumed = len(self.records)
+        self.resume_note = (f"resuming {self.out_dir}: {self.resumed} keyframes already done"
+                            + (f", up to {self.records[-1]['time']} s" if self.records else ""))
+
+    def _trim_csv(self) -> None:
+        """Keep the staged CSV rows of the recorded keyframes only: the CSV is written first,
+        so an interrupted batch may have rows whose JSONL lines were not written."""
         done_times = {format_time(r["time"]) for r in self.records}
         if self._csv_part.is_file():
             with open(self._csv_part, newline="", encoding="utf-8") as src, atomic_write(
@@ -231,9 +238,15 @@ class DetectionWriter:
                     parts = row.split(",")
                     if row.endswith("\n") and len(parts) == 8 and parts[1] in done_times:
                         dst.write(row)
-        self.resumed = len(self.records)
-        self.resume_note = (f"resuming {self.out_dir}: {self.resumed} keyframes already done"
-                            + (f", up to {self.records[-1]['time']} s" if self.records else ""))
+
+    def finish_interrupted(self, summary: dict[str, Any]) -> None:
+        """:meth:`finish` after an interrupt that ends the run on purpose (Ctrl-C on a live
+        source): the keyframes written so far are the result."""
+        self.close(after_failure=True)
+        with atomic_write(self._jsonl_part, "w") as f:  # exactly the recorded keyframes
+            f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
+        self._trim_csv()
+        self.finish(summary)
 
     @property
     def done(self) -> set[int]:

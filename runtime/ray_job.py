@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -90,8 +91,25 @@ class VideoWorker:
         return {k: np.array(v) for k, v in out.items()}
 
 
+def _check_reachable(address: str) -> None:
+    """Fail at once for a ``host:port`` nobody answers on: Ray itself retries for minutes."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise EvadError(f"--ray {address}: give the head node as HOST:PORT (its GCS port, "
+                        "6379 by default), ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise EvadError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start "
+                        "one with ray start --head, or drop ADDRESS for a local Ray") from None
+
+
 def _init(address: str | None) -> bool:
     """Connect to (or start) Ray; returns whether this call started it."""
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

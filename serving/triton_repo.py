@@ -143,7 +143,8 @@ def _launch_script(with_plan: bool) -> str:
             "#   pip install evad-deploy  (or set EXECUTION_ENV_PATH in evad/config.pbtxt).\n"
             'here="$(cd "${1:-$(dirname "$0")}" && pwd)"\n'
             + ('export LD_LIBRARY_PATH="$here/evad_plan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\n'
-               if with_plan else "")
+               '# the evad model (with --python-backend trt) loads its plugins from here too\n'
+               'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"\n' if with_plan else "")
             + "exec tritonserver --model-repository=\"$here\" \\\n"
             + plugins +
             "  --disable-auto-complete-config --strict-readiness=true \"$@\"\n")
@@ -168,7 +169,8 @@ def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
         onnx_path: the ONNX model from ``evad-export`` (its weights are copied, not read).
         engine: a TensorRT engine built from it (adds ``evad_plan``); needs ``plugins``.
         plugins: the plugin library the engine was built with (``libevad_plugins.so``).
-        max_batch_size: the detectors' largest dynamic batch (clips).
+        max_batch_size: the detectors' largest dynamic batch (clips); the ``tensorrt_plan``
+            model's is at most the engine's profile maximum.
         gpu: detector instances on the GPU (``KIND_GPU``) or the CPU.
         python_backend: the runner the ``evad`` model uses in-process: ``ort`` (the ONNX, ONNX
             Runtime) or ``trt`` (the engine; needs TensorRT in the Python backend's env).
@@ -199,8 +201,10 @@ def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
     check_output_dir(out.parent if str(out.parent) else Path("."), "repository folder")
     graph = onnx.load(str(onnx_path), load_external_data=False)
     meta = read_metadata(graph)
-    if engine is not None:
-        read_engine_metadata(engine)  # a file that is not one of our engines is refused here
+    plan_batch = max_batch_size
+    if engine is not None:  # a file that is not one of our engines is refused here
+        profile = read_engine_metadata(engine).get("batch_profile") or [1, 1, max_batch_size]
+        plan_batch = min(max_batch_size, int(profile[2]))  # the engine runs no larger batch
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -229,7 +233,7 @@ def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
                 files[f"{DETECTOR_PLAN}/libevad_plugins.so"] = files.pop(
                     f"{DETECTOR_PLAN}/{Path(plugins).name}")
             (tmp / DETECTOR_PLAN / "config.pbtxt").write_text(config_text(
-                DETECTOR_PLAN, "tensorrt_plan", graph, meta, max_batch_size=max_batch_size,
+                DETECTOR_PLAN, "tensorrt_plan", graph, meta, max_batch_size=plan_batch,
                 gpu=True))
         detector = (f"../../{DETECTOR_PLAN}/1/model.plan" if python_backend == "trt"
                     else f"../../{DETECTOR_ONNX}/1/model.onnx")

@@ -30,7 +30,8 @@ class _Stream:
 
     def __init__(self, frames: list[bytes], fps: float) -> None:
         self.frames, self.fps = frames, fps
-        self.first_sent = self.last_sent = 0.0
+        # one entry per connection, in order (evad-trt-run probes the stream, then reconnects)
+        self.sessions: list[dict[str, float]] = []
         stream = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,6 +40,8 @@ class _Stream:
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
                 t0 = time.monotonic()
+                session = {"first_sent": 0.0, "last_sent": float("inf")}
+                stream.sessions.append(session)
                 try:
                     for i, jpg in enumerate(stream.frames):
                         time.sleep(max(0.0, t0 + i / stream.fps - time.monotonic()))
@@ -46,8 +49,8 @@ class _Stream:
                                          b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
                         self.wfile.flush()
                         if i == 0:
-                            stream.first_sent = time.monotonic()
-                    stream.last_sent = time.monotonic()
+                            session["first_sent"] = time.monotonic()
+                    session["last_sent"] = time.monotonic()
                 except (BrokenPipeError, ConnectionResetError):  # the probe hangs up early
                     pass
 
@@ -112,11 +115,13 @@ def test_live_stream_detections_arrive_while_it_plays(tmp_path, capfd, jpeg_fram
     # one line for the stream stopping, nothing else on stderr but the synthetic-model warning
     stops = [ln for ln in err.splitlines() if "stopped sending" in ln]
     assert len(stops) == 1 and f"after {len(jpeg_frames)} frames" in stops[0], err
-    # the first keyframes were on disk before the last frame was sent
-    during = [n for t, n in seen if t < stream.last_sent]
+    # the first keyframes were on disk before the last frame was sent (on the connection
+    # that detection read: the last one; the one before was the probe)
+    played = stream.sessions[-1]
+    during = [n for t, n in seen if t < played["last_sent"]]
     assert max(during) >= 2, seen[-5:]
     first = next(t for t, n in seen if n >= 1)
-    assert first - stream.first_sent < 1.6 + 1.0  # half the clip span (32 frames) + slack
+    assert first - played["first_sent"] < 1.6 + 1.0  # half the clip span (32 frames) + slack
     # a latency line per keyframe: its clip wait is about half the clip's span (1.6 s)
     lat = [tuple(map(float, m)) for m in re.findall(
         r"keyframe ([\d.]+) s: \d+ \w+, latency ([\d.]+) s \(clip ([\d.]+) s \+ queue "
@@ -147,3 +152,32 @@ def test_live_source_refusals(tmp_path, capfd, tiny_onnx):
         _, err = capfd.readouterr()
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
     assert not Path(tmp_path / "o").exists()
+
+
+def test_ctrl_c_ends_a_live_run_with_complete_outputs(tmp_path, jpeg_frames, tiny_onnx):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "live"
+    staged = out / ".evad-staging" / "detections.jsonl"
+    with _Stream(jpeg_frames * 4, FPS) as stream:  # 20 s: longer than the test waits
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from evad.runtime.cli import main; "
+             "sys.exit(main(sys.argv[1:]))", stream.url, "--onnx", str(tiny_onnx), "--out",
+             str(out), "--person-threshold", "0.05"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if staged.is_file() and staged.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    recs = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert len(recs) >= 2 and [r["keyframe"] for r in recs] == list(range(len(recs)))
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["summary"]["stopped"] == "Ctrl-C"
+    assert run["summary"]["keyframes"] == len(recs)
+    assert stdout.count("latency") == len(recs) and not (out / ".evad-staging").exists()

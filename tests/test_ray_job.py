@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_video
+from conftest import make_video, require
 
 from evad.runtime.cli import main
 from evad.runtime.job import DetectOptions, plan_job
 
-ray = pytest.importorskip("ray", reason="the [ray] extra (ray[data]) is not installed")
-pytest.importorskip("ray.data", reason="the [ray] extra needs ray[data]")
+ray = require("ray", "ray")
+require("ray.data", "ray")
 
 from evad.runtime.ray_job import open_model, run_job_ray  # noqa: E402
 
@@ -109,3 +109,20 @@ def test_a_killed_worker_has_its_video_retried_without_doubled_rows(cluster, job
         recs = [json.loads(x) for x in (out / v / "detections.jsonl").read_text().splitlines()]
         assert [r["keyframe"] for r in recs] == list(range(len(recs)))
     assert not any((out / v / ".evad-staging").exists() for v in ("v1", "v2", "v3", "v4"))
+
+
+def test_an_unreachable_cluster_is_one_line_at_once(job, tmp_path, tiny_onnx, capfd):
+    import socket
+    import time
+
+    d, _ = job
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    rc = main([str(d), "--onnx", str(tiny_onnx), "--out", str(tmp_path / "o"), "--ray",
+               f"127.0.0.1:{port}", *ARGS])
+    err = capfd.readouterr().err
+    assert rc == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in err
+    assert time.monotonic() - t0 < 10 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -14,15 +14,15 @@ import os
 import cv2
 import numpy as np
 import pytest
+from conftest import IN_CI, require
 
 from evad.runtime.cli import main as run_main
 from evad.runtime.sampling import clip_indices
 from evad.serving.triton_repo import write_repository
 from evad.serving.triton_server import TritonServer, triton_env
 
-tritonclient = pytest.importorskip("tritonclient.http", reason="the [triton] extra "
-                                   "(tritonclient) is not installed")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+tritonclient = require("tritonclient.http", "triton")
+model_config_pb2 = require("tritonclient.grpc.model_config_pb2", "triton")
 from google.protobuf import text_format  # noqa: E402 - after the extra's check
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
@@ -43,18 +43,20 @@ def test_configs_parse_as_triton_model_config(tmp_path, tiny_onnx):
     engine.write_bytes(b"plan bytes")  # copied, never read: the config comes from the ONNX
     meta = read_metadata(tiny_onnx)
     sidecar_path(engine).write_text(json.dumps(engine_metadata(
-        {"tensorrt": "10.13", "gpu": "test"}, "fp16", meta, (1, 4, 8), ["cpp"], "0" * 64)))
+        {"tensorrt": "10.13", "gpu": "test"}, "fp16", meta, "0" * 64, "cpp", (1, 4, 8))))
     plugins = tmp_path / "libevad_plugins.so"
     plugins.write_bytes(b"\x7fELF")
     repo = write_repository(tmp_path / "repo", tiny_onnx, engine=engine, plugins=plugins,
-                            max_batch_size=4)
+                            max_batch_size=16)
     onnx_cfg = _parse(repo / "evad_onnx" / "config.pbtxt")
     plan_cfg = _parse(repo / "evad_plan" / "config.pbtxt")
     py_cfg = _parse(repo / "evad" / "config.pbtxt")
-    for cfg, platform in ((onnx_cfg, "onnxruntime_onnx"), (plan_cfg, "tensorrt_plan")):
-        assert cfg.platform == platform and cfg.max_batch_size == 4
+    # the engine's profile (1, 4, 8) caps its model's batch; the ONNX takes any
+    for cfg, platform, batch in ((onnx_cfg, "onnxruntime_onnx", 16),
+                                 (plan_cfg, "tensorrt_plan", 8)):
+        assert cfg.platform == platform and cfg.max_batch_size == batch
         assert cfg.HasField("dynamic_batching")
-        assert list(cfg.dynamic_batching.preferred_batch_size) == [4]
+        assert list(cfg.dynamic_batching.preferred_batch_size) == [batch]
         ins = {i.name: (model_config_pb2.DataType.Name(i.data_type), list(i.dims))
                for i in cfg.input}
         assert ins == {"clip": ("TYPE_FP32", [3, 16, 96, 192]),
@@ -70,6 +72,7 @@ def test_configs_parse_as_triton_model_config(tmp_path, tiny_onnx):
     assert (repo / "evad_plan" / "1" / "model.plan").read_bytes() == b"plan bytes"
     launch = (repo / "launch.sh").read_text()
     assert '--backend-config=tensorrt,plugins="$here/evad_plan/libevad_plugins.so"' in launch
+    assert 'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"' in launch
     assert os.access(repo / "launch.sh", os.X_OK)
     # refusals leave nothing behind
     from evad.errors import EvadError
@@ -86,7 +89,7 @@ def test_configs_parse_as_triton_model_config(tmp_path, tiny_onnx):
 def server(tmp_path_factory, tiny_onnx):
     env = triton_env()
     if not (env / "bin" / "python").exists():
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(f"CI: no Triton server environment at {env} (bash .ci/triton_env.sh)")
         pytest.skip(f"no Triton server environment at {env}: bash .ci/triton_env.sh")
     repo = write_repository(tmp_path_factory.mktemp("triton") / "repo", tiny_onnx, gpu=False)
