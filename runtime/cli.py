@@ -16,7 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evad.command import ArgumentParser, check_output_dir, number, run_command
+from evad.command import (
+    ArgumentParser,
+    check_input_file,
+    check_output_dir,
+    number,
+    run_command,
+)
 from evad.errors import ConfigError
 from evad.lazy import lazy_import
 from evad.runner import Runner
@@ -128,14 +134,26 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--render", action="store_true", help="also write annotated.mp4")
     out.add_argument("--resume", action="store_true",
                      help="continue the interrupted run in --out (refused if the model, the "
-                     "video or a setting changed)")
+                     "video or a setting changed); in a job: skip each video finished with "
+                     "the same model and settings, continue interrupted ones, redo the rest")
     out.add_argument("--quiet", action="store_true", help="no progress bar; only the summary")
     out.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     type=_ray_address,
                      help="run a job of many videos on Ray: a local cluster without ADDRESS, "
                      "else the cluster at ADDRESS (host:port or ray://host:port); one model "
                      "per actor, a GPU per actor when the cluster has GPUs (pip install "
                      "'evad-deploy[ray]')")
     return ap
+
+
+def _ray_address(text: str) -> str:
+    """``--ray ADDRESS``: HOST:PORT, ray://HOST:PORT or auto (an argparse type)."""
+    host, sep, port = text.rpartition(":")
+    if text in ("", "auto") or text.startswith("ray://") or (sep and host and port.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is no Ray address (HOST:PORT, ray://HOST:PORT or auto); to run on a local "
+        "Ray, put the videos before --ray: evad-trt-run VIDEOS --ray")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -168,6 +186,11 @@ def main(argv: list[str] | None = None, *, default_video: Default | None = None,
 
 
 def _interrupted(state: dict) -> str:
+    if "job" in state:
+        out, total = state["job"]
+        done = len(state.get("results", []))
+        return (f"interrupted after {done} of {total} videos; {out / JOB_NAME} lists them; "
+                "rerun with --resume to go on (finished videos are not redone)")
     writer = state.get("writer")
     if writer is not None and writer.committed:
         return f"interrupted while rendering; the detections are complete in {writer.out_dir}"
@@ -189,7 +212,7 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
         video = str(default_video())
     videos = find_videos(video)
     if videos is not None:
-        return _run_job(args, videos, default_model)
+        return _run_job(args, videos, default_model, state)
     if args.ray is not None:
         raise ConfigError("--ray runs jobs of many videos: pass a directory of videos, a glob "
                           "or a list file")
@@ -240,23 +263,29 @@ def _open_model(args: argparse.Namespace, default_model: Default | None
     return backend, notes
 
 
-def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Default | None
-             ) -> int:
+def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Default | None,
+             state: dict) -> int:
     q = args.quiet
     if args.video_id is not None:
         raise ConfigError("--video-id names one video; a job names each video by its file")
-    out = args.out if args.out is not None else Path("runs")
+    # absolute paths: Ray actors resolve paths against their own working folder
+    out = (args.out if args.out is not None else Path("runs")).resolve()
     check_output_dir(out, "--out")
-    tasks = plan_job(videos, out)
+    tasks = plan_job([v.resolve() for v in videos], out)
     opts = DetectOptions.from_args(args)
+    state["job"] = (out, len(tasks))
     t0 = time.perf_counter()
     if args.ray is not None:
-        engine, onnx, ckpt = _model_files(args, default_model)
+        files = _model_files(args, default_model)
+        for f, what in zip(files, ("TensorRT engine", "ONNX model", "checkpoint"), strict=True):
+            if f is not None:  # said here in one line, not by every actor that fails to start
+                check_input_file(f, what)
+        engine, onnx, ckpt = (f.resolve() if f is not None else None for f in files)
         model = {"engine": engine, "onnx": onnx, "ckpt": ckpt, "backend": args.backend,
                  "threads": args.threads, "precision": args.precision}
         _log(f"{len(tasks)} videos on Ray ({args.ray or 'a local cluster'}) -> {out}", q)
         job = ray_job.run_job_ray(tasks, model, opts, out, address=args.ray or None,
-                                  resume=args.resume, quiet=q, prog=_PROG)
+                                  resume=args.resume, quiet=q, prog=_PROG, state=state)
     else:
         backend, notes = _open_model(args, default_model)
         if notes:
@@ -264,7 +293,7 @@ def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Defaul
         _log(f"{len(tasks)} videos -> {out}", q)
         job = run_job(tasks, backend, opts, out, resume=args.resume, quiet=q, prog=_PROG,
                       model={"name": backend.spec.name, "sha256": backend.spec.sha256,
-                             "backend": backend.name})
+                             "backend": backend.name}, state=state)
     print(f"{_PROG}: job of {job['videos']} videos: {job['done']} done, {job['skipped']} "
           f"already done, {job['failed']} failed; {job['keyframes']} keyframes, "
           f"{job['people']} people, {time.perf_counter() - t0:.1f} s -> {out / 'detections.csv'}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,19 +34,28 @@ from evad.errors import ConfigError, EvadError, VideoError
 from evad.hashing import content_identity, file_sha256
 from evad.run_lock import FolderLock
 from evad.runner import Runner
+from evad.runtime.backends import open_runner
 from evad.runtime.outputs import CSV_NAME, RUN_NAME, STAGING, VIDEO_NAME, DetectionWriter
 from evad.runtime.pipeline import KeyframeTiming, detect
 from evad.runtime.postprocess import Person
 from evad.runtime.preprocess import Preprocessor
 from evad.runtime.render import render_video, video_codec
 from evad.runtime.sampling import Keyframe, expected_keyframes
-from evad.runtime.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, open_video
+from evad.runtime.video import (
+    FRAME_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VideoInfo,
+    live_source,
+    open_video,
+)
 
-__all__ = ["JOB_NAME", "DetectOptions", "VideoTask", "finish_job", "find_videos", "plan_job",
-           "run_job", "run_task", "run_video"]
+__all__ = ["JOB_NAME", "DetectOptions", "VideoTask", "finish_job", "find_videos", "open_model",
+           "plan_job", "run_job", "run_task", "run_video"]
 
 #: the job summary in the job's folder
 JOB_NAME = "job.json"
+#: names in a job folder that no video folder may take
+RESERVED = {CSV_NAME, JOB_NAME}
 #: list files: one video per line (``#`` starts a comment), paths relative to the list file
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
@@ -88,7 +98,7 @@ def _settings(info: VideoInfo, backend: Runner, pre: Preprocessor, opts: DetectO
               video_id: str, person_thr: float) -> dict[str, Any]:
     return {
         "model_sha256": backend.spec.sha256, "backend": backend.name,
-        "video_identity": ({"live": info.live} if info.is_live
+        "video_identity": ({"live": info.source} if info.is_live
                            else content_identity(info.path)),
         "fps": info.fps, "input_size": list(pre.padded),
         "keyframe_stride": opts.keyframe_stride, "person_threshold": person_thr,
@@ -138,7 +148,8 @@ def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
         batch = 1  # each keyframe goes out as soon as its clip is in
     person_thr = spec.person_threshold if opts.person_threshold is None else opts.person_threshold
     settings = _settings(info, backend, pre, opts, video_id, person_thr)
-    source = {"video": info.live or str(info.path.resolve()), "model": spec.name}
+    source = {"video": info.source if info.is_live else str(info.path.resolve()),
+              "model": spec.name}
     if info.is_live:
         src = f"live, {info.codec}, {info.fps:.3g} fps announced"
     elif info.is_directory:
@@ -175,7 +186,7 @@ def _live_line(prog: str, quiet: bool) -> Callable[[Keyframe, list[Person], Keyf
             print(f"{prog}: keyframe {kf.time_s:g} s: {len(people)} "
                   f"{'person' if len(people) == 1 else 'people'}, latency {t.latency_s:.2f} s "
                   f"(clip {t.clip_s:.2f} s + queue {t.queue_s:.2f} s + inference "
-                  f"{t.inference_s:.2f} s)", flush=True)
+                  f"{t.inference_s:.2f} s + write {t.write_s:.2f} s)", flush=True)
     return line
 
 
@@ -240,6 +251,19 @@ def _detect_and_write(info: VideoInfo, backend: Runner, pre: Preprocessor,
     return {**summary, "files": [str(f) for f in files]}
 
 
+def open_model(model: dict[str, Any]) -> Runner:
+    """The runner for ``model`` (``engine``, ``onnx``, ``ckpt``: paths or None; ``backend``,
+    ``threads``, ``precision``), as ``evad-trt-run`` opens it; a Ray actor opens its own."""
+    def path(key: str) -> Path | None:
+        return Path(model[key]) if model.get(key) else None
+
+    runner, _ = open_runner(model.get("backend", "auto"), engine=path("engine"),
+                            onnx=path("onnx"), ckpt=path("ckpt"),
+                            threads=model.get("threads", 0), shrink_arena=True,
+                            precision=model.get("precision", "fp32"))
+    return runner
+
+
 # -- jobs ------------------------------------------------------------------------------------
 
 
@@ -260,22 +284,29 @@ def find_videos(source: str) -> list[Path] | None:
     """The videos a job argument names, or None when ``source`` is one video (a file, a frame
     directory, a live source).
 
-    A job is: a directory with video files (``VIDEO_EXTENSIONS``) and no frame images, a glob
-    (``'clips/*.mp4'``, ``**`` recursive), or a list file (``LIST_EXTENSIONS``: one path per
-    line, ``#`` comments, relative paths from the list's folder). Sorted by path, except a list
-    file, which keeps its order.
+    A job is: a directory with video files (``VIDEO_EXTENSIONS``), a glob (``'clips/*.mp4'``,
+    ``**`` recursive; files with a video ending only), or a list file (``LIST_EXTENSIONS``: one
+    path per line, ``#`` starts a comment at a line's start or after a space, relative paths
+    from the list's folder). Sorted by path, except a list file, which keeps its order.
 
     Raises:
-        VideoError: a directory with neither videos nor frames.
-        ConfigError: a glob that matches nothing, a list file that names none or names a
+        VideoError: a directory with neither videos nor frames, or with both.
+        ConfigError: a glob that matches no video, a list file that names none or names a
             missing file.
     """
+    if live_source(source) is not None:  # a URL may hold '?' or '[': no glob
+        return None
     p = Path(source)
     if p.is_dir():
         entries = [q for q in p.iterdir() if q.is_file()]
-        if any(q.suffix.lower() in FRAME_EXTENSIONS for q in entries):
-            return None  # a frame directory
+        images = sum(q.suffix.lower() in FRAME_EXTENSIONS for q in entries)
         videos = sorted(q for q in entries if q.suffix.lower() in VIDEO_EXTENSIONS)
+        if images and videos:
+            raise VideoError(f"directory {p} holds {len(videos)} videos and {images} images: "
+                             "a job of videos or a video as frames? Move one kind out, or "
+                             f"name the videos with a glob ('{p}/*.mp4')")
+        if images:
+            return None  # a frame directory
         if not videos:
             raise VideoError(f"directory {p} has no frames (images ending in "
                              f"{', '.join(FRAME_EXTENSIONS)}) and no videos (files ending in "
@@ -285,7 +316,7 @@ def find_videos(source: str) -> list[Path] | None:
         check_input_file(p, "video list")
         videos = []
         for n, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
+            line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()
             if not line:
                 continue
             q = Path(line) if Path(line).is_absolute() else p.parent / line
@@ -296,9 +327,11 @@ def find_videos(source: str) -> list[Path] | None:
             raise ConfigError(f"video list {p} names no video (one path per line)")
         return videos
     if not p.exists() and _is_glob(source):
-        videos = sorted(Path(m) for m in glob.glob(source, recursive=True) if Path(m).is_file())
+        videos = sorted(Path(m) for m in glob.glob(source, recursive=True)
+                        if Path(m).is_file() and Path(m).suffix.lower() in VIDEO_EXTENSIONS)
         if not videos:
-            raise ConfigError(f"{source!r} matches no file (quote the pattern so the shell "
+            raise ConfigError(f"{source!r} matches no video (files ending in "
+                              f"{', '.join(VIDEO_EXTENSIONS)}; quote the pattern so the shell "
                               "leaves it to evad-trt-run)")
         return videos
     return None
@@ -315,6 +348,9 @@ def plan_job(videos: Sequence[Path], out: Path) -> list[VideoTask]:
     tasks = []
     for v in videos:
         vid = check_video_id(v.name if v.is_dir() else v.stem, False)
+        if vid in RESERVED or vid.startswith("."):
+            raise ConfigError(f"{v}: its id {vid!r} is a name the job's folder uses itself "
+                              f"({', '.join(sorted(RESERVED))}, dot files); rename the video")
         if vid in seen:
             raise ConfigError(f"{seen[vid]} and {v} have the same video id {vid!r}: their "
                               "folders and CSV rows would mix; rename one")
@@ -331,11 +367,14 @@ def _read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _resume_mode(out_dir: Path, settings: dict[str, Any]) -> str:
-    """``done``: a finished run with these settings is there; ``resume``: an interrupted one;
-    ``fresh``: nothing of these settings (a changed model or option starts again)."""
+def _resume_mode(out_dir: Path, settings: dict[str, Any], render: bool) -> str:
+    """``done``: a finished run with these settings is there, its files in place (and its
+    render, when one is asked for); ``resume``: an interrupted one; ``fresh``: nothing of these
+    settings (a changed model or option starts again)."""
     run = _read_json(out_dir / RUN_NAME)
-    if run and run.get("complete") and run.get("settings") == settings:
+    if run and run.get("complete") and run.get("settings") == settings and all(
+            (out_dir / n).is_file() for n in run.get("files", {})) and (
+            not render or VIDEO_NAME in run.get("files", {})):
         return "done"
     staged = _read_json(out_dir / STAGING / RUN_NAME)
     if staged and staged.get("settings") == settings:
@@ -366,7 +405,8 @@ def run_task(task: VideoTask, backend: Runner, opts: DetectOptions, *, resume: b
             spec = backend.spec
             thr = spec.person_threshold if opts.person_threshold is None else \
                 opts.person_threshold
-            mode = _resume_mode(out_dir, _settings(info, backend, pre, opts, task.video_id, thr))
+            mode = _resume_mode(out_dir, _settings(info, backend, pre, opts, task.video_id, thr),
+                                opts.render)
         if mode == "done":
             summary = _read_json(out_dir / RUN_NAME) or {}
             s = summary.get("summary", {})
@@ -385,11 +425,14 @@ def run_task(task: VideoTask, backend: Runner, opts: DetectOptions, *, resume: b
 
 def run_job(tasks: Sequence[VideoTask], backend: Runner, opts: DetectOptions, out: Path, *,
             resume: bool = False, quiet: bool = False, prog: str = "evad-trt-run",
-            model: dict[str, Any] | None = None) -> dict[str, Any]:
+            model: dict[str, Any] | None = None, state: dict | None = None) -> dict[str, Any]:
     """Every task in turn with one runner, a progress bar over the videos, then
     :func:`finish_job`. Interrupted (Ctrl-C): the summary of what finished is written, marked
-    incomplete, and the interrupt goes on."""
+    incomplete, and the interrupt goes on; ``state["results"]`` holds the finished videos for
+    the caller's message."""
     results: list[dict[str, Any]] = []
+    if state is not None:
+        state["results"] = results
     with FolderLock(out, prog), tqdm(total=len(tasks), desc="videos", unit="video",
                                      disable=quiet, dynamic_ncols=True, position=0) as bar:
         try:
@@ -409,13 +452,17 @@ def finish_job(out: Path, tasks: Sequence[VideoTask], results: Sequence[dict[str
                model: dict[str, Any], complete: bool = True) -> dict[str, Any]:
     """Write ``out/detections.csv`` (the finished videos' rows, in task order) and
     ``out/job.json``; both whole or not at all. Returns the job summary."""
-    by_video = {r["video_id"]: r for r in results}
+    by_video = {r["video_id"]: dict(r) for r in results}
     ordered = [by_video[t.video_id] for t in tasks if t.video_id in by_video]
     merged = out / CSV_NAME
     with atomic_write(merged, "w", newline="") as dst:
         for r in ordered:
-            if r["status"] != "failed":
+            if r["status"] == "failed":
+                continue
+            try:
                 dst.write((Path(r["out"]) / CSV_NAME).read_text(encoding="utf-8"))
+            except OSError as e:  # removed under us: that video is not in the merged file
+                r.update(status="failed", error=one_line(e))
     counts = {k: sum(r["status"] == k for r in ordered) for k in ("done", "skipped", "failed")}
     summary = {"complete": complete and len(ordered) == len(tasks), "videos": len(tasks),
                **counts, "not_run": len(tasks) - len(ordered),

@@ -61,11 +61,13 @@ class ClipProducer(threading.Thread):
         num_frames, frame_stride: the clip (16 frames, every 4th).
         skip: keyframe indices not to produce (done in a resumed run).
         queue_clips: queue bound (clips).
+        timed: record each keyframe's arrival and clip-ready times (``arrived``, ``ready``;
+            the consumer pops them) for its latency.
     """
 
     def __init__(self, info: VideoInfo, pre: Preprocessor, keyframe_stride_s: float,
                  num_frames: int, frame_stride: int, skip: set[int] | None = None,
-                 queue_clips: int = 4) -> None:
+                 queue_clips: int = 4, timed: bool = False) -> None:
         super().__init__(name="evad-decode", daemon=True)
         self.info, self.pre = info, pre
         self.keyframe_stride_s = keyframe_stride_s
@@ -80,6 +82,7 @@ class ClipProducer(threading.Thread):
         # (a live source's latency: what the clip waited for, then what inference took)
         self.arrived: dict[int, float] = {}
         self.ready: dict[int, float] = {}
+        self.timed = timed
 
     def _put(self, item: object) -> None:
         t0 = time.perf_counter()
@@ -93,7 +96,8 @@ class ClipProducer(threading.Thread):
 
     def _emit(self, kf: Keyframe, window: dict[int, np.ndarray], last: int) -> None:
         idx = [min(max(kf.frame + o, 0), last) for o in self.offsets]
-        self.ready[kf.index] = time.perf_counter()
+        if self.timed:
+            self.ready[kf.index] = time.perf_counter()
         self._put((kf, self.pre.clip([window[j] for j in idx])))
 
     def run(self) -> None:
@@ -105,15 +109,22 @@ class ClipProducer(threading.Thread):
             low = 0  # every frame index below this is evicted
             i = -1
             previous = now = 0.0  # arrival of the frame before this one, and of this one
+            base = None  # a live source's times are arrival times: perf_counter() - base
             for i, t, frame in iter_frames(self.info):
-                previous, now = now, time.perf_counter()
+                if self.timed:
+                    if self.info.is_live:
+                        base = time.perf_counter() - t if base is None else base
+                        previous, now = now, base + t
+                    else:
+                        previous, now = now, time.perf_counter()
                 if self.stop_event.is_set():
                     return
                 window[i] = self.pre.resize(frame)
                 for kf in selector.push(i, t):
                     if kf.index not in self.skip:
                         pending.append(kf)
-                        self.arrived[kf.index] = now if kf.frame == i else previous
+                        if self.timed:
+                            self.arrived[kf.index] = now if kf.frame == i else previous
                 while pending and pending[0].frame + self.offsets[-1] <= i:
                     self._emit(pending.popleft(), window, i)
                 # The next keyframe's frame is at least i - 1 (the frame before the one that
@@ -156,14 +167,19 @@ class ClipProducer(threading.Thread):
 @dataclass(frozen=True)
 class KeyframeTiming:
     """How long one keyframe took from its frame's arrival to its detections on disk (seconds):
-    ``clip_s`` waiting for the rest of its clip (about half the clip's span on a live source),
-    then ``queue_s`` before its batch ran, ``inference_s`` of its batch, and ``latency_s`` all
-    of it until the write was flushed."""
+    ``clip_s`` waiting for the rest of its clip (on a live source the clip's later half:
+    ``(num_frames / 2 - 1) * frame_stride`` frames), then ``queue_s`` before its batch ran,
+    ``inference_s`` of its batch, ``write_s`` post-processing and the flushed write;
+    ``latency_s`` is their sum."""
 
     latency_s: float
     clip_s: float
     queue_s: float
     inference_s: float
+
+    @property
+    def write_s(self) -> float:
+        return max(self.latency_s - self.clip_s - self.queue_s - self.inference_s, 0.0)
 
 
 def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: DetectionWriter, *,
@@ -192,7 +208,8 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
     thr = spec.person_threshold if person_threshold is None else person_threshold
     stats = RunStats()
     producer = ClipProducer(info, pre, keyframe_stride_s, spec.num_frames, spec.frame_stride,
-                            skip=writer.done, queue_clips=max(2, batch_size))
+                            skip=writer.done, queue_clips=max(2, batch_size),
+                            timed=on_keyframe is not None)
     rh, rw = pre.resized
     t0 = time.perf_counter()
     producer.start()
@@ -217,7 +234,8 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
             if on_keyframe is not None:
                 written = time.perf_counter()
                 for kf, people in items:
-                    arrived, ready = producer.arrived[kf.index], producer.ready[kf.index]
+                    arrived = producer.arrived.pop(kf.index)
+                    ready = producer.ready.pop(kf.index)
                     on_keyframe(kf, people, KeyframeTiming(
                         written - arrived, ready - arrived, max(t - ready, 0.0), t_infer))
             stats.keyframes += len(batch)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -33,8 +35,7 @@ from evad.errors import EvadError
 from evad.lazy import lazy_import
 from evad.run_lock import FolderLock
 from evad.runner import Runner
-from evad.runtime.backends import open_runner
-from evad.runtime.job import DetectOptions, VideoTask, finish_job, run_task
+from evad.runtime.job import DetectOptions, VideoTask, finish_job, open_model, run_task
 
 if TYPE_CHECKING:
     import ray
@@ -45,21 +46,16 @@ else:
 
 __all__ = ["VideoWorker", "run_job_ray"]
 
+#: per-video attempt counts, in the job folder while a Ray job runs
+ATTEMPTS = ".evad-ray-attempts"
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")[:300]
+
+
 #: a function that opens the model in an actor: model arguments -> runner
 OpenModel = Callable[[dict[str, Any]], Runner]
-
-
-def open_model(model: dict[str, Any]) -> Runner:
-    """The runner for ``model`` (``engine``, ``onnx``, ``ckpt``, ``backend``, ``threads``,
-    ``precision``), as ``evad-trt-run`` opens it."""
-    def path(key: str) -> Path | None:
-        return Path(model[key]) if model.get(key) else None
-
-    runner, _ = open_runner(model.get("backend", "auto"), engine=path("engine"),
-                            onnx=path("onnx"), ckpt=path("ckpt"),
-                            threads=model.get("threads", 0), shrink_arena=True,
-                            precision=model.get("precision", "fp32"))
-    return runner
 
 
 class VideoWorker:
@@ -73,17 +69,37 @@ class VideoWorker:
     """
 
     def __init__(self, model: dict[str, Any], options: dict[str, Any], resume: bool,
-                 opener: OpenModel | None = None) -> None:
+                 opener: OpenModel | None = None, attempts_dir: str | None = None,
+                 max_attempts: int = 3) -> None:
         self.runner = (opener or open_model)(model)
         self.options = DetectOptions(**options)
         self.resume = resume
+        self.attempts_dir = Path(attempts_dir) if attempts_dir else None
+        self.max_attempts = max_attempts
+
+    def _attempt(self, task: VideoTask) -> int:
+        """Count this attempt at ``task`` (a file per video: a dead worker cannot count)."""
+        if self.attempts_dir is None:
+            return 1
+        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        f = self.attempts_dir / task.video_id
+        n = int(f.read_text() or 0) + 1 if f.is_file() else 1
+        f.write_text(str(n))
+        return n
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {k: [] for k in ("video", "video_id", "out_dir", "result")}
         for video, vid, out_dir in zip(batch["video"], batch["video_id"], batch["out_dir"],
                                        strict=True):
             task = VideoTask(str(video), str(vid), str(out_dir))
-            res = run_task(task, self.runner, self.options, resume=self.resume)
+            n = self._attempt(task)
+            if n > self.max_attempts:
+                res = {"video": task.video, "video_id": task.video_id, "out": task.out_dir,
+                       "status": "failed", "keyframes": 0, "people": 0, "seconds": 0.0,
+                       "error": f"the worker died {n - 1} times on this video (a crash in "
+                       "decoding or inference, or out of memory); see the Ray logs"}
+            else:
+                res = run_task(task, self.runner, self.options, resume=self.resume)
             out["video"].append(task.video)
             out["video_id"].append(task.video_id)
             out["out_dir"].append(task.out_dir)
@@ -129,7 +145,8 @@ def _init(address: str | None) -> bool:
 def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectOptions,
                 out: Path, *, address: str | None = None, resume: bool = False,
                 quiet: bool = False, prog: str = "evad-trt-run", actors: int = 0,
-                opener: OpenModel | None = None) -> dict[str, Any]:
+                opener: OpenModel | None = None, state: dict | None = None,
+                max_attempts: int = 3) -> dict[str, Any]:
     """Run a job's videos on Ray and write the job summary; the local job's outputs.
 
     Args:
@@ -144,6 +161,9 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
         actors: pool size (default: one per GPU when the cluster has GPUs, else one per two
             CPUs, at most one per video).
         opener: how actors open the model (tests pass one that fails on purpose).
+        state: ``state["results"]`` holds the finished videos (the caller's Ctrl-C message).
+        max_attempts: a video whose worker died this many times is recorded as failed (a
+            crash in a decoder, out of memory) instead of being retried for ever.
 
     Returns:
         The job summary (``finish_job``).
@@ -163,8 +183,11 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
             VideoWorker, batch_size=1, compute=ray_data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus else 0, num_cpus=1,
             fn_constructor_kwargs={"model": clean, "options": asdict(opts), "resume": resume,
-                                   "opener": opener})
+                                   "opener": opener, "attempts_dir": str(out / ATTEMPTS),
+                                   "max_attempts": max_attempts})
         done: list[dict[str, Any]] = []
+        if state is not None:
+            state["results"] = done
         t0 = time.perf_counter()
         with FolderLock(out, prog), tqdm(total=len(tasks), desc="videos", unit="video",
                                          disable=quiet, dynamic_ncols=True) as bar:
@@ -173,12 +196,18 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
                     res = json.loads(row["result"])
                     done.append(res)
                     if res["status"] == "failed":
-                        tqdm.write(f"{prog}: {res['video']}: failed: {res['error']}")
+                        tqdm.write(f"{prog}: {res['video']}: failed: {res['error']}",
+                                   file=sys.stderr)
                     bar.update(1)
-            except KeyboardInterrupt:
+            except BaseException as e:
                 finish_job(out, tasks, done, {"ray": address or "local", **clean},
                            complete=False)
+                if isinstance(e, Exception) and not isinstance(e, EvadError):
+                    # Ray's own errors (actors that cannot start) run to many lines
+                    raise EvadError(f"the Ray job stopped: {type(e).__name__}: "
+                                    f"{_first_line(e)}") from e
                 raise
+            shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
             job = finish_job(out, tasks, done, {"ray": address or "local", "actors": size,
                                                 "gpus_per_actor": 1 if gpus else 0, **clean})
         job["ray_seconds"] = round(time.perf_counter() - t0, 3)

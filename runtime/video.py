@@ -28,7 +28,7 @@ from evad.lazy import lazy_import
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
 __all__ = ["FRAME_EXTENSIONS", "LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VideoInfo", "iter_frames",
-           "live_source", "open_video"]
+           "live_source", "open_video", "redact"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: file endings taken as videos when a directory, glob or list names many (a job)
@@ -38,6 +38,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 #: how long a live source may stay silent before it counts as dropped (ms)
 LIVE_TIMEOUT_MS = 10_000
+#: how far (s of frames) detection may fall behind a live source before frames are dropped
+LIVE_BUFFER_S = 4.0
 
 
 # FFmpeg inside OpenCV prints its errors ("moov atom not found") on stderr; we report one line
@@ -127,8 +129,9 @@ class VideoInfo:
 
     @property
     def source(self) -> str:
-        """The source as a person names it: the stream URL / camera index, else the path."""
-        return self.live or str(self.path)
+        """The source as a person names it: the stream URL (password hidden) / camera index,
+        else the path."""
+        return redact(self.live) if self.live else str(self.path)
 
     @property
     def duration_s(self) -> float:
@@ -175,7 +178,7 @@ def _open_live(source: str) -> VideoInfo:
         opened = cap.isOpened()
         ok, frame = cap.read() if opened else (False, None)
     try:
-        what = f"camera {source}" if source.isdigit() else f"stream {source}"
+        what = f"camera {source}" if source.isdigit() else f"stream {redact(source)}"
         if not opened:
             raise VideoError(f"cannot open {what}: OpenCV could not connect to it (check the "
                              "address, that it is serving, and that its format is one FFmpeg "
@@ -189,8 +192,8 @@ def _open_live(source: str) -> VideoInfo:
         cap.release()
     rate = rate if rate and 0 < rate < 1000 and np.isfinite(rate) else 30.0
     h, w = frame.shape[:2]
-    return VideoInfo(Path(source.replace("://", "_").replace("/", "_")), w, h, float(rate), 0,
-                     codec, live=source)
+    return VideoInfo(Path(redact(source).replace("://", "_").replace("/", "_")), w, h,
+                     float(rate), 0, codec, live=source)
 
 
 def _natural_key(p: Path) -> list:
@@ -330,25 +333,84 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 def _iter_live(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
+    """A reader thread drains the source and stamps each frame on receipt, so frames never
+    wait unseen in FFmpeg's or the camera's buffers and times are true arrival times; when
+    detection falls more than ``LIVE_BUFFER_S`` behind, the oldest frames are dropped (said
+    once, counted at the end) rather than letting the lag grow."""
+    import queue
+    import threading
+
     with _native_stderr_silenced():
         cap = _open_live_capture(info.live)
     if not cap.isOpened():
-        raise VideoError(f"cannot open {info.live} again (it was readable a moment ago)")
-    what = f"camera {info.live}" if info.live.isdigit() else f"stream {info.live}"
+        raise VideoError(f"cannot open {redact(info.live)} again (it was readable a moment ago)")
+    what = f"camera {info.live}" if info.live.isdigit() else f"stream {redact(info.live)}"
+    frames: queue.Queue = queue.Queue(maxsize=max(2, int(LIVE_BUFFER_S * info.fps)))
+    stop = threading.Event()
+    dropped = [0]
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                item = (time.monotonic(), frame)
+                while True:
+                    try:
+                        frames.put_nowait(item)
+                        break
+                    except queue.Full:
+                        try:
+                            frames.get_nowait()
+                            dropped[0] += 1
+                            if dropped[0] == 1:
+                                print(f"warning: detection is more than {LIVE_BUFFER_S:g} s "
+                                      f"behind {what}: dropping its oldest frames",
+                                      file=sys.stderr, flush=True)
+                        except queue.Empty:
+                            pass
+        finally:
+            frames.put(None)
+
+    reader = threading.Thread(target=read, name="evad-live-read", daemon=True)
+    reader.start()
     try:
         i = 0
-        t0 = 0.0
+        t0 = item_t = 0.0
         while True:
-            ok, frame = cap.read()
-            now = time.monotonic()
-            if not ok or frame is None:
-                print(f"warning: {what} stopped sending after {i} frames "
-                      f"({now - t0 if i else 0.0:.1f} s): the detections up to there are kept",
-                      file=sys.stderr, flush=True)
+            item = frames.get()
+            if item is None:
+                gone = f"{item_t - t0:.1f} s" if i else "0.0 s"
+                lost = f"; {dropped[0]} frames dropped to keep up" if dropped[0] else ""
+                print(f"warning: {what} stopped sending after {i + dropped[0]} frames ({gone})"
+                      f": the detections up to there are kept{lost}", file=sys.stderr,
+                      flush=True)
                 return
+            item_t, frame = item
             if i == 0:
-                t0 = now
-            yield i, round(now - t0, 6), frame
+                t0 = item_t
+            yield i, round(item_t - t0, 6), frame
             i += 1
     finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                frames.get_nowait()
+            except queue.Empty:
+                pass
+            reader.join(timeout=0.1)
         cap.release()
+
+
+def redact(source: str) -> str:
+    """A stream URL without its password (``rtsp://user:***@host/...``): what is printed and
+    recorded; the URL itself is used only to connect."""
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return source
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return source
+    user = netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{netloc.rsplit('@', 1)[1]}{slash}{path}"

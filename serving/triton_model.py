@@ -1,13 +1,14 @@
 """The ``evad`` model of a Triton repository: Triton's Python backend runs this class.
 
 One request carries either ``VIDEO`` (the bytes of an encoded video file) or ``FRAMES`` (one
-clip: the model's ``num_frames`` frames, uint8 (T, H, W, 3) BGR as OpenCV decodes them, sampled
-every ``frame_stride`` frames around the keyframe). The answer is ``DETECTIONS`` (one JSON
-object per keyframe, exactly the lines ``evad-trt-run`` writes to ``detections.jsonl``) and
-``AVA_CSV`` (exactly its ``detections.csv`` rows). Pre- and post-processing are the runtime's
-own, so a client needs no evad code. Request parameters (Triton's ``parameters`` field) may set
-``video_id``, ``time`` (a clip's keyframe time, s), ``keyframe_stride`` (s) and
-``person_threshold``; the config's parameters set the rest.
+clip: the model's ``num_frames`` frames, uint8 (T, H, W, 3) BGR as OpenCV decodes them, every
+``frame_stride``-th frame, the keyframe at index ``num_frames // 2``). For a video the answer
+is ``DETECTIONS``, exactly the lines ``evad-trt-run`` writes to ``detections.jsonl`` (one JSON
+object per keyframe), and ``AVA_CSV``, exactly its ``detections.csv`` rows; for a clip, one
+object ``{"time", "people"}`` (the ``people`` of such a line) and that keyframe's rows. Pre-
+and post-processing are the runtime's own, so a client needs no evad code. Request parameters
+(Triton's ``parameters`` field) may set ``video_id``, ``time`` (a clip's keyframe time, s),
+``keyframe_stride`` (s) and ``person_threshold``; the config's parameters set the rest.
 
 A request that cannot be answered (no input, both inputs, a wrong frame count, a video that
 does not decode) gets a ``TritonError`` with one line saying why; the model goes on serving.
@@ -16,18 +17,19 @@ does not decode) gets a ``TritonError`` with one line saying why; the model goes
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evad.command import check_name, one_line
+from evad.command import one_line
 from evad.errors import ConfigError, EvadError
 from evad.lazy import lazy_import
 from evad.runner import OUTPUT_ACTION_PROBS, OUTPUT_BOXES, OUTPUT_PERSON_SCORES, Runner
 from evad.runtime.backends import open_runner
-from evad.runtime.job import DetectOptions, run_video
+from evad.runtime.job import DetectOptions, check_video_id, run_video
 from evad.runtime.outputs import (
     CSV_NAME,
     JSONL_NAME,
@@ -47,9 +49,12 @@ else:  # exists only inside Triton's Python-backend stub
 
 __all__ = ["ClipDetector", "TritonPythonModel"]
 
-#: request parameters a client may set, and their types
-REQUEST_PARAMETERS = {"video_id": str, "time": float, "keyframe_stride": float,
-                      "person_threshold": float}
+#: request parameters a client may set: type, and for numbers the allowed range (lo, hi]
+#: or [lo, hi] as the CLI's options allow
+REQUEST_PARAMETERS: dict[str, tuple[type, tuple[float, float, bool] | None]] = {
+    "video_id": (str, None), "time": (float, (0.0, 1e9, False)),
+    "keyframe_stride": (float, (0.0, 3600.0, True)),
+    "person_threshold": (float, (0.0, 1.0, False))}
 
 
 class ClipDetector:
@@ -99,7 +104,7 @@ class ClipDetector:
         """A whole encoded video: (its JSONL lines, its AVA rows), as ``evad-trt-run``."""
         if not data:
             raise ConfigError("VIDEO is empty: send the bytes of a video file")
-        video_id = check_name(str(params.get("video_id", "video")), "video_id")
+        video_id = str(params.get("video_id", "video"))  # checked by _parameters
         with tempfile.TemporaryDirectory(prefix="evad-triton-") as tmp:
             path = Path(tmp) / "video.bin"
             path.write_bytes(data)
@@ -113,20 +118,39 @@ class ClipDetector:
 
 
 def _parameters(raw: str) -> dict[str, Any]:
+    """A request's parameters, checked as the CLI checks its options.
+
+    Raises:
+        ConfigError: not JSON, an unknown name, a wrong type, a number out of range, a video id
+            the CSV cannot hold.
+    """
     try:
         params = json.loads(raw or "{}")
     except ValueError as e:
         raise ConfigError(f"request parameters are not JSON: {e}") from None
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in params.items():
         if k not in REQUEST_PARAMETERS:
             raise ConfigError(f"unknown request parameter {k!r}; known: "
                               f"{', '.join(REQUEST_PARAMETERS)}")
-        try:
-            out[k] = REQUEST_PARAMETERS[k](v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"request parameter {k}={v!r} is not a "
-                              f"{REQUEST_PARAMETERS[k].__name__}") from None
+        kind, limits = REQUEST_PARAMETERS[k]
+        if kind is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ConfigError(f"request parameter {k}={v!r} is not a float")
+            try:
+                x = float(v)
+            except ValueError:
+                raise ConfigError(f"request parameter {k}={v!r} is not a float") from None
+            assert limits is not None
+            lo, hi, lo_open = limits
+            if not math.isfinite(x) or x > hi or x < lo or (lo_open and x == lo):
+                raise ConfigError(f"request parameter {k}={v!r} is out of range: "
+                                  f"{lo:g} {'<' if lo_open else '<='} {k} <= {hi:g}")
+            out[k] = x
+        else:
+            if not isinstance(v, str):
+                raise ConfigError(f"request parameter {k}={v!r} is not a string")
+            out[k] = check_video_id(v, True) if k == "video_id" else v
     return out
 
 

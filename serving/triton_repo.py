@@ -141,7 +141,10 @@ def _launch_script(with_plan: bool) -> str:
             "#     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 sh /models/launch.sh /models).\n"
             "# The evad model (Python backend) needs evad-deploy in the backend's Python:\n"
             "#   pip install evad-deploy  (or set EXECUTION_ENV_PATH in evad/config.pbtxt).\n"
-            'here="$(cd "${1:-$(dirname "$0")}" && pwd)"\n'
+            "# Usage: launch.sh [REPOSITORY] [tritonserver options...]\n"
+            'here="$(dirname "$0")"\n'
+            'case "${1:-}" in ""|-*) ;; *) here="$1"; shift ;; esac\n'
+            'here="$(cd "$here" && pwd)"\n'
             + ('export LD_LIBRARY_PATH="$here/evad_plan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\n'
                '# the evad model (with --python-backend trt) loads its plugins from here too\n'
                'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"\n' if with_plan else "")

@@ -34,10 +34,16 @@ def triton_env() -> Path:
     return Path(os.environ.get("EVAD_TRITON_ENV", DEFAULT_ENV))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now (all held until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class TritonServer:
@@ -47,7 +53,8 @@ class TritonServer:
         repository: the model repository (``evad-triton-repo``).
         env: the server's Python environment (default :func:`triton_env`).
         ready_timeout_s: how long to wait for every model to be ready (s).
-        log: the server's log file (default: a temporary file, kept when start fails).
+        log: the server's log file (default: a temporary file, removed by a clean stop, kept
+            when the start fails, its path in the error).
         models: load only these (``--model-control-mode=explicit``); default every model. The
             wheel's server has the Python backend only, so the detector models (ONNX Runtime,
             TensorRT backends) are left to a full Triton: ``models=["evad"]``.
@@ -64,6 +71,7 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.log = Path(log) if log is not None else None
+        self._own_log = False
 
     @property
     def http_url(self) -> str:
@@ -106,8 +114,10 @@ class TritonServer:
                   ts / "backends" / "python" / "triton_python_backend_utils.py", stub):
             (backends / "python" / f.name).symlink_to(f)
         if self.log is None:
-            self.log = Path(self._tmp.name) / "tritonserver.log"
-        self.http_port, self.grpc_port = _free_port(), _free_port()
+            fd, name = tempfile.mkstemp(prefix="evad-tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log, self._own_log = Path(name), True
+        self.http_port, self.grpc_port = _free_ports(2)
         libs = Path(found["pytriton"]).parent / "nvidia_pytriton.libs"
         env = {**os.environ,
                "PATH": f"{self.env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -130,7 +140,7 @@ class TritonServer:
         try:
             self._wait_ready()
         except BaseException:
-            self.stop()
+            self.stop(keep_log=True)
             raise
         return self
 
@@ -141,7 +151,7 @@ class TritonServer:
             if self.proc.poll() is not None:
                 raise EvadError(f"tritonserver exited with code {self.proc.returncode} while "
                                 f"starting: {self.log_tail()}")
-            if self.models_ready():
+            if self.models_ready() and self._is_ours():
                 return
             failed = [m for m in self.index() if m.get("state") == "UNAVAILABLE"
                       and (self.models is None or m.get("name") in self.models)]
@@ -162,6 +172,12 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _is_ours(self) -> bool:
+        """Whether the server answering on the port is this process (its log says it bound
+        that port), not another one that took a port between choosing and binding."""
+        assert self.log is not None
+        return f"127.0.0.1:{self.http_port}" in self.log.read_text(errors="replace")
+
     def index(self) -> list[dict]:
         """The repository index (every model, its state and reason); [] when not answering."""
         req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}",
@@ -180,8 +196,9 @@ class TritonServer:
         errors = [ln for ln in text if ln.startswith("E") or "error" in ln.lower()]
         return " | ".join((errors or text)[-lines:])
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
+    def stop(self, timeout_s: float = 20.0, keep_log: bool = False) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the stubs of its process group are killed
+        too. Returns the exit code. ``keep_log``: leave a temporary log for the reader."""
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -189,13 +206,19 @@ class TritonServer:
                 try:
                     self.proc.wait(timeout_s)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
+                    pass
+            try:  # stubs left behind by a server that died or hung
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
             code = self.proc.returncode
             self.proc = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._own_log and not keep_log and self.log is not None:
+            self.log.unlink(missing_ok=True)
         return code
 
     def __enter__(self) -> TritonServer:

@@ -148,7 +148,7 @@ def test_job_arguments_refused_in_one_line(tmp_path, capfd, videos, tiny_onnx):
     cases = {listing: "have the same video id 'same'",
              missing: "line 2:",
              tmp_path / "empty.txt": "names no video",
-             str(tmp_path / "*.mkv"): "matches no file"}
+             str(tmp_path / "*.mkv"): "matches no video"}
     for arg, msg in cases.items():
         rc, _, err = _run(capfd, arg, "--onnx", tiny_onnx, "--out", tmp_path / "o", *ARGS)
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
@@ -157,3 +157,73 @@ def test_job_arguments_refused_in_one_line(tmp_path, capfd, videos, tiny_onnx):
     rc, _, err = _run(capfd, videos / "a.mp4", "--onnx", tiny_onnx, "--ray", *ARGS)
     assert rc == 2 and "--ray runs jobs of many videos" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_what_a_job_argument_names(tmp_path, videos):
+    from evad.errors import EvadError
+    from evad.runtime.job import find_videos, plan_job
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.mp4").write_bytes((videos / "a.mp4").read_bytes())
+    (mixed / "cover.jpg").write_bytes(b"jpg")
+    with pytest.raises(EvadError, match="1 videos and 1 images"):
+        find_videos(str(mixed))
+    # a glob keeps videos only; a '#' inside a name is part of it
+    (mixed / "notes.txt").write_text("x")
+    (mixed / "clip#1.mp4").write_bytes(b"x")
+    assert [p.name for p in find_videos(str(mixed / "*"))] == ["a.mp4", "clip#1.mp4"]
+    listing = tmp_path / "l.txt"
+    listing.write_text("mixed/clip#1.mp4  # the second take\n#mixed/a.mp4\n")
+    assert [p.name for p in find_videos(str(listing))] == ["clip#1.mp4"]
+    # a stream URL with a query string or an IPv6 host is one live source, not a glob
+    assert find_videos("http://127.0.0.1:8080/video.mjpg?res=640") is None
+    assert find_videos("rtsp://[fe80::1]/s") is None
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "job.json.mp4").write_bytes(b"x")
+    with pytest.raises(EvadError, match="a name the job's folder uses itself"):
+        plan_job(find_videos(str(odd)), tmp_path / "o")
+
+
+def test_ctrl_c_in_a_job_keeps_what_finished_and_says_so(tmp_path, capfd, videos, tiny_onnx,
+                                                         monkeypatch):
+    import evad.runtime.job as job
+
+    real = job.run_video
+    calls = []
+
+    def run_video(*args, **kw):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(job, "run_video", run_video)
+    out = tmp_path / "job"
+    rc, _, err = _run(capfd, videos, "--onnx", tiny_onnx, "--out", out, *ARGS)
+    assert rc == 130 and "interrupted after 1 of 3 videos" in err and "--resume" in err
+    summary = json.loads((out / "job.json").read_text())
+    assert not summary["complete"] and [r["video_id"] for r in summary["results"]] == ["a"]
+    assert summary["not_run"] == 2 and not (out / ".evad.lock").exists()
+
+
+def test_resume_with_render_renders_what_was_not(tmp_path, capfd, videos, tiny_onnx):
+    out = tmp_path / "job"
+    pattern = str(videos / "[b].mp4")  # a glob: a job of one video
+    assert _run(capfd, pattern, "--onnx", tiny_onnx, "--out", out, *ARGS)[0] == 0
+    rc, stdout, _ = _run(capfd, pattern, "--onnx", tiny_onnx, "--out", out, "--resume",
+                         "--render", *ARGS)
+    assert rc == 0 and "1 done, 0 already done" in stdout
+    assert (out / "b" / "annotated.mp4").is_file()
+    rc, stdout, _ = _run(capfd, pattern, "--onnx", tiny_onnx, "--out", out, "--resume",
+                         "--render", *ARGS)
+    assert rc == 0 and "0 done, 1 already done" in stdout
+
+
+def test_ray_flag_does_not_swallow_the_videos(capfd, videos):
+    with pytest.raises(SystemExit) as e:
+        main(["--ray", str(videos), "--quiet"])
+    assert e.value.code == 2
+    err = capfd.readouterr().err
+    assert "is no Ray address" in err and "put the videos before --ray" in err

@@ -126,3 +126,44 @@ def test_an_unreachable_cluster_is_one_line_at_once(job, tmp_path, tiny_onnx, ca
     assert rc == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in err
     assert time.monotonic() - t0 < 10 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+class _CrashOn:
+    """A runner that kills its process on every clip of one frame size: a video that crashes
+    its worker every time (a decoder or driver fault)."""
+
+    def __init__(self, runner, width: int) -> None:
+        self.runner, self.width = runner, width
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __call__(self, clip, size):
+        if int(size[0][1]) == self.width:
+            os._exit(1)
+        return self.runner(clip, size)
+
+
+def _crashing_opener(width: int):
+    def opener(model):
+        return _CrashOn(open_model(model), width)
+    return opener
+
+
+def test_a_video_that_always_kills_its_worker_is_recorded_failed(cluster, job, tmp_path,
+                                                                 tiny_onnx):
+    d, seq = job
+    square = tmp_path / "square.mp4"  # 4:3, resized to 128 x 96: the crashing size
+    make_video(square, 1.0, 240, 180, 10.0)
+    out = tmp_path / "ray-crash"
+    tasks = plan_job([*sorted(d.glob("*.mp4"))[:2], square], out)
+    opts = DetectOptions(person_threshold=0.05, keyframe_stride=0.5)
+    summary = run_job_ray(tasks, {"onnx": str(tiny_onnx), "backend": "ort"}, opts, out,
+                          quiet=True, actors=1, opener=_crashing_opener(128), max_attempts=2)
+    status = {r["video_id"]: (r["status"], r["error"]) for r in summary["results"]}
+    assert status["v1"][0] == status["v2"][0] == "done"
+    assert status["square"][0] == "failed" and "the worker died 2 times" in status["square"][1]
+    for v in ("v1", "v2"):
+        assert (out / v / "detections.csv").read_bytes() == \
+            (seq / v / "detections.csv").read_bytes()
+    assert not (out / ".evad-ray-attempts").exists()

@@ -149,6 +149,11 @@ def test_bad_requests_get_errors_and_serving_goes_on(server, sample_mp4):
         "unknown parameter": (dict(frames=good, color="red"),
                               "unknown request parameter 'color'"),
         "bad parameter": (dict(frames=good, person_threshold="high"), "is not a float"),
+        "out of range": (dict(frames=good, person_threshold=1.5), "out of range"),
+        "zero stride": (dict(video=sample_mp4.read_bytes(), keyframe_stride=0),
+                        "out of range: 0 < keyframe_stride"),
+        "csv-breaking id": (dict(frames=good, video_id="a,b"), "comma or quote"),
+        "boolean": (dict(frames=good, time=True), "is not a float"),
         "tiny frames": (dict(frames=good[:, :1]), "too small"),
     }
     for kw, msg in cases.values():
@@ -174,3 +179,21 @@ def test_bounded_load_test_answers_every_request(server, capsys):
         print(f"\ntriton load test (loopback, tiny model, CPU): {json.dumps(report)}")
     assert report["answered"] == report["requests"] == 12 and report["errors"] == []
     assert report["requests_per_s"] > 0 and report["latency_ms_p95"] >= report["latency_ms_p50"]
+
+
+def test_launch_script_passes_options_not_the_folder(tmp_path, tiny_onnx):
+    import subprocess
+
+    repo = write_repository(tmp_path / "repo", tiny_onnx)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tritonserver").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "tritonserver").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    for args, folder in (([str(repo)], repo), ([str(repo), "--log-verbose=1"], repo),
+                         (["--log-verbose=1"], repo), ([], repo)):
+        out = subprocess.run(["sh", str(repo / "launch.sh"), *args], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+        assert out[0] == f"--model-repository={folder.resolve()}", (args, out)
+        assert ("--log-verbose=1" in out) == ("--log-verbose=1" in args)
+        assert str(repo) not in out[1:]
