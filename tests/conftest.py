@@ -29,6 +29,21 @@ def _examples():
 #: make_video(path, seconds, width, height, fps) -> path: synthetic moving figures (mp4v)
 make_video = _examples().make_video
 
+def read_frames(path) -> list:
+    """Every frame of a video as OpenCV decodes it: (H, W, 3) uint8 BGR arrays."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
 #: in CI a missing tool or extra fails its tests instead of skipping them
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

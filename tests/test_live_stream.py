@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import make_video
+from conftest import make_video, read_frames
 
 from evad.runtime.cli import main
 
@@ -74,14 +74,7 @@ class _Stream:
 @pytest.fixture(scope="module")
 def jpeg_frames(tmp_path_factory) -> list[bytes]:
     video = make_video(tmp_path_factory.mktemp("live") / "src.mp4", SECONDS, 320, 180, FPS)
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.imencode(".jpg", frame)[1].tobytes())
-    cap.release()
+    frames = [cv2.imencode(".jpg", f)[1].tobytes() for f in read_frames(video)]
     assert len(frames) == int(SECONDS * FPS)
     return frames
 

@@ -67,27 +67,33 @@ def test_ray_job_equals_the_sequential_job(cluster, job, tmp_path, tiny_onnx, ca
     assert meta["ray"] == "local" and meta["actors"] >= 1
 
 
-class _KillOnce:
-    """A runner that kills its own process on its 2nd call, once per marker file: the worker
-    dies in the middle of a video, after that video's first keyframe was written."""
+class _Dying:
+    """A runner that kills its own process (``os._exit``) on a call where ``dies(calls,
+    size)`` holds: a worker dying in the middle of a video."""
 
-    def __init__(self, runner, marker: str) -> None:
-        self.runner, self.marker, self.calls = runner, marker, 0
+    def __init__(self, runner, dies) -> None:
+        self.runner, self.dies, self.calls = runner, dies, 0
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
     def __call__(self, clip, size):
         self.calls += 1
-        if self.calls == 2 and not os.path.exists(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
+        if self.dies(self.calls, size):
             os._exit(1)
         return self.runner(clip, size)
 
 
 def _killing_opener(marker: str):
+    """Dies on its 2nd call (after a video's first keyframe was written), once per marker."""
+    def dies(calls, size):
+        if calls == 2 and not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            return True
+        return False
+
     def opener(model):
-        return _KillOnce(open_model(model), marker)
+        return _Dying(open_model(model), dies)
     return opener
 
 
@@ -128,25 +134,11 @@ def test_an_unreachable_cluster_is_one_line_at_once(job, tmp_path, tiny_onnx, ca
     assert not (tmp_path / "o").exists()
 
 
-class _CrashOn:
-    """A runner that kills its process on every clip of one frame size: a video that crashes
-    its worker every time (a decoder or driver fault)."""
-
-    def __init__(self, runner, width: int) -> None:
-        self.runner, self.width = runner, width
-
-    def __getattr__(self, name):
-        return getattr(self.runner, name)
-
-    def __call__(self, clip, size):
-        if int(size[0][1]) == self.width:
-            os._exit(1)
-        return self.runner(clip, size)
-
-
 def _crashing_opener(width: int):
+    """Dies on every clip of one frame width: a video that crashes its worker every time (a
+    decoder or driver fault)."""
     def opener(model):
-        return _CrashOn(open_model(model), width)
+        return _Dying(open_model(model), lambda calls, size: int(size[0][1]) == width)
     return opener
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 
-import cv2
 import numpy as np
 import pytest
-from conftest import IN_CI, require
+from conftest import IN_CI, read_frames, require
 
 from evad.runtime.cli import main as run_main
 from evad.runtime.sampling import clip_indices
@@ -119,13 +118,7 @@ def test_video_request_equals_evad_trt_run(server, reference, sample_mp4):
 
 
 def test_clip_requests_equal_evad_trt_run(server, reference, sample_mp4):
-    cap = cv2.VideoCapture(str(sample_mp4))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
+    frames = read_frames(sample_mp4)
     want = [json.loads(x) for x in (reference / "detections.jsonl").read_text().splitlines()]
     client = _client(server)
     for rec in want[:3]:
