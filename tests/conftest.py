@@ -99,6 +99,31 @@ def tiny_onnx(tmp_path_factory, tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported_onnx(tmp_path_factory):
+    """``(preset, height, width) -> Path``: that preset, random weights (seed 0) calmed, exported
+    at that size with its metadata, once per session (vit_b_ktp: ~75 s and 5.6 GB peak each;
+    tests that ask for it are marked slow)."""
+    from evad.export import build_metadata, export_onnx, save_model
+    from evad.metadata import write_metadata
+
+    made: dict[tuple[str, int, int], Path] = {}
+
+    def get(preset: str, height: int, width: int) -> Path:
+        key = (preset, height, width)
+        if key not in made:
+            torch.manual_seed(0)
+            model = build_model(preset).eval().calm()
+            proto = export_onnx(model, height, width)
+            write_metadata(proto, build_metadata(model.preset, height, width, 18))
+            made[key] = save_model(proto, tmp_path_factory.mktemp("onnx")
+                                   / f"{preset}_{height}x{width}.onnx")
+            del proto, model
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def sample_mp4(tmp_path_factory) -> Path:
     """4 s of 320 x 180 synthetic video at 10 fps (40 frames: fewer than one clip's 64)."""
     return make_video(tmp_path_factory.mktemp("video") / "sample.mp4", 4.0, 320, 180, 10.0)
