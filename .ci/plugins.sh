@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI for the TensorRT plugins on a clean CPU machine (no GPU, no full TensorRT):
 #   1. installs what the plugin tests need into the active Python environment:
-#      the runtime-only TensorRT (plugin registry), TensorRT-RTX (CPU ONNX parse/build check),
-#      onnxconverter-common (fp16 ONNX for strongly typed TensorRT 11), Triton (the Python
+#      the runtime-only TensorRT (plugin registry), TensorRT-RTX (CPU ONNX parse/build check
+#      through engines/builder.py), Triton (the Python
 #      plugins' kernels, required by them: run here under TRITON_INTERPRET=1 and compiled to
 #      cubin), cmake if missing;
 #   2. when evad is installed: builds libevad_kernels.so, libevad_plugins.so and the CPU check
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 python -m pip install -q tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings \
-    tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings onnxconverter-common==1.16.0 \
+    tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116 \
     triton==3.9.0
 if ! command -v cmake >/dev/null; then
     python -m pip install -q 'cmake>=3.24'

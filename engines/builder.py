@@ -3,11 +3,19 @@ arise: prepare the ONNX (``onnx_prep``) -> parse -> check the plugins bound -> c
 (precision, profile, timing cache) -> build -> write the engine and its sidecar (``metadata``).
 
 Precision: the ONNX is fp32. TensorRT 11 builds strongly typed networks only (its FP16/BF16
-builder flags are gone), so there ``fp16`` converts the stripped model to a mixed-precision ONNX
-first (:func:`evad.engines.onnx_prep.to_mixed_precision`). TensorRT 10.x keeps the weakly typed
-path: the FP16/BF16 builder flag with the layers of :data:`evad.engines.onnx_prep.FP32_OPS`
-pinned to fp32 by precision constraints. The importance reduction of KeyframeTopKPrune is fp32
-inside both plugins whatever the input type (the op's contract).
+builder flags are gone), so there ``fp16`` / ``bf16`` convert the parser's graph to a
+mixed-precision ONNX first (:func:`evad.engines.mixed_precision.to_mixed_precision`). TensorRT
+10.x keeps the weakly typed path: the FP16/BF16 builder flag with the layers of
+:data:`evad.engines.mixed_precision.FP32_OPS` pinned to fp32 by precision constraints.
+
+Every graph handed to a parser first passes strict type inference and the TopK limit
+(:func:`evad.engines.onnx_prep.check_types`, :func:`~evad.engines.onnx_prep.check_topk`):
+a graph TensorRT would refuse is refused here in one line, before TensorRT sees it.
+
+:func:`build_plan` is the TensorRT part (graph -> parse -> configure -> serialized plan) on
+whichever TensorRT-family module it is given; the CPU tests drive it with TensorRT-RTX, whose
+parser and builder run without a GPU. :func:`build` adds what a real engine needs around it
+(TensorRT, a GPU, the plugins, the files).
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +33,8 @@ import onnx
 from evad.atomic import write_bytes_atomic
 from evad.engines.environment import missing_for_engine_build, running_environment
 from evad.engines.metadata import engine_metadata, onnx_sha256, sidecar_path
-from evad.engines.onnx_prep import (
-    evad_nodes,
-    for_parser,
-    fp32_layer_types,
-    to_mixed_precision,
-)
+from evad.engines.mixed_precision import fp32_layer_types, to_mixed_precision
+from evad.engines.onnx_prep import check_topk, check_types, evad_nodes, for_parser
 from evad.errors import ConfigError, EvadError
 from evad.metadata import read_metadata
 from evad.plugins import library_path
@@ -39,7 +44,8 @@ from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["PRECISIONS", "build", "check_batch_profile", "set_math_modes"]
+__all__ = ["PRECISIONS", "Plan", "build", "build_plan", "check_batch_profile", "parser_graph",
+           "set_math_modes", "strongly_typed"]
 
 #: engine precisions: ``fp32`` is true fp32 (TF32 off); ``tf32`` lets TensorRT round MatMul and
 #: Conv inputs to TF32 (a 10-bit mantissa, ~1e-3 relative: judged by the reduced-precision bars)
@@ -57,22 +63,45 @@ def check_batch_profile(batch: tuple[int, int, int],
     return lo, opt, hi
 
 
+def strongly_typed(trt: Any) -> bool:
+    """True for a TensorRT that builds strongly typed networks only (11.x, TensorRT-RTX: no FP16
+    builder flag); 10.x keeps weak typing so its FP16/BF16 builder flags apply."""
+    return not hasattr(trt.BuilderFlag, "FP16")
+
+
+def parser_graph(model: onnx.ModelProto, precision: str, typed: bool,
+                 input_size: tuple[int, int],
+                 log: Callable[[str], None] = print) -> onnx.ModelProto:
+    """The graph a TensorRT parser gets from an evad export: :func:`for_parser`; on a strongly
+    typed TensorRT (``typed``) at fp16/bf16 its mixed-precision copy; then checked (strict
+    types, TopK's K against TensorRT's limit at ``input_size`` (H, W)).
+
+    Raises:
+        ConfigError: the graph is not type-consistent, or a TopK keeps too many.
+    """
+    graph = for_parser(model)
+    if typed and precision in ("fp16", "bf16"):
+        graph = to_mixed_precision(graph, precision)
+        log(f"converted to a mixed-precision {precision} ONNX (strongly typed TensorRT; "
+            "LayerNorm, softmax, reductions, TopK and the evad plugins stay fp32)")
+    label = f"the {precision} graph" if typed else "the graph"
+    check_topk(check_types(graph, label), input_size)
+    return graph
+
+
 def _parse(trt: Any, logger: trt.ILogger, model: onnx.ModelProto,
-           onnx_path: Path) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
-    """Network from the stripped model; parser errors listed node by node."""
+           workdir: Path) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
+    """Network from the parser's graph; parser errors listed node by node."""
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and not hasattr(
-            trt.BuilderFlag, "FP16"):
-        # TensorRT 11: always strongly typed (the flag is accepted); 10.x keeps weak typing so
-        # the FP16/BF16 builder flags apply.
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and strongly_typed(trt):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    # Written next to the original so that its external data file, if any, is found.
-    stripped = onnx_path.parent / f".{onnx_path.stem}.stripped.onnx"
+    # Written in the original's folder so that its external data file, if any, is found.
+    stripped = workdir / f".evad-parser-{os.getpid()}.onnx"
     big = model.ByteSize() >= 2 * 1024**3  # protobuf's limit: weights to a side file
     onnx.save_model(model, str(stripped), save_as_external_data=big,
                     location=stripped.name + ".data")
@@ -85,6 +114,27 @@ def _parse(trt: Any, logger: trt.ILogger, model: onnx.ModelProto,
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EvadError("the TensorRT ONNX parser failed:\n  " + "\n  ".join(errs))
     return builder, network, parser
+
+
+def _mark_outputs(network: trt.INetworkDefinition, names: Sequence[str],
+                  log: Callable[[str], None]) -> list[str]:
+    """Mark the network tensors named ``names`` (ONNX tensor names: the parser keeps them) as
+    outputs, for a layer-by-layer comparison; returns those marked, in order. Tensors the
+    parser did not keep under their name (folded into a fused layer) are skipped and counted."""
+    tensors = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for o in range(layer.num_outputs):
+            tensors[layer.get_output(o).name] = layer.get_output(o)
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    marked = [n for n in dict.fromkeys(names) if n in tensors]
+    for name in marked:
+        if name not in outputs:
+            network.mark_output(tensors[name])
+    if len(marked) < len(set(names)):
+        log(f"{len(set(names)) - len(marked)} of {len(set(names))} tensors to mark are not in "
+            "the network under their ONNX name (folded by the parser); compared without them")
+    return marked
 
 
 def _check_plugins_bound(trt: Any, network: trt.INetworkDefinition, expected: int) -> None:
@@ -143,7 +193,8 @@ def set_math_modes(trt: Any, config: trt.IBuilderConfig, network: trt.INetworkDe
     if flag is not None:
         config.set_flag(flag)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        log(f"{_pin_fp32(trt, network)} LayerNorm/softmax/reduce/top-k layers kept in fp32")
+        log(f"{_pin_fp32(trt, network)} LayerNorm/softmax/reduce/top-k/plugin layers kept in "
+            "fp32")
     return {"tf32": precision == "tf32" and tf32 is not None, "fp16": precision == "fp16",
             "bf16": precision == "bf16"}
 
@@ -176,10 +227,78 @@ def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition, 
     return config, modes
 
 
+@dataclass
+class Plan:
+    """A serialized TensorRT plan and what it was built with.
+
+    serialized: the plan bytes. modes: the math modes allowed (:func:`set_math_modes`).
+    timing_cache: the builder's timing cache after the build, or None. layers: per network
+    layer, (layer type, name, output data types), for logs and tests. marked: the tensors
+    marked as extra outputs.
+    """
+
+    serialized: bytes
+    modes: dict[str, bool]
+    timing_cache: bytes | None
+    layers: list[tuple[str, str, tuple[str, ...]]]
+    marked: list[str]
+
+
+def _layers(network: trt.INetworkDefinition) -> list[tuple[str, str, tuple[str, ...]]]:
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        dtypes = tuple(str(layer.get_output(o).dtype).rsplit(".", 1)[-1]
+                       for o in range(layer.num_outputs))
+        out.append((str(layer.type).rsplit(".", 1)[-1], layer.name, dtypes))
+    return out
+
+
+def build_plan(trt: Any, model: onnx.ModelProto, meta: dict[str, Any], precision: str = "fp32",
+               batch: tuple[int, int, int] = (1, 1, 8), *, workdir: str | os.PathLike = ".",
+               workspace_gib: float = 4.0, cache_bytes: bytes = b"",
+               mark_outputs: Sequence[str] = (),
+               log: Callable[[str], None] = print) -> Plan:
+    """An evad export -> a serialized plan, with the TensorRT-family module ``trt``: the
+    parser's graph (:func:`parser_graph`), parse, every ``evad`` node bound to a plugin layer,
+    ``mark_outputs`` marked, configure (math modes, batch profile, timing cache), build.
+
+    Args:
+        model: the export as loaded (``evad`` local functions and fused attention included).
+        meta: its ``evad.*`` metadata (``input_size``, ``num_frames``).
+        workdir: where the parser's copy is written for the parser (the export's folder, so an
+            external data file is found).
+
+    Raises:
+        ConfigError: a precision, batch or graph TensorRT would refuse.
+        EvadError: the parse or the build failed.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    lo, opt, hi = check_batch_profile(batch)
+    expected = len(evad_nodes(model))
+    h, w = meta["input_size"]
+    graph = parser_graph(model, precision, strongly_typed(trt), (h, w), log)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder, network, _parser = _parse(trt, logger, graph, Path(workdir))
+    del graph
+    _check_plugins_bound(trt, network, expected)
+    marked = _mark_outputs(network, mark_outputs, log) if mark_outputs else []
+    config, modes = _configure(trt, builder, network, precision, meta, (lo, opt, hi),
+                               workspace_gib, cache_bytes, log)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EvadError("TensorRT failed to build the engine (see its log above)")
+    cache = config.get_timing_cache()
+    return Plan(bytes(serialized), modes, bytes(cache.serialize()) if cache is not None else None,
+                _layers(network), marked)
+
+
 def build(onnx_path: str | os.PathLike, precision: str = "fp32",
           batch: tuple[int, int, int] = (1, 1, 8), timing_cache: str | os.PathLike | None = None,
           plugins: str | None = None, out: str | os.PathLike | None = None,
-          workspace_gib: float = 4.0, log: Callable[[str], None] = print) -> Path:
+          workspace_gib: float = 4.0, mark_outputs: Sequence[str] = (),
+          log: Callable[[str], None] = print) -> Path:
     """Build ``<name>.engine`` + ``<name>.engine.json`` from an exported EVAD ONNX file.
 
     Args:
@@ -190,13 +309,15 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
         plugins: ``cpp`` or ``python``; default cpp, python when the .so is missing.
         out: engine path (default: the ONNX path with ``.engine``).
         workspace_gib: builder workspace limit, GiB.
+        mark_outputs: ONNX tensor names to make extra engine outputs (layer-by-layer debugging).
         log: one-line logger.
 
     Returns:
         The engine path.
 
     Raises:
-        EvadError: missing TensorRT/GPU/plugins, parse or build failure, a node not bound.
+        EvadError: missing TensorRT/GPU/plugins, a graph TensorRT would refuse, parse or build
+            failure, a node not bound.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -210,35 +331,23 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
     plugins = plugins or ("cpp" if library_path().is_file() else "python")
     trt = load_plugins(plugins)
     t0 = time.perf_counter()
-    model = onnx.load(str(onnx_path))
-    expected = len(evad_nodes(model))
-    model = for_parser(model)
-    if precision in ("fp16", "bf16") and getattr(trt.BuilderFlag, precision.upper(),
-                                                 None) is None:
-        model = to_mixed_precision(model, precision)  # TensorRT 11: no precision flags
-        log(f"converted to a mixed-precision {precision} ONNX (TensorRT {trt.__version__} is "
-            "strongly typed; LayerNorm/softmax/reductions stay fp32)")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder, network, _parser = _parse(trt, logger, model, onnx_path)
-    _check_plugins_bound(trt, network, expected)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(
         timing_cache).is_file() else b""
-    config, modes = _configure(trt, builder, network, precision, meta, (lo, opt, hi),
-                               workspace_gib, cache_bytes, log)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EvadError("TensorRT failed to build the engine (see its log above)")
+    plan = build_plan(trt, onnx.load(str(onnx_path)), meta, precision, (lo, opt, hi),
+                      workdir=onnx_path.parent, workspace_gib=workspace_gib,
+                      cache_bytes=cache_bytes, mark_outputs=mark_outputs, log=log)
     engine_path = Path(out) if out else onnx_path.with_suffix(".engine")
     sidecar = engine_metadata(running_environment(trt), precision, meta, onnx_sha256(onnx_path),
-                              plugins, (lo, opt, hi), modes)
+                              plugins, (lo, opt, hi), plan.modes)
+    if plan.marked:
+        sidecar["marked_outputs"] = plan.marked
     # The old engine goes first, then the sidecar, then the engine: an engine file never stands
     # beside a sidecar that describes another build (a failed write leaves no engine at all).
     engine_path.unlink(missing_ok=True)
     write_bytes_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
-    write_bytes_atomic(engine_path, bytes(serialized))
-    cache = config.get_timing_cache() if timing_cache else None
-    if timing_cache and cache is not None:
-        write_bytes_atomic(Path(timing_cache), bytes(cache.serialize()))
+    write_bytes_atomic(engine_path, plan.serialized)
+    if timing_cache and plan.timing_cache is not None:
+        write_bytes_atomic(Path(timing_cache), plan.timing_cache)
     log(f"wrote {engine_path} ({precision}, batch {lo}/{opt}/{hi}, {plugins} plugins) in "
         f"{time.perf_counter() - t0:.1f} s")
     return engine_path

@@ -6,16 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from evad.engines.cuda_memory import current_device, no_gpu_reason
 from evad.errors import EvadError
 from evad.lazy import available, lazy_import
 from evad.plugins import library_path
 
 if TYPE_CHECKING:
     import tensorrt
-    import torch
 else:
     tensorrt = lazy_import("tensorrt", "pip install tensorrt (on a machine with an NVIDIA GPU)")
-    torch = lazy_import("torch", "pip install torch")
 
 __all__ = ["Missing", "missing_for_engine_build", "running_environment", "tensorrt_builder"]
 
@@ -52,11 +51,9 @@ def missing_for_engine_build() -> list[Missing]:
         missing.append(Missing("tensorrt", "TensorRT with its builder and ONNX parser (pip "
                                "install tensorrt; the runtime-only tensorrt-lean/-dispatch wheels "
                                "cannot build)"))
-    if not available(torch):
-        missing.append(Missing("gpu", "torch (pip install torch) for device buffers"))
-    elif not torch.cuda.is_available():
-        missing.append(Missing("gpu", "a CUDA GPU visible to torch (torch.cuda.is_available() is "
-                               "False)"))
+    why = no_gpu_reason()
+    if why is not None:  # device memory comes from cuda-python (engines/cuda_memory.py)
+        missing.append(Missing("gpu", f"a CUDA GPU visible to cuda-python ({why})"))
     if not library_path().is_file():
         missing.append(Missing("plugin_library", f"the C++ plugin library {library_path()} (run "
                                "evad-build-plugins; --plugins python works without it)",
@@ -67,12 +64,15 @@ def missing_for_engine_build() -> list[Missing]:
 def running_environment(trt: Any) -> dict[str, Any]:
     """TensorRT version, GPU name and compute capability of this process (current device).
 
+    The GPU comes from cuda-python (``cudaGetDeviceProperties``, ``cudaDeviceGetAttribute``):
+    the same name and capability torch reports, so sidecars written either way compare equal.
+
     Raises:
-        EvadError: no CUDA GPU.
+        EvadError: no CUDA GPU, or cuda-python is missing (the message says what to install).
     """
-    if not torch.cuda.is_available():
-        raise EvadError("no CUDA GPU: TensorRT engines need one")
-    dev = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(dev)
-    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(dev),
-            "compute_capability": f"{major}.{minor}"}
+    why = no_gpu_reason()
+    if why is not None:
+        raise EvadError(f"no CUDA GPU: TensorRT engines need one ({why})")
+    name, capability = current_device()
+    return {"tensorrt_version": trt.__version__, "gpu_name": name,
+            "compute_capability": capability}

@@ -1,7 +1,8 @@
 """The ONNX model as the TensorRT parser should see it: fused ``com.microsoft`` attention back
 in standard ops (TensorRT's parser has no ``com.microsoft`` domain and fuses MatMul + Softmax +
-MatMul itself), ``evad`` local functions stripped (so the ``evad`` nodes bind our plugins) and,
-for strongly typed TensorRT, a mixed-precision copy.
+MatMul itself) and ``evad`` local functions stripped (so the ``evad`` nodes bind our plugins);
+and the checks a graph passes before a parser sees it (strict types, TopK's K). The
+reduced-precision copy is :mod:`evad.engines.mixed_precision`.
 
 Why strip: TensorRT's ONNX importer prefers a builtin op, then a model-local function's body,
 then a plugin; our nodes have function bodies (for ONNX Runtime), so a copy without the ``evad``
@@ -11,33 +12,18 @@ the ``plugin_version`` / ``plugin_namespace`` attributes added here.
 
 from __future__ import annotations
 
-import warnings
-
 import onnx
 
 from evad.errors import ConfigError
 from evad.fused_attention import decompose_fused_attention
-from evad.lazy import MissingDependency
 from evad.op_contracts import NAMESPACE, PLUGIN_VERSION
+from evad.op_schemas import register_schemas
 
-__all__ = ["FP32_OPS", "evad_nodes", "for_parser", "fp32_layer_types", "strip_evad_functions",
-           "to_mixed_precision"]
+__all__ = ["TOPK_MAX_K", "check_topk", "check_types", "evad_nodes", "for_parser",
+           "strip_evad_functions"]
 
-#: ops that stay fp32 under fp16/bf16: ONNX op type -> the TensorRT layer type it becomes. The
-#: ONNX converter (TensorRT 11) and the precision constraints (TensorRT 10) both read this table.
-FP32_OPS: dict[str, str] = {
-    "LayerNormalization": "NORMALIZATION",
-    "Softmax": "SOFTMAX",
-    "ReduceMean": "REDUCE",
-    "ReduceSum": "REDUCE",
-    "ReduceMax": "REDUCE",
-    "TopK": "TOPK",
-}
-
-
-def fp32_layer_types() -> tuple[str, ...]:
-    """The TensorRT ``LayerType`` names that :data:`FP32_OPS` become, each once."""
-    return tuple(dict.fromkeys(FP32_OPS.values()))
+#: the largest K of TensorRT's builtin TopK layer (ITopKLayer; NvInfer.h, 10.x and 11.x)
+TOPK_MAX_K = 3840
 
 
 def evad_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -71,43 +57,46 @@ def for_parser(model: onnx.ModelProto) -> onnx.ModelProto:
     return strip_evad_functions(decompose_fused_attention(model))
 
 
-def to_mixed_precision(model: onnx.ModelProto, precision: str = "fp16") -> onnx.ModelProto:
-    """An fp16 copy of a (function-stripped) model for strongly typed TensorRT: float weights
-    and activations in fp16, graph inputs/outputs and :data:`FP32_OPS` in fp32 (Casts around
-    them), ``evad`` plugin nodes fed fp16 (both plugins accumulate in fp32).
+def check_types(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
+    """``model`` after strict type and shape inference (the ``evad`` schemas registered):
+    every node's inputs agree in type with its schema and with each other, as a strongly typed
+    TensorRT parser requires (it refuses an elementwise layer fed Half and Float).
+
+    Args:
+        what: how the message names the graph (``"the fp16 graph"``).
 
     Raises:
-        MissingDependency: onnxconverter-common is not installed.
-        ConfigError: bf16 asked for (no converter here).
+        ConfigError: the first inconsistency, in one line.
     """
-    if precision != "fp16":
-        raise ConfigError(f"{precision} on a strongly typed TensorRT (11.x) needs a {precision} "
-                         "ONNX (e.g. ModelOpt AutoCast); use --fp16, or TensorRT 10.x")
+    register_schemas()
     try:
-        from onnxconverter_common import float16
-    except ImportError as e:
-        raise MissingDependency("onnxconverter_common", "pip install onnxconverter-common",
-                                "fp16 engines on TensorRT 11") from e
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns for every weight below fp16's range
-        out = float16.convert_float_to_float16(
-            model, keep_io_types=True,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS))
-    _restore_fp32_outputs(model, out)
-    return out
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{what} is not type-consistent, so TensorRT would refuse it: "
+                          f"{detail[:400]}") from e
 
 
-def _restore_fp32_outputs(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
-    """keep_io_types misses some outputs (seen: ``boxes``): Cast any fp32 output that came back
-    fp16 to fp32 again, so the engine's IO types equal the ONNX export's."""
-    want = {o.name: o.type.tensor_type.elem_type for o in original.graph.output}
-    for o in converted.graph.output:
-        if want.get(o.name) == onnx.TensorProto.FLOAT and \
-                o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
-            inner = o.name + "__fp16"
-            for n in converted.graph.node:
-                n.output[:] = [inner if x == o.name else x for x in n.output]
-                n.input[:] = [inner if x == o.name else x for x in n.input]
-            converted.graph.node.append(onnx.helper.make_node(
-                "Cast", [inner], [o.name], to=onnx.TensorProto.FLOAT, name=o.name + "__to_fp32"))
-            o.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+def check_topk(inferred: onnx.ModelProto, input_size: tuple[int, int]) -> None:
+    """Every TopK of an inferred graph keeps at most :data:`TOPK_MAX_K` (K read from its output
+    shape, which the export's fixed H and W make a number).
+
+    Raises:
+        ConfigError: naming the node, its K and the input size, in one line.
+    """
+    for node in inferred.graph.node:
+        if node.op_type != "TopK":
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        shapes = {v.name: v.type.tensor_type.shape for v in (*inferred.graph.value_info,
+                                                             *inferred.graph.output)}
+        shape = shapes.get(node.output[0])
+        dims = list(shape.dim) if shape is not None else []
+        k = dims[axis].dim_value if dims and dims[axis].HasField("dim_value") else None
+        if k is None:
+            raise ConfigError(f"TopK {node.name!r}: its K is not a number at input "
+                              f"{input_size[0]}x{input_size[1]}, so it cannot be checked "
+                              f"against TensorRT's limit of {TOPK_MAX_K}")
+        if k > TOPK_MAX_K:
+            raise ConfigError(f"input {input_size[0]}x{input_size[1]}: TopK {node.name!r} keeps "
+                              f"{k} > {TOPK_MAX_K}, TensorRT's limit; export at a smaller size")

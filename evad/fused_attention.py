@@ -33,7 +33,7 @@ def fused_attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def decompose_fused_attention(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every fused attention node replaced by standard ops.
 
-    Per node: (B, N, heads * d) -> (B, heads, N, d) for q, k, v; MatMul(q, k^T) * scale; Softmax
+    Per node: (B, N, heads * d) -> (B, heads, N, d) for q, k, v; MatMul(scale * q, k^T); Softmax
     over keys; MatMul with v; back to (B, N, heads * d). The ``com.microsoft`` opset import goes
     when nothing else uses it.
 
@@ -85,10 +85,12 @@ def _attention_ops(name: str, qkv: list[str], output: str, heads: int, scale: fl
         ops.append(helper.make_node("Transpose", [t(f"{tag}4")], [t(f"{tag}h")], perm=perm))
         heads_first.append(t(f"{tag}h"))
     q, kt, v = heads_first  # (B, h, N, d), (B, h, d, N), (B, h, N, d)
+    # The scale goes on q before the product, not on the product: in fp16 (max 65504) q k^T
+    # can overflow where (scale q) k^T does not (the most reported ViT failure of fp16 engines).
     ops += [
-        helper.make_node("MatMul", [q, kt], [t("logits")]),
-        helper.make_node("Mul", [t("logits"), scale_name], [t("scaled")]),
-        helper.make_node("Softmax", [t("scaled")], [t("probs")], axis=-1),
+        helper.make_node("Mul", [q, scale_name], [t("q_scaled")]),
+        helper.make_node("MatMul", [t("q_scaled"), kt], [t("logits")]),
+        helper.make_node("Softmax", [t("logits")], [t("probs")], axis=-1),
         helper.make_node("MatMul", [t("probs"), v], [t("heads_out")]),
         helper.make_node("Transpose", [t("heads_out")], [t("out4")], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", [t("out4"), merged], [output]),

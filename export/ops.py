@@ -3,7 +3,8 @@
 Each custom op is emitted as a node in domain ``evad`` (so TensorRT binds our plugins by name)
 AND defined by a model-local FunctionProto of the same name whose body uses standard ONNX ops
 only (so any ONNX Runtime runs the file with no custom library). The schemas (inputs, outputs,
-attributes) are made from the op contracts in ``evad.op_contracts``, described in
+attributes, type and shape inference) live in the core, ``evad.op_schemas``, made from the op
+contracts in ``evad.op_contracts``, described in
 ``plugins/roi_align_3d/README.md`` and ``plugins/keyframe_topk_prune/README.md``.
 
 The bodies are written in onnxscript and compiled to FunctionProtos; the translations are the
@@ -14,7 +15,6 @@ The bodies are written in onnxscript and compiled to FunctionProtos; the transla
 from __future__ import annotations
 
 import onnx
-from onnx import defs
 from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
@@ -23,58 +23,20 @@ from evad.errors import ConfigError
 from evad.models.keyframe_topk_prune import keyframe_topk_prune
 from evad.models.roi_align_3d import roi_align_3d
 from evad.op_contracts import (
-    CONTRACTS,
     DOMAIN_VERSION,
     IMPORTANCE_ROW_CHUNK,
     KEYFRAME_TOPK_PRUNE,
     NAMESPACE,
     ROI_ALIGN_3D,
-    OpContract,
 )
+from evad.op_schemas import SCHEMAS, register_schemas
 
-__all__ = ["DOMAIN", "FUNCTIONS", "TRANSLATIONS", "function_protos", "register_schemas"]
+__all__ = ["DOMAIN", "FUNCTIONS", "SCHEMAS", "TRANSLATIONS", "function_protos", "register_schemas"]
 
 DOMAIN = NAMESPACE
 evad = Opset(DOMAIN, DOMAIN_VERSION)
-_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _INT64 = 7  # onnx.TensorProto.INT64
 _FLOAT = 1  # onnx.TensorProto.FLOAT
-
-
-_ATTR = {"int": defs.OpSchema.AttrType.INT, "float": defs.OpSchema.AttrType.FLOAT}
-#: input / output tensors that hold indices (int64); every other one is a float tensor
-_INDEX_TENSORS = {"idx", "idx_kept"}
-
-
-def _schema(c: OpContract, doc: str) -> defs.OpSchema:
-    """The ONNX schema of one contract: tensors in order, every field a required attribute."""
-    param = defs.OpSchema.FormalParameter
-
-    def tensors(names: tuple[str, ...]) -> list:
-        return [param(n, "I" if n in _INDEX_TENSORS else "T") for n in names]
-
-    return defs.OpSchema(
-        c.name, c.domain, c.version, doc=doc, inputs=tensors(c.inputs),
-        outputs=tensors(c.outputs),
-        type_constraints=[("T", _FLOATS, "float tensors"), ("I", ["tensor(int64)"], "indices")],
-        attributes=[defs.OpSchema.Attribute(f.name, _ATTR[f.kind], f.doc, required=True)
-                    for f in c.fields],
-    )
-
-
-_DOCS = {
-    "RoIAlign3D": "RoIAlign of every temporal slice of (B, C, T, H, W); see plugins/roi_align_3d.",
-    "KeyframeTopKPrune": "Keyframe-weighted top-k token pruning; see plugins/keyframe_topk_prune.",
-}
-SCHEMAS = [_schema(c, _DOCS[name]) for name, c in CONTRACTS.items()]
-
-
-def register_schemas() -> None:
-    """Register the ``evad`` op schemas with onnx (idempotent)."""
-    for s in SCHEMAS:
-        if not defs.has(s.name, s.domain):
-            defs.register_schema(s)
-
 
 register_schemas()
 

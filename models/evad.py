@@ -23,8 +23,8 @@ from evad.models.vit import (
     VisionTransformer,
 )
 
-__all__ = ["EVAD", "EVADOutput", "build_model", "clip_boxes", "extend_boxes", "keep_top_actions",
-           "pose_softmax_logits"]
+__all__ = ["EVAD", "EVADOutput", "ascending_positions", "build_model", "clip_boxes",
+           "extend_boxes", "keep_top_actions", "pose_softmax_logits"]
 
 POSE_CLASSES = 14  # AVA's first 14 classes are the exclusive poses; the official code hard-codes 14
 
@@ -80,6 +80,27 @@ def keep_top_actions(logits: torch.Tensor, k: int) -> torch.Tensor:
     official NUM_EVAL_ACT_CLASSES test step does on the scores. (..., C) -> (..., C)."""
     values, idx = logits.topk(k, dim=-1)
     return torch.full_like(logits, float("-inf")).scatter(-1, idx, values)
+
+
+def ascending_positions(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``torch.sort(idx, dim=1).values`` for distinct positions ``idx`` (B, K) in [0, n), without
+    a sort: over a 0/1 mask of the kept positions, a kept position's rank is the count of kept
+    positions before it (a cumulative sum) and a dropped one goes after all K kept ones, in
+    order; that is a permutation of [0, n), and scattering the positions through it puts the
+    kept ones, ascending, first.
+
+    Why not sort: a sort exports as an ONNX TopK whose K (the kept token count) grows with the
+    input size, and TensorRT's TopK takes K <= 3840; CumSum and a ScatterElements whose indices
+    are a permutation (unique, no larger than the data, as TensorRT's scatter requires) have no
+    such limit. Same integers as the sort. (B, K) int64 -> (B, K) int64.
+    """
+    b, k = idx.shape
+    mask = torch.zeros(b, n, dtype=torch.int64, device=idx.device).scatter(
+        1, idx, torch.ones_like(idx))
+    before = mask.cumsum(1)  # kept positions up to and including each position
+    positions = torch.arange(n, device=idx.device).expand(b, n)
+    target = torch.where(mask.bool(), before - 1, k + positions - before)
+    return torch.zeros_like(positions).scatter(1, target, positions)[:, :k]
 
 
 def extend_boxes(boxes: torch.Tensor, ratio: tuple[float, float],
@@ -156,7 +177,7 @@ class EVADHead(nn.Module):
         pos_nonkey = torch.cat((pos[: key * s], pos[(key + 1) * s:]))
         # Placement quirk of the released weights: kept tokens, in top-k order, fill the kept
         # positions in ASCENDING order (a boolean-mask assignment), not their own positions.
-        slots = torch.sort(idx, dim=1).values
+        slots = ascending_positions(idx, (t - 1) * s)
         others = self.mask_token.to(x.dtype).expand(b, (t - 1) * s, dim).scatter(
             1, slots[..., None].expand(-1, -1, dim), x[:, s:]
         )

@@ -148,9 +148,7 @@ def open_runner(kind: str = "auto", engine: Path | None = None, onnx: Path | Non
                      f"--precision {precision})")
         eng = None
     if eng is not None:
-        try:
-            if not _torch_cuda():
-                raise BackendError("no CUDA GPU visible")
+        try:  # TrtRunner checks TensorRT and the GPU (cuda-python, no torch) before the file
             return TrtRunner(eng), notes
         except EvadError as e:
             if engine is not None:  # asked for by name: a mismatched engine is refused

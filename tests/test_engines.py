@@ -1,23 +1,21 @@
 """evad.engines on a CPU machine: function stripping, engine metadata checks, what the export's
-engine step reports as missing, and the whole exported graph (evad functions inlined) parsed and
-built by TensorRT-RTX's ONNX parser on the CPU in a subprocess.
+engine step reports as missing, math modes and timing caches.
 
-GPU tests (real TensorRT builds, plugin vs ORT, model parity) are in tests/test_engines_gpu.py.
+The builder's own parse and build with TensorRT-RTX on the CPU: tests/test_engines_rtx.py; the
+graphs it hands a parser: tests/test_mixed_precision.py; GPU tests (real TensorRT builds, plugin
+vs ORT, model parity): tests/test_engines_gpu.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import helper
 
 from evad.engines import (
     EngineMismatchError,
@@ -108,149 +106,6 @@ def test_build_refuses_without_tensorrt_or_gpu(tmp_path) -> None:
         build(tmp_path / "x.onnx", "fp16")
     with pytest.raises(EvadError, match="precision"):
         build(tmp_path / "x.onnx", "int3")
-
-
-def _stub_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace each ``evad`` node by standard ops giving its output shapes: RoIAlign3D by zeros,
-    KeyframeTopKPrune by the first K tokens and positions (K from the shapes, as the op's).
-
-    Why: in our engines both are our plugins, so their function bodies are never what TensorRT
-    runs; and ONNX RoiAlign is itself a TensorRT plugin (ROIAlign_TRT) inside every TensorRT
-    ONNX parser, which TensorRT-RTX aborts/fails on without a GPU.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = []
-
-    def const(name: str, vals: list[int]) -> None:
-        out.graph.initializer.append(helper.make_tensor(name, onnx.TensorProto.INT64,
-                                                        [len(vals)], vals))
-
-    for i, n in enumerate(out.graph.node):
-        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-        p = f"_stub{i}_"
-        if n.domain == "evad" and n.op_type == "RoIAlign3D":
-            nodes += [
-                helper.make_node("Shape", [n.input[0]], [p + "sf"]),
-                helper.make_node("Shape", [n.input[1]], [p + "sr"]),
-                helper.make_node("Slice", [p + "sr", p + "z", p + "o"], [p + "r"]),
-                helper.make_node("Slice", [p + "sf", p + "o", p + "three"], [p + "ct"]),
-                helper.make_node("Concat", [p + "r", p + "ct", p + "hw"], [p + "shape"], axis=0),
-                helper.make_node("Expand", [p + "zero", p + "shape"], [n.output[0]]),
-            ]
-            for name, vals in (("z", [0]), ("o", [1]), ("three", [3]),
-                               ("hw", [a["output_height"], a["output_width"]])):
-                const(p + name, vals)
-            out.graph.initializer.append(helper.make_tensor(p + "zero", onnx.TensorProto.FLOAT,
-                                                            [1], [0.0]))
-        elif n.domain == "evad" and n.op_type == "KeyframeTopKPrune":
-            q, _, x, idx = n.input
-            nodes += [
-                helper.make_node("Shape", [q], [p + "sq"]),
-                helper.make_node("Shape", [x], [p + "sx"]),
-                helper.make_node("Slice", [p + "sq", p + "two", p + "three"], [p + "n"]),
-                helper.make_node("Slice", [p + "sx", p + "o", p + "two"], [p + "m"]),
-                helper.make_node("Sub", [p + "n", p + "m"], [p + "s"]),
-                helper.make_node("Mul", [p + "n", p + "num"], [p + "nn"]),
-                helper.make_node("Add", [p + "nn", p + "den1"], [p + "up"]),
-                helper.make_node("Div", [p + "up", p + "den"], [p + "keep"]),
-                helper.make_node("Sub", [p + "keep", p + "s"], [p + "k"]),
-                helper.make_node("Slice", [x, p + "z", p + "k", p + "o"], [n.output[0]]),
-                helper.make_node("Slice", [idx, p + "z", p + "k", p + "o"], [n.output[1]]),
-            ]
-            for name, vals in (("z", [0]), ("o", [1]), ("two", [2]), ("three", [3]),
-                               ("num", [a["keep_num"]]), ("den", [a["keep_den"]]),
-                               ("den1", [a["keep_den"] - 1])):
-                const(p + name, vals)
-        else:
-            nodes.append(n)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    keep = [f for f in out.functions if f.domain != "evad"]
-    del out.functions[:]
-    out.functions.extend(keep)
-    return out
-
-
-_RTX_SCRIPT = textwrap.dedent("""
-    import sys
-    import tensorrt_rtx_bindings as trt
-    path, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(path):
-        for i in range(parser.num_errors):
-            print("PARSE ERROR", parser.get_error(i))
-        sys.exit(3)
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("clip", (1, 3, 16, h, w), (1, 3, 16, h, w), (2, 3, 16, h, w))
-    profile.set_shape("image_size", (1, 2), (1, 2), (2, 2))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        sys.exit(4)
-    print("LAYERS", network.num_layers, "PLAN", len(bytes(plan)))
-""")
-
-
-def test_graph_parses_and_builds_in_tensorrt_rtx_on_cpu(tiny_onnx, tmp_path) -> None:
-    """Every non-plugin op of the exported graph is TensorRT-parseable: the fused attention
-    decomposed as the builder does it, the two plugin nodes stubbed (see _stub_plugins), parsed
-    and built by TensorRT-RTX on the CPU in a subprocess (it aborts the process on errors it
-    cannot report)."""
-    try:
-        import tensorrt_rtx_bindings  # noqa: F401
-    except ImportError:
-        if IN_CI:
-            pytest.fail("CI must run this: pip install tensorrt-rtx-cu13-libs "
-                        "tensorrt-rtx-cu13-bindings (.ci/plugins.sh)")
-        pytest.skip("TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs "
-                    "tensorrt-rtx-cu13-bindings)")
-    from evad.fused_attention import decompose_fused_attention
-
-    model = _stub_plugins(decompose_fused_attention(tiny_onnx))  # as the builder's for_parser
-    assert not [n for n in model.graph.node if n.domain in ("com.microsoft", "evad")]
-    path = tmp_path / "stubbed.onnx"
-    onnx.save(model, str(path))
-    proc = subprocess.run([sys.executable, "-c", _RTX_SCRIPT, str(path), str(H), str(W)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "LAYERS" in proc.stdout
-
-
-def test_mixed_precision_keeps_fp32_islands(tiny_onnx) -> None:
-    """The TensorRT 11 fp16 path: IO stays fp32, LayerNorm/softmax/reductions see fp32 inputs,
-    weights are fp16, the evad nodes survive; the result passes onnx's checker."""
-    pytest.importorskip("onnxconverter_common", reason="pip install onnxconverter-common")
-    from evad.engines.onnx_prep import FP32_OPS, to_mixed_precision
-
-    model = to_mixed_precision(strip_evad_functions(tiny_onnx))
-    checked = onnx.ModelProto()
-    checked.CopyFrom(model)
-    for n in checked.graph.node:  # the schema does not know the parser's plugin tags
-        kept = [a for a in n.attribute if not a.name.startswith("plugin_")]
-        del n.attribute[:]
-        n.attribute.extend(kept)
-    onnx.checker.check_model(checked)
-    model = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    types.update({i.name: i.data_type for i in model.graph.initializer})
-    assert [types[i.name] for i in model.graph.input] == [TensorProto.FLOAT, TensorProto.INT64]
-    assert all(types[o.name] in (TensorProto.FLOAT, TensorProto.INT64)
-               for o in model.graph.output)
-    pinned = [n for n in model.graph.node if n.op_type in FP32_OPS]
-    assert pinned
-    for n in pinned:
-        assert types.get(n.input[0]) != TensorProto.FLOAT16, n.op_type
-    assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
-    assert {n.op_type for n in model.graph.node if n.domain == "evad"} == {"RoIAlign3D",
-                                                                          "KeyframeTopKPrune"}
-    with pytest.raises(EvadError, match="bf16"):
-        to_mixed_precision(tiny_onnx, "bf16")
 
 
 def test_trt_model_metadata_is_onnx_metadata_plus_engine() -> None:

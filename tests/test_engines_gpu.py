@@ -175,12 +175,14 @@ def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
     assert meta["math_modes"]["tf32"] is False
     assert meta["math_modes"]["fp16"] is (precision == "fp16")
     model, _ = load_checkpoint(tiny_ckpt)
-    trt_model = TrtRunner(engine)
     clips, sizes = seeded_inputs(2, 2, 16, H, W, seed=5)
     thresholds = FP32_THRESHOLDS if precision == "fp32" else REDUCED_THRESHOLDS
-    report = compare(model, trt_model, clips, sizes, thresholds)
+    # TrtRunner's buffers and stream are cuda-python's: `with` frees them (close())
+    with TrtRunner(engine) as trt_model:
+        report = compare(model, trt_model, clips, sizes, thresholds)
     print("\n".join(report.lines()))
     assert report.passed, report.lines()
+    trt_model.close()  # idempotent
 
 
 def test_engine_for_another_gpu_is_refused(tiny_ckpt, tmp_path) -> None:

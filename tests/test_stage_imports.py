@@ -37,7 +37,8 @@ ALLOWED = {
 }
 #: third-party packages that must load lazily (``evad.lazy.lazy_import``) wherever they are used
 LAZY = {"tensorrt", "onnxruntime", "triton", "cv2", "av", "openvino", "tensorrt_lean_bindings",
-        "tensorrt_dispatch_bindings", "ray", "tritonclient", "triton_python_backend_utils"}
+        "tensorrt_dispatch_bindings", "ray", "tritonclient", "triton_python_backend_utils",
+        "cuda"}  # cuda-python (cuda.bindings): the TensorRT runner's device memory
 #: modules that are themselves the lazy boundary (they import a heavy package at their top and
 #: are only ever loaded through ``lazy_import``): Triton kernels must be decorated at import
 LAZY_MODULES = {"evad.plugins.triton_kernels"}
@@ -46,9 +47,10 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.command", "evad.atomic", "evad.run_lock", "evad.runtime.tokens",
               "evad.metadata", "evad.hashing", "evad.resize", "evad.plugins",
               "evad.plugins.build", "evad.engines.metadata", "evad.engines.environment",
-              "evad.engines.trt_runner", "evad.engines.cli", "evad.export.ort_runner",
-              "evad.runtime.backends", "evad.runtime.cli", "evad.runtime.outputs",
-              "evad.runtime.pipeline", "evad.runtime.render", "evad.runtime.video",
+              "evad.engines.cuda_memory", "evad.engines.trt_runner", "evad.engines.cli",
+              "evad.export.ort_runner", "evad.runtime.backends", "evad.runtime.cli",
+              "evad.runtime.outputs", "evad.runtime.pipeline", "evad.runtime.render",
+              "evad.runtime.video",
               "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
               "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
               "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
@@ -216,7 +218,7 @@ def test_help_works_without_heavy_packages(command: str) -> None:
 
 def test_the_tensorrt_runner_needs_no_onnx() -> None:
     """A deployment that runs engines reads their JSON sidecar; it needs no onnx package."""
-    code = ("import sys\nfor m in ('onnx', 'onnxscript', 'torch', 'tensorrt'):\n"
+    code = ("import sys\nfor m in ('onnx', 'onnxscript', 'torch', 'tensorrt', 'cuda'):\n"
             "    sys.modules[m] = None\n"
             "import evad.engines.trt_runner, evad.engines.metadata, evad.runtime.backends\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -96,6 +96,7 @@ OBJECT_TYPES = {
 RESULT_TYPES = {
     ("INetworkDefinition", "get_layer"): "ILayer",
     ("ILayer", "get_output"): "ITensor",
+    ("INetworkDefinition", "get_output"): "ITensor",
     ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
     ("DynamicPluginTensorDesc", "desc"): "PluginTensorDesc",
     ("PluginField", "type"): "PluginFieldType",
