@@ -213,9 +213,13 @@ class LayerwiseReport:
         before = [d for d in self.diffs if d.position < first.position]
         equal = sum(d.status == "equal" for d in before)
         unjudged = sum(d.status not in ("equal", "within") for d in before)
+        if not before:
+            tail = "it is the first tensor compared"
+        else:
+            tail = (f"the {len(before)} tensor(s) before it are within it ({equal} identical"
+                    + (f", {unjudged} not judged after a near-tie)" if unjudged else ")"))
         return (f"first divergence at node {first.position}: {first.where()}: {first.error()}, "
-                f"beyond the {tol}; the {len(before)} tensors before it are within it ({equal} "
-                "identical" + (f", {unjudged} not judged after a near-tie)" if unjudged else ")"))
+                f"beyond the {tol}; {tail}")
 
     def lines(self, top: int = 10) -> list[str]:
         """The summary, the decisions that differ, and a table of the ``top`` worst tensors."""

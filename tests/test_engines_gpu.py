@@ -1,5 +1,5 @@
 """TensorRT on a GPU: single-op engines with the C++ plugin vs the Python plugin vs ONNX Runtime
-(the local function), the whole model's engines (fp32 and fp16) against the torch reference
+(the local function), the whole model's engines (fp32, fp16, bf16) against the torch reference
 under the design's thresholds, and an engine whose metadata names another GPU refused.
 Run: ``pytest -m gpu`` on a machine with TensorRT (pip install tensorrt) and a CUDA GPU."""
 
@@ -156,7 +156,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(build_model("tiny").calm(), tmp_path_factory.mktemp("c") / "tiny.pth")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
     from evad.cli.export import main as export_main
     from evad.engines.trt_runner import TrtRunner
@@ -174,6 +174,7 @@ def test_model_engine_parity(tiny_ckpt, tmp_path, precision: str) -> None:
     # parity bars below would catch a TF32 engine: ~1e-3 relative error per MatMul)
     assert meta["math_modes"]["tf32"] is False
     assert meta["math_modes"]["fp16"] is (precision == "fp16")
+    assert meta["math_modes"]["bf16"] is (precision == "bf16")
     model, _ = load_checkpoint(tiny_ckpt)
     clips, sizes = seeded_inputs(2, 2, 16, H, W, seed=5)
     thresholds = FP32_THRESHOLDS if precision == "fp32" else REDUCED_THRESHOLDS

@@ -286,13 +286,8 @@ def _middle_encoder_matmul(model: onnx.ModelProto) -> tuple[onnx.NodeProto, str]
 
 
 def test_cli_names_the_altered_matmul_of_an_export(tiny_onnx, tmp_path, capsys) -> None:
-    model = onnx.load(str(tiny_onnx))
-    node, weight = _middle_encoder_matmul(model)
-    init = next(i for i in model.graph.initializer if i.name == weight)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
-                                          weight))
     altered = tmp_path / "altered.onnx"
-    onnx.save(model, str(altered))
+    node = _altered_export(tiny_onnx, altered)
     report = tmp_path / "layers.json"
     code = parity_main(["--onnx", str(tiny_onnx), "--layerwise-against", str(altered),
                         "--clips", "1", "--json", str(report)])
@@ -331,6 +326,84 @@ def test_cli_refuses_layerwise_engine_without_tensorrt_first(tmp_path, capfd) ->
     assert err[0].startswith("evad-parity: error: --layerwise builds and runs a TensorRT "
                              "engine") and "TensorRT" in err[0] and "--layerwise-against" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def _altered_export(tiny_onnx: Path, out: Path) -> onnx.NodeProto:
+    """A copy of the export with one encoder MatMul's weight scaled by 1.01; that node."""
+    model = onnx.load(str(tiny_onnx))
+    node, weight = _middle_encoder_matmul(model)
+    init = next(i for i in model.graph.initializer if i.name == weight)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
+                                          weight))
+    onnx.save(model, str(out))
+    return node
+
+
+def test_cli_engine_half_on_a_stand_in_engine(tiny_onnx, tmp_path, monkeypatch,
+                                              capsys) -> None:
+    """The --engine --layerwise plumbing without a GPU: the builder and the TensorRT runner
+    replaced by stand-ins (the 'engine' is ONNX Runtime on an altered copy, returning, as
+    TrtRunner does, each marked tensor's first batch row along axis 0). What the command
+    asks the builder for, and that it names the altered MatMul, are checked."""
+    import evad.cli.parity as cli
+    from evad.engines.metadata import onnx_sha256
+    from evad.engines.onnx_prep import for_parser
+    from evad.fused_attention import decompose_fused_attention
+
+    altered = tmp_path / "altered.onnx"
+    node = _altered_export(tiny_onnx, altered)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    (tmp_path / "m.engine.json").write_text(json.dumps({
+        "format_version": 1, "precision": "fp32", "plugins": "python",
+        "onnx_sha256": onnx_sha256(tiny_onnx)}))
+    asked: dict = {}
+
+    def build(onnx_path, **kw):
+        asked.update(kw, onnx_path=Path(onnx_path))
+        return Path(kw["out"])
+
+    class StandIn:
+        def __init__(self, path) -> None:
+            self.run = LayerRunner(decompose_fused_attention(onnx.load(str(altered))),
+                                   asked["mark_outputs"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def __call__(self, clip, size):
+            out = self.run({"clip": clip, "image_size": size})
+            return {k: v[:1] if v.ndim else v for k, v in out.items()}
+
+    monkeypatch.setattr(cli, "missing_for_engine_build", lambda: [])
+    monkeypatch.setattr(cli, "build", build)
+    monkeypatch.setattr(cli, "TrtRunner", StandIn)
+    code = cli.main(["--engine", str(engine), "--onnx", str(tiny_onnx), "--layerwise",
+                     "--clips", "1"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert f"MatMul {node.name} -> '{node.output[0]}'" in out and "FAIL" in out
+    # compared on first rows: the head's (20 * batch, ...) tensors; said so
+    assert "tensors compared on their first rows only" in out
+    assert asked["onnx_path"] == tiny_onnx and asked["precision"] == "fp32"
+    assert asked["batch"] == (1, 1, 1) and asked["plugins"] == "python"
+    marks = asked["mark_outputs"]
+    parser = for_parser(onnx.load(str(tiny_onnx)))
+    names = {o for n in parser.graph.node for o in n.output}
+    constants = {o for n in parser.graph.node if n.op_type == "Constant" for o in n.output}
+    assert node.output[0] in marks and set(marks) <= names and not set(marks) & constants
+    assert len(marks) > 900
+
+    # another ONNX than the engine's is refused; so is an engine with no ONNX beside it
+    code = cli.main(["--engine", str(engine), "--onnx", str(altered), "--layerwise"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the ONNX m.engine was built from" in err, err
+    code = cli.main(["--engine", str(engine), "--layerwise"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass it with --onnx (there is no m.onnx beside m.engine)" in err, err
 
 
 @pytest.mark.parametrize(("argv", "words"), [
