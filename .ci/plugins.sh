@@ -5,7 +5,7 @@
 #      through engines/builder.py), Triton (the Python
 #      plugins' kernels, required by them: run here under TRITON_INTERPRET=1 and compiled to
 #      cubin), cmake if missing;
-#   2. when evad is installed: builds libevad_kernels.so, libevad_plugins.so and the CPU check
+#   2. when evad is installed (as in the README's test command): builds libevad_kernels.so, libevad_plugins.so and the CPU check
 #      library with CMake + nvcc for sm_80 and sm_90 from plugins/CMakeLists.txt, which links
 #      the object libraries of plugins/common/ and of each op folder (plugins/roi_align_3d/,
 #      plugins/keyframe_topk_prune/; TensorRT headers: kernel-lens==2.0.1 from PyPI, cached
@@ -19,9 +19,9 @@
 #      loadLibrary's entry points; registering it needs TensorRT 11 headers (the kernel-lens ones
 #      are TensorRT 10): set EVAD_STATIC_TENSORRT_INCLUDE to run that test, else it skips and
 #      says why.
-# Run from .ci/run inside its venv, before the README's test command (or after the install).
-# Needs nvcc (CUDA 12.x/13.x) on PATH or in /usr/local/cuda/bin; without it this fails rather
-# than letting the tests skip.
+# Part of the README's test command (after `pip install -e '.[dev]'`, inside its venv). Needs
+# nvcc (CUDA 12.x/13.x) on PATH or in /usr/local/cuda/bin to build the plugins; without it, it
+# says so and the plugin tests skip with that reason, except with CI=true, where it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -32,8 +32,14 @@ if ! command -v cmake >/dev/null; then
     python -m pip install -q 'cmake>=3.24'
 fi
 if ! command -v nvcc >/dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
-    echo "plugins.sh: nvcc not found: install the CUDA toolkit (12.x or 13.x)" >&2
-    exit 1
+    # A CPU laptop without the CUDA toolkit still runs the rest: the tests that compile the
+    # plugins skip with this reason. CI must compile them, so there it is an error.
+    echo "plugins.sh: nvcc not found, so the C++/CUDA plugins are not built and their tests" \
+        "skip; install the CUDA toolkit (12.x or 13.x, no GPU needed) to build them" >&2
+    if [ "${CI:-}" = "true" ]; then
+        exit 1
+    fi
+    exit 0
 fi
 export CUDACXX="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 # Before `pip install -e .` (as in .ci/run) only the installs happen: the tests build the

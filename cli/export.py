@@ -13,8 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
 
 from evad.command import (
@@ -25,7 +25,6 @@ from evad.command import (
     number,
     run_command,
 )
-from evad.engines.builder import build as build_engine
 from evad.engines.cli import (
     add_engine_arguments,
     add_precision_arguments,
@@ -34,21 +33,32 @@ from evad.engines.cli import (
     precision_of,
 )
 from evad.errors import ConfigError, EvadError
-from evad.export.metadata import build_metadata
-from evad.export.onnx_export import (
-    DEFAULT_OPSET,
-    MAX_SIDE,
-    export_onnx,
-    save_model,
-    validate_size,
-)
-from evad.export.parity import compare, seeded_inputs
+from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
+from evad.lazy import lazy_import
 from evad.metadata import write_metadata
-from evad.models import PRESETS, build_model, load_checkpoint
-from evad.models.flops import flops, token_counts
+from evad.models.presets import PRESETS
 from evad.plugins import library_path
 from evad.runtime.backends import open_runner
 from evad.serving.triton_repo import write_repository
+
+if TYPE_CHECKING:
+    import torch
+
+    from evad import models
+    from evad.engines import builder
+    from evad.export import metadata as export_metadata
+    from evad.export import onnx_export, parity
+    from evad.models import flops
+else:
+    # torch, onnx and the exporter load only once the cheap checks passed: a missing
+    # checkpoint or a machine without TensorRT is refused in a fraction of a second
+    torch = lazy_import("torch", "pip install torch")
+    models = lazy_import("evad.models", "pip install torch")
+    flops = lazy_import("evad.models.flops", "pip install torch")
+    builder = lazy_import("evad.engines.builder", "pip install onnx")
+    export_metadata = lazy_import("evad.export.metadata", "pip install torch")
+    onnx_export = lazy_import("evad.export.onnx_export", "pip install torch onnx onnxscript")
+    parity = lazy_import("evad.export.parity", "pip install torch")
 
 __all__ = ["ParityBar", "main"]
 
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def _memory_check(p, height: int, width: int) -> None:
     """Refuse an input size whose attention alone would not fit in this machine's memory (the
     exporter and the parity run hold a (heads, N, N) score matrix per block)."""
-    n = token_counts(p, height, width)[0]
+    n = flops.token_counts(p, height, width)[0]
     need = 3 * 4 * max(p.num_heads, 1) * n * n  # scores, softmax, one copy; float32
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -185,26 +195,26 @@ def _export(args: argparse.Namespace) -> int:
     _log("export", f"loading {args.ckpt} ..." if args.ckpt is not None else
          f"building preset {args.preset} ...", q)
     if args.ckpt is not None:
-        model, meta = load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
+        model, meta = models.load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
         sha, stem = meta["sha256"], args.ckpt.stem
         _log("export", f"loaded {args.ckpt} ({meta['preset_source']}: preset "
              f"{meta['preset'].name}, weights {meta['dtype']}, trained keep rates "
              f"{meta['trained_keep_rates'] or 'none'}) in {time.perf_counter() - t0:.1f} s", q)
     else:
         torch.manual_seed(args.seed)
-        model = build_model(args.preset, keep_rate=args.keep_rate).eval().calm()
+        model = models.build_model(args.preset, keep_rate=args.keep_rate).eval().calm()
         sha, stem = None, f"{args.preset}_random{args.seed}"
         _log("export", f"preset {args.preset} with RANDOM weights (seed {args.seed}, calmed: "
              "see EVAD.calm)", q)
     p = model.preset
     _memory_check(p, args.height, args.width)
-    f = flops(p, args.height, args.width)
+    f = flops.flops(p, args.height, args.width)
     name = check_name(args.name or stem, "the file name")
     out = args.out / f"{name}.onnx"
-    meta = build_metadata(p, args.height, args.width, args.opset, checkpoint_sha256=sha,
-                          precision=precision,
-                          exporter=f"torch.onnx dynamo (torch {torch.__version__})",
-                          random_weights=args.ckpt is None)
+    meta = export_metadata.build_metadata(
+        p, args.height, args.width, args.opset, checkpoint_sha256=sha, precision=precision,
+        exporter=f"torch.onnx dynamo (torch {torch.__version__})",
+        random_weights=args.ckpt is None)
     if args.ckpt is None:
         meta["random_seed"] = args.seed
     rates = ", ".join(f"{r} at block {b}" for b, r in sorted(p.keep_rates.items())) or "none"
@@ -215,7 +225,7 @@ def _export(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     _log("export", "trace (torch.export) and translate to ONNX: the dynamo exporter takes a "
          "while ...", q)
-    proto = export_onnx(model, args.height, args.width, args.opset,
+    proto = onnx_export.export_onnx(model, args.height, args.width, args.opset,
                         log=lambda m: _log("export", m, q))
     write_metadata(proto, meta)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +233,7 @@ def _export(args: argparse.Namespace) -> int:
     # parity: a failed or interrupted export leaves no file that looks like a good one.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.export.", dir=args.out))
     try:
-        staged = save_model(proto, staging / out.name)
+        staged = onnx_export.save_model(proto, staging / out.name)
         del proto
         size_mb = sum(x.stat().st_size for x in staging.iterdir()) / 1e6
         export_s = time.perf_counter() - t1
@@ -233,10 +243,10 @@ def _export(args: argparse.Namespace) -> int:
         report = None
         if args.parity_clips:
             ort_model, _ = open_runner("ort", onnx=staged, cuda=False)
-            clips, sizes = seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
+            clips, sizes = parity.seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
                                          args.width, args.seed)
             with ParityBar(len(clips), "ONNX Runtime", q) as bar:
-                report = compare(model, ort_model, clips, sizes, progress=bar.step)
+                report = parity.compare(model, ort_model, clips, sizes, progress=bar.step)
             del ort_model
             for line in report.lines():
                 _log("parity", f"ORT CPU vs torch fp32: {line}", q)
@@ -255,7 +265,7 @@ def _export(args: argparse.Namespace) -> int:
 
     engine_path = None
     if not args.onnx_only:
-        engine_path = build_engine(out, precision=precision, batch=batch,
+        engine_path = builder.build(out, precision=precision, batch=batch,
                                    timing_cache=args.timing_cache or args.out / "timing.cache",
                                    plugins=args.plugins, workspace_gib=args.workspace,
                                    log=lambda m: _log("engine", m, q))

@@ -238,16 +238,17 @@ def _layerwise(args: argparse.Namespace) -> int:
     # the graph the TensorRT parser sees, with the evad functions kept so ONNX Runtime runs it
     reference = decompose_fused_attention(onnx.load(str(onnx_path)))
     cuda = args.provider == "cuda"
+    notes: list[str] = []
     if args.engine is not None:
         report = _against_engine(args.engine, onnx_path, sidecar, reference, precision, tol,
-                                 clips, sizes, cuda)
+                                 clips, sizes, cuda, notes)
         what = f"TensorRT {precision} engine {args.engine} (a marked rebuild)"
     else:
         report = _against_onnx(args.layerwise_against, reference, tol, clips, sizes, cuda)
         what = f"ONNX Runtime {args.layerwise_against}"
     print(f"layerwise: {what} vs ONNX Runtime {onnx_path}, {report.clips} clip(s), "
           f"{len(report.diffs)} tensors")
-    for line in report.lines(args.top or 10):
+    for line in [*report.lines(args.top or 10), *notes]:
         print(f"  {line}")
     print("PASS" if report.passed else "FAIL")
     if args.json:
@@ -297,11 +298,12 @@ def _against_onnx(other: Path, reference: onnx.ModelProto, tol: Tolerance,
 
 def _against_engine(engine: Path, onnx_path: Path, sidecar: dict[str, Any],
                     reference: onnx.ModelProto, precision: str, tol: Tolerance,
-                    clips: list[np.ndarray], sizes: list[np.ndarray],
-                    cuda: bool) -> LayerwiseReport:
+                    clips: list[np.ndarray], sizes: list[np.ndarray], cuda: bool,
+                    notes: list[str]) -> LayerwiseReport:
     """A marked rebuild of the engine (same precision and plugins, batch 1) against ONNX
     Runtime. Marked: the tensors the engine can return (:func:`engine_marks`) under a name the
-    parser's graph has too (TensorRT's parser names network tensors after the ONNX tensors)."""
+    parser's graph has too (TensorRT's parser names network tensors after the ONNX tensors).
+    What the reader should know about the result is appended to ``notes``."""
     parser_names = {o for n in for_parser(reference).graph.node for o in n.output}
     marks = [n for n in engine_marks(reference, layer_tensors(reference)) if n in parser_names]
     ref_run = LayerRunner(reference, marks, cuda=cuda)
@@ -317,10 +319,10 @@ def _against_engine(engine: Path, onnx_path: Path, sidecar: dict[str, Any],
                 partial = max(partial, _first_rows(ref, cand))
                 reports.append(compare_layers(reference, ref, cand, tol, precision))
     if partial:
-        print(f"  note: {partial} tensors compared on their first rows only (the runner "
-              "returns each output's batch rows along axis 0; theirs is not the batch)")
-    print(f"  note: the marked rebuild may fuse less than {engine.name} did (a marked tensor "
-          "must exist), so it can miss a fusion's own error")
+        notes.append(f"note: {partial} tensors compared on their first rows only (the runner "
+                     "returns each output's batch rows along axis 0; theirs is not the batch)")
+    notes.append(f"note: the marked rebuild may fuse less than {engine.name} does (a marked "
+                 "tensor must exist), so it can miss an error of a fused kernel alone")
     return merge_reports(reports)
 
 

@@ -140,11 +140,6 @@ class TensorDiff:
     size: int
     status: str
 
-    @property
-    def differs(self) -> bool:
-        """Not bit-identical."""
-        return self.status != "equal"
-
     def where(self) -> str:
         """``MatMul node_MatMul_207 -> 'matmul_5'`` (with the candidate's op when it differs)."""
         op = self.op_type + (f" (candidate: {self.candidate_op_type})"
@@ -212,17 +207,18 @@ class LayerwiseReport:
                     f"clip(s){tail}")
         before = [d for d in self.diffs if d.position < first.position]
         equal = sum(d.status == "equal" for d in before)
-        unjudged = sum(d.status not in ("equal", "within") for d in before)
+        within = sum(d.status == "within" for d in before)
+        unjudged = len(before) - equal - within
         if not before:
             tail = "it is the first tensor compared"
         else:
-            tail = (f"the {len(before)} tensor(s) before it are within it ({equal} identical"
-                    + (f", {unjudged} not judged after a near-tie)" if unjudged else ")"))
+            tail = (f"before it: {equal} tensor(s) identical, {within} within tolerance"
+                    + (f", {unjudged} not judged (near-tie)" if unjudged else ""))
         return (f"first divergence at node {first.position}: {first.where()}: {first.error()}, "
                 f"beyond the {tol}; {tail}")
 
     def lines(self, top: int = 10) -> list[str]:
-        """The summary, the decisions that differ, and a table of the ``top`` worst tensors."""
+        """The summary, the near-tie decisions, and a table of the ``top`` worst tensors."""
         out = [self.summary()]
         ties = self.near_ties
         out += [f"  near-tie (not judged): {d.where()}: {d.error()}" for d in ties[:3]]
@@ -360,7 +356,7 @@ class LayerRunner:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Graph inputs by name -> every marked tensor (and the graph's outputs) by name."""
         outs = self.session.run(None, dict(feeds))
-        return dict(zip(self._outputs, outs, strict=True))
+        return {n: np.asarray(o) for n, o in zip(self._outputs, outs, strict=True)}
 
 
 # -- the comparison ------------------------------------------------------------------------------
@@ -454,21 +450,24 @@ def compare_layers(model: onnx.ModelProto, reference: Mapping[str, np.ndarray],
                 continue
             ref = np.asarray(reference[name])
             cand = np.asarray(candidate[name])
-            measured.append((name, ref, cand, *_measure(ref, cand, tolerance)))
-        # an index changed in few places where the floats upstream differ, but within the
-        # tolerance: a near-tie decision, and all that this node makes from it (its float
-        # outputs too) follows that decision. Downstream of a divergence it is no excuse.
-        tie = upstream_dirty and not upstream_broken and not upstream_tie and any(
-            kind == "int" and beyond and _tie_like(ref, cand)
-            for _, ref, cand, kind, *_, beyond in measured)
-        for name, ref, cand, kind, max_abs, scale, n_bad, beyond in measured:
+            kind, max_abs, scale, n_bad, beyond = _measure(ref, cand, tolerance)
+            # an index changed in few places where the floats upstream differ, but within the
+            # tolerance: a near-tie decision. Downstream of a divergence it is no excuse.
+            tie = kind == "int" and beyond and upstream_dirty and not upstream_broken and \
+                not upstream_tie and _tie_like(ref, cand)
+            measured.append((name, ref, cand, kind, max_abs, scale, n_bad, beyond, tie))
+        # all that a near-tie node makes (its float outputs too) follows its decision
+        node_tie = any(m[-1] for m in measured)
+        for name, ref, cand, kind, max_abs, scale, n_bad, beyond, tie in measured:
             shape, cshape, size = ref.shape, cand.shape, ref.size
             if max_abs == 0 and not beyond:
                 status = "equal"
-            elif upstream_tie or (tie and not (kind == "int" and beyond)):
+            elif tie:
+                status = "near-tie"
+            elif upstream_tie or (node_tie and kind == "float"):
                 status = "after-near-tie"
             elif beyond:
-                status = "near-tie" if tie else "diverged"
+                status = "diverged"
             else:
                 status = "within"
             rel = (n_bad / max(size, 1) if kind == "int" else
@@ -487,7 +486,7 @@ def compare_layers(model: onnx.ModelProto, reference: Mapping[str, np.ndarray],
             dirty.update(outs)
         if upstream_broken:
             broken.update(outs)
-        if upstream_tie or tie:
+        if upstream_tie or node_tie:
             after_tie.update(outs)
     return LayerwiseReport(tolerance, precision, diffs, missing)
 

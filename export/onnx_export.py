@@ -28,14 +28,14 @@ from evad.command import one_line
 from evad.errors import ConfigError, EvadError
 from evad.export import attention
 from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
+from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
 from evad.models.evad import EVAD
 from evad.models.runner import pruning_blocks_at
 from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, INPUTS, kept_idx_name
 
-__all__ = ["DEFAULT_OPSET", "DetectorGraph", "check_model", "export_onnx", "output_names",
-           "save_model"]
+__all__ = ["DEFAULT_OPSET", "MAX_SIDE", "DetectorGraph", "check_model", "export_onnx",
+           "output_names", "save_model", "validate_size"]
 
-DEFAULT_OPSET = 18
 _TWO_GB = 2 * 1024**3
 
 
@@ -62,17 +62,6 @@ def output_names(model: EVAD, height: int, width: int) -> list[str]:
     """Graph output names, one ``kept_idx_<i>`` per block that prunes at this input size."""
     return [*DETECTIONS,
             *(kept_idx_name(b) for b in pruning_blocks_at(model.preset, height, width))]
-
-
-#: the largest input side an export takes, pixels (AVA's test resize caps the long side at 1333)
-MAX_SIDE = 2048
-
-
-def validate_size(height: int, width: int) -> None:
-    """Refuse an input size that is not two multiples of 32 in 32..MAX_SIDE pixels."""
-    if not (32 <= height <= MAX_SIDE and 32 <= width <= MAX_SIDE) or height % 32 or width % 32:
-        raise ConfigError(f"input size {height}x{width}: height and width must be multiples of "
-                          f"32 in 32..{MAX_SIDE} (e.g. 288x512)")
 
 
 def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = DEFAULT_OPSET,

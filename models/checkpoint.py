@@ -8,6 +8,7 @@ widths, classes. Where there is none, the architecture is matched from the tenso
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import warnings
@@ -23,6 +24,7 @@ from evad.command import ArgumentParser, check_input_file, run_command
 from evad.errors import CheckpointError, ConfigError
 from evad.hashing import file_sha256
 from evad.models.evad import EVAD
+from evad.models.official_cfg import OFFICIAL_DEFAULTS, official_value
 from evad.models.presets import LOC_ACTIVATIONS, POOLER_TYPES, PRESETS, Preset, get_preset
 
 __all__ = [
@@ -41,64 +43,109 @@ _TRAINING_ONLY = re.compile(r"^criterion\.")
 _EMPTY_WEIGHT = torch.tensor([1.0, 0.1])  # the no-object weight of the released loss
 
 
-def _tuple(v: Any) -> tuple:
-    return tuple(v)
+# Converters from a config value (already as the official code holds it: official_cfg) to a
+# preset field. Each refuses a value of the right type that still cannot be the field (a float
+# that is no whole number, a list holding words); counts and ranges are Preset.validate's.
+def _integer(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+            v != int(v)):
+        raise ValueError("not a whole number")
+    return int(v)
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("not a number")
+    return float(v)
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    return v
+
+
+def _truth(v: Any) -> bool:
+    # the official code tests truth, but its config merge lets only a bool replace the default
+    if not isinstance(v, bool):
+        raise ValueError("not True or False")
+    return v
+
+
+def _numbers(v: Any) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError("not a list")
+    return tuple(_float(x) for x in v)
+
+
+def _indices(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError("not a list")
+    return tuple(_integer(x) for x in v)
+
+
+def _names(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError("not a list")
+    return tuple(_text(x) for x in v)
 
 
 def _qk_scale(v: Any) -> float | None:
     # the official Attention takes `qk_scale or head_dim ** -0.5`: null and 0 both mean the default
-    return float(v) if v else None
+    return _float(v) if v else None
 
 
 def _top_k(v: Any) -> int:
     # the official test step runs only `if NUM_EVAL_ACT_CLASSES > 0`: a negative count keeps all
-    return max(int(v), 0)
+    return max(_integer(v), 0)
 
 
-# One table both ways: preset field <-> key path in the released training config.
-_CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
-    ("embed_dim", "ViT.EMBED_DIM", int),
-    ("depth", "ViT.DEPTH", int),
-    ("num_heads", "ViT.NUM_HEADS", int),
-    ("mlp_ratio", "ViT.MLP_RATIO", float),
-    ("qk_scale", "ViT.QK_SCALE", _qk_scale),
-    ("patch_size", "ViT.PATCH_SIZE", int),
-    ("tubelet_size", "ViT.TUBELET_SIZE", int),
-    ("fpn_taps", "ViT.FPN_INDICES", _tuple),
-    ("keyframe_weight", "MODEL.KTP.ENHANCED_WEIGHT", float),
-    ("decoder_dim", "MODEL.CRD.EMBED_DIM", int),
-    ("decoder_depth", "MODEL.CRD.DEPTH", int),
-    ("decoder_heads", "MODEL.CRD.NUM_HEADS", int),
-    ("decoder_mlp_ratio", "MODEL.CRD.MLP_RATIO", float),
-    ("box_extend", "MODEL.CRD.ROI_EXTENSION", _tuple),
-    ("num_classes", "MODEL.NUM_CLASSES", int),
-    ("labels", "DEPLOY.LABELS", _tuple),  # this project's key: class names beside AVA's
-    ("num_proposals", "MODEL.SparseRCNN.NUM_PROPOSALS", int),
-    ("loc_stages", "MODEL.SparseRCNN.NUM_HEADS", int),
-    ("fpn_dim", "MODEL.SparseRCNN.HIDDEN_DIM", int),
-    ("dynamic_dim", "MODEL.SparseRCNN.DIM_DYNAMIC", int),
-    ("loc_heads", "MODEL.SparseRCNN.NHEADS", int),
-    ("loc_ffn_dim", "MODEL.SparseRCNN.DIM_FEEDFORWARD", int),
-    ("loc_activation", "MODEL.SparseRCNN.ACTIVATION", str),
-    ("num_cls_layers", "MODEL.SparseRCNN.NUM_CLS", int),
-    ("num_reg_layers", "MODEL.SparseRCNN.NUM_REG", int),
-    ("action_hidden", "MODEL.SparseRCNN.ACT_FC_DIM", int),
-    ("person_threshold", "MODEL.SparseRCNN.PERSON_THRESHOLD", float),
-    ("softmax_pose", "MODEL.SparseRCNN.SOFTMAX_POSE", bool),  # the official code tests truth
-    ("num_eval_act_classes", "MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES", _top_k),
-    ("pooler_resolution", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", int),
-    ("pooler_sampling_ratio", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", int),
-    ("pooler_type", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", str),
-    ("action_pooler_resolution", "DETECTION.ROI_XFORM_RESOLUTION", int),
-    ("action_pooler_stride", "DETECTION.SPATIAL_SCALE_FACTOR", int),
-    ("short_side", "AVA.MIN_SIZE_TEST", int),
-    ("max_long_side", "AVA.MAX_SIZE_TEST", int),
-    ("mean", "DATA.MEAN", _tuple),
-    ("std", "DATA.STD", _tuple),
-    ("num_frames", "DATA.NUM_FRAMES", int),
-    ("frame_stride", "DATA.SAMPLING_RATE", int),
+_INT, _NUM = "an integer", "a number"
+# One table both ways: preset field <-> key path in the released training config, with the
+# converter and what the field must be (for the message that refuses a value).
+_CFG_FIELDS: list[tuple[str, str, Callable[[Any], Any], str]] = [
+    ("embed_dim", "ViT.EMBED_DIM", _integer, _INT),
+    ("depth", "ViT.DEPTH", _integer, _INT),
+    ("num_heads", "ViT.NUM_HEADS", _integer, _INT),
+    ("mlp_ratio", "ViT.MLP_RATIO", _float, _NUM),
+    ("qk_scale", "ViT.QK_SCALE", _qk_scale, "null or a number"),
+    ("patch_size", "ViT.PATCH_SIZE", _integer, _INT),
+    ("tubelet_size", "ViT.TUBELET_SIZE", _integer, _INT),
+    ("fpn_taps", "ViT.FPN_INDICES", _indices, "4 block indices"),
+    ("keyframe_weight", "MODEL.KTP.ENHANCED_WEIGHT", _float, _NUM),
+    ("decoder_dim", "MODEL.CRD.EMBED_DIM", _integer, _INT),
+    ("decoder_depth", "MODEL.CRD.DEPTH", _integer, _INT),
+    ("decoder_heads", "MODEL.CRD.NUM_HEADS", _integer, _INT),
+    ("decoder_mlp_ratio", "MODEL.CRD.MLP_RATIO", _float, _NUM),
+    ("box_extend", "MODEL.CRD.ROI_EXTENSION", _numbers, "2 finite numbers >= 0"),
+    ("num_classes", "MODEL.NUM_CLASSES", _integer, _INT),
+    # this project's key: class names beside AVA's (not in the official config)
+    ("labels", "DEPLOY.LABELS", _names, "a list of class names"),
+    ("num_proposals", "MODEL.SparseRCNN.NUM_PROPOSALS", _integer, _INT),
+    ("loc_stages", "MODEL.SparseRCNN.NUM_HEADS", _integer, _INT),
+    ("fpn_dim", "MODEL.SparseRCNN.HIDDEN_DIM", _integer, _INT),
+    ("dynamic_dim", "MODEL.SparseRCNN.DIM_DYNAMIC", _integer, _INT),
+    ("loc_heads", "MODEL.SparseRCNN.NHEADS", _integer, _INT),
+    ("loc_ffn_dim", "MODEL.SparseRCNN.DIM_FEEDFORWARD", _integer, _INT),
+    ("loc_activation", "MODEL.SparseRCNN.ACTIVATION", _text, "a string"),
+    ("num_cls_layers", "MODEL.SparseRCNN.NUM_CLS", _integer, _INT),
+    ("num_reg_layers", "MODEL.SparseRCNN.NUM_REG", _integer, _INT),
+    ("action_hidden", "MODEL.SparseRCNN.ACT_FC_DIM", _integer, _INT),
+    ("person_threshold", "MODEL.SparseRCNN.PERSON_THRESHOLD", _float, _NUM),
+    ("softmax_pose", "MODEL.SparseRCNN.SOFTMAX_POSE", _truth, "True or False"),
+    ("num_eval_act_classes", "MODEL.SparseRCNN.NUM_EVAL_ACT_CLASSES", _top_k, _INT),
+    ("pooler_resolution", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", _integer, _INT),
+    ("pooler_sampling_ratio", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", _integer, _INT),
+    ("pooler_type", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", _text, "a string"),
+    ("action_pooler_resolution", "DETECTION.ROI_XFORM_RESOLUTION", _integer, _INT),
+    ("action_pooler_stride", "DETECTION.SPATIAL_SCALE_FACTOR", _integer, _INT),
+    ("short_side", "AVA.MIN_SIZE_TEST", _integer, _INT),
+    ("max_long_side", "AVA.MAX_SIZE_TEST", _integer, _INT),
+    ("mean", "DATA.MEAN", _numbers, "3 finite numbers >= 0"),
+    ("std", "DATA.STD", _numbers, "3 finite numbers > 0"),
+    ("num_frames", "DATA.NUM_FRAMES", _integer, _INT),
+    ("frame_stride", "DATA.SAMPLING_RATE", _integer, _INT),
 ]
-_NULLABLE = {"qk_scale"}  # an explicit null is a value (the default scale), not a missing key
 _KEEP_RATES = "MODEL.KTP.KEEP_RATES"
 _PRETRAIN_SIZE = "ViT.PRETRAIN_IMG_SIZE"
 _PRESET_NAME = "DEPLOY.PRESET"  # written by this project only; absent from released files
@@ -186,13 +233,70 @@ def _set(cfg: dict, path: str, value: Any) -> None:
     cfg[leaf] = value
 
 
+def _plain_copy(node: Any) -> Any:
+    """``node`` with every mapping copied into a dict (the caller's config stays untouched)."""
+    if isinstance(node, Mapping):
+        return {k: _plain_copy(v) for k, v in node.items()}
+    return node
+
+
+# What each key read into the preset must be, for the message that refuses its value.
+_WANT = {path: f"{name} must be {want}" for name, path, _, want in _CFG_FIELDS} | {
+    _KEEP_RATES: "keep_rates must be a list of numbers, one per encoder block",
+    _PRETRAIN_SIZE: "the pre-training image size must be an integer"}
+# The config key of each preset field, to name in a refusal from Preset.validate.
+_FIELD_KEYS = {name: path for name, path, _, _ in _CFG_FIELDS} | {"pretrain_grid": _PRETRAIN_SIZE}
+
+
+def _as_official(cfg: Mapping) -> dict:
+    """A copy of ``cfg`` in which each key of ``OFFICIAL_DEFAULTS`` holds its value as the
+    official code reads it from the file (``official_value``: literals decoded, types checked
+    against the official default's)."""
+    out = _plain_copy(cfg)
+    for path in OFFICIAL_DEFAULTS:
+        *parents, leaf = path.split(".")
+        node: Any = out
+        for i, part in enumerate(parents):
+            if part not in node:
+                node = None
+                break
+            if not isinstance(node[part], Mapping):
+                section = ".".join(parents[:i + 1])
+                raise CheckpointError(f"the checkpoint's cfg has {section} = {node[part]!r}, "
+                                      f"where the official config has a section of keys "
+                                      f"({path} among them)")
+            node = node[part]
+        if node is None or leaf not in node:
+            continue
+        try:
+            node[leaf] = official_value(path, node[leaf])
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's cfg has a value of the wrong type: {e}; "
+                                  f"{_WANT[path]}") from e
+    return out
+
+
+def _converted(path: str, value: Any, conv: Callable[[Any], Any]) -> Any:
+    try:
+        return conv(value)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's cfg has a value of the wrong type: {path} = "
+                              f"{value!r} ({e}); {_WANT[path]}") from e
+
+
 def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
     """The preset a released training config describes (keys missing from it keep ``base``'s or
     the vit_b_ktp values).
 
+    Each value is first read as the official code reads it when it merges the file into its
+    defaults (``evad.models.official_cfg``): ``ROI_EXTENSION: (0.4, 0.2)``, which YAML reads as
+    text, is the tuple (0.4, 0.2); ``'8'`` is 8; a type the official default does not allow is
+    refused.
+
     Raises:
         CheckpointError: the config is not YAML, has values of the wrong type, or values the
-            official model cannot run or this reference does not build (the message says why).
+            official model cannot run or this reference does not build (the message names the
+            key and says why).
     """
     if isinstance(cfg, str):
         try:
@@ -201,40 +305,49 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
             raise CheckpointError(f"the checkpoint's cfg is not valid YAML ({e})") from e
     if not isinstance(cfg, Mapping):
         raise CheckpointError("the checkpoint's cfg is not a mapping of config keys")
+    cfg = _as_official(cfg)
     for path, accepted, why in _REFUSED:
         if _has(cfg, path) and not accepted(_get(cfg, path)):
             raise CheckpointError(f"the checkpoint was trained with {path} = {_get(cfg, path)!r}; "
                                   f"the official model cannot run it: {why}")
     fields: dict[str, Any] = {}
-    try:
-        for name, path, conv in _CFG_FIELDS:
-            value = _get(cfg, path)
-            if value is not None or (name in _NULLABLE and _has(cfg, path)):
-                fields[name] = conv(value)
-        rates = _get(cfg, _KEEP_RATES)
-        if rates is not None:
-            fields["keep_rates"] = {i: float(r) for i, r in enumerate(rates) if float(r) < 1.0}
-        size = _get(cfg, _PRETRAIN_SIZE)
-        if size is not None:
-            base_p = base or PRESETS["vit_b_ktp"]
-            t = int(fields.get("num_frames", base_p.num_frames)) // int(
-                fields.get("tubelet_size", base_p.tubelet_size))
-            g = int(size) // int(fields.get("patch_size", base_p.patch_size))
-            fields["pretrain_grid"] = (t, g, g)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's cfg has a value of the wrong type ({e})") from e
+    for name, path, conv, _ in _CFG_FIELDS:
+        value = _get(cfg, path)
+        # an official key's null was refused or is its value (QK_SCALE); this project's own
+        # keys read null as missing
+        if _has(cfg, path) and (value is not None or path in OFFICIAL_DEFAULTS):
+            fields[name] = _converted(path, value, conv)
+    if _get(cfg, _KEEP_RATES) is not None:
+        rates = _converted(_KEEP_RATES, _get(cfg, _KEEP_RATES), _numbers)
+        fields["keep_rates"] = {i: r for i, r in enumerate(rates) if r < 1.0}
+    if _get(cfg, _PRETRAIN_SIZE) is not None:
+        size = _converted(_PRETRAIN_SIZE, _get(cfg, _PRETRAIN_SIZE), _integer)
+        base_p = base or PRESETS["vit_b_ktp"]
+        tubelet = fields.get("tubelet_size", base_p.tubelet_size)
+        patch = fields.get("patch_size", base_p.patch_size)
+        if tubelet > 0 and patch > 0:  # else Preset.validate refuses the size itself
+            g = size // patch
+            fields["pretrain_grid"] = (fields.get("num_frames", base_p.num_frames) // tubelet,
+                                       g, g)
     name = _get(cfg, _PRESET_NAME)
-    start = base or (PRESETS[name] if name in PRESETS else PRESETS["vit_b_ktp"])
+    start = base or (PRESETS[name] if isinstance(name, str) and name in PRESETS
+                     else PRESETS["vit_b_ktp"])
     if _has(cfg, _PRESET_NAME):
         for path, tied in _TIED_BEFORE.items():
-            field_name = next(f for f, p, _ in _CFG_FIELDS if p == path)
+            field_name = next(f for f, p, _, _ in _CFG_FIELDS if p == path)
             if not _has(cfg, path):
                 fields[field_name] = fields.get(tied, getattr(start, tied))
     try:
         preset = start.replace(**fields)
     except ConfigError as e:
+        text = str(e)
+        keys = [_FIELD_KEYS[f] for f in fields if f in _FIELD_KEYS
+                and re.search(rf"\b{f}\b", text)]
+        if "keep_rates" in fields and re.search(r"keep rate|pruning block", text):
+            keys.append(_KEEP_RATES)
+        named = f" ({', '.join(keys)})" if keys else ""
         raise CheckpointError(f"the checkpoint's cfg describes a model this reference cannot "
-                              f"build: {e}") from e
+                              f"build{named}: {e}") from e
     return preset.replace(name=name if isinstance(name, str) else _closest_name(preset))
 
 
@@ -249,7 +362,7 @@ def _closest_name(p: Preset) -> str:
 def cfg_from_preset(p: Preset) -> str:
     """A config YAML (released key names) that ``preset_from_cfg`` reads back to ``p``."""
     cfg: dict = {}
-    for name, path, _ in _CFG_FIELDS:
+    for name, path, _, _ in _CFG_FIELDS:
         value = getattr(p, name)
         _set(cfg, path, list(value) if isinstance(value, tuple) else value)
     _set(cfg, _KEEP_RATES, [float(p.keep_rates.get(i, 1.0)) for i in range(p.depth)])

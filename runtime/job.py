@@ -165,6 +165,13 @@ def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
         with FolderLock(out_dir, prog) as lock:
             if lock.taken_over:  # said even with --quiet: another run's leftovers are news
                 print(f"{prog}: warning: {lock.taken_over}", file=sys.stderr)
+            if resume and not info.is_live and _resume_mode(out_dir, settings,
+                                                            opts.render) == "done":
+                # finished with these settings: nothing to continue, and nothing is rewritten
+                _log(prog, f"{out_dir} is finished with these settings: nothing to resume", quiet)
+                run = _read_json(out_dir / RUN_NAME) or {}
+                return {**run.get("summary", {}),
+                        "files": [str(out_dir / n) for n in run.get("files", {})]}
             writer = DetectionWriter(out_dir, video_id, spec.labels, settings,
                                      opts.action_threshold, opts.top_k, opts.csv_min_score,
                                      resume=resume, source=source)

@@ -180,10 +180,20 @@ class DetectionWriter:
             EvadError: ``--resume`` of a run with other settings (the first difference named).
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        finished = self._finished_settings()
         if self._resume and self._jsonl_part.is_file():
             self._load_partial()  # refused: the staged run stays as it was, for its own resume
         else:
-            if self._resume:
+            diff = _changed(finished, self.settings) if finished is not None else ""
+            if self._resume and diff:
+                # a finished run is never what --resume replaces: the user asked to continue
+                raise EvadError(f"cannot resume {self.out_dir}: it holds a finished run and "
+                                f"{diff}; its files are left as they are: use another --out, "
+                                "or drop --resume to replace that run")
+            if finished is not None:
+                self.resume_note = (f"{self.out_dir} holds a finished run: it stays as it is "
+                                    "until this run completes, then this run replaces it")
+            elif self._resume:
                 self.resume_note = (f"nothing to resume in {self.out_dir}: starting from the "
                                     "start")
             shutil.rmtree(self.staging, ignore_errors=True)
@@ -192,6 +202,17 @@ class DetectionWriter:
         write_json_atomic(self._run_part, self._state(complete=False))
         self._csv = open(self._csv_part, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._jsonl = open(self._jsonl_part, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _finished_settings(self) -> dict[str, Any] | None:
+        """The settings of the finished run in ``out_dir`` (``run.json`` complete), or None."""
+        try:
+            run = json.loads(self.run_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(run, dict) or run.get("complete") is not True:
+            return None
+        settings = run.get("settings")
+        return settings if isinstance(settings, dict) else {}
 
     def _state(self, complete: bool, **more: Any) -> dict[str, Any]:
         return {"complete": complete, "settings": self.settings, "source": self.source, **more}

@@ -193,6 +193,43 @@ def test_resume_is_refused_after_the_video_or_a_setting_changed(video, tiny_onnx
         assert len(err) == 1 and "cannot resume" in err[0] and word in err[0], err
 
 
+def test_resume_of_a_finished_run_never_rewrites_it(video, tiny_onnx, tmp_path,
+                                                   capfd) -> None:
+    """--resume of a finished run (with its render): another model is refused in one line
+    naming the change, every file byte-identical; the same model and settings do nothing; a run
+    without --resume says at its start that it will replace the finished one."""
+    out = tmp_path / "o"
+    assert run_main(_args(video, tiny_onnx, out, "--render")) == 0
+    before = _files(out)
+    assert "annotated.mp4" in before
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    other = tmp_path / "other.onnx"  # the same graph, other bytes: another model file
+    proto = onnx.load(str(tiny_onnx))
+    proto.doc_string = "re-exported"
+    onnx.save(proto, str(other))
+    for model, more in ((other, ()), (tiny_onnx, ("--top-k", "3"))):
+        capfd.readouterr()
+        assert run_main(_args(video, model, out, "--resume", "--render", *more)) == 2
+        err = _errors(capfd.readouterr().err)
+        assert len(err) == 1 and "cannot resume" in err[0] and "finished run" in err[0], err
+        assert ("the model file's content" if model == other else "top_k") in err[0]
+        assert _files(out) == before
+    # the same model and settings: nothing to do, nothing rewritten (mtimes included)
+    capfd.readouterr()
+    assert run_main(_args(video, tiny_onnx, out, "--resume", "--render")) == 0
+    assert _files(out) == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    # without --resume: the replacement is said at the start, before the first keyframe
+    capfd.readouterr()
+    assert run_main([a for a in _args(video, tiny_onnx, out) if a != "--quiet"]) == 0
+    said = capfd.readouterr()
+    lines = (said.out + said.err).splitlines()
+    note = next(i for i, x in enumerate(lines) if "holds a finished run" in x)
+    assert "this run replaces it" in lines[note]
+    assert note < next(i for i, x in enumerate(lines) if " keyframes" in x and "people" in x)
+    assert "annotated.mp4" not in _files(out)  # replaced by a run without --render
+
+
 def test_failed_run_leaves_a_finished_run_intact(video, tiny_onnx, reference, tmp_path) -> None:
     out = tmp_path / "o"
     assert run_main(_args(video, tiny_onnx, out)) == 0
