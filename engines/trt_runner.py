@@ -186,15 +186,24 @@ class TrtRunner:
                                 f"{tuple(host_clip.shape[1:])}")
             if not self.context.execute_async_v3(stream.handle):
                 raise EvadError("TensorRT execution failed (see its log above)")
+            # this run's shape of each output: the batch first (the model's outputs), or any
+            # shape (a tensor marked for layer-by-layer debugging, e.g. (20 * batch, C))
+            shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name))
+                      for name in self.output_names}
             for name in self.output_names:
-                cuda_memory.copy_to_host(self._host[name], self._dev[name], self._rows(name, b),
-                                         stream)
+                host = self._host[name].array
+                batch_major = bool(shapes[name]) and shapes[name][0] == pad
+                nbytes = (self._rows(name, b) if batch_major else
+                          int(np.prod(shapes[name], dtype=np.int64)) * host.itemsize)
+                cuda_memory.copy_to_host(self._host[name], self._dev[name], nbytes, stream)
         finally:
             # also on failure: queued copies must finish before the pinned buffers are reused
             stream.synchronize()
         out = {}
         for name in self.output_names:
-            h = self._host[name].array[:b]
+            shape, flat = shapes[name], self._host[name].array.reshape(-1)
+            whole = flat[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            h = whole[:b] if shape and shape[0] == pad else whole
             # always a copy: the pinned buffer is overwritten by the next call
             if name in self._bf16:
                 out[name] = _bf16_to_float32(h)

@@ -197,6 +197,12 @@ def _live_line(prog: str, quiet: bool) -> Callable[[Keyframe, list[Person], Keyf
     return line
 
 
+def _line(position: int) -> int | None:
+    """A progress bar's screen line: on a terminal, ``position`` (a job's bars stack); in a log
+    (not a terminal) none, since tqdm moves the cursor up (ESC [A) to reach a line > 0."""
+    return position if sys.stderr.isatty() else None
+
+
 def _detect_and_write(info: VideoInfo, backend: Runner, pre: Preprocessor,
                       writer: DetectionWriter, opts: DetectOptions, batch: int,
                       person_thr: float, state: dict, quiet: bool, prog: str,
@@ -210,7 +216,7 @@ def _detect_and_write(info: VideoInfo, backend: Runner, pre: Preprocessor,
     stopped = False
     with tqdm(total=None if total is None else max(total, writer.resumed),
               initial=writer.resumed, desc="detect", unit="kf", disable=quiet or info.is_live,
-              leave=False, dynamic_ncols=True, position=bar_position) as bar:
+              leave=False, dynamic_ncols=True, position=_line(bar_position)) as bar:
         try:
             stats = detect(info, backend, pre, writer, keyframe_stride_s=opts.keyframe_stride,
                            batch_size=batch, person_threshold=person_thr,
@@ -244,7 +250,7 @@ def _detect_and_write(info: VideoInfo, backend: Runner, pre: Preprocessor,
             _log(prog, "note: PyAV with libx264 is missing, so annotated.mp4 is MPEG-4 Part 2 "
                  "(mp4v), which browsers do not play: pip install av", quiet)
         with tqdm(total=info.frame_count, desc="render", unit="frame", disable=quiet,
-                  leave=False, dynamic_ncols=True, position=bar_position) as bar:
+                  leave=False, dynamic_ncols=True, position=_line(bar_position)) as bar:
             render_video(info, writer.records, writer.staged_path(VIDEO_NAME),
                          on_frame=bar.update)
         files.append(writer.add_output(VIDEO_NAME))
