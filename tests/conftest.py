@@ -6,7 +6,9 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -46,6 +48,30 @@ def read_frames(path) -> list:
 
 #: in CI a missing tool or extra fails its tests instead of skipping them
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip a test whose tool is missing, except in CI, where the tool must be there."""
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {reason} (see .ci/plugins.sh)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def plugin_library() -> str:
+    """libevad_plugins.so built by CMake (incremental, in the build cache) for sm_80 and sm_90:
+    this is also the proof that every .cu compiles with nvcc for both."""
+    from evad.plugins import build
+
+    if shutil.which("cmake") is None:
+        skip_or_fail("cmake is not installed")
+    try:
+        build._find_nvcc()
+    except Exception as e:  # noqa: BLE001
+        skip_or_fail(str(e))
+    got = build.build_libraries(archs="80;90", quiet=True,
+                                jobs=int(os.environ.get("EVAD_BUILD_JOBS", "2")))
+    return str(got["plugins"])
 
 
 def require(module: str, extra: str):

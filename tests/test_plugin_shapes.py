@@ -34,15 +34,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NoReturn
 
 import numpy as np
 import pytest
+from conftest import skip_or_fail
 
 from evad.op_contracts import CONTRACTS
 from evad.plugins import build, python_plugins
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: batch sizes every expression is evaluated at (the export takes 1..1024)
 BATCHES = (1, 2, 7, 1024)
 #: the symbol of the export's dynamic batch dimension
@@ -54,11 +53,6 @@ TOPK_LIMIT = 3840
 #: ``e<value at each of BATCHES>`` (comma-separated) for an expression of the batch size.
 Shape = list[str]
 
-
-def _skip_or_fail(reason: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason} (see .ci/plugins.sh)")
-    pytest.skip(reason)
 
 
 # --- the ONNX side -------------------------------------------------------------------------------
@@ -215,27 +209,13 @@ def test_onnx_dimensions_are_read_exactly() -> None:
 # --- the C++ plugins -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def plugin_library() -> str:
-    """libevad_plugins.so, built by CMake (incremental; as in tests/test_plugins.py)."""
-    if shutil.which("cmake") is None:
-        _skip_or_fail("cmake is not installed")
-    try:
-        build._find_nvcc()
-    except Exception as e:  # noqa: BLE001
-        _skip_or_fail(str(e))
-    got = build.build_libraries(archs="80;90", quiet=True,
-                                jobs=int(os.environ.get("EVAD_BUILD_JOBS", "2")))
-    return str(got["plugins"])
-
-
-@pytest.fixture(scope="module")
 def shape_harness(plugin_library, tmp_path_factory) -> Callable[[list[str]], dict]:
     """``(node lines) -> {"builder": [PASS/FAIL lines], "nodes": {id: {"rc", "outputs"}},
     "fails": [...], "returncode": int}``: plugins/common/tests/outputShapesTest.cpp, compiled
     with the host compiler against the TensorRT headers, run over libevad_plugins.so."""
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
-        _skip_or_fail("no host C++ compiler (g++)")
+        skip_or_fail("no host C++ compiler (g++)")
     inc = build.find_tensorrt_include() or build.kernel_lens_headers(
         build.default_build_dir() / "deps")
     exe = tmp_path_factory.mktemp("shapes") / "outputShapesTest"
@@ -473,7 +453,7 @@ def test_fake_trt_matches_the_bindings() -> None:
     try:
         trt = importlib.import_module("tensorrt_lean_bindings")
     except ImportError:
-        _skip_or_fail("the runtime-only TensorRT is not installed (pip install "
+        skip_or_fail("the runtime-only TensorRT is not installed (pip install "
                       "tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings)")
     assert {k: int(v) for k, v in trt.DimensionOperation.__members__.items()} == \
         {m.name: m.value for m in DimensionOperation}

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import skip_or_fail
 
 from evad.op_contracts import CONTRACTS, NAMESPACE, PLUGIN_VERSION, ContractError
 from evad.plugins import build, library_path, python_plugins
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PLUGINS_DIR = build.source_dir()
 
 #: Bad field collections, fed alike to the C++ and the Python creators: (op, changes to the
@@ -76,11 +76,6 @@ def _expected_refusal(op: str, changes: dict, text: str | None) -> str:
     return f"[evad plugin] {op}::createPlugin: {text}"
 
 
-def _skip_or_fail(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason} (see .ci/plugins.sh)")
-    pytest.skip(reason)
-
 
 def _lean_available() -> bool:
     try:
@@ -88,21 +83,6 @@ def _lean_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@pytest.fixture(scope="session")
-def plugin_library() -> str:
-    """libevad_plugins.so built by CMake (incremental, in the build cache) for sm_80 and sm_90:
-    this is also the proof that every .cu compiles with nvcc for both."""
-    if shutil.which("cmake") is None:
-        _skip_or_fail("cmake is not installed")
-    try:
-        build._find_nvcc()
-    except Exception as e:  # noqa: BLE001
-        _skip_or_fail(str(e))
-    got = build.build_libraries(archs="80;90", quiet=True,
-                                jobs=int(os.environ.get("EVAD_BUILD_JOBS", "2")))
-    return str(got["plugins"])
 
 
 _PROBE = textwrap.dedent("""
@@ -215,7 +195,7 @@ def _check_probe(got: dict, kind: str) -> None:
 @pytest.fixture(scope="module")
 def lean():
     if not _lean_available():
-        _skip_or_fail("the runtime-only TensorRT is not installed (pip install "
+        skip_or_fail("the runtime-only TensorRT is not installed (pip install "
                       "tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings)")
 
 
@@ -479,7 +459,7 @@ def _lean_library() -> Path:
     libs = sorted(Path(spec.submodule_search_locations[0]).glob("libnvinfer_lean.so.*")) \
         if spec and spec.submodule_search_locations else []
     if not libs:
-        _skip_or_fail("no libnvinfer_lean in the runtime-only TensorRT "
+        skip_or_fail("no libnvinfer_lean in the runtime-only TensorRT "
                       "(pip install tensorrt-lean-cu13-libs)")
     return libs[0]
 
@@ -617,7 +597,7 @@ def test_cpp_plugin_self_test(plugin_library, tmp_path) -> None:
     the serialization round trip, output types and format/type support (fp32, fp16, bf16)."""
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
-        _skip_or_fail("no host C++ compiler (g++)")
+        skip_or_fail("no host C++ compiler (g++)")
     inc = build.find_tensorrt_include() or build.kernel_lens_headers(
         build.default_build_dir() / "deps")
     cuda_inc = build.cuda_include_dir()

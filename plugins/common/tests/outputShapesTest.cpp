@@ -20,11 +20,11 @@
  * or not made by this builder, a size tensor, a division by zero). Exit code: number of FAILs.
  */
 #include "NvInferRuntime.h"
+#include "loadCreators.h"
 
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <dlfcn.h>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -419,18 +419,11 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "usage: %s libevad_plugins.so <batch>... < nodes\n", argv[0]);
         return 100;
     }
-    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr)
+    int32_t n = 0;
+    IPluginCreatorInterface* const* all = evad::test::loadCreators(argv[1], n);
+    if (all == nullptr)
     {
-        std::fprintf(stderr, "dlopen: %s\n", dlerror());
         return 101;
-    }
-    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
-    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
-    if (getCreators == nullptr)
-    {
-        std::fprintf(stderr, "%s exports no getCreators\n", argv[1]);
-        return 102;
     }
     std::vector<int64_t> batches;
     for (int i = 2; i < argc; ++i)
@@ -438,8 +431,6 @@ int main(int argc, char** argv)
         batches.push_back(std::stoll(argv[i]));
     }
     checkBuilder();
-    int32_t n = 0;
-    IPluginCreatorInterface* const* all = getCreators(n);
     std::vector<IPluginCreatorV3One*> creators;
     for (int32_t i = 0; i < n; ++i)
     {

@@ -14,6 +14,7 @@
  */
 #include "NvInferRuntime.h"
 #include "evadOpContract.h"
+#include "loadCreators.h"
 
 #include <cmath>
 #include <cstdint>
@@ -600,16 +601,11 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "usage: %s libevad_plugins.so\n", argv[0]);
         return 100;
     }
-    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr)
-    {
-        std::fprintf(stderr, "dlopen: %s\n", dlerror());
-        return 101;
-    }
-    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
-    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
-    check(getCreators != nullptr, "getCreators exported");
-    if (getCreators == nullptr)
+    int32_t n = 0;
+    void* lib = nullptr;
+    IPluginCreatorInterface* const* creators = evad::test::loadCreators(argv[1], n, &lib);
+    check(creators != nullptr, "the library loads and exports getCreators");
+    if (creators == nullptr)
     {
         return gFailures;
     }
@@ -621,8 +617,6 @@ int main(int argc, char** argv)
             {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64},
             {DataType::kFLOAT, DataType::kINT64}},
     };
-    int32_t n = 0;
-    IPluginCreatorInterface* const* creators = getCreators(n);
     check(n == static_cast<int32_t>(ops.size()), "one creator per contract op");
     std::vector<bool> seen(ops.size(), false);
     for (int32_t c = 0; c < n; ++c)
