@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG, description="Compare an exported EVAD model, run in ONNX Runtime or as a "
         "TensorRT engine, against the torch reference on seeded clips; exit 1 when a parity "
         "bar fails (fp32: kept tokens identical up to near-ties, boxes 1e-2 px, action "
-        "probabilities 1e-4; fp16/bf16 engines and OpenVINO bf16: Jaccard >= 0.97, 98%% of "
+        "probabilities 1e-4; fp16/bf16 engines and OpenVINO bf16: Jaccard >= 0.97, 98% of "
         "detections matched, mean probability difference <= 0.01).",
         epilog="Reported per pruning block: kept-token Jaccard, boundary flips and order swaps "
         "with the reference's score gaps; then box, person-score and action-probability "

@@ -20,7 +20,7 @@ _EPILOG = f"""\
 examples:
   evad-triton-repo --onnx exports/vitb_ktp.onnx --out triton_repo
   evad-triton-repo --onnx exports/vitb_ktp.onnx --engine exports/vitb_ktp.engine \\
-      --plugins build/libevad_plugins.so --out triton_repo
+      --plugins plugins/build/lib/libevad_plugins.so --out triton_repo
   sh triton_repo/launch.sh            # in NVIDIA's Triton container: serves on :8000 / :8001
 
 Models: {DETECTOR_ONNX} (platform onnxruntime_onnx) and with --engine {DETECTOR_PLAN}

@@ -19,7 +19,7 @@ _PROG = "evad-build-engine"
 _EPILOG = """\
 examples:
   evad-build-engine exports/vitb_ktp.onnx --fp16                # -> exports/vitb_ktp.engine
-  evad-build-engine exports/vitb_ktp.onnx --batch 1,4,16 --out vitb_b16.engine
+  evad-build-engine exports/vitb_ktp.onnx --engine-batch 1,4,16 --out vitb_b16.engine
   evad-build-engine exports/vitb_ktp.onnx --plugins python      # the Python plugins (Triton)
 
 Needs the full TensorRT (builder + ONNX parser) and a CUDA GPU; the engine is tied to that GPU

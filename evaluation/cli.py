@@ -40,10 +40,13 @@ def parser() -> ArgumentParser:
     ap = ArgumentParser(
         prog=_PROG, description="Frame-level mAP at IoU 0.5 (the AVA evaluation protocol) "
         "of detections against ground truth, per class and mean.",
-        epilog="Both CSVs are AVA rows: video, seconds, x1, y1, x2, y2 (normalised), action id, "
-        "then person id (ground truth) or score (detections). Example: evad-eval --gt "
-        "data/heldout/annotations.csv --det out/detections.csv --labelmap "
-        "data/heldout/label_map.pbtxt --json eval.json")
+        epilog="examples:\n"
+        "  evad-eval --gt data/heldout/annotations.csv --det out/detections.csv \\\n"
+        "      --labelmap data/heldout/label_map.pbtxt --json eval.json\n"
+        "  evad-eval --data data/heldout --onnx exports/demo.onnx   # run a model, then score\n\n"
+        "Both CSVs are AVA rows: video, seconds, x1, y1, x2, y2 (normalised), action id,\n"
+        "then person id (ground truth) or score (detections).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gt", type=Path, default=None,
                     help="ground-truth CSV (default: DATA/annotations.csv)")
     ap.add_argument("--det", type=Path, default=None, help="detections CSV (with scores)")

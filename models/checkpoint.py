@@ -2,12 +2,14 @@
 
 Released files are ``torch.save`` dicts ``{"model_state": state_dict, "cfg": yaml_string, "epoch",
 "optimizer_state", ...}``. The training config (``cfg``) is the source of the preset: keep rates,
-widths, classes. Where there is none, the architecture is matched from the tensor shapes.
+widths, classes, each value read as the official code reads it (``evad.models.official_cfg``).
+Where there is none, the architecture is matched from the tensor shapes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -354,7 +356,8 @@ def preset_from_cfg(cfg: str | Mapping, base: Preset | None = None) -> Preset:
 def _closest_name(p: Preset) -> str:
     """The released preset these fields describe (ignoring the class count), else "custom"."""
     for name, known in PRESETS.items():
-        if p.replace(name=name, num_classes=known.num_classes) == known:
+        # unvalidated: p's top-k count may exceed the other preset's class count
+        if dataclasses.replace(p, name=name, num_classes=known.num_classes) == known:
             return name
     return "custom"
 

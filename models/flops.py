@@ -13,6 +13,7 @@ and the encoder's and decoder's MLP ratios enter it.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from evad.atomic import write_json_atomic
@@ -113,13 +114,14 @@ def flops(preset: str | Preset, height: int, width: int, keep_rate: float | None
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``evad-flops``: print per-stage GFLOPs, and the paper's figures where they exist."""
+def _parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="evad-flops",
         description="Analytic GFLOPs (fvcore multiply-add convention) of one EVAD clip.",
-        epilog="Example: evad-flops vit_b_ktp --height 288 --width 512; "
-               "evad-flops --paper prints the paper's table next to ours.",
+        epilog="examples:\n"
+               "  evad-flops vit_b_ktp --height 288 --width 512\n"
+               "  evad-flops --paper                  # the paper's table next to ours\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("preset", nargs="?", default="vit_b_ktp", choices=list(PRESETS))
     ap.add_argument("--height", type=number(32, 4096, integer=True), default=288,
@@ -132,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="print every configuration of the paper's table with its figure")
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="also write the rows as JSON (e.g. benchmarks/results/flops_paper.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``evad-flops``: print per-stage GFLOPs, and the paper's figures where they exist."""
+    args = _parser().parse_args(argv)
     rows = []
     if args.paper:
         for (name, size, rate), ref in PAPER_GFLOPS.items():

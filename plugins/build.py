@@ -9,6 +9,7 @@ or a system install; where there is none (CI, laptops), from the PyPI package
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -201,7 +202,7 @@ def build_cpu_check_library(out_dir: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="evad-build-plugins", description="Build the evad CUDA kernels "
         "(libevad_kernels.so) and TensorRT plugins (libevad_plugins.so) with CMake and nvcc, "
@@ -223,9 +224,19 @@ def main(argv: list[str] | None = None) -> int:
                     "version must be the headers' (see --tensorrt-lib)")
     ap.add_argument("--tensorrt-lib", default=None,
                     help="the libnvinfer (or libnvinfer_lean) to link with --static-registration")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _check_flags(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The combination argparse cannot express, refused before any work (exit 2)."""
     if args.tensorrt_lib and not args.static_registration:
         ap.error("--tensorrt-lib is only used with --static-registration")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    _check_flags(ap, args)
     t0 = time.perf_counter()
 
     def body() -> int:

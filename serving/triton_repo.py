@@ -132,24 +132,68 @@ def python_config_text(detector_file: str, backend: str, meta: dict[str, Any],
             + _parameters(params))
 
 
+#: what the evad model imports at run time, besides evad-deploy itself (docs/environment.md,
+#: "Triton Inference Server"): no torch
+SERVE_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.20", "onnx>=1.17",
+                      "opencv-python-headless>=4.8", "tqdm>=4.60")
+
+
 def _launch_script(with_plan: bool) -> str:
     plugins = ('  --backend-config=tensorrt,plugins="$here/evad_plan/libevad_plugins.so" \\\n'
                if with_plan else "")
+    needs = " ".join(f"'{r}'" for r in SERVE_REQUIREMENTS if not r.startswith("numpy"))
     return ("#!/usr/bin/env sh\n"
-            "# Serve this repository with NVIDIA Triton Inference Server (in its container:\n"
-            "#   docker run --gpus all -p 8000:8000 -p 8001:8001 -v \"$PWD\":/models \\\n"
-            "#     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 sh /models/launch.sh /models).\n"
-            "# The evad model (Python backend) needs evad-deploy in the backend's Python:\n"
-            "#   pip install evad-deploy  (or set EXECUTION_ENV_PATH in evad/config.pbtxt).\n"
-            "# Usage: launch.sh [REPOSITORY] [tritonserver options...]\n"
+            "# Serve this repository with NVIDIA Triton Inference Server. In its container:\n"
+            "#   docker run --gpus all -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 \\\n"
+            "#     -v \"$PWD\":/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\\n"
+            "#     sh /models/launch.sh /models --host 0.0.0.0\n"
+            "# (docker's -p reaches a server bound to 0.0.0.0 in the container; its 127.0.0.1:\n"
+            "# prefix keeps the ports on this host). The evad model (Python backend) needs\n"
+            "# evad-deploy in the backend's Python, python3: add --install WHEEL (the wheel\n"
+            "# from pip wheel --no-deps . in a checkout) or bake it into an image\n"
+            "# (docs/environment.md).\n"
+            "# Usage: launch.sh [REPOSITORY] [--host ADDR] [--install WHEEL] [--skip-check]\n"
+            "#                  [tritonserver options...]\n"
+            "#   --host ADDR      where HTTP, gRPC and metrics listen (default 127.0.0.1: this\n"
+            "#                    machine only; 0.0.0.0 serves other hosts)\n"
+            "#   --install WHEEL  pip install the wheel and what the evad model needs into\n"
+            "#                    python3\n"
+            "#   --skip-check     start without checking that python3 imports evad (to serve the\n"
+            "#                    detector models alone)\n"
             'here="$(dirname "$0")"\n'
             'case "${1:-}" in ""|-*) ;; *) here="$1"; shift ;; esac\n'
             'here="$(cd "$here" && pwd)"\n'
+            "host=127.0.0.1\n"
+            "check=1\n"
+            'while [ $# -gt 0 ]; do\n'
+            '  case "$1" in\n'
+            '    --host) host="${2:?launch.sh: --host needs an address}"; shift 2 ;;\n'
+            '    --host=*) host="${1#--host=}"; shift ;;\n'
+            '    --install)\n'
+            '      wheel="${2:?launch.sh: --install needs the evad-deploy wheel}"; shift 2\n'
+            "      # its runtime first, keeping the numpy the backend's stub was built with, then\n"
+            "      # the wheel without its torch and export dependencies\n"
+            "      numpy=\"$(python3 -c 'import numpy; print(\"numpy==\" + numpy.__version__)' "
+            "2>/dev/null || echo 'numpy>=1.24')\"\n"
+            f'      python3 -m pip install "$numpy" {needs} \\\n'
+            '        && python3 -m pip install --no-deps --force-reinstall "$wheel" || exit 1 ;;\n'
+            '    --skip-check) check=0; shift ;;\n'
+            '    *) break ;;\n'
+            '  esac\n'
+            'done\n'
+            'if [ "$check" = 1 ] && ! err="$(python3 -c "import evad.serving.triton_model" '
+            '2>&1)"; then\n'
+            '  echo "launch.sh: python3 ($(command -v python3)) cannot import evad.serving.'
+            'triton_model, which the evad model needs ($(printf "%s\\n" "$err" | tail -n 1)): '
+            'add --install evad_deploy-<version>-py3-none-any.whl" >&2\n'
+            "  exit 1\n"
+            "fi\n"
             + ('export LD_LIBRARY_PATH="$here/evad_plan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\n'
                '# the evad model (with --python-backend trt) loads its plugins from here too\n'
                'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"\n' if with_plan else "")
             + "exec tritonserver --model-repository=\"$here\" \\\n"
             + plugins +
+            '  --http-address="$host" --grpc-address="$host" \\\n'
             "  --disable-auto-complete-config --strict-readiness=true \"$@\"\n")
 
 

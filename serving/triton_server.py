@@ -58,12 +58,17 @@ class TritonServer:
         models: load only these (``--model-control-mode=explicit``); default every model. The
             wheel's server has the Python backend only, so the detector models (ONNX Runtime,
             TensorRT backends) are left to a full Triton: ``models=["evad"]``.
+        host: the address HTTP and gRPC listen on (IPv4; ``0.0.0.0``: every interface).
+        http_port, grpc_port: their ports; 0 (default): a free one each.
     """
 
     def __init__(self, repository: str | os.PathLike, env: str | os.PathLike | None = None,
                  ready_timeout_s: float = 120.0, log: str | os.PathLike | None = None,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, host: str = "127.0.0.1",
+                 http_port: int = 0, grpc_port: int = 0) -> None:
         self.models = models
+        self.host = host
+        self._ports = (http_port, grpc_port)
         self.repository = Path(repository).resolve()
         self.env = Path(env) if env is not None else triton_env()
         self.ready_timeout_s = ready_timeout_s
@@ -74,13 +79,25 @@ class TritonServer:
         self._own_log = False
 
     @property
+    def _reach(self) -> str:
+        """The address a client on this machine uses (a server on every interface is on
+        loopback too)."""
+        return "127.0.0.1" if self.host == "0.0.0.0" else self.host
+
+    @property
     def http_url(self) -> str:
-        """``127.0.0.1:PORT`` (tritonclient.http's form)."""
-        return f"127.0.0.1:{self.http_port}"
+        """``ADDRESS:PORT`` for a client on this machine (tritonclient.http's form)."""
+        return f"{self._reach}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._reach}:{self.grpc_port}"
+
+    def _choose_ports(self) -> None:
+        """The ports asked for; a free one where 0 was."""
+        free_http, free_grpc = _free_ports(2)
+        self.http_port = self._ports[0] or free_http
+        self.grpc_port = self._ports[1] or free_grpc
 
     def _locate(self) -> dict[str, str]:
         python = self.env / "bin" / "python"
@@ -117,7 +134,7 @@ class TritonServer:
             fd, name = tempfile.mkstemp(prefix="evad-tritonserver-", suffix=".log")
             os.close(fd)
             self.log, self._own_log = Path(name), True
-        self.http_port, self.grpc_port = _free_ports(2)
+        self._choose_ports()
         libs = Path(found["pytriton"]).parent / "nvidia_pytriton.libs"
         env = {**os.environ,
                "PATH": f"{self.env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -127,8 +144,8 @@ class TritonServer:
                "VIRTUAL_ENV": str(self.env)}
         cmd = [str(ts / "bin" / "tritonserver"), f"--model-repository={self.repository}",
                f"--backend-directory={backends}", f"--cache-directory={ts / 'caches'}",
-               "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-               "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+               f"--http-address={self.host}", f"--http-port={self.http_port}",
+               f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                "--allow-metrics=false", "--allow-gpu-metrics=false",
                "--disable-auto-complete-config", "--strict-readiness=true",
                "--exit-on-error=false", "--exit-timeout-secs=5"]
@@ -176,7 +193,7 @@ class TritonServer:
         """Whether the server answering on the port is this process (its log says it bound
         that port), not another one that took a port between choosing and binding."""
         assert self.log is not None
-        return f"127.0.0.1:{self.http_port}" in self.log.read_text(errors="replace")
+        return f"{self.host}:{self.http_port}" in self.log.read_text(errors="replace")
 
     def index(self) -> list[dict]:
         """The repository index (every model, its state and reason); [] when not answering."""
