@@ -165,9 +165,10 @@ def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
         with FolderLock(out_dir, prog) as lock:
             if lock.taken_over:  # said even with --quiet: another run's leftovers are news
                 print(f"{prog}: warning: {lock.taken_over}", file=sys.stderr)
-            if resume and not info.is_live and _resume_mode(out_dir, settings,
-                                                            opts.render) == "done":
-                # finished with these settings: nothing to continue, and nothing is rewritten
+            if resume and not info.is_live and not (out_dir / STAGING).is_dir() and \
+                    _resume_mode(out_dir, settings, opts.render) == "done":
+                # finished with these settings and nothing staged after it: nothing to
+                # continue, and nothing is rewritten
                 _log(prog, f"{out_dir} is finished with these settings: nothing to resume", quiet)
                 run = _read_json(out_dir / RUN_NAME) or {}
                 return {**run.get("summary", {}),
