@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from evad.atomic import write_json_atomic
 from evad.command import (
     ArgumentParser,
     check_input_file,
@@ -251,6 +252,12 @@ def _export(args: argparse.Namespace) -> int:
             for line in report.lines():
                 _log("parity", f"ORT CPU vs torch fp32: {line}", q)
             _log("parity", "PASS" if report.passed else "FAIL", q)
+            if report.passed:  # beside the ONNX, moved into place with it
+                write_json_atomic(staging / f"{name}.parity.json", {
+                    "backend": "onnxruntime (CPU)", "reference": "torch fp32, forced to the "
+                    "backend's kept tokens; oracle: the same in float64", "clips": len(clips),
+                    "clip_seed": args.seed, "input_size": [args.height, args.width],
+                    **report.to_dict()})
             if not report.passed:
                 print(f"evad-export: error: the ONNX failed parity against torch (figures "
                       f"above), so {out} was not written; export with --parity-clips 0 to keep "
@@ -280,8 +287,11 @@ def _export(args: argparse.Namespace) -> int:
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
           f"{args.height}x{args.width} (H x W), tokens {' -> '.join(map(str, meta['tokens']))}, "
           f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
-          + (f"\n  parity (ORT CPU, {report.clips} clip): PASS, boxes "
-             f"{report.box_max_abs:.1e} px, probs {report.prob_max_abs:.1e}" if report else "")
+          + (f"\n  parity (ORT CPU, {report.clips} clip): PASS; from the float64 oracle, as a "
+             "ratio to torch fp32's own error: "
+             + ", ".join(f"{o} {e.backend_max:.1e} ({e.ratio:.2g}x)"
+                         for o, e in report.oracle.items())
+             + f"; {out.with_suffix('.parity.json')}" if report else "")
           + (f"\n  engine: {engine_path} ({precision})" if engine_path else "")
           + (f"\n  triton repository: {repo}" if repo else ""))
     return 0

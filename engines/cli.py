@@ -24,7 +24,11 @@ examples:
 
 Needs the full TensorRT (builder + ONNX parser) and a CUDA GPU; the engine is tied to that GPU
 model and TensorRT version, which its .engine.json records (runners refuse a mismatch). The
-evad nodes bind the evad plugins (evad-build-plugins builds the C++ ones).
+evad nodes bind the evad plugins (evad-build-plugins builds the C++ ones). On TensorRT 11
+(strongly typed) --fp16 / --bf16 build from a mixed-precision copy of the graph: LayerNorm,
+softmax, reductions, TopK and the evad plugins stay fp32. Before TensorRT sees a graph it must
+pass strict ONNX type inference and hold no TopK beyond TensorRT's K <= 3840; otherwise the
+build is refused in one line naming the node.
 """
 
 

@@ -104,9 +104,11 @@ class _LaunchScriptServer(TritonServer):
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}"]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
+        # a neutral working directory, as the base class's (the stub puts it on sys.path)
+        self._tmp = tempfile.TemporaryDirectory(prefix="evad-tritonserver-")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=self._tmp.name)
         try:
             self._wait_ready()
         except BaseException:
@@ -196,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 print(f"{prog}: stopping", flush=True)
-                code = server.stop(timeout_s=_STOP_TIMEOUT_S)
-                print(f"{prog}: stopped (tritonserver exit code {code})", flush=True)
+                code = server.stop(timeout_s=_STOP_TIMEOUT_S, keep_log=True)
+                if code == 0:
+                    if args.log is None and server.log is not None:  # ours, temporary
+                        server.log.unlink(missing_ok=True)
+                    print(f"{prog}: stopped (tritonserver exit code 0)", flush=True)
+                else:  # e.g. clients still connected past its exit timeout: said, not failed
+                    print(f"{prog}: stopped (tritonserver exit code {code}: "
+                          f"{server.log_tail(1)}; log {server.log})", flush=True)
                 return 0
             code = server.proc.returncode if server.proc is not None else None
             tail = server.log_tail()

@@ -151,9 +151,11 @@ class TritonServer:
                "--exit-on-error=false", "--exit-timeout-secs=5"]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
+        # the backend's stub puts its working directory on sys.path: started in a checkout's
+        # root, whose evad/ holds only the core, it would import that instead of the package
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=self._tmp.name)
         try:
             self._wait_ready()
         except BaseException:

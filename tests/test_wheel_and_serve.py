@@ -174,7 +174,7 @@ def test_triton_env_runs_this_checkout_without_torch(server_env, wheel):
     stale = sorted(n for n, data in want.items()
                    if not (installed.parent / n).is_file()
                    or (installed.parent / n).read_bytes() != data)
-    assert not stale, (f"{server_env} holds an older evad than this checkout ({stale[:5]}): "
+    assert not stale, (f"{server_env} holds another evad than this checkout ({stale[:5]}): "
                        "rerun bash .ci/triton_env.sh")
     script = (ROOT / ".ci" / "triton_env.sh").read_text()
     for req in SERVE_REQUIREMENTS:
@@ -200,9 +200,11 @@ def _processes_naming(text: str) -> list[str]:
 
 
 def _start_serve(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
-    """``evad-serve`` started; its first lines once it says where it serves."""
+    """``evad-serve`` started from the checkout's root, whose evad/ (the core alone) must not
+    shadow the installed package in the backend's stub; its first lines once it says where it
+    serves."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd="/")
+                            env=env, cwd=ROOT)
     lines: list[str] = []
     deadline = time.monotonic() + 180
     assert proc.stdout is not None
@@ -267,6 +269,7 @@ def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, server_env, 
         params = {"time": 2.0, "video_id": "sample", "person_threshold": 0.05}
         client = tritonclient.InferenceServerClient(url, network_timeout=120)
         got = detect(client, frames=clip, **params)
+        client.close()  # a connection still open holds the server for its exit timeout
         want = _expected(tiny_onnx, clip, params)
         assert got == want and want[0][0]["time"] == 2.0 and want[1]
     finally:
@@ -313,9 +316,10 @@ def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, server_env
     env = {**os.environ, "PATH": _container_path(tmp_path, server_env),
            "EVAD_TRITON_ENV": str(tmp_path / "none")}  # no local server: the PATH one
     # another loopback address: --host reaches launch.sh and tritonserver binds it
+    log = tmp_path / "tritonserver.log"
     proc, lines = _start_serve([sys.executable, "-m", "evad.serving.cli", str(repo),
                                 "--host", "127.0.0.2", "--http-port", "0", "--grpc-port", "0",
-                                "--model", "evad"], env)
+                                "--model", "evad", "--log", str(log)], env)
     try:
         assert lines[0] == (f"evad-serve: serving {repo} with {tmp_path}/container-bin/"
                             "tritonserver through launch.sh: models evad (not loaded: "
@@ -327,11 +331,19 @@ def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, server_env
         client = tritonclient.InferenceServerClient(f"{m[1]}:{m[2]}", network_timeout=120)
         got = detect(client, frames=clip, time=1.0)
         assert got == _expected(tiny_onnx, clip, {"time": 1.0})
+        # SIGTERM with the client still connected: tritonserver waits its exit timeout (5 s
+        # here) for it, then gives up with code 1; evad-serve says so and still exits 0
+        t = time.monotonic()
+        out, err = _stop_serve(proc, signal.SIGTERM, repo)
+        assert 5 <= time.monotonic() - t < 30
     finally:
         if proc.poll() is None:
-            out, err = _stop_serve(proc, signal.SIGTERM, repo)
+            _stop_serve(proc, signal.SIGTERM, repo)
     assert "warning: listening on 127.0.0.2" in err
-    assert out.splitlines()[-1] == "evad-serve: stopped (tritonserver exit code 0)"
+    last = out.splitlines()[-1]
+    assert last.startswith("evad-serve: stopped (tritonserver exit code 1: E") and last.endswith(
+        f'failed to stop server: Internal - Exit timeout expired. Exiting immediately."; log '
+        f"{log})")
 
 
 def _fake_tritonserver(folder: Path) -> Path:
