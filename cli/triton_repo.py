@@ -22,6 +22,7 @@ examples:
   evad-triton-repo --onnx exports/vitb_ktp.onnx --engine exports/vitb_ktp.engine \\
       --plugins plugins/build/lib/libevad_plugins.so --out triton_repo
   sh triton_repo/launch.sh            # in NVIDIA's Triton container: serves on :8000 / :8001
+  evad-serve triton_repo              # here: a local tritonserver on 127.0.0.1 (.ci/triton_env.sh)
 
 Models: {DETECTOR_ONNX} (platform onnxruntime_onnx) and with --engine {DETECTOR_PLAN}
 (tensorrt_plan, the plugin library beside it): inputs clip (B, 3, T, H, W) float32 and
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                python_backend=args.python_backend, overwrite=args.overwrite)
         models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").exists())
         print(f"evad-triton-repo: wrote {out} (models {', '.join(models)}); serve it with "
-              f"sh {out / 'launch.sh'}")
+              f"evad-serve {out} (a local tritonserver), or sh {out / 'launch.sh'} in NVIDIA's "
+              "Triton container")
         return 0
 
     return run_command("evad-triton-repo", body,

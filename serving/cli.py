@@ -122,7 +122,8 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
     if port == 0:
         return
     with socket.socket() as s:
-        try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: a port
+        try:  # left in TIME_WAIT by a stopped one is free
             s.bind((host, port))
         except OSError:
             raise EvadError(f"port {port} on {host} is taken (another server?): pass {flag} "

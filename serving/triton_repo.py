@@ -50,7 +50,8 @@ _TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: 
 #: carries no copy of it that could go stale
 _MODEL_PY = '''"""EVAD detections for Triton's Python backend.
 
-The logic is evad.serving.triton_model (pip install evad-deploy in the backend's Python)."""
+The logic is evad.serving.triton_model: the evad-deploy wheel installed in the backend's Python
+(launch.sh --install WHEEL does it; the wheel is `pip wheel --no-deps .` in the repository)."""
 
 from evad.serving.triton_model import TritonPythonModel  # noqa: F401
 '''

@@ -54,6 +54,7 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
               "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
               "evad.export.layerwise", "evad.export.sizes", "evad.op_schemas", "evad.cli.export",
+              "evad.serving.cli",
               "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
               "evad.runtime.benchmark", "evad.cli.bench", "evad.runtime.job",
               "evad.runtime.ray_job", "evad.serving.triton_repo", "evad.serving.triton_model",

@@ -6,7 +6,9 @@ the Triton ``evad`` model's module work there. ``evad-serve`` from that venv sta
 model's repository on loopback with the Triton environment's server (``bash
 .ci/triton_env.sh``, which installs the same wheel without torch, as NVIDIA's container gets
 it), answers a request and leaves no process behind on SIGINT; in the container's way (a
-``tritonserver`` on ``PATH``) it goes through the repository's ``launch.sh``.
+``tritonserver`` on ``PATH``) it goes through the repository's ``launch.sh``, which refuses a
+``python3`` without evad in one line and binds loopback unless told otherwise; its refusals
+(no server, no model, a taken port, a host name) are one line each.
 """
 
 from __future__ import annotations
@@ -24,17 +26,16 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 from conftest import IN_CI, ROOT, read_frames, require
 
 from evad.runtime.job import DetectOptions
 from evad.runtime.sampling import clip_indices
+from evad.serving.triton_client import detect
 from evad.serving.triton_repo import SERVE_REQUIREMENTS, write_repository
 from evad.serving.triton_server import triton_env
-
-tritonclient = require("tritonclient.http", "triton")
-from evad.serving.triton_client import detect  # noqa: E402 - after the extra's check
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -149,6 +150,12 @@ def test_wheel_installs_in_a_fresh_venv(wheel_venv):
 
 
 @pytest.fixture(scope="module")
+def http():
+    """``tritonclient.http`` (the ``triton`` extra): only the serving tests need it."""
+    return require("tritonclient.http", "triton")
+
+
+@pytest.fixture(scope="module")
 def server_env() -> Path:
     env = triton_env()
     if not (env / "bin" / "python").exists():
@@ -233,9 +240,7 @@ def _tiny_repo(tmp_path: Path, tiny_onnx: Path) -> Path:
     return write_repository(tmp_path / "repo", tiny_onnx, gpu=False)
 
 
-def _one_clip(sample_mp4: Path) -> tuple:
-    import numpy as np
-
+def _one_clip(sample_mp4: Path) -> np.ndarray:
     frames = read_frames(sample_mp4)
     idx = clip_indices(len(frames) // 2, 16, 4, len(frames))
     return np.stack([frames[i] for i in idx])
@@ -250,8 +255,8 @@ def _expected(tiny_onnx: Path, clip, params: dict) -> tuple[list[dict], list[str
     return [json.loads(x) for x in lines], rows
 
 
-def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, server_env, wheel_venv,
-                                                          tiny_onnx, sample_mp4):
+def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, http, server_env,
+                                                          wheel_venv, tiny_onnx, sample_mp4):
     repo = _tiny_repo(tmp_path, tiny_onnx)
     env = {**os.environ, "EVAD_TRITON_ENV": str(server_env)}
     t = time.monotonic()
@@ -267,14 +272,15 @@ def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, server_env, 
         url = f"{m[1]}:{m[2]}"
         clip = _one_clip(sample_mp4)
         params = {"time": 2.0, "video_id": "sample", "person_threshold": 0.05}
-        client = tritonclient.InferenceServerClient(url, network_timeout=120)
+        client = http.InferenceServerClient(url, network_timeout=120)
         got = detect(client, frames=clip, **params)
         client.close()  # a connection still open holds the server for its exit timeout
         want = _expected(tiny_onnx, clip, params)
         assert got == want and want[0][0]["time"] == 2.0 and want[1]
+        out, _ = _stop_serve(proc, signal.SIGINT, repo)
     finally:
         if proc.poll() is None:
-            out, err = _stop_serve(proc, signal.SIGINT, repo)
+            _stop_serve(proc, signal.SIGINT, repo)
     print(f"evad-serve ready in {ready_s:.1f} s")
     assert out.splitlines()[-2:] == ["evad-serve: stopping",
                                      "evad-serve: stopped (tritonserver exit code 0)"]
@@ -310,8 +316,8 @@ def _container_path(tmp_path: Path, server_env: Path) -> str:
     return f"{bin_}{os.pathsep}{server_env / 'bin'}{os.pathsep}{os.environ['PATH']}"
 
 
-def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, server_env, tiny_onnx,
-                                                            sample_mp4):
+def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, http, server_env,
+                                                            tiny_onnx, sample_mp4):
     repo = _tiny_repo(tmp_path, tiny_onnx)
     env = {**os.environ, "PATH": _container_path(tmp_path, server_env),
            "EVAD_TRITON_ENV": str(tmp_path / "none")}  # no local server: the PATH one
@@ -328,7 +334,7 @@ def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, server_env
                       r"127\.0\.0\.2\)", lines[1])
         assert m and m[1] == m[3] == "127.0.0.2", lines
         clip = _one_clip(sample_mp4)
-        client = tritonclient.InferenceServerClient(f"{m[1]}:{m[2]}", network_timeout=120)
+        client = http.InferenceServerClient(f"{m[1]}:{m[2]}", network_timeout=120)
         got = detect(client, frames=clip, time=1.0)
         assert got == _expected(tiny_onnx, clip, {"time": 1.0})
         # SIGTERM with the client still connected: tritonserver waits its exit timeout (5 s
@@ -380,3 +386,37 @@ def test_launch_sh_checks_evad_and_binds_loopback(tmp_path, tiny_onnx, wheel_ven
     _run(["sh", str(repo / "launch.sh"), "--host", "0.0.0.0"], env={**os.environ, "PATH": path})
     assert args.read_text().splitlines()[1:3] == ["--http-address=0.0.0.0",
                                                   "--grpc-address=0.0.0.0"]
+
+
+def test_evad_serve_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, capsys):
+    from evad.serving.cli import main
+
+    repo = _tiny_repo(tmp_path, tiny_onnx)
+    monkeypatch.setenv("EVAD_TRITON_ENV", str(tmp_path / "none"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    cases = [
+        ([str(repo), "--http-port", "0", "--grpc-port", "0"],
+         f"no tritonserver: none on PATH and no server environment at {tmp_path / 'none'}; "
+         "make one with bash .ci/triton_env.sh in a checkout (or set EVAD_TRITON_ENV), or run "
+         "in NVIDIA's container nvcr.io/nvidia/tritonserver:<yy.mm>-py3"),
+        ([str(tmp_path)], f"model repository {tmp_path} holds no model (no */config.pbtxt): "
+         "write one with evad-triton-repo"),
+        ([str(repo), "--model", "nope"],
+         f"--model nope: not in {repo} (it holds evad, evad_onnx)"),
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases.append(([str(repo), "--http-port", "0", "--grpc-port", str(port)],
+                      f"port {port} on 127.0.0.1 is taken (another server?): pass --grpc-port "
+                      "with another port, or 0 for a free one"))
+        for argv, line in cases:
+            assert main(argv) == 2
+            assert capsys.readouterr().err == f"evad-serve: error: {line}\n"
+    with pytest.raises(SystemExit) as e:
+        main([str(repo), "--host", "localhost"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "evad-serve: error: argument --host: 'localhost' is not an IPv4 address (127.0.0.1: this "
+        "machine only; 0.0.0.0: every interface) (see evad-serve --help)\n")
