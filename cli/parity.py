@@ -193,8 +193,8 @@ def _parity(args: argparse.Namespace) -> int:
     clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
     with ParityBar(len(clips), runner.name, False) as bar:
         report = compare(model, runner, clips, sizes, thresholds, progress=bar.step)
-    print(f"parity: {runner.spec.name} ({runner.name}) vs torch fp32, {report.clips} batch(es) "
-          f"of {args.batch}")
+    print(f"parity: {runner.spec.name} ({runner.name}) vs torch fp32 and its float64 oracle, "
+          f"{report.clips} batch(es) of {args.batch} ({report.oracle_clips} with the oracle)")
     for line in report.lines():
         print(f"  {line}")
     print("PASS" if report.passed else "FAIL")
