@@ -261,7 +261,10 @@ class OpenVinoRunner:
             del graph
             config: dict = {"INFERENCE_PRECISION_HINT": hint}
             if _usable_cache():
-                config["CACHE_DIR"] = cache_dir()
+                # one folder per precision: OpenVINO's cache key does not include the
+                # inference precision hint, and a blob compiled at fp32 loaded for bf16 gave
+                # wrong outputs (96x192) or a crash (288x512)
+                config["CACHE_DIR"] = os.path.join(cache_dir(), precision)
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             self.compiled = core.compile_model(model, "CPU", config)

@@ -53,7 +53,8 @@ __all__ = ["BF16_THRESHOLDS", "FP16_THRESHOLDS", "FP32_THRESHOLDS", "INCONCLUSIV
 ORACLE_OUTPUTS = {OUTPUT_BOXES: " px", OUTPUT_PERSON_SCORES: "", OUTPUT_ACTION_PROBS: ""}
 #: batches per :func:`compare` call that get the float64 oracle run (the first ones); later
 #: batches are judged against the fp32 reference with the sample's largest error (see
-#: :class:`OracleError`). The oracle costs 1.5x to 2.3x a forced fp32 run (docs/design.md).
+#: :class:`OracleError`). With it a comparison costs about 3.5x as much (two fp32 twins and a
+#: float64 run at about twice an fp32 run; docs/design.md).
 ORACLE_CLIPS = 4
 #: an fp32 reference error (max abs against the oracle) at which an output carries no precision
 #: worth judging: a wrong graph can hide in it (default-initialised vit_b_ktp: boxes off by
@@ -86,7 +87,8 @@ class Thresholds:
     #: k. fp32: at 288x512, ONNX Runtime (fused and standard attention) on default-initialised
     #: tiny (seeds 0..4) and calmed tiny (seeds 0, 1), two clips each, reached e_back / e_ref =
     #: 2.1 (8.3 against the reference alone, without its twins); a weight of one encoder block
-    #: off by 1e-3 relative gave 26 to 235, RoIAlign's other alignment 2e3 to 2e5.
+    #: off by 1e-3 relative gave 26 to 235, RoIAlign's other alignment 2e3 to 3e5
+    #: (benchmarks/results/parity_oracle_calibration.json).
     oracle_k: float = 8.0
     # floors: for an e_ref of 0 (every output equal in fp32 and float64); about one fp32 ulp of
     # a box coordinate at the largest input side (2048 px), 16 ulps of a probability near 1

@@ -267,6 +267,13 @@ FIGURES: list[Fig] = [
     Fig(r"mean abs [\de.-]+, (\d+) of \d+\s+detections", ACC, f"{ACC_REPORT}/matched"),
     Fig(r"mean abs [\de.-]+, \d+ of (\d+)\s+detections", ACC, f"{ACC_REPORT}/detections"),
     Fig(r"with (\d+) threshold flips", ACC, f"{ACC_REPORT}/threshold_flips"),
+    # ... the float64-oracle ratios of the same report (export/parity.py)
+    *[Fig(r"([\de.-]+) \(" + what + r"\)", ACC, f"{ACC_REPORT}/oracle/{key}/ratio", "e2")
+      for what, key in (("boxes", "boxes"), ("person scores", "person_scores"),
+                        ("action probabilities", "action_probs"))],
+    Fig(r"oracle ratios up to\s+([\de.-]+),", ACC,
+        lambda d: max(v["ratio"] for v in get(d, f"vit_b_ktp_parity/{INT8W}/report/oracle")
+                      .values()), "e2"),
     Fig(r"takes (\d+) % less time", OFFICIAL,
         lambda d: 100 * (1 - d["median_s"]["openvino-bf16-int8w"] / d["median_s"]["openvino-bf16"]),
         0),
