@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -106,15 +105,7 @@ class _LaunchScriptServer(TritonServer):
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         # a neutral working directory, as the base class's (the stub puts it on sys.path)
         self._tmp = tempfile.TemporaryDirectory(prefix="evad-tritonserver-")
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=self._tmp.name)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop(keep_log=True)
-            raise
-        return self
+        return self._launch(cmd)
 
 
 def _check_port_free(host: str, port: int, flag: str) -> None:

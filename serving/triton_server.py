@@ -151,6 +151,12 @@ class TritonServer:
                "--exit-on-error=false", "--exit-timeout-secs=5"]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
+        return self._launch(cmd, env)
+
+    def _launch(self, cmd: list[str], env: dict[str, str] | None = None) -> TritonServer:
+        """Start ``cmd`` in its own process group, its output to ``self.log``, in ``self._tmp``;
+        wait until the server is ready (stopped again, log kept, when it is not)."""
+        assert self._tmp is not None and self.log is not None
         # the backend's stub puts its working directory on sys.path: started in a checkout's
         # root, whose evad/ holds only the core, it would import that instead of the package
         with open(self.log, "wb") as log:
