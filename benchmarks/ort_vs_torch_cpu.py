@@ -22,7 +22,7 @@ from forward_cpu import cpu_name
 
 from evad.export import preset_of, seeded_inputs
 from evad.metadata import read_metadata
-from evad.models import build_model, load_checkpoint
+from evad.models import load_or_build
 from evad.models.runner import TorchRunner
 from evad.runtime.backends import open_runner
 
@@ -38,11 +38,7 @@ def main() -> None:
 
     meta = read_metadata(args.onnx)
     preset = preset_of(meta)
-    if args.ckpt:
-        model, _ = load_checkpoint(args.ckpt, preset=preset)
-    else:
-        torch.manual_seed(meta["random_seed"])
-        model = build_model(preset).eval().calm()
+    model, _ = load_or_build(args.ckpt, preset, seed=0 if args.ckpt else meta["random_seed"])
     t0 = time.perf_counter()
     ort_model, _ = open_runner("ort", onnx=args.onnx)
     torch_model = TorchRunner(model, "reference", "cpu")

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 from forward_cpu import cpu_name
 
+from evad.preprocess import Preprocessor
 from evad.runtime.backends import open_runner
 from evad.runtime.outputs import DetectionWriter
 from evad.runtime.pipeline import ClipProducer, detect
-from evad.runtime.preprocess import Preprocessor
-from evad.runtime.video import open_video
+from evad.video import open_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_sample_video import make_video  # noqa: E402
@@ -51,8 +51,7 @@ def main() -> None:
     info = open_video(video)
     backend, _ = open_runner("ort", onnx=args.onnx, threads=args.threads, shrink_arena=True)
     spec = backend.spec
-    pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
-                              spec.mean, spec.std, spec.input_size, spec.name)
+    pre = Preprocessor.for_model(spec, (info.height, info.width))
     # warm-up: ORT's first run allocates its arena
     clip = np.zeros((args.batch, 3, spec.num_frames, *pre.padded), np.float32)
     size = np.tile(np.array([pre.resized], np.int64), (args.batch, 1))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evad.cli.demo import default_model
+from evad.export.demo import demo_onnx
 from evad.runtime.benchmark import cpu_name
 from evad.runtime.cli import main as run_main
 from evad.serving.triton_client import detect, load_test
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="per client")
     ap.add_argument("--videos", type=int, default=4)
     args = ap.parse_args()
-    onnx = default_model()
+    onnx = demo_onnx()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         video = make_video(t / "one.mp4", 6.0, 640, 360, 25.0)

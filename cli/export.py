@@ -7,17 +7,11 @@ alone is ``evad-build-engine`` (an ONNX made once is never re-exported to get an
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from evad.atomic import write_json_atomic
 from evad.command import (
     ArgumentParser,
     check_input_file,
@@ -34,34 +28,24 @@ from evad.engines.cli import (
     precision_of,
 )
 from evad.errors import ConfigError, EvadError
+from evad.export.exporter import Exporter, ParityCheck
 from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
 from evad.lazy import lazy_import
-from evad.metadata import write_metadata
 from evad.models.presets import PRESETS
 from evad.plugins import library_path
+from evad.runner import Runner
 from evad.runtime.backends import open_runner
 from evad.serving.triton_repo import write_repository
 
 if TYPE_CHECKING:
-    import torch
-
-    from evad import models
     from evad.engines import builder
-    from evad.export import metadata as export_metadata
-    from evad.export import onnx_export, parity
-    from evad.models import flops
 else:
-    # torch, onnx and the exporter load only once the cheap checks passed: a missing
-    # checkpoint or a machine without TensorRT is refused in a fraction of a second
-    torch = lazy_import("torch", "pip install torch")
-    models = lazy_import("evad.models", "pip install torch")
-    flops = lazy_import("evad.models.flops", "pip install torch")
+    # onnx and TensorRT load only once the cheap checks passed (and torch only in the
+    # exporter): a missing checkpoint or a machine without TensorRT is refused in a fraction of
+    # a second
     builder = lazy_import("evad.engines.builder", "pip install onnx")
-    export_metadata = lazy_import("evad.export.metadata", "pip install torch")
-    onnx_export = lazy_import("evad.export.onnx_export", "pip install torch onnx onnxscript")
-    parity = lazy_import("evad.export.parity", "pip install torch")
 
-__all__ = ["ParityBar", "main"]
+__all__ = ["main"]
 
 _EXPORT_EPILOG = """\
 examples:
@@ -84,29 +68,6 @@ _T0 = [time.perf_counter()]  # the command's start, for the elapsed time on each
 def _log(stage: str, msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(f"[{time.perf_counter() - _T0[0]:6.1f} s] {stage}: {msg}", flush=True)
-
-
-class ParityBar:
-    """The parity progress bar: two steps per clip (the backend's run, then torch's), so it
-    moves within a clip; use as ``compare(..., progress=bar.step)`` inside ``with``."""
-
-    def __init__(self, clips: int, what: str, quiet: bool) -> None:
-        self.bar = tqdm(total=2 * clips, desc="parity", unit="run", disable=quiet, leave=False)
-        self.what = what
-        self.bar.set_postfix_str(f"{what} on clip 1")
-
-    def step(self, done: str) -> None:
-        self.bar.update(1)
-        clip = self.bar.n // 2 + 1
-        nxt = "torch (forced to its decisions)" if done == "backend" else self.what
-        if self.bar.n < self.bar.total:
-            self.bar.set_postfix_str(f"{nxt} on clip {clip}")
-
-    def __enter__(self) -> ParityBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -152,21 +113,6 @@ def main(argv: list[str] | None = None) -> int:
                        interrupted=lambda: "interrupted; nothing half-written was left")
 
 
-def _memory_check(p, height: int, width: int) -> None:
-    """Refuse an input size whose attention alone would not fit in this machine's memory (the
-    exporter and the parity run hold a (heads, N, N) score matrix per block)."""
-    n = flops.token_counts(p, height, width)[0]
-    need = 3 * 4 * max(p.num_heads, 1) * n * n  # scores, softmax, one copy; float32
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > have:
-        raise ConfigError(f"input {height}x{width} gives {n} tokens; one attention block needs "
-                          f"about {need / 2**30:.0f} GiB and this machine has "
-                          f"{have / 2**30:.0f} GiB: use a smaller --height/--width")
-
-
 def _export(args: argparse.Namespace) -> int:
     # Everything cheap that can refuse the command runs before any slow work.
     validate_size(args.height, args.width)
@@ -191,84 +137,22 @@ def _export(args: argparse.Namespace) -> int:
             raise EvadError(f"{missing}. Export the ONNX now with --onnx-only, and build the "
                             f"engine later on a machine with a GPU and TensorRT: "
                             f"evad-build-engine <out>/<name>.onnx{flag}")
-    q = args.quiet
-    t0 = _T0[0] = time.perf_counter()
-    _log("export", f"loading {args.ckpt} ..." if args.ckpt is not None else
-         f"building preset {args.preset} ...", q)
-    if args.ckpt is not None:
-        model, meta = models.load_checkpoint(args.ckpt, keep_rate=args.keep_rate)
-        sha, stem = meta["sha256"], args.ckpt.stem
-        _log("export", f"loaded {args.ckpt} ({meta['preset_source']}: preset "
-             f"{meta['preset'].name}, weights {meta['dtype']}, trained keep rates "
-             f"{meta['trained_keep_rates'] or 'none'}) in {time.perf_counter() - t0:.1f} s", q)
-    else:
-        torch.manual_seed(args.seed)
-        model = models.build_model(args.preset, keep_rate=args.keep_rate).eval().calm()
-        sha, stem = None, f"{args.preset}_random{args.seed}"
-        _log("export", f"preset {args.preset} with RANDOM weights (seed {args.seed}, calmed: "
-             "see EVAD.calm)", q)
-    p = model.preset
-    _memory_check(p, args.height, args.width)
-    f = flops.flops(p, args.height, args.width)
+    stem = args.ckpt.stem if args.ckpt is not None else f"{args.preset}_random{args.seed}"
     name = check_name(args.name or stem, "the file name")
     out = args.out / f"{name}.onnx"
-    meta = export_metadata.build_metadata(
-        p, args.height, args.width, args.opset, checkpoint_sha256=sha, precision=precision,
-        exporter=f"torch.onnx dynamo (torch {torch.__version__})",
-        random_weights=args.ckpt is None)
-    if args.ckpt is None:
-        meta["random_seed"] = args.seed
-    rates = ", ".join(f"{r} at block {b}" for b, r in sorted(p.keep_rates.items())) or "none"
-    _log("export", f"input {args.height}x{args.width} (H x W), keep {rates}, tokens (all, then "
-         "after each pruning block) "
-         f"{' -> '.join(map(str, meta['tokens']))}, {f['total']:.1f} GFLOPs/clip", q)
-
-    t1 = time.perf_counter()
-    _log("export", "trace (torch.export) and translate to ONNX: the dynamo exporter takes a "
-         "while ...", q)
-    proto = onnx_export.export_onnx(model, args.height, args.width, args.opset,
-                        log=lambda m: _log("export", m, q))
-    write_metadata(proto, meta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    # The ONNX is written into a staging folder and moved into place only once it passed
-    # parity: a failed or interrupted export leaves no file that looks like a good one.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export.", dir=args.out))
-    try:
-        staged = onnx_export.save_model(proto, staging / out.name)
-        del proto
-        size_mb = sum(x.stat().st_size for x in staging.iterdir()) / 1e6
-        export_s = time.perf_counter() - t1
-        _log("export", f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}) in {export_s:.1f} s",
-             q)
-
-        report = None
-        if args.parity_clips:
-            ort_model, _ = open_runner("ort", onnx=staged, cuda=False)
-            clips, sizes = parity.seeded_inputs(args.parity_clips, 1, p.num_frames, args.height,
-                                         args.width, args.seed)
-            with ParityBar(len(clips), "ONNX Runtime", q) as bar:
-                report = parity.compare(model, ort_model, clips, sizes, progress=bar.step)
-            del ort_model
-            for line in report.lines():
-                _log("parity", f"ORT CPU vs torch fp32: {line}", q)
-            _log("parity", "PASS" if report.passed else "FAIL", q)
-            if report.passed:  # beside the ONNX, moved into place with it
-                write_json_atomic(staging / f"{name}.parity.json", {
-                    "backend": "onnxruntime (CPU)", "reference": "torch fp32, forced to the "
-                    "backend's kept tokens; oracle: the same in float64", "clips": len(clips),
-                    "clip_seed": args.seed, "input_size": [args.height, args.width],
-                    **report.to_dict()})
-            if not report.passed:
-                print(f"evad-export: error: the ONNX failed parity against torch (figures "
-                      f"above), so {out} was not written; export with --parity-clips 0 to keep "
-                      f"it, then inspect it with evad-parity --onnx {out}", file=sys.stderr)
-                return 1
-        for x in staging.iterdir():  # the .onnx last: its .data is in place before it
-            if x.name != out.name:
-                os.replace(x, args.out / x.name)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    q = args.quiet
+    _T0[0] = time.perf_counter()
+    check = ParityCheck(args.parity_clips, args.seed, _open_ort) if args.parity_clips else None
+    exporter = Exporter(args.height, args.width, made_by="evad-export", opset=args.opset,
+                        precision=precision, parity=check, progress=not q,
+                        log=lambda step, m: _log(step, m, q))
+    done = exporter(out, ckpt=args.ckpt, preset=args.preset, seed=args.seed,
+                    keep_rate=args.keep_rate)
+    if not done.written:
+        print(f"evad-export: error: the ONNX failed parity against torch (figures above), so "
+              f"{out} was not written; export with --parity-clips 0 to keep it, then inspect "
+              f"it with evad-parity --onnx {out}", file=sys.stderr)
+        return 1
 
     engine_path = None
     if not args.onnx_only:
@@ -284,10 +168,13 @@ def _export(args: argparse.Namespace) -> int:
         _log("triton", f"wrote the model repository {repo} (serve it with sh "
              f"{repo / 'launch.sh'})", q)
 
+    p, report = done.preset, done.report
+    label = check.label if check is not None else ""
+    tokens = " -> ".join(map(str, done.meta["tokens"]))
     print(f"\nsummary: {out}\n  preset {p.name}, classes {p.num_classes}, input "
-          f"{args.height}x{args.width} (H x W), tokens {' -> '.join(map(str, meta['tokens']))}, "
-          f"{f['total']:.1f} GFLOPs/clip, export {export_s:.1f} s"
-          + (f"\n  parity (ORT CPU, {report.clips} clip): PASS; from the float64 oracle, as a "
+          f"{args.height}x{args.width} (H x W), tokens {tokens}, "
+          f"{done.gflops:.1f} GFLOPs/clip, export {done.export_s:.1f} s"
+          + (f"\n  parity ({label}, {report.clips} clip): PASS; from the float64 oracle, as a "
              "ratio to torch fp32's own error: "
              + ", ".join(f"{o} {e.backend_max:.1e} ({e.ratio:.2g}x)"
                          for o, e in report.oracle.items())
@@ -295,6 +182,11 @@ def _export(args: argparse.Namespace) -> int:
           + (f"\n  engine: {engine_path} ({precision})" if engine_path else "")
           + (f"\n  triton repository: {repo}" if repo else ""))
     return 0
+
+
+def _open_ort(onnx: Path) -> Runner:
+    """The staged ONNX in ONNX Runtime on the CPU, for the exporter's parity step."""
+    return open_runner("ort", onnx=onnx, cuda=False)[0]
 
 
 if __name__ == "__main__":

@@ -8,50 +8,53 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-import torch
 
 from evad.atomic import write_json_atomic
-from evad.cli.export import ParityBar
 from evad.command import ArgumentParser, check_input_file, check_output_file, number, run_command
-from evad.engines.builder import build
 from evad.engines.environment import missing_for_engine_build
-from evad.engines.metadata import onnx_sha256, read_engine_metadata
-from evad.engines.onnx_prep import for_parser
-from evad.engines.trt_runner import TrtRunner
+from evad.engines.metadata import read_engine_metadata
 from evad.errors import BackendError, ConfigError, EvadError
-from evad.export.layerwise import (
-    TOLERANCES,
-    LayerRunner,
-    LayerwiseReport,
-    Tolerance,
-    compare_layers,
-    engine_marks,
-    layer_tensors,
-    merge_reports,
-)
-from evad.export.metadata import preset_of
-from evad.export.openvino_runner import OpenVinoRunner
-from evad.export.ort_runner import OrtRunner
-from evad.export.parity import (
-    FP32_THRESHOLDS,
-    OPENVINO_FP32_THRESHOLDS,
-    REDUCED_THRESHOLDS,
-    compare,
-    seeded_inputs,
-)
-from evad.fused_attention import decompose_fused_attention
+from evad.hashing import onnx_sha256
+from evad.lazy import lazy_import
 from evad.metadata import read_metadata
-from evad.models import build_model, load_checkpoint
-from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
+from evad.runner import (
+    INPUT_CLIP,
+    INPUT_IMAGE_SIZE,
+    ModelSpec,
+    Runner,
+    backend_choices,
+    precision_choices,
+)
 from evad.runtime.backends import open_runner
+
+if TYPE_CHECKING:
+    import onnx
+
+    from evad import fused_attention, models
+    from evad.engines import builder, onnx_prep
+    from evad.export import layerwise, parity
+    from evad.export import metadata as export_metadata
+else:
+    # torch (the reference, export metadata and parity rules) and onnx (the layerwise graphs)
+    # load only once the flags and files passed their checks: a missing or unreadable model
+    # file is refused in a fraction of a second, before ~1.5 s (warm) to ~10 s (cold) of torch
+    onnx = lazy_import("onnx", "pip install onnx")
+    fused_attention = lazy_import("evad.fused_attention", "pip install onnx")
+    builder = lazy_import("evad.engines.builder", "pip install onnx")
+    onnx_prep = lazy_import("evad.engines.onnx_prep", "pip install onnx")
+    layerwise = lazy_import("evad.export.layerwise", "pip install onnx")
+    export_metadata = lazy_import("evad.export.metadata", "pip install torch")
+    parity = lazy_import("evad.export.parity", "pip install torch")
+    models = lazy_import("evad.models", "pip install torch")
 
 __all__ = ["main"]
 
 _PROG = "evad-parity"
+#: what runs an --onnx here (an --engine runs in TensorRT)
+_BACKENDS = backend_choices(("onnx",), auto=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,9 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                     help="ONNX Runtime execution provider (default cpu)")
-    ap.add_argument("--backend", choices=["ort", "openvino"], default="ort",
+    ap.add_argument("--backend", choices=_BACKENDS, default="ort",
                     help="what runs --onnx: ort (default) or openvino")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-int8w"], default="fp32",
+    ap.add_argument("--precision", choices=precision_choices(_BACKENDS), default="fp32",
                     help="with --backend openvino: its compute precision; bf16 is judged by "
                     "the reduced-precision rules")
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
@@ -93,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "'--onnx-outputs mark all' does), run both sides on the same seeded clips, one at a "
         "time, and name the first node whose output differs beyond the precision's tolerance "
         "(relative to each tensor's largest value: " + ", ".join(
-            f"{name} rtol {t.rtol:g}" for name, t in TOLERANCES.items()) + "). Index tensors "
-        "that differ after float noise are reported as near-ties, not judged.")
+            f"{name} rtol {t.rtol:g}" for name, t in layerwise.TOLERANCES.items())
+        + "). Index tensors that differ after float noise are reported as near-ties, not judged.")
     lw.add_argument("--layerwise", action="store_true",
                     help="with --engine: build a copy of the engine from its ONNX with every "
                     "layer marked (same precision; needs TensorRT and a GPU) and compare it with "
@@ -147,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     _check_flags(ap, args)
-    layerwise = args.layerwise or args.layerwise_against is not None
-    return run_command(_PROG, lambda: _layerwise(args) if layerwise else _parity(args))
+    by_layer = args.layerwise or args.layerwise_against is not None
+    return run_command(_PROG, lambda: _layerwise(args) if by_layer else _parity(args))
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -161,7 +164,11 @@ def _parity(args: argparse.Namespace) -> int:
                           "precision it was built with")
     if args.backend == "openvino" and args.provider != "cpu":
         raise ConfigError("--provider is ONNX Runtime's; OpenVINO runs on the CPU here")
+    # the model file before its backend loads (open_runner checks it too, after the import)
+    if args.onnx is not None:
+        check_input_file(args.onnx, "ONNX model")
     if args.engine is not None:
+        check_input_file(args.engine, "TensorRT engine")
         runner, _ = open_runner("trt", engine=args.engine)
     elif args.backend == "openvino":
         runner, _ = open_runner("openvino", onnx=args.onnx, precision=args.precision)
@@ -170,29 +177,35 @@ def _parity(args: argparse.Namespace) -> int:
             raise ConfigError(f"--precision {args.precision} runs on --backend openvino (ONNX "
                               "Runtime's CPU kernels are fp32)")
         runner, _ = open_runner("ort", onnx=args.onnx, cuda=args.provider == "cuda")
-    assert isinstance(runner, (OrtRunner, TrtRunner, OpenVinoRunner))
+    with runner:
+        return _judge(args, runner)
+
+
+def _judge(args: argparse.Namespace, runner: Runner) -> int:
+    """The parity run of an open ``runner`` against the torch reference."""
     meta = runner.metadata
-    preset = preset_of(meta)
+    preset = export_metadata.preset_of(meta)
     if args.ckpt is not None:
-        model, cmeta = load_checkpoint(args.ckpt, preset=preset)
+        model, cmeta = models.load_or_build(args.ckpt, preset)
         if meta.get("checkpoint_sha256") and meta["checkpoint_sha256"] != cmeta["sha256"]:
             raise EvadError(f"{runner.spec.name} was exported from another checkpoint (sha256 "
                             f"{meta['checkpoint_sha256'][:12]}..., {args.ckpt} is "
                             f"{cmeta['sha256'][:12]}...)")
     elif meta.get("random_seed") is not None:
-        torch.manual_seed(meta["random_seed"])
-        model = build_model(preset).eval().calm()
+        model, _ = models.load_or_build(preset=preset, seed=meta["random_seed"])
     else:
         raise ConfigError(f"{runner.spec.name} was exported from a checkpoint: pass it with "
                           "--ckpt")
-    reduced = (meta.get("precision", "fp32") != "fp32" and args.engine is not None) or \
-        getattr(runner, "precision", "fp32") != "fp32"
-    thresholds = REDUCED_THRESHOLDS if reduced else (
-        OPENVINO_FP32_THRESHOLDS if isinstance(runner, OpenVinoRunner) else FP32_THRESHOLDS)
+    # an engine's precision is the one it was built with; ONNX Runtime's is fp32
+    reduced = runner.precision != "fp32"
+    thresholds = parity.REDUCED_THRESHOLDS if reduced else (
+        parity.OPENVINO_FP32_THRESHOLDS if runner.backend == "openvino"
+        else parity.FP32_THRESHOLDS)
     h, w = meta["input_size"]
-    clips, sizes = seeded_inputs(args.clips, args.batch, preset.num_frames, h, w, args.seed)
-    with ParityBar(len(clips), runner.name, False) as bar:
-        report = compare(model, runner, clips, sizes, thresholds, progress=bar.step)
+    clips, sizes = parity.seeded_inputs(args.clips, args.batch, preset.num_frames, h, w,
+                                        args.seed)
+    with parity.ParityBar(len(clips), runner.name, False) as bar:
+        report = parity.compare(model, runner, clips, sizes, thresholds, progress=bar.step)
     print(f"parity: {runner.spec.name} ({runner.name}) vs torch fp32 and its float64 oracle, "
           f"{report.clips} batch(es) of {args.batch} ({report.oracle_clips} with the oracle)")
     for line in report.lines():
@@ -225,18 +238,18 @@ def _layerwise(args: argparse.Namespace) -> int:
         onnx_path = check_input_file(args.onnx, "ONNX model")
         check_input_file(args.layerwise_against, "--layerwise-against ONNX model")
         precision = "fp32"
-    if precision not in TOLERANCES:
+    if precision not in layerwise.TOLERANCES:
         raise EvadError(f"the engine's sidecar says precision {precision!r}, none of "
-                        f"{', '.join(TOLERANCES)}: rebuild it with evad-build-engine")
-    base = TOLERANCES[precision]
-    tol = Tolerance(rtol=base.rtol if args.rtol is None else args.rtol,
-                    atol=base.atol if args.atol is None else args.atol)
+                        f"{', '.join(layerwise.TOLERANCES)}: rebuild it with evad-build-engine")
+    base = layerwise.TOLERANCES[precision]
+    tol = layerwise.Tolerance(rtol=base.rtol if args.rtol is None else args.rtol,
+                              atol=base.atol if args.atol is None else args.atol)
     spec = ModelSpec.from_metadata(read_metadata(onnx_path), f"ONNX model {onnx_path}")
     assert spec.input_size is not None  # an export's metadata always has it
     h, w = spec.input_size
-    clips, sizes = seeded_inputs(args.clips, 1, spec.num_frames, h, w, args.seed)
+    clips, sizes = parity.seeded_inputs(args.clips, 1, spec.num_frames, h, w, args.seed)
     # the graph the TensorRT parser sees, with the evad functions kept so ONNX Runtime runs it
-    reference = decompose_fused_attention(onnx.load(str(onnx_path)))
+    reference = fused_attention.decompose_fused_attention(onnx.load(str(onnx_path)))
     cuda = args.provider == "cuda"
     notes: list[str] = []
     if args.engine is not None:
@@ -281,49 +294,52 @@ def _feeds(clip: np.ndarray, size: np.ndarray) -> dict[str, np.ndarray]:
     return {INPUT_CLIP: clip, INPUT_IMAGE_SIZE: size}
 
 
-def _against_onnx(other: Path, reference: onnx.ModelProto, tol: Tolerance,
+def _against_onnx(other: Path, reference: onnx.ModelProto, tol: layerwise.Tolerance,
                   clips: list[np.ndarray], sizes: list[np.ndarray],
-                  cuda: bool) -> LayerwiseReport:
+                  cuda: bool) -> layerwise.LayerwiseReport:
     """A second ONNX, decomposed like the first, every tensor marked, in ONNX Runtime."""
-    candidate = decompose_fused_attention(onnx.load(str(other)))
+    candidate = fused_attention.decompose_fused_attention(onnx.load(str(other)))
     want = sorted(i.name for i in reference.graph.input)
     have = sorted(i.name for i in candidate.graph.input)
     if have != want:
         raise EvadError(f"{other} has inputs {have}, the reference {want}: not the same model")
-    ref_run, cand_run = LayerRunner(reference, cuda=cuda), LayerRunner(candidate, cuda=cuda)
-    return merge_reports([compare_layers(reference, ref_run(_feeds(c, s)),
-                                         cand_run(_feeds(c, s)), tol, "fp32", candidate)
-                          for c, s in zip(clips, sizes, strict=True)])
+    ref_run = layerwise.LayerRunner(reference, cuda=cuda)
+    cand_run = layerwise.LayerRunner(candidate, cuda=cuda)
+    return layerwise.merge_reports([
+        layerwise.compare_layers(reference, ref_run(_feeds(c, s)), cand_run(_feeds(c, s)), tol,
+                                 "fp32", candidate)
+        for c, s in zip(clips, sizes, strict=True)])
 
 
 def _against_engine(engine: Path, onnx_path: Path, sidecar: dict[str, Any],
-                    reference: onnx.ModelProto, precision: str, tol: Tolerance,
+                    reference: onnx.ModelProto, precision: str, tol: layerwise.Tolerance,
                     clips: list[np.ndarray], sizes: list[np.ndarray], cuda: bool,
-                    notes: list[str]) -> LayerwiseReport:
+                    notes: list[str]) -> layerwise.LayerwiseReport:
     """A marked rebuild of the engine (same precision and plugins, batch 1) against ONNX
     Runtime. Marked: the tensors the engine can return (:func:`engine_marks`) under a name the
     parser's graph has too (TensorRT's parser names network tensors after the ONNX tensors).
     What the reader should know about the result is appended to ``notes``."""
-    parser_names = {o for n in for_parser(reference).graph.node for o in n.output}
-    marks = [n for n in engine_marks(reference, layer_tensors(reference)) if n in parser_names]
-    ref_run = LayerRunner(reference, marks, cuda=cuda)
+    parser_names = {o for n in onnx_prep.for_parser(reference).graph.node for o in n.output}
+    marks = [n for n in layerwise.engine_marks(reference, layerwise.layer_tensors(reference))
+             if n in parser_names]
+    ref_run = layerwise.LayerRunner(reference, marks, cuda=cuda)
     reports = []
     with tempfile.TemporaryDirectory(prefix="evad-layerwise-") as tmp:
-        built = build(onnx_path, precision=precision, batch=(1, 1, 1),
-                      plugins=sidecar.get("plugins"), out=Path(tmp) / "marked.engine",
-                      mark_outputs=marks, log=lambda line: print(f"  {line}"))
+        built = builder.build(onnx_path, precision=precision, batch=(1, 1, 1),
+                              plugins=sidecar.get("plugins"), out=Path(tmp) / "marked.engine",
+                              mark_outputs=marks, log=lambda line: print(f"  {line}"))
         partial = 0
-        with TrtRunner(built) as runner:
+        with open_runner("trt", engine=built)[0] as runner:
             for clip, size in zip(clips, sizes, strict=True):
                 ref, cand = ref_run(_feeds(clip, size)), runner(clip, size)
                 partial = max(partial, _first_rows(ref, cand))
-                reports.append(compare_layers(reference, ref, cand, tol, precision))
+                reports.append(layerwise.compare_layers(reference, ref, cand, tol, precision))
     if partial:
         notes.append(f"note: {partial} tensors compared on their first rows only (the runner "
                      "returns each output's batch rows along axis 0; theirs is not the batch)")
     notes.append(f"note: the marked rebuild may fuse less than {engine.name} does (a marked "
                  "tensor must exist), so it can miss an error of a fused kernel alone")
-    return merge_reports(reports)
+    return layerwise.merge_reports(reports)
 
 
 def _first_rows(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> int:

@@ -15,22 +15,24 @@ from pathlib import Path
 import numpy as np
 
 from evad.atomic import write_bytes_atomic, write_json_atomic
-from evad.cli.demo import default_model, default_video
 from evad.command import (
     ArgumentParser,
+    add_keyframe_stride,
     check_name,
     check_output_dir,
     check_output_file,
     number,
     run_command,
 )
+from evad.datasets.demo import demo_video
 from evad.errors import ConfigError, EvadError
+from evad.export.demo import demo_onnx
 from evad.lazy import lazy_import
-from evad.runner import kept_blocks, kept_idx_name
-from evad.runtime.backends import BACKENDS, open_runner
+from evad.preprocess import Preprocessor
+from evad.runner import backend_choices, kept_blocks, kept_idx_name
+from evad.runtime.backends import open_runner
 from evad.runtime.pipeline import ClipProducer
-from evad.runtime.preprocess import Preprocessor
-from evad.runtime.sampling import expected_keyframes
+from evad.runtime.source import Source
 from evad.runtime.tokens import (
     kept_masks,
     kept_share,
@@ -38,7 +40,7 @@ from evad.runtime.tokens import (
     token_motion,
     token_strip,
 )
-from evad.runtime.video import open_video
+from evad.sampling import expected_keyframes
 
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
@@ -61,11 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--onnx", type=Path, help="ONNX model (default: the demo model)")
     ap.add_argument("--engine", type=Path, help="TensorRT engine")
     ap.add_argument("--ckpt", type=Path, help="checkpoint (torch backend)")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto")
+    ap.add_argument("--backend", choices=backend_choices(), default="auto")
     ap.add_argument("--time", type=number(0, lo_open=False), action="append", default=None,
                     help="keyframe time in seconds (repeatable; default: the middle keyframe)")
-    ap.add_argument("--keyframe-stride", type=number(0, 3600, lo_open=True), default=1.0,
-                    help="seconds between keyframes (default 1.0)")
+    add_keyframe_stride(ap)
     ap.add_argument("--fps", type=number(0, 10000, lo_open=True), default=None,
                     help="frame rate of a frame directory (default 30)")
     ap.add_argument("--out", type=Path, default=None,
@@ -80,19 +81,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tokens(args: argparse.Namespace) -> int:
-    video = args.video if args.video is not None else default_video()
-    info = open_video(video, args.fps)
+    video = args.video if args.video is not None else demo_video()
+    info = Source.classify(str(video)).open(args.fps)
     out = args.out or Path("runs") / check_name(info.video_id, "video id") / "tokens"
     check_output_dir(out, "--out")
     if args.json is not None:
         check_output_file(args.json, "--json")
     onnx = args.onnx
     if args.onnx is None and args.engine is None and args.ckpt is None:
-        onnx = default_model()
+        onnx = demo_onnx()
     runner, _ = open_runner(args.backend, engine=args.engine, onnx=onnx, ckpt=args.ckpt)
     spec = runner.spec
-    pre = Preprocessor.create((info.height, info.width), spec.short_side, spec.max_long_side,
-                              spec.mean, spec.std, spec.input_size, spec.name)
+    pre = Preprocessor.for_model(spec, (info.height, info.width))
     total = expected_keyframes(info.duration_s - 1.0 / info.fps, args.keyframe_stride)
     times = args.time or [(total // 2) * args.keyframe_stride]
     wanted = {round(t / args.keyframe_stride) for t in times}
@@ -135,6 +135,7 @@ def _tokens(args: argparse.Namespace) -> int:
                 + f" -> {path}")
     finally:
         producer.stop()
+        runner.close()  # what the backend holds (an engine's device memory)
     if args.json is not None:
         write_json_atomic(args.json, {"model": spec.describe(), "video": str(info.path),
                                       "keyframes": report})

@@ -4,7 +4,8 @@ demo model as the defaults for a missing video or model (the demo checkpoint for
 
 from __future__ import annotations
 
-from evad.cli.demo import default_model, default_video
+from evad.datasets.demo import demo_video
+from evad.export.demo import demo_onnx
 from evad.models.demo import demo_checkpoint
 from evad.runtime.cli import main as run_main
 
@@ -12,7 +13,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, default_video=default_video, default_model=default_model,
+    return run_main(argv, default_video=demo_video, default_model=demo_onnx,
                     default_ckpt=demo_checkpoint)
 
 

@@ -9,15 +9,15 @@ timestamp (s), x1, y1, x2, y2 (normalised), action id (1-based), person id.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from evad.atomic import atomic_path, write_text_atomic
+from evad.ava_csv import TruthRow, write_truth_csv_atomic
 from evad.datasets import GENERATOR_VERSION
 from evad.lazy import lazy_import
 from evad.models.labels import SYNTHETIC_ACTIONS
@@ -31,7 +31,7 @@ __all__ = [
     "Scene",
     "generate_dataset",
     "make_demo_video",
-    "render_video",
+    "render_scene_video",
     "write_label_map",
 ]
 
@@ -112,9 +112,10 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _actor_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     """A saturated colour, very dark or very bright: figures contrast with the background."""
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(180, 256),
-                      rng.choice([rng.integers(20, 60), rng.integers(210, 256)])]]])
-    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(180, 256),
+                      rng.choice([rng.integers(20, 60), rng.integers(210, 256)])]]], np.uint8)
+    b, g, r = (int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    return b, g, r
 
 
 def make_scene(seed: int, width: int = 640, height: int = 360, fps: float = 15.0,
@@ -285,46 +286,43 @@ def _visible(box: tuple, width: int, height: int) -> tuple[tuple, float]:
     return (cx1, cy1, cx2, cy2), vis / area if area > 0 else 0.0
 
 
-def render_video(scene: Scene, path: str | os.PathLike, video_id: str) -> list[list]:
-    """Write the scene as an mp4 (mp4v) and return its AVA rows (one per person and action at
-    every whole second from 1 to duration - 1; people less than 40% visible are left out)."""
-    path = Path(path)
+def render_scene_video(scene: Scene, path: str | os.PathLike, video_id: str) -> list[TruthRow]:
+    """Write the scene as an mp4 (mp4v; whole or not at all) and return its AVA ground-truth
+    rows: one per person and action at every whole second from 1 to duration - 1, the box
+    normalised by the frame size; people less than 40% visible are left out.
+
+    Raises:
+        RuntimeError: OpenCV cannot write mp4v video here.
+    """
     n = int(round(scene.duration * scene.fps))
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), scene.fps,
-                             (scene.width, scene.height))
-    if not writer.isOpened():
-        os.unlink(tmp)
-        raise RuntimeError("OpenCV cannot write mp4v video here")
-    rows = []
+    rows: list[TruthRow] = []
     keyframes = {int(round(s * scene.fps)): s for s in range(1, int(scene.duration))}
-    try:
-        for i in range(n):
-            frame, people = render_frame(scene, i)
-            writer.write(frame)
-            if i in keyframes:
-                for pid, box, labels in people:
-                    (x1, y1, x2, y2), vis = _visible(box, scene.width, scene.height)
-                    if vis < 0.4 or not labels:
-                        continue
-                    norm = [round(x1 / scene.width, 4), round(y1 / scene.height, 4),
-                            round(x2 / scene.width, 4), round(y2 / scene.height, 4)]
-                    rows.extend([video_id, keyframes[i], *norm, a, pid] for a in labels)
-        writer.release()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.release()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, ".tmp.mp4") as tmp:  # OpenCV picks the container from the suffix
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), scene.fps,
+                                 (scene.width, scene.height))
+        if not writer.isOpened():
+            raise RuntimeError("OpenCV cannot write mp4v video here")
+        try:
+            for i in range(n):
+                frame, people = render_frame(scene, i)
+                writer.write(frame)
+                if i in keyframes:
+                    for pid, box, labels in people:
+                        (x1, y1, x2, y2), vis = _visible(box, scene.width, scene.height)
+                        if vis < 0.4 or not labels:
+                            continue
+                        norm = (x1 / scene.width, y1 / scene.height, x2 / scene.width,
+                                y2 / scene.height)
+                        rows.extend((video_id, keyframes[i], norm, a, pid) for a in labels)
+        finally:
+            writer.release()
     return rows
 
 
 def write_label_map(path: str | os.PathLike) -> None:
     """The label map in AVA's pbtxt format (``item { name: "walk" id: 1 }``)."""
-    Path(path).write_text("".join(f'item {{\n  name: "{n}"\n  id: {i + 1}\n}}\n'
-                                  for i, n in enumerate(ACTIONS)))
+    write_text_atomic(path, "".join(f'item {{\n  name: "{n}"\n  id: {i + 1}\n}}\n'
+                                    for i, n in enumerate(ACTIONS)))
 
 
 def generate_dataset(out: str | os.PathLike, num_videos: int, seed: int = 0,
@@ -340,11 +338,8 @@ def generate_dataset(out: str | os.PathLike, num_videos: int, seed: int = 0,
     for k in tqdm(range(num_videos), desc="videos", disable=not progress):
         vid = f"syn{seed + k:06d}"
         scene = make_scene(seed + k, width, height, fps, duration)
-        rows += render_video(scene, out / "videos" / f"{vid}.mp4", vid)
-    tmp = out / ".annotations.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, out / "annotations.csv")
+        rows += render_scene_video(scene, out / "videos" / f"{vid}.mp4", vid)
+    write_truth_csv_atomic(rows, out / "annotations.csv")
     write_label_map(out / "label_map.pbtxt")
     return out
 
@@ -358,9 +353,5 @@ def make_demo_video(path: str | os.PathLike, duration: float = 20.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scene = make_scene(DEMO_SEED, duration=duration)
-    rows = render_video(scene, path, path.stem)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path.with_suffix(".csv"))
+    write_truth_csv_atomic(render_scene_video(scene, path, path.stem), path.with_suffix(".csv"))
     return path

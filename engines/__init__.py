@@ -12,11 +12,11 @@ from evad.lazy import lazy_exports
 
 _WHERE = {
     "build": "builder", "build_plan": "builder", "check_batch_profile": "builder",
-    "parser_graph": "builder", "PRECISIONS": "builder", "Plan": "builder",
+    "parser_graph": "builder", "Plan": "builder",
     "Missing": "environment", "missing_for_engine_build": "environment",
     "running_environment": "environment", "EngineMismatchError": "metadata",
     "check_engine_metadata": "metadata", "engine_metadata": "metadata",
-    "read_engine_metadata": "metadata", "onnx_sha256": "metadata", "FP32_OPS": "mixed_precision",
+    "read_engine_metadata": "metadata", "FP32_OPS": "mixed_precision",
     "strip_evad_functions": "onnx_prep", "for_parser": "onnx_prep", "check_types": "onnx_prep",
     "check_topk": "onnx_prep", "TOPK_MAX_K": "onnx_prep",
     "to_mixed_precision": "mixed_precision",

@@ -32,24 +32,25 @@ import onnx
 
 from evad.atomic import write_bytes_atomic
 from evad.engines.environment import missing_for_engine_build, running_environment
-from evad.engines.metadata import engine_metadata, onnx_sha256, sidecar_path
+from evad.engines.metadata import engine_metadata, sidecar_path
 from evad.engines.mixed_precision import fp32_layer_types, to_mixed_precision
 from evad.engines.onnx_prep import check_topk, check_types, evad_nodes, for_parser
 from evad.errors import ConfigError, EvadError
+from evad.hashing import onnx_sha256
 from evad.metadata import read_metadata
 from evad.plugins import library_path
 from evad.plugins import load as load_plugins
-from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE
+from evad.runner import ENGINE_PRECISIONS, INPUT_CLIP, INPUT_IMAGE_SIZE
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["PRECISIONS", "Plan", "build", "build_plan", "check_batch_profile", "parser_graph",
+__all__ = ["Plan", "build", "build_plan", "check_batch_profile", "parser_graph",
            "set_math_modes", "strongly_typed"]
 
-#: engine precisions: ``fp32`` is true fp32 (TF32 off); ``tf32`` lets TensorRT round MatMul and
-#: Conv inputs to TF32 (a 10-bit mantissa, ~1e-3 relative: judged by the reduced-precision bars)
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# An engine's precision is one of ENGINE_PRECISIONS (the backend table's trt row, evad.runner):
+# ``fp32`` is true fp32 (TF32 off); ``tf32`` lets TensorRT round MatMul and Conv inputs to TF32
+# (a 10-bit mantissa, ~1e-3 relative: judged by the reduced-precision bars).
 
 
 def check_batch_profile(batch: tuple[int, int, int],
@@ -273,8 +274,8 @@ def build_plan(trt: Any, model: onnx.ModelProto, meta: dict[str, Any], precision
         ConfigError: a precision, batch or graph TensorRT would refuse.
         EvadError: the parse or the build failed.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in ENGINE_PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(ENGINE_PRECISIONS)}")
     lo, opt, hi = check_batch_profile(batch)
     expected = len(evad_nodes(model))
     h, w = meta["input_size"]
@@ -319,8 +320,8 @@ def build(onnx_path: str | os.PathLike, precision: str = "fp32",
         EvadError: missing TensorRT/GPU/plugins, a graph TensorRT would refuse, parse or build
             failure, a node not bound.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in ENGINE_PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(ENGINE_PRECISIONS)}")
     lo, opt, hi = check_batch_profile(batch)
     missing = [m for m in missing_for_engine_build() if not m.optional]
     if missing:

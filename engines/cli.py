@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evad.command import ArgumentParser, check_input_file, check_output_file, number, run_command
-from evad.engines.builder import build, check_batch_profile
 from evad.engines.environment import missing_for_engine_build
 from evad.errors import ConfigError, EvadError
+from evad.lazy import lazy_import
+from evad.runner import ENGINE_PRECISIONS
+
+if TYPE_CHECKING:
+    from evad.engines import builder
+else:
+    # the builder brings onnx (and TensorRT on use): loaded once the input file and the flags
+    # passed, so a missing ONNX is refused before any of it (evad-export shares these helpers)
+    builder = lazy_import("evad.engines.builder", "pip install onnx")
 
 __all__ = ["add_engine_arguments", "add_precision_arguments", "engine_batch", "main",
            "missing_message", "precision_of"]
@@ -38,7 +47,7 @@ def engine_batch(text: str) -> tuple[int, int, int]:
         lo, opt, hi = (int(x) for x in text.split(","))
     except ValueError as e:
         raise ConfigError(f"--engine-batch {text!r}: give MIN,OPT,MAX, e.g. 1,1,8") from e
-    return check_batch_profile((lo, opt, hi), f"--engine-batch {text!r}")
+    return builder.check_batch_profile((lo, opt, hi), f"--engine-batch {text!r}")
 
 
 def missing_message(precision: str) -> str | None:
@@ -50,19 +59,24 @@ def missing_message(precision: str) -> str | None:
     return f"the {precision} TensorRT engine step needs " + "; ".join(map(str, missing))
 
 
+#: what each engine precision flag says in --help (the flags are the backend table's engine
+#: precisions, ``evad.runner.ENGINE_PRECISIONS``, fp32 being the default)
+_PRECISION_HELP = {"tf32": "let MatMul/Conv use TF32 (off by default: an fp32 engine is true "
+                   "fp32)", "fp16": "fp16 engine", "bf16": "bf16 engine"}
+
+
 def add_precision_arguments(ap: argparse.ArgumentParser) -> None:
-    """``--tf32`` / ``--fp16`` / ``--bf16`` (default: true fp32, TF32 off), shared with
-    ``evad-export``."""
+    """One flag per engine precision but the default fp32: ``--tf32`` / ``--fp16`` /
+    ``--bf16`` (default: true fp32, TF32 off), shared with ``evad-export``."""
     prec = ap.add_mutually_exclusive_group()
-    prec.add_argument("--tf32", action="store_true", help="let MatMul/Conv use TF32 (off by "
-                      "default: an fp32 engine is true fp32)")
-    prec.add_argument("--fp16", action="store_true", help="fp16 engine")
-    prec.add_argument("--bf16", action="store_true", help="bf16 engine")
+    for p in ENGINE_PRECISIONS[1:]:
+        prec.add_argument(f"--{p}", action="store_true",
+                          help=_PRECISION_HELP.get(p, f"{p} engine"))
 
 
 def precision_of(args: argparse.Namespace) -> str:
     """The precision the flags of :func:`add_precision_arguments` ask for."""
-    return next((p for p in ("tf32", "fp16", "bf16") if getattr(args, p)), "fp32")
+    return next((p for p in ENGINE_PRECISIONS[1:] if getattr(args, p)), ENGINE_PRECISIONS[0])
 
 
 def add_engine_arguments(ap: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -97,17 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     precision = precision_of(args)
 
     def body() -> int:
-        batch = engine_batch(args.engine_batch)
+        # the files first: they need no import (the batch check loads the builder and onnx)
         check_input_file(args.onnx, "ONNX model")
         out = args.out or args.onnx.with_suffix(".engine")
         check_output_file(out, "--out")
+        batch = engine_batch(args.engine_batch)
         missing = missing_message(precision)
         if missing:
             raise EvadError(missing)
-        path = build(args.onnx, precision=precision, batch=batch,
-                     timing_cache=args.timing_cache or out.parent / "timing.cache",
-                     plugins=args.plugins, out=out, workspace_gib=args.workspace,
-                     log=(lambda m: None) if args.quiet else (lambda m: print(f"engine: {m}")))
+        path = builder.build(args.onnx, precision=precision, batch=batch,
+                             timing_cache=args.timing_cache or out.parent / "timing.cache",
+                             plugins=args.plugins, out=out, workspace_gib=args.workspace,
+                             log=(lambda m: None) if args.quiet
+                             else (lambda m: print(f"engine: {m}")))
         print(f"{_PROG}: {path} ({precision})")
         return 0
 

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from evad.errors import EvadError
-from evad.hashing import file_sha256
 
 __all__ = ["FORMAT_VERSION", "EngineMismatchError", "check_engine_metadata", "engine_metadata",
-           "merged_metadata", "onnx_sha256", "read_engine_metadata", "sidecar_path",
+           "merged_metadata", "read_engine_metadata", "sidecar_path",
 ]
 
 FORMAT_VERSION = 1
@@ -29,11 +28,6 @@ class EngineMismatchError(EvadError):
 def sidecar_path(engine: str | os.PathLike) -> Path:
     """``x.engine`` -> ``x.engine.json``."""
     return Path(str(engine) + ".json")
-
-
-def onnx_sha256(path: str | os.PathLike) -> str:
-    """sha256 of the .onnx file (and its external data file when present), hex."""
-    return file_sha256(path, str(path) + ".data")
 
 
 def engine_metadata(env: dict[str, Any], precision: str, onnx_meta: dict[str, Any],

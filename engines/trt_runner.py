@@ -7,12 +7,12 @@ into the pinned input buffer, queues the host-to-device copies, one ``execute_as
 device-to-host copies on one CUDA stream, and waits once. Batches are padded up to the profile's
 minimum and split at its maximum. ``close()`` (or a ``with`` block) frees the device memory,
 the pinned memory and the stream. Needs no onnx: the engine's metadata is its JSON sidecar.
+Opened through ``evad.runtime.backends.open_runner``.
 """
 
 from __future__ import annotations
 
 import os
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from evad.hashing import file_sha256
 from evad.lazy import available
 from evad.plugins import PluginError, tensorrt
 from evad.plugins import load as load_plugins
-from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, INPUTS, ModelSpec
+from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, INPUTS, ModelSpec, RunnerBase
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -80,12 +80,12 @@ def _check_can_run() -> None:
                            "torch")
 
 
-class TrtRunner:
+class TrtRunner(RunnerBase):
     """A deserialized engine, checked against this GPU and TensorRT before use.
 
     Holds device and pinned host memory, an execution context and a CUDA stream until
-    :meth:`close` (also as ``with TrtRunner(path) as runner:``); unclosed, they are freed when
-    the runner is garbage collected.
+    :meth:`close` (also as ``with open_runner("trt", engine=path)[0] as runner:``); unclosed,
+    they are freed when the runner is garbage collected.
 
     Args:
         path: the ``.engine`` file (its ``.engine.json`` sidecar must sit beside it).
@@ -104,6 +104,7 @@ class TrtRunner:
         self._bf16: set[str] = set()
         self._stream: Stream | None = None
         self._closed = False
+        self.backend = "trt"
         self.path = check_input_file(path, "TensorRT engine")
         _check_can_run()
         #: the ``.engine.json`` sidecar as written by the builder
@@ -124,13 +125,16 @@ class TrtRunner:
             raise EvadError(f"TensorRT could not deserialize {self.path}")
         self.engine: trt.ICudaEngine = engine
         self.context: trt.IExecutionContext = engine.create_execution_context()
-        self.name = f"trt ({self.engine_metadata.get('precision', 'fp32')})"
+        #: the precision the engine was built with (evad-build-engine --precision)
+        self.precision = str(self.engine_metadata.get("precision", "fp32"))
+        self.name = f"trt ({self.precision})"
         self.on_gpu = True
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         out_mode = trt_module.TensorIOMode.OUTPUT
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == out_mode]
         lo, _, hi = engine.get_tensor_profile_shape(INPUT_CLIP, 0)
         self.batch_min, self.batch_max = int(lo[0]), int(hi[0])
+        self.clip_shape = tuple(int(d) for d in hi[1:])
         try:
             self._stream = Stream()
             self._allocate(tuple(int(d) for d in hi))
@@ -213,33 +217,21 @@ class TrtRunner:
                 out[name] = h.copy()
         return out
 
-    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
-        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name,
-        each (B, ...); float16 and bf16 outputs come back as float32."""
-        if self._closed:
-            raise EvadError(f"TensorRT engine {self.path} was closed")
-        clip = np.ascontiguousarray(clip, dtype=np.float32)
-        image_size = np.ascontiguousarray(image_size, dtype=np.int64)
-        want = tuple(self._host[INPUT_CLIP].array.shape[1:])
-        if clip.ndim != 5 or clip.shape[1:] != want or clip.shape[0] == 0:
-            raise EvadError(f"clip of shape {clip.shape}: this engine takes (B >= 1, *{want})")
-        if image_size.shape != (clip.shape[0], 2):
-            raise EvadError(f"image_size of shape {image_size.shape}: this engine takes "
-                            f"({clip.shape[0]}, 2)")
+    def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w), checked against the
+        profile's clip shape -> outputs by name, each (B, ...); float16 and bf16 outputs come
+        back as float32."""
         parts = [self._run(clip[i:i + self.batch_max], image_size[i:i + self.batch_max])
                  for i in range(0, clip.shape[0], self.batch_max)]
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
-    def close(self) -> None:
-        """Free the execution context, device memory, pinned memory and the stream
-        (idempotent; the runner cannot run afterwards).
+    def _release(self) -> None:
+        """Free the execution context, device memory, pinned memory and the stream (once, from
+        ``close()``).
 
         Raises:
             CudaError: a free failed (everything else is still freed first).
         """
-        if self._closed:
-            return
-        self._closed = True
         # the context first: it holds the tensor addresses and its own activation memory
         self.__dict__.pop("context", None)
         errors: list[BaseException] = []
@@ -255,10 +247,3 @@ class TrtRunner:
         self.__dict__.pop("engine", None)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> TrtRunner:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

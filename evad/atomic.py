@@ -19,7 +19,8 @@ from typing import IO, Any
 
 from evad.errors import EvadError
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_write", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic"]
 
 
 def _umask() -> int:
@@ -29,10 +30,10 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None = None
-                 ) -> Iterator[IO[Any]]:
-    """Open a temporary file for ``path`` (``mode`` ``"w"`` or ``"wb"``); on a clean exit it
-    replaces ``path``, on an exception it is removed.
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that opens files itself (OpenCV's
+    ``VideoWriter`` picks the container from ``suffix``, e.g. ``".tmp.mp4"``): on a clean exit
+    the file there is flushed to disk and replaces ``path``; on an exception it is removed.
 
     Raises:
         EvadError: ``path`` is a directory (so nothing is written beside it).
@@ -40,18 +41,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None =
     path = Path(path)
     if path.is_dir():
         raise EvadError(f"{path} is a directory: give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        kw = {} if "b" in mode else {"newline": newline, "encoding": "utf-8"}
-        with os.fdopen(fd, mode, **kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # fsync through any descriptor flushes the file
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", newline: str | None = None
+                 ) -> Iterator[IO[Any]]:
+    """Open a temporary file for ``path`` (``mode`` ``"w"`` or ``"wb"``); on a clean exit it
+    replaces ``path``, on an exception it is removed (:func:`atomic_path`).
+
+    Raises:
+        EvadError: ``path`` is a directory (so nothing is written beside it).
+    """
+    kw = {} if "b" in mode else {"newline": newline, "encoding": "utf-8"}
+    with atomic_path(path) as tmp, open(tmp, mode, **kw) as f:
+        yield f
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -21,9 +21,9 @@ from typing import NoReturn
 
 from evad.errors import ConfigError, EvadError
 
-__all__ = ["ArgumentParser", "check_input_dir", "check_input_file", "check_name",
-           "check_output_dir", "check_output_file", "debug", "number", "one_line",
-           "run_command"]
+__all__ = ["KEYFRAME_STRIDE_S", "ArgumentParser", "add_keyframe_stride", "check_input_dir",
+           "check_input_file", "check_name", "check_output_dir", "check_output_file", "debug",
+           "number", "one_line", "run_command"]
 
 
 def debug() -> bool:
@@ -118,6 +118,20 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in errors
     return parse
+
+
+#: seconds between keyframes a command accepts: (0, 3600] (an hour; AVA's protocol is 1 s)
+KEYFRAME_STRIDE_S = (0.0, 3600.0)
+
+
+def add_keyframe_stride(ap: argparse.ArgumentParser | argparse._ArgumentGroup,
+                        default: float = 1.0) -> None:
+    """The one ``--keyframe-stride`` flag: seconds between keyframes, in
+    :data:`KEYFRAME_STRIDE_S` (above 0, at most an hour), default 1 s (the AVA protocol)."""
+    lo, hi = KEYFRAME_STRIDE_S
+    ap.add_argument("--keyframe-stride", type=number(lo, hi, lo_open=True), default=default,
+                    help=f"seconds between keyframes (default {default:g}, the AVA protocol; "
+                    f"at most {hi:g})")
 
 
 def _kind(mode: int) -> str:

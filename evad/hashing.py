@@ -1,4 +1,5 @@
-"""SHA-256 of artefact files: exports name the checkpoint they came from, engines the ONNX."""
+"""SHA-256 of artefact files: exports name the checkpoint they came from, engines the ONNX
+(:func:`onnx_sha256`, the one hash of an ONNX model with its external data)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["content_identity", "file_sha256"]
+__all__ = ["content_identity", "file_sha256", "onnx_sha256"]
 
 
 def file_sha256(*paths: str | os.PathLike) -> str:
@@ -19,6 +20,13 @@ def file_sha256(*paths: str | os.PathLike) -> str:
                 for chunk in iter(lambda: f.read(1 << 22), b""):
                     h.update(chunk)
     return h.hexdigest()
+
+
+def onnx_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of an ONNX model: the ``.onnx`` file, then its external data file
+    (``<path>.data``) when there is one. What a runner's ``spec.sha256`` is for an ONNX model
+    and what an engine's sidecar records as its source (``onnx_sha256``)."""
+    return file_sha256(path, f"{path}.data")
 
 
 _MIB = 1 << 20

@@ -14,21 +14,30 @@ Outputs:
     ``action_probs`` (B, n, classes) float32, sigmoid applied;
     ``kept_idx_<block>`` (B, K) int64 per pruning block: the kept non-keyframe tokens in top-k
     order (what parity judges).
+
+:data:`BACKEND_TABLE` is the one table of which backend runs which precision on which device,
+from which model file: every command's ``--backend`` / ``--precision`` choices, the order
+``open_runner``'s ``auto`` tries, ``evad-build-engine --precision`` and the benchmark paths come
+from it. :class:`RunnerBase` is what every runner shares: the input check against the model's
+signature (:func:`check_inputs`, once, before any backend runs) and ``close()`` / ``with``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 
 from evad.errors import BackendError
 
-__all__ = ["DETECTIONS", "INPUTS", "INPUT_CLIP", "INPUT_IMAGE_SIZE", "KEPT_IDX_PREFIX",
-           "OUTPUT_ACTION_PROBS", "OUTPUT_BOXES", "OUTPUT_PERSON_SCORES", "ModelSpec", "Runner",
-           "kept_blocks", "kept_idx_name"]
+__all__ = ["BACKEND_TABLE", "DETECTIONS", "ENGINE_PRECISIONS", "INPUTS", "INPUT_CLIP",
+           "INPUT_IMAGE_SIZE", "KEPT_IDX_PREFIX", "OUTPUT_ACTION_PROBS", "OUTPUT_BOXES",
+           "OUTPUT_PERSON_SCORES", "RUN_PRECISIONS", "BackendRow", "ModelSpec", "Runner",
+           "RunnerBase", "backend_choices", "backend_row", "check_inputs", "kept_blocks",
+           "kept_idx_name", "model_flag", "precision_choices", "runs_at"]
 
 INPUT_CLIP = "clip"
 INPUT_IMAGE_SIZE = "image_size"
@@ -160,20 +169,231 @@ _SPEC_KEYS = ("input_size", "num_frames", "frame_stride", "short_side", "max_lon
               "mean", "std", "person_threshold", "labels")
 
 
+# -- the one table of backend x precision x device ------------------------------------------
+
+#: the model file a backend runs from, by its flag: ``--engine``, ``--onnx``, ``--ckpt`` (a
+#: checkpoint, or a torch model in memory)
+ModelFile = Literal["engine", "onnx", "ckpt"]
+Device = Literal["cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    """One backend on one device: what it runs from and at which precisions.
+
+    backend: the ``--backend`` name. device: where it computes. model: the model file it needs
+    (:data:`ModelFile`). precisions: what it computes in. set_at: ``run`` (``--precision`` picks
+    one when the runner opens) or ``build`` (fixed when the model file is made: a TensorRT
+    engine's ``evad-build-engine --precision``; a run takes the engine's own, so the run flag
+    must stay at its default ``fp32``). auto: the ``--precision`` values at which ``auto`` tries
+    this row (OpenVINO fp32 runs when named, but ``auto`` takes ONNX Runtime at fp32).
+    torch_free: runs where torch is not installed.
+    """
+
+    backend: str
+    device: Device
+    model: ModelFile
+    precisions: tuple[str, ...]
+    set_at: Literal["run", "build"]
+    auto: tuple[str, ...]
+    torch_free: bool
+
+    @property
+    def run_precisions(self) -> tuple[str, ...]:
+        """What ``--precision`` may be when this row opens (``fp32`` = as built, for ``build``)."""
+        return self.precisions if self.set_at == "run" else ("fp32",)
+
+
+#: Every backend x device, fastest first: ``auto`` takes the first row whose model file is at
+#: hand, that runs the asked precision (its ``auto`` column) and can run here. docs/design.md
+#: ("One runner interface") shows it as a table; tests/test_backend_table.py checks that every
+#: command's choices, the engine builder's precisions and the benchmark paths come from it.
+BACKEND_TABLE: tuple[BackendRow, ...] = (
+    BackendRow("trt", "cuda", "engine", ("fp32", "tf32", "fp16", "bf16"), "build", ("fp32",),
+               True),
+    BackendRow("ort", "cuda", "onnx", ("fp32",), "run", ("fp32",), True),
+    BackendRow("torch", "cuda", "ckpt", ("fp32", "bf16"), "run", ("fp32", "bf16"), False),
+    BackendRow("openvino", "cpu", "onnx", ("fp32", "bf16", "bf16-int8w"), "run",
+               ("bf16", "bf16-int8w"), True),
+    BackendRow("ort", "cpu", "onnx", ("fp32",), "run", ("fp32",), True),
+    BackendRow("torch", "cpu", "ckpt", ("fp32", "bf16"), "run", ("fp32", "bf16"), False),
+)
+
+
+def _union(groups: list[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(x for g in groups for x in g))
+
+
+#: what ``--precision`` takes at run time (the default, fp32, first)
+RUN_PRECISIONS = _union([r.precisions for r in BACKEND_TABLE if r.set_at == "run"])
+#: what a TensorRT engine is built at (``evad-build-engine --precision``)
+ENGINE_PRECISIONS = _union([r.precisions for r in BACKEND_TABLE if r.set_at == "build"])
+
+
+def backend_choices(models: tuple[ModelFile, ...] = ("engine", "onnx", "ckpt"),
+                    auto: bool = True) -> tuple[str, ...]:
+    """A command's ``--backend`` choices: ``auto`` (when it offers it), then every backend that
+    runs from one of ``models``, in table order."""
+    names = _union([(r.backend,) for r in BACKEND_TABLE if r.model in models])
+    return ("auto", *names) if auto else names
+
+
+def precision_choices(backends: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A command's ``--precision`` choices: the run precisions of ``backends`` (default all)."""
+    rows = [r for r in BACKEND_TABLE if backends is None or r.backend in backends]
+    picked = set(_union([r.run_precisions for r in rows]))
+    return tuple(p for p in RUN_PRECISIONS if p in picked)
+
+
+def backend_row(backend: str, device: Device | None = None) -> BackendRow:
+    """The first row of ``backend`` (on ``device`` when given).
+
+    Raises:
+        BackendError: no such backend (on that device), naming the choices.
+    """
+    for r in BACKEND_TABLE:
+        if r.backend == backend and device in (None, r.device):
+            return r
+    on = f" on {device}" if device else ""
+    where = ", ".join(f"{r.backend} ({r.device})" for r in BACKEND_TABLE)
+    raise BackendError(f"no backend {backend!r}{on}; the backends are {where}")
+
+
+def model_flag(backend: str) -> ModelFile:
+    """The model file ``backend`` runs from (``engine``, ``onnx``, ``ckpt``)."""
+    return backend_row(backend).model
+
+
+def runs_at(backend: str, precision: str) -> bool:
+    """Whether ``--backend backend --precision precision`` can be asked for."""
+    return any(precision in r.run_precisions for r in BACKEND_TABLE if r.backend == backend)
+
+
+# -- the interface ---------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Runner(Protocol):
-    """A model that runs clips.
+    """A model that runs clips; closed by ``close()`` or a ``with`` block.
 
     name: which backend and device, for summaries (``ort (CPUExecutionProvider)``).
+    backend: its :data:`BACKEND_TABLE` name (``trt``, ``ort``, ``openvino``, ``torch``).
+    precision: what it computes in (an engine's: the one it was built with).
     spec: what the model expects (:class:`ModelSpec`).
+    metadata: the artefact's evad metadata (an ONNX file's ``evad.*`` keys, an engine's merged
+        sidecar; for the torch model the same keys it has: ``preset``, ``labels``, ...);
+        ``evad.export.metadata.preset_of(runner.metadata)`` is its preset.
     on_gpu: whether it computes on a GPU (the runtime's default batch size follows it).
     """
 
     name: str
+    backend: str
+    precision: str
     spec: ModelSpec
+    metadata: dict[str, Any]
     on_gpu: bool
 
     def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
         """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 unpadded (h, w) -> every
         output by name (see the module docstring), numpy, batch B."""
         ...
+
+    def close(self) -> None:
+        """Free what the backend holds (idempotent); the runner cannot run afterwards."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+def _shape(dims: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("B" if i == 0 else "any" if d is None else str(d)
+                           for i, d in enumerate((0, *dims))) + ")"
+
+
+def check_inputs(clip: np.ndarray, image_size: np.ndarray, clip_shape: tuple[int | None, ...],
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check a batch against the model's signature, as Polygraphy's ``infer()`` checks feeds
+    against ``get_input_metadata()``; return both C-contiguous as the graph's types.
+
+    Args:
+        clip: (B, 3, T, H, W), any float dtype (cast to float32).
+        image_size: (B, 2), any integer dtype (cast to int64).
+        clip_shape: the model's clip shape without the batch, (3, T, H, W); None where it takes
+            any size (the torch reference's H and W).
+        what: the model, for the message (``ort (CPUExecutionProvider) on ONNX model x.onnx``).
+
+    Raises:
+        BackendError: one line naming the input, what it got and what the model takes.
+    """
+    clip, image_size = np.asarray(clip), np.asarray(image_size)
+    want = f"{what} takes clip {_shape(clip_shape)} float32 and image_size (B, 2) int64"
+    if clip.dtype.kind != "f":
+        raise BackendError(f"clip is {clip.dtype}, not float: {want}")
+    fits = clip.ndim == len(clip_shape) + 1 and clip.shape[0] >= 1 and all(
+        d is None or g == d for g, d in zip(clip.shape[1:], clip_shape, strict=True))
+    if not fits:
+        raise BackendError(f"clip of shape {tuple(clip.shape)} does not fit: {want}")
+    if image_size.dtype.kind not in "iu":
+        raise BackendError(f"image_size is {image_size.dtype}, not an integer: {want}")
+    if image_size.shape != (clip.shape[0], 2):
+        raise BackendError(f"image_size of shape {tuple(image_size.shape)} for {clip.shape[0]} "
+                           f"clip(s): {want}")
+    return (np.ascontiguousarray(clip, dtype=np.float32),
+            np.ascontiguousarray(image_size, dtype=np.int64))
+
+
+class RunnerBase:
+    """What every runner shares: the input check (:func:`check_inputs`) before the backend
+    runs, a one-line error after ``close()``, and ``with`` closing it.
+
+    A runner sets ``name``, ``backend``, ``precision``, ``spec``, ``metadata``, ``on_gpu`` and
+    ``clip_shape`` (the model's clip without the batch, None where any size runs), and
+    implements :meth:`_infer` (the checked batch -> outputs) and :meth:`_release`.
+    """
+
+    name: str
+    backend: str
+    precision: str
+    spec: ModelSpec
+    metadata: dict[str, Any]
+    on_gpu: bool
+    clip_shape: tuple[int | None, ...]
+    #: set before anything that can fail, so a runner whose constructor failed half way closes
+    _closed: bool = False
+
+    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name.
+
+        Raises:
+            BackendError: the runner was closed, or the inputs do not fit the model (one line).
+        """
+        if self._closed:
+            raise BackendError(f"{self.name} on {self.spec.name} was closed: open the model "
+                               "again to run it")
+        clip, image_size = check_inputs(clip, image_size, self.clip_shape,
+                                        f"{self.name} on {self.spec.name}")
+        return self._infer(clip, image_size)
+
+    def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the backend's resources (called once, by :meth:`close`)."""
+
+    def close(self) -> None:
+        """Free what the backend holds (idempotent); calling the runner afterwards is a
+        one-line BackendError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -20,62 +20,26 @@ This is the evaluation the EVAD and SlowFast repositories ship (and that the EVA
 numbers come from). ActivityNet's ``get_ava_performance.py`` differs in one respect: it keeps
 only the 50 highest-scoring rows per keyframe and sorts them by score before matching. The
 project's writers (``evad-eval --data``, ``evad-trt-run``) list each keyframe's rows by score
-(``evad.runtime.outputs.by_score``), so both protocols match a keyframe's detections in the
+(``evad.ava_csv.by_score``), so both protocols match a keyframe's detections in the
 same order.
 """
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
 
-from evad.datasets.ava import ava_row, csv_rows
-from evad.errors import ConfigError, EvadError
+from evad.ava_csv import CsvRow, TruthRow
+from evad.boxes import box_iou
+from evad.errors import ConfigError
 
-__all__ = ["average_precision", "evaluate", "read_rows"]
-
-Row = tuple[str, float, tuple[float, float, float, float], int, float]
+__all__ = ["average_precision", "evaluate"]
 
 
 def _key(video: str, ts: float) -> tuple[str, float]:
     return video, round(float(ts), 3)
-
-
-def read_rows(path: str | os.PathLike, scores: bool, what: str | None = None) -> list[Row]:
-    """AVA CSV rows ``video, t, x1, y1, x2, y2, action[, score or person]`` -> (video, t, box,
-    action, score); ground truth (``scores=False``) gets score 1.
-
-    ``what`` names the file in messages (default "detections CSV" / "ground-truth CSV"). An
-    empty detections file is no detections; ground truth must have rows.
-
-    Raises:
-        EvadError: missing, unreadable or (ground truth) empty file, not UTF-8, or a malformed
-            row: too few columns, a value that is not a finite number (NaN, inf), an action id
-            that is not an integer (the message names the file, line and column).
-    """
-    what = what or ("detections CSV" if scores else "ground-truth CSV")
-    rows: list[Row] = []
-    for where, r in csv_rows(path, what, empty_ok=scores):
-        video, ts, box, action, score = ava_row(where, r, "score" if scores else "person id")
-        rows.append((video, ts, box, action, score if scores else 1.0))  # type: ignore[arg-type]
-    if not rows and not scores:
-        raise EvadError(f"{what} {path} has no rows: each row is video, seconds, x1, y1, x2, "
-                        "y2 (normalised 0..1), action id, person id")
-    return rows
-
-
-def _iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(n, 4) x (m, 4) x1y1x2y2 -> (n, m)."""
-    lt = np.maximum(det[:, None, :2], gt[None, :, :2])
-    rb = np.minimum(det[:, None, 2:], gt[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_d = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
-    area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    union = area_d[:, None] + area_g[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
@@ -98,9 +62,11 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def evaluate(gt: Iterable[Row], det: Iterable[Row], class_ids: Iterable[int] | None = None,
+def evaluate(gt: Iterable[TruthRow | CsvRow], det: Iterable[CsvRow],
+             class_ids: Iterable[int] | None = None,
              excluded: set[tuple[str, float]] | None = None, iou: float = 0.5) -> dict:
-    """Frame mAP of detections against ground truth.
+    """Frame mAP of detections against ground truth (rows as ``evad.ava_csv.read_rows`` gives
+    them; the last column of a ground-truth row is not used).
 
     Returns:
         {"mAP", "iou", "keyframes", "per_class": {id: {"ap", "num_gt", "num_det"}}} with
@@ -141,7 +107,7 @@ def evaluate(gt: Iterable[Row], det: Iterable[Row], class_ids: Iterable[int] | N
             boxes = np.array([d[0] for d in dets], dtype=np.float64)
             tp = np.zeros(len(dets), dtype=bool)
             if len(gts):
-                overlaps = _iou(boxes, gts)
+                overlaps = box_iou(boxes, gts)
                 best = overlaps.argmax(1)
                 taken = np.zeros(len(gts), dtype=bool)
                 for i in range(len(dets)):  # input order, as the AVA code

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from evad.atomic import write_json_atomic
+from evad.ava_csv import read_excluded, read_rows, write_csv_atomic
 from evad.command import (
     ArgumentParser,
     check_input_dir,
@@ -22,18 +23,19 @@ from evad.command import (
     number,
     run_command,
 )
-from evad.datasets.ava import read_ava_csv, read_excluded, read_label_map
+from evad.datasets.ava import read_ava_csv, read_label_map
 from evad.datasets.clips import ClipDataset
 from evad.errors import ConfigError
-from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect
-from evad.export.metadata import preset_of
+from evad.evaluation.ava_eval import evaluate
+from evad.evaluation.detect import dataset_rows
+from evad.runner import backend_choices, precision_choices
 from evad.runtime.backends import open_runner
-from evad.runtime.outputs import write_csv_atomic
 
 __all__ = ["main", "parser"]
 
 _PROG = "evad-eval"
+#: the backends that run a --ckpt or an --onnx (evad-eval takes no engine)
+_BACKENDS = backend_choices(("onnx", "ckpt"))
 
 
 def parser() -> ArgumentParser:
@@ -55,7 +57,10 @@ def parser() -> ArgumentParser:
                     "(videos/ + annotations.csv), with --ckpt (torch) or --onnx (ONNX Runtime)")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint for --data")
     ap.add_argument("--onnx", type=Path, default=None, help="exported ONNX for --data")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-int8w"], default="fp32",
+    ap.add_argument("--backend", choices=_BACKENDS, default="auto",
+                    help="with --data: what runs the model; auto (default): ONNX Runtime for "
+                    "--onnx at fp32 (CUDA when installed), OpenVINO at bf16, torch for --ckpt")
+    ap.add_argument("--precision", choices=precision_choices(_BACKENDS), default="fp32",
                     help="with --data: fp32 (default; ONNX Runtime or torch) or bf16 (OpenVINO "
                     "for --onnx, torch autocast for --ckpt)")
     ap.add_argument("--write-det", type=Path, default=None,
@@ -158,14 +163,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> list[tuple]:
-    if args.onnx is not None:
-        kind = "ort" if args.precision == "fp32" else "openvino"
-        runner, _ = open_runner(kind, onnx=args.onnx, precision=args.precision)
-        preset = preset_of(runner.metadata)  # type: ignore[attr-defined]
-    else:
-        runner, _ = open_runner("torch", ckpt=args.ckpt, precision=args.precision)
-        preset = runner.model.preset  # type: ignore[attr-defined]
-    rows = detect(runner, ClipDataset(args.data, preset), progress=True)
+    # open_runner chooses (auto: --onnx runs in ONNX Runtime at fp32, OpenVINO at bf16;
+    # --ckpt in torch), among the backends this command offers
+    runner, _ = open_runner(args.backend, onnx=args.onnx, ckpt=args.ckpt,
+                            precision=args.precision, auto_among=_BACKENDS)
+    with runner:
+        # the clips are made for this model (its input size, resize and normalisation)
+        rows = dataset_rows(runner, ClipDataset(args.data, runner.spec), progress=True)
     if args.write_det is not None:
         args.write_det.parent.mkdir(parents=True, exist_ok=True)  # checked creatable
         write_csv_atomic(rows, args.write_det)

@@ -10,45 +10,47 @@ import evad
 from evad.errors import BackendError, ConfigError
 from evad.metadata import FORMAT_VERSION
 from evad.models.flops import token_counts
-from evad.models.labels import SYNTHETIC_PRESETS, label_names, trained_on
-from evad.models.presets import Preset
+from evad.models.labels import synthetic_only, trained_on
+from evad.models.presets import Preset, preset_metadata
 
-__all__ = ["build_metadata", "preset_of"]
+__all__ = ["PROVENANCE_KEYS", "build_metadata", "preset_of"]
+
+#: the keys that say where an export came from, not what it is: the tool that made it (command
+#: and torch version) and the weights (a checkpoint's SHA-256, or the seed of a preset's random
+#: weights). Two exports of the same weights, preset, input size, opset and precision differ in
+#: these keys at most, whichever command made them (tests/test_export_entry.py).
+PROVENANCE_KEYS = ("exporter", "checkpoint_sha256", "random_seed")
 
 
 def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
                    checkpoint_sha256: str | None = None, labels: list[str] | None = None,
                    precision: str = "fp32", exporter: str = "",
-                   random_weights: bool = False) -> dict[str, Any]:
-    """The metadata of an ONNX export of ``preset`` at ``height`` x ``width`` input pixels
-    (``random_weights``: exported from a preset, not a checkpoint)."""
+                   random_weights: bool = False,
+                   random_seed: int | None = None) -> dict[str, Any]:
+    """The metadata of an ONNX export of ``preset`` at ``height`` x ``width`` input pixels.
+
+    ``random_weights``: exported from a preset, not a checkpoint; ``random_seed``: the seed of
+    those weights (``evad.models.load_or_build``), recorded so that ``evad-parity`` can rebuild
+    them (the key is left out when None). ``precision`` is the one asked of the engine step.
+    """
     counts = token_counts(preset, height, width)
     s = (height // preset.patch_size) * (width // preset.patch_size)
     kept = [counts[b + 1] for b in sorted(preset.keep_rates) if counts[b + 1] < counts[b]]
     return {
         "format_version": FORMAT_VERSION,
         "evad_deploy_version": evad.__version__,
-        "preset_name": preset.name,
+        **preset_metadata(preset, labels),
         "trained_on": trained_on(preset.name, preset.num_classes, random_weights),
-        "synthetic_only": preset.name in SYNTHETIC_PRESETS and not random_weights,
-        "preset": preset.to_dict(),
+        "synthetic_only": synthetic_only(preset.name, random_weights),
         "keep_rates": {str(b): r for b, r in sorted(preset.keep_rates.items())},
-        "num_classes": preset.num_classes,
-        "labels": labels or label_names(preset.num_classes, preset.labels),
         "input_size": [height, width],
-        "num_frames": preset.num_frames,
-        "frame_stride": preset.frame_stride,
-        "mean": list(preset.mean),
-        "std": list(preset.std),
-        "short_side": preset.short_side,
-        "max_long_side": preset.max_long_side,
-        "person_threshold": preset.person_threshold,
         "tokens": [counts[0], *kept],
         "keyframe_tokens": s,
         "opset": opset,
         "exporter": exporter,
         "precision": precision,
         "checkpoint_sha256": checkpoint_sha256,
+        **({} if random_seed is None else {"random_seed": random_seed}),
     }
 
 

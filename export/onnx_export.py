@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -33,8 +34,8 @@ from evad.models.evad import EVAD
 from evad.models.runner import pruning_blocks_at
 from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, INPUTS, kept_idx_name
 
-__all__ = ["DEFAULT_OPSET", "MAX_SIDE", "DetectorGraph", "check_model", "export_onnx",
-           "output_names", "save_model", "validate_size"]
+__all__ = ["DEFAULT_OPSET", "MAX_SIDE", "DetectorGraph", "Staging", "check_model",
+           "export_onnx", "output_names", "save_model", "validate_size"]
 
 _TWO_GB = 2 * 1024**3
 
@@ -98,12 +99,12 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes = {INPUT_CLIP: {0: batch}, INPUT_IMAGE_SIZE: {0: batch}} if dynamic_batch else None
     names = output_names(model, height, width)
-    log = io.StringIO()
+    printed = io.StringIO()  # what the exporter prints, kept off the caller's stdout
     table = {**TRANSLATIONS, **(attention.translations() if attention_op == "fused" else {})}
     # torch.onnx logs a warning per torchvision op it cannot register: noise for this model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 DetectorGraph(model), (clip, image_size), dynamo=True, opset_version=opset,
@@ -115,6 +116,8 @@ def export_onnx(model: EVAD, height: int = 288, width: int = 512, opset: int = D
     except Exception as e:
         first = one_line(e)
         raise EvadError(f"torch.onnx.export failed: {first}") from e
+    if program is None:  # only with a file argument, which is not given here
+        raise EvadError("torch.onnx.export returned no ONNX program")
     proto = program.model_proto
     used = {n.op_type for n in proto.graph.node if n.domain == DOMAIN}
     proto.functions.extend(f for f in function_protos() if f.name in used)
@@ -143,25 +146,60 @@ def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
         raise EvadError(f"the exported ONNX model fails onnx's checks: {e}") from e
 
 
-def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``proto`` atomically; weights go to ``<name>.onnx.data`` when the file would pass
-    protobuf's 2 GB limit. Nothing is left at ``path`` if writing fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    external = proto.ByteSize() >= _TWO_GB
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp = tmp_dir / path.name
-        if external:
-            onnx.save_model(proto, str(tmp), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=path.name + ".data",
+class Staging:
+    """A staging folder beside an ONNX file's final place (one per export).
+
+    The model goes in with :meth:`write` (weights in ``<name>.onnx.data`` when the file would
+    pass protobuf's 2 GB limit), files that belong beside it (a parity report) go in
+    :attr:`folder`, and :meth:`commit` moves them all into place, the ``.onnx`` last, so that
+    its ``.data`` is there before it. A failed, refused or interrupted export leaves no file
+    that looks like a good one: use it in ``with``, which removes the folder, committed or not.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        #: where the model ends up
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: the staging folder, hidden, in the destination folder (same file system: the moves
+        #: are renames)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        #: the model's staged file (ONNX Runtime can open it there: its .data sits beside it)
+        self.model = self.folder / self.path.name
+
+    def write(self, proto: onnx.ModelProto) -> Path:
+        """Write ``proto`` into the staging folder; returns the staged ``.onnx``."""
+        if proto.ByteSize() >= _TWO_GB:
+            onnx.save_model(proto, str(self.model), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=self.path.name + ".data",
                             size_threshold=0)
-            os.replace(tmp_dir / (path.name + ".data"), path.parent / (path.name + ".data"))
         else:
-            onnx.save_model(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        for f in tmp_dir.iterdir():
-            f.unlink()
-        tmp_dir.rmdir()
-    return path
+            onnx.save_model(proto, str(self.model))
+        return self.model
+
+    def size_mb(self) -> float:
+        """What is staged so far, MB (the model and its external data)."""
+        return sum(x.stat().st_size for x in self.folder.iterdir()) / 1e6
+
+    def commit(self) -> Path:
+        """Move every staged file into the destination folder, the model last; returns
+        :attr:`path`."""
+        for x in self.folder.iterdir():
+            if x != self.model:
+                os.replace(x, self.path.parent / x.name)
+        os.replace(self.model, self.path)
+        return self.path
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``proto`` atomically (a :class:`Staging` committed at once); weights go to
+    ``<name>.onnx.data`` when the file would pass protobuf's 2 GB limit. Nothing is left at
+    ``path`` if writing fails."""
+    with Staging(path) as staging:
+        staging.write(proto)
+        return staging.commit()

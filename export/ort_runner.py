@@ -1,5 +1,6 @@
 """ONNX Runtime as a :class:`evad.runner.Runner`: an exported EVAD graph, inputs by name,
-every output as a numpy array. Torch-free; onnxruntime loads on first use."""
+every output as a numpy array. Torch-free; onnxruntime loads on first use. Opened through
+``evad.runtime.backends.open_runner``; ``close()`` releases the session."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import numpy as np
 
 from evad.command import check_input_file, one_line
 from evad.errors import BackendError
-from evad.hashing import file_sha256
+from evad.hashing import onnx_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
-from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, KEPT_IDX_PREFIX, ModelSpec
+from evad.runner import (
+    DETECTIONS,
+    INPUT_CLIP,
+    INPUT_IMAGE_SIZE,
+    KEPT_IDX_PREFIX,
+    ModelSpec,
+    RunnerBase,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -66,8 +74,9 @@ def _check_signature(path: Path, session: ort.InferenceSession) -> None:
                                "(B, K); re-export it")
 
 
-class OrtRunner:
-    """An exported model in ONNX Runtime.
+class OrtRunner(RunnerBase):
+    """An exported model in ONNX Runtime; ``close()`` (or the end of a ``with`` block) releases
+    the session and its memory.
 
     Args:
         path: the ``.onnx`` from evad-export (external data beside it is found by onnxruntime).
@@ -89,9 +98,10 @@ class OrtRunner:
     def __init__(self, path: str | os.PathLike, cuda: bool | None = None, threads: int = 0,
                  shrink_arena: bool = False, cpu_arena: bool = False) -> None:
         self.path = check_input_file(path, "ONNX model")
+        self.backend, self.precision = "ort", "fp32"
         self.metadata = read_metadata(self.path)
         self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}",
-                                            file_sha256(self.path, f"{self.path}.data"))
+                                            onnx_sha256(self.path))
         providers = available_providers()
         if cuda is False:
             providers = [CPU]
@@ -109,6 +119,9 @@ class OrtRunner:
             raise BackendError(f"onnxruntime cannot load {self.path}: {first}") from e
         self.output_names = [o.name for o in self.session.get_outputs()]
         _check_signature(self.path, self.session)
+        clip_in = next(i for i in self.session.get_inputs() if i.name == INPUT_CLIP)
+        # a symbolic dimension (the batch, named or None) takes any size
+        self.clip_shape = tuple(d if isinstance(d, int) else None for d in clip_in.shape[1:])
         self.providers = self.session.get_providers()
         if cuda and self.providers[0] != CUDA:  # onnxruntime falls back to CPU silently
             raise BackendError("onnxruntime's CUDA provider is installed but did not load (its "
@@ -120,9 +133,14 @@ class OrtRunner:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage",
                                                   "cpu:0")
 
-    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
-        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w) -> outputs by name."""
-        feeds = {INPUT_CLIP: np.ascontiguousarray(clip, dtype=np.float32),
-                 INPUT_IMAGE_SIZE: np.ascontiguousarray(image_size, dtype=np.int64)}
-        outs = self.session.run(None, feeds, self.run_options)
+    def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w), checked -> outputs by
+        name."""
+        outs = self.session.run(None, {INPUT_CLIP: clip, INPUT_IMAGE_SIZE: image_size},
+                                self.run_options)
         return dict(zip(self.output_names, outs, strict=True))
+
+    def _release(self) -> None:
+        # the session owns the graph, the weights and the arena: dropping the last reference
+        # frees them (onnxruntime has no explicit close)
+        self.__dict__.pop("session", None)

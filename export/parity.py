@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from evad.boxes import box_iou
 from evad.models.evad import EVAD
 from evad.models.keyframe_topk_prune import _importance, importance, pruned_count
 from evad.runner import (
@@ -46,7 +48,8 @@ from evad.runner import (
 
 __all__ = ["BF16_THRESHOLDS", "FP16_THRESHOLDS", "FP32_THRESHOLDS", "INCONCLUSIVE",
            "INT8W_THRESHOLDS", "OPENVINO_FP32_THRESHOLDS", "ORACLE_CLIPS", "ORACLE_OUTPUTS",
-           "REDUCED_THRESHOLDS", "OracleError", "ParityReport", "Thresholds", "compare",
+           "REDUCED_THRESHOLDS", "OracleError", "ParityBar", "ParityReport", "Thresholds",
+           "compare",
            "seeded_inputs", "thresholds_for"]
 
 #: the continuous outputs judged against the float64 oracle, with their units
@@ -74,6 +77,30 @@ def seeded_inputs(n: int, batch: int, frames: int, height: int, width: int,
              for _ in range(n)]
     sizes = [np.tile(np.array([[height, width]], dtype=np.int64), (batch, 1)) for _ in range(n)]
     return clips, sizes
+
+
+class ParityBar:
+    """The progress bar of a :func:`compare`: two steps per clip (the backend's run, then
+    torch's), so it moves within a clip; use as ``compare(..., progress=bar.step)`` inside
+    ``with``. ``quiet`` draws nothing."""
+
+    def __init__(self, clips: int, what: str, quiet: bool) -> None:
+        self.bar = tqdm(total=2 * clips, desc="parity", unit="run", disable=quiet, leave=False)
+        self.what = what
+        self.bar.set_postfix_str(f"{what} on clip 1")
+
+    def step(self, done: str) -> None:
+        self.bar.update(1)
+        clip = self.bar.n // 2 + 1
+        nxt = "torch (forced to its decisions)" if done == "backend" else self.what
+        if self.bar.n < self.bar.total:
+            self.bar.set_postfix_str(f"{nxt} on clip {clip}")
+
+    def __enter__(self) -> ParityBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -455,20 +482,6 @@ def _decisions(block: int, rec: dict, chosen: torch.Tensor, tol: float,
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, 4) x (m, 4) x1y1x2y2 -> (n, m) IoU. Two zero-area boxes (clipped to an image edge)
-    have no IoU; they count as 1 when every coordinate agrees within half a pixel."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None] - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    same = np.abs(a[:, None] - b[None]).max(-1) <= 0.5
-    return np.where((union <= 0) & same, 1.0, iou)
-
-
 def _match_one_to_one(iou: np.ndarray, thr: float) -> int:
     """Greedy one-to-one matching (highest IoU first) of an (n, m) IoU matrix: pairs >= thr."""
     if iou.size == 0:
@@ -601,7 +614,9 @@ def compare(reference: EVAD, backend: Runner, clips: Sequence[np.ndarray],
             ref_boxes, got_boxes = ref.boxes[b].numpy()[keep], got[OUTPUT_BOXES][b][mine]
             # one-to-one: a backend's extra (phantom) detections count against the rate too
             report.detections += max(int(keep.sum()), int(mine.sum()))
-            report.matched += _match_one_to_one(_iou(ref_boxes, got_boxes), thresholds.match_iou)
+            # boxes clipped flat against an image edge match when they agree within half a pixel
+            report.matched += _match_one_to_one(box_iou(ref_boxes, got_boxes, flat_match=0.5),
+                                                thresholds.match_iou)
         report.clips += 1
     del oracle
     report.prob_mean_abs = prob_sum / max(prob_n, 1)

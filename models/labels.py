@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["AVA_ACTIONS", "AVA_EVAL_IDS", "SYNTHETIC_ACTIONS", "label_names"]
+__all__ = ["AVA_ACTIONS", "AVA_EVAL_IDS", "SYNTHETIC_ACTIONS", "SYNTHETIC_PRESETS", "label_names",
+           "synthetic_only", "trained_on"]
 
 AVA_ACTIONS: tuple[str, ...] = (
     # person movement (ids 1-14)
@@ -54,13 +55,20 @@ def label_names(num_classes: int, names: tuple[str, ...] = ()) -> list[str]:
 SYNTHETIC_PRESETS = ("demo",)
 
 
+def synthetic_only(preset_name: str, random_weights: bool = False) -> bool:
+    """Whether a model knows the synthetic stick figures only (its preset's trained weights),
+    so real footage would give it nothing meaningful (the runtime says so). Random weights know
+    nothing, so they are not this."""
+    return preset_name in SYNTHETIC_PRESETS and not random_weights
+
+
 def trained_on(preset_name: str, num_classes: int, random_weights: bool = False) -> str:
     """What a model's weights were trained on, as far as its preset and class count tell:
     the demo preset knows synthetic stick figures only; 80 classes is AVA v2.2, 24 UCF101-24,
     21 JHMDB-21 (the official releases)."""
     if random_weights:
         return "nothing (random weights)"
-    if preset_name in SYNTHETIC_PRESETS:
+    if synthetic_only(preset_name):
         return "synthetic stick-figure clips only (not real footage)"
     return {80: "AVA v2.2 (80 actions)", 24: "UCF101-24", 21: "JHMDB-21"}.get(
         num_classes, f"{num_classes} action classes")

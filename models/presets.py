@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from evad.errors import ConfigError
-from evad.models.labels import SYNTHETIC_ACTIONS
+from evad.models.labels import SYNTHETIC_ACTIONS, label_names, synthetic_only, trained_on
+from evad.runner import ModelSpec
 
-__all__ = ["LOC_ACTIVATIONS", "POOLER_TYPES", "PRESETS", "Preset", "get_preset"]
+__all__ = ["LOC_ACTIVATIONS", "POOLER_TYPES", "PRESETS", "TIED_BEFORE", "Preset", "get_preset",
+           "model_spec"]
 
 # The values of MODEL.ROI_BOX_HEAD.POOLER_TYPE that detectron2's ROIPooler runs on EVAD's
 # axis-aligned boxes (its "ROIAlignRotated" needs (R, 6) rotated boxes and fails on them).
@@ -108,10 +111,6 @@ class Preset:
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
     layer_norm_eps: float = 1e-6
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
 
     @property
     def loc_hidden(self) -> int:
@@ -249,7 +248,7 @@ class Preset:
         fields of their own (export metadata) describe models where they followed the box
         pooler, the patch size and the encoder MLP, so those ties are kept for them."""
         d = dict(d)
-        for new, old in _TIED_BEFORE.items():
+        for new, old in TIED_BEFORE.items():
             if new not in d and old in d:
                 d[new] = d[old]
         d["keep_rates"] = {int(k): float(v) for k, v in d.get("keep_rates", {}).items()}
@@ -262,9 +261,11 @@ class Preset:
         return p
 
 
-# Fields that earlier versions of this reference did not have and tied to another field.
-_TIED_BEFORE = {"action_pooler_resolution": "pooler_resolution",
-                "action_pooler_stride": "patch_size", "decoder_mlp_ratio": "mlp_ratio"}
+#: fields that earlier versions of this reference did not have -> the field each followed
+#: then: a preset dict (export metadata) or a config this project wrote before the field had
+#: its own value keeps the tie (``Preset.from_dict``, ``evad.models.checkpoint_cfg``)
+TIED_BEFORE = {"action_pooler_resolution": "pooler_resolution",
+               "action_pooler_stride": "patch_size", "decoder_mlp_ratio": "mlp_ratio"}
 
 _VIT_B = Preset(name="vit_b", box_extend=(0.0, 0.0))
 _KTP_B = {3: 0.7, 6: 0.7, 9: 0.7}
@@ -316,3 +317,42 @@ def get_preset(name: str, **overrides) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     return preset.replace(**overrides) if overrides else preset
+
+
+def model_spec(preset: Preset, name: str, random_weights: bool = False) -> ModelSpec:
+    """What the clip path and the runtime need of a preset's torch model: its clip, resize
+    and normalisation; no fixed input (the torch reference pads to multiples of 32).
+
+    Args:
+        preset: the architecture and its data numbers.
+        name: what the model is, for messages (``checkpoint x.pth``).
+        random_weights: the weights are random (not trained), as ``trained_on`` says.
+    """
+    return ModelSpec(name, None, preset.num_frames, preset.frame_stride, preset.short_side,
+                     preset.max_long_side, (preset.mean[0], preset.mean[1], preset.mean[2]),
+                     (preset.std[0], preset.std[1], preset.std[2]), preset.person_threshold,
+                     label_names(preset.num_classes, preset.labels), None, preset.name,
+                     trained_on(preset.name, preset.num_classes, random_weights),
+                     synthetic_only(preset.name, random_weights),
+                     preset.patch_size, preset.tubelet_size)
+
+
+def preset_metadata(preset: Preset, labels: list[str] | None = None) -> dict[str, Any]:
+    """The keys of a model's evad metadata that its preset alone fixes (the architecture, the
+    class names, the clip, resize and normalisation numbers, the person threshold): what an
+    export (``evad.export.metadata.build_metadata``) and the torch model
+    (``evad.models.runner.model_metadata``) record alike. ``labels`` overrides the preset's
+    class names."""
+    return {
+        "preset_name": preset.name,
+        "preset": preset.to_dict(),
+        "num_classes": preset.num_classes,
+        "labels": labels or label_names(preset.num_classes, preset.labels),
+        "num_frames": preset.num_frames,
+        "frame_stride": preset.frame_stride,
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+        "short_side": preset.short_side,
+        "max_long_side": preset.max_long_side,
+        "person_threshold": preset.person_threshold,
+    }

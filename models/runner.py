@@ -1,9 +1,14 @@
-"""The torch reference as a :class:`evad.runner.Runner`: numpy in, the graph's outputs out."""
+"""The torch reference as a :class:`evad.runner.Runner`: numpy in, the graph's outputs out.
+
+Opened through ``evad.runtime.backends.open_runner`` (``--ckpt FILE``, or a model in memory);
+the clip is checked against the preset (3 channels, its frame count, any H x W) before torch
+runs."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,17 +17,16 @@ from evad.errors import ConfigError
 from evad.models.checkpoint import load_checkpoint
 from evad.models.evad import EVAD
 from evad.models.flops import token_counts
-from evad.models.labels import SYNTHETIC_PRESETS, label_names, trained_on
-from evad.models.presets import Preset
+from evad.models.presets import Preset, model_spec, preset_metadata
 from evad.runner import (
     OUTPUT_ACTION_PROBS,
     OUTPUT_BOXES,
     OUTPUT_PERSON_SCORES,
-    ModelSpec,
+    RunnerBase,
     kept_idx_name,
 )
 
-__all__ = ["TORCH_PRECISIONS", "TorchRunner", "pruning_blocks_at", "spec_of"]
+__all__ = ["TORCH_PRECISIONS", "TorchRunner", "model_metadata", "pruning_blocks_at"]
 
 
 def pruning_blocks_at(preset: Preset, height: int, width: int) -> list[int]:
@@ -32,15 +36,17 @@ def pruning_blocks_at(preset: Preset, height: int, width: int) -> list[int]:
     return [b for b in range(preset.depth) if counts[b + 1] < counts[b]]
 
 
-def spec_of(preset: Preset, name: str, random_weights: bool = False) -> ModelSpec:
-    """What the runtime needs of a preset (the torch reference takes any input size)."""
-    return ModelSpec(name, None, preset.num_frames, preset.frame_stride, preset.short_side,
-                     preset.max_long_side, tuple(preset.mean), tuple(preset.std),
-                     preset.person_threshold, label_names(preset.num_classes, preset.labels),
-                     None, preset.name, trained_on(preset.name, preset.num_classes,
-                                                   random_weights),
-                     preset.name in SYNTHETIC_PRESETS and not random_weights,
-                     preset.patch_size, preset.tubelet_size)
+def model_metadata(preset: Preset, precision: str = "fp32",
+                   checkpoint_sha256: str | None = None) -> dict[str, Any]:
+    """A torch model's equivalent of an export's evad metadata: the keys that do not depend on
+    an input size or an export (``preset``, ``labels``, clip and normalisation numbers,
+    ``precision``, ``checkpoint_sha256``), under the names ``evad.export.metadata`` gives
+    them, so that ``preset_of(runner.metadata)`` is the preset for every backend."""
+    return {
+        **preset_metadata(preset),
+        "precision": precision,
+        "checkpoint_sha256": checkpoint_sha256,
+    }
 
 
 #: precision name -> the autocast dtype the torch runner computes in (None: fp32 throughout)
@@ -48,8 +54,10 @@ TORCH_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.b
                                                    "fp16": torch.float16}
 
 
-class TorchRunner:
+class TorchRunner(RunnerBase):
     """The torch reference, on CUDA when torch sees a GPU (or on ``device``).
+
+    ``close()`` drops the model (and empties torch's CUDA cache when it ran on a GPU).
 
     Args:
         model: an ``EVAD`` (put in eval mode and moved to the device here).
@@ -68,12 +76,16 @@ class TorchRunner:
                               f"{', '.join(TORCH_PRECISIONS)}")
         if precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("torch fp16 runs on CUDA only; on a CPU use --precision bf16")
+        self.backend = "torch"
         self.precision = precision
         self.model = model.to(self.device).eval()
-        self.spec = spec_of(model.preset, name)
+        self.spec = model_spec(model.preset, name)
+        self.metadata = model_metadata(model.preset, precision)
         self.name = f"torch ({self.device.type}" + (f", {precision})" if precision != "fp32"
                                                      else ")")
         self.on_gpu = self.device.type == "cuda"
+        # the model takes any H x W (it pads to multiples of 32 itself)
+        self.clip_shape = (3, model.preset.num_frames, None, None)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
@@ -86,17 +98,17 @@ class TorchRunner:
         model, meta = load_checkpoint(path)
         runner = cls(model, f"checkpoint {path}", device, precision)
         runner.spec = dataclasses.replace(runner.spec, sha256=meta["sha256"])
+        runner.metadata["checkpoint_sha256"] = meta["sha256"]
         return runner
 
-    def __call__(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
-        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 -> the graph's outputs."""
+    def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
+        """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (checked) -> the graph's
+        outputs."""
         dtype = TORCH_PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype,
                                                     enabled=dtype is not None):
-            out = self.model(torch.from_numpy(np.ascontiguousarray(clip, np.float32))
-                             .to(self.device),
-                             torch.from_numpy(np.ascontiguousarray(image_size, np.int64))
-                             .to(self.device))
+            out = self.model(torch.from_numpy(clip).to(self.device),
+                             torch.from_numpy(image_size).to(self.device))
         result = {OUTPUT_BOXES: out.boxes.float().cpu().numpy(),
                   OUTPUT_PERSON_SCORES: out.person_scores.float().cpu().numpy(),
                   OUTPUT_ACTION_PROBS: torch.sigmoid(out.action_logits).float().cpu().numpy()}
@@ -104,3 +116,8 @@ class TorchRunner:
         for block, kept in zip(blocks, out.kept_indices, strict=True):
             result[kept_idx_name(block)] = kept.cpu().numpy()
         return result
+
+    def _release(self) -> None:
+        self.__dict__.pop("model", None)
+        if self.on_gpu:
+            torch.cuda.empty_cache()

@@ -12,31 +12,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evad.command import (
     ArgumentParser,
-    check_input_file,
+    add_keyframe_stride,
     check_output_dir,
     number,
     run_command,
 )
 from evad.errors import ConfigError
 from evad.lazy import lazy_import
-from evad.runner import Runner
-from evad.runtime.backends import BACKENDS, PRECISIONS, open_runner
-from evad.runtime.job import (
-    JOB_NAME,
-    DetectOptions,
-    check_video_id,
-    find_videos,
-    plan_job,
-    run_job,
-    run_video,
-)
-from evad.runtime.video import live_source, open_video
+from evad.runner import Runner, backend_choices, precision_choices
+from evad.runtime.job import JOB_NAME, JobProgress, plan_job, run_job
+from evad.runtime.source import ModelRef, Source
+from evad.runtime.video_run import DetectOptions, VideoProgress, check_video_id, run_video
 
 if TYPE_CHECKING:
     from evad.runtime import ray_job
@@ -95,21 +88,25 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--engine", type=Path, help="TensorRT engine")
     model.add_argument("--onnx", type=Path, help="ONNX model from evad-export")
     model.add_argument("--ckpt", type=Path, help="checkpoint, for the torch backend")
-    model.add_argument("--backend", choices=BACKENDS, default="auto",
+    model.add_argument("--backend", choices=backend_choices(), default="auto",
                        help="auto (default): the fastest that is available for the given "
                        "model(s): TensorRT, ONNX Runtime CUDA, torch CUDA, then on the CPU "
                        "ONNX Runtime and torch (fp32) or OpenVINO and torch (bf16)")
-    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    model.add_argument("--precision", choices=precision_choices(), default="fp32",
                        help="CPU compute precision (default fp32); bf16 is the fast CPU path "
                        "on CPUs with AVX512-BF16 or AMX: OpenVINO with --onnx, torch autocast "
                        "with --ckpt (README, 'Speed on a CPU', has its speed and accuracy)")
     model.add_argument("--threads", type=number(0, 1024, integer=True), default=0,
                        help="ONNX Runtime / OpenVINO threads (0 = its default)")
     run = ap.add_argument_group("sampling and detection")
-    run.add_argument("--keyframe-stride", type=number(0, 3600, lo_open=True), default=1.0,
-                     help="seconds between keyframes (default 1.0, the AVA protocol)")
-    run.add_argument("--batch-size", type=number(0, 4096, integer=True), default=0,
+    add_keyframe_stride(run)
+    # --batch, as evad-train, evad-bench and evad-parity spell it; --batch-size, this command's
+    # first spelling, still parses (hidden from --help)
+    batch = number(0, 4096, integer=True)
+    run.add_argument("--batch", dest="batch_size", type=batch, default=0,
                      help="clips per backend call (default: 8 on a GPU, 1 on the CPU)")
+    run.add_argument("--batch-size", dest="batch_size", type=batch, default=argparse.SUPPRESS,
+                     help=argparse.SUPPRESS)
     run.add_argument("--person-threshold", type=number(0, 1), default=None,
                      help="person score threshold (default: the model's, 0.7 officially)")
     run.add_argument("--keep-all-if-none", action="store_true",
@@ -172,35 +169,44 @@ def main(argv: list[str] | None = None, *, default_video: Default | None = None,
     (without them, a missing one is an error)."""
     args = parser().parse_args(argv)
     args.default_ckpt = default_ckpt
-    state: dict = {}
+    progress = _Progress()
     previous = None
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM) ends the run like Ctrl-C: the finished keyframes stay resumable.
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run_command(_PROG, lambda: _run(args, state, default_video, default_model),
-                           interrupted=lambda: _interrupted(state))
+        return run_command(_PROG, lambda: _run(args, progress, default_video, default_model),
+                           interrupted=progress.interrupted)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted(state: dict) -> str:
-    if "job" in state:
-        out, total = state["job"]
-        done = len(state.get("results", []))
-        return (f"interrupted after {done} of {total} videos; {out / JOB_NAME} lists them; "
-                "rerun with --resume to go on (finished videos are not redone)")
-    writer = state.get("writer")
-    if writer is not None and writer.committed:
-        return f"interrupted while rendering; the detections are complete in {writer.out_dir}"
-    if state.get("resumable"):
-        return (f"interrupted after {len(writer.records)} keyframes; they are staged in "
-                f"{writer.staging}; rerun with --resume to continue")
-    return "interrupted before any keyframe was written; nothing was left"
+@dataclass
+class _Progress:
+    """What the run under way has reached (one video's, or a job's once one is planned):
+    what the interrupt message says was left."""
+
+    video: VideoProgress = field(default_factory=VideoProgress)
+    job: JobProgress | None = None
+
+    def interrupted(self) -> str:
+        if self.job is not None:
+            job = self.job
+            return (f"interrupted after {len(job.results)} of {job.videos} videos; "
+                    f"{job.out / JOB_NAME} lists them; rerun with --resume to go on (finished "
+                    "videos are not redone)")
+        writer = self.video.writer
+        if writer is not None and writer.committed:
+            return (f"interrupted while rendering; the detections are complete in "
+                    f"{writer.out_dir}")
+        if self.video.resumable and writer is not None:
+            return (f"interrupted after {len(writer.records)} keyframes; they are staged in "
+                    f"{writer.staging}; rerun with --resume to continue")
+        return "interrupted before any keyframe was written; nothing was left"
 
 
-def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
+def _run(args: argparse.Namespace, progress: _Progress, default_video: Default | None,
          default_model: Default | None) -> int:
     q = args.quiet
     # Everything that can refuse the input runs before a file is written.
@@ -210,31 +216,31 @@ def _run(args: argparse.Namespace, state: dict, default_video: Default | None,
             raise ConfigError("no video: pass a video file, a directory of frames or videos, a "
                               "glob, a list file, a camera index or a stream URL")
         video = str(default_video())
-    videos = find_videos(video)
-    if videos is not None:
-        return _run_job(args, videos, default_model, state)
+    source = Source.classify(video)
+    if source.is_job:
+        return _run_job(args, source.videos, default_model, progress)
     if args.ray is not None:
         raise ConfigError("--ray runs jobs of many videos: pass a directory of videos, a glob "
                           "or a list file")
-    if live_source(video) is not None:
+    if source.is_live:
         for flag, given in (("--resume", args.resume), ("--render", args.render)):
             if given:
                 raise ConfigError(f"{flag} needs a video file: a live source cannot be read "
                                   "again (record it first, e.g. ffmpeg -i URL -c copy rec.mp4)")
-    info = open_video(video, args.fps)
+    info = source.open(args.fps)
     video_id = check_video_id(info.video_id if args.video_id is None else args.video_id,
                               args.video_id is not None)
     out_dir = args.out if args.out is not None else Path("runs") / video_id
     check_output_dir(out_dir, "--out")
-    backend, notes = _open_model(args, default_model)
-    run_video(info, video_id, out_dir, backend, DetectOptions.from_args(args),
-              resume=args.resume, quiet=q, state=state, prog=_PROG, notes=notes)
+    backend, notes = _open_model(args, _model(args, default_model))
+    with backend:
+        run_video(info, video_id, out_dir, backend, DetectOptions.from_args(args),
+                  resume=args.resume, quiet=q, progress=progress.video, prog=_PROG, notes=notes)
     return 0
 
 
-def _model_files(args: argparse.Namespace, default_model: Default | None
-                 ) -> tuple[Path | None, Path | None, Path | None]:
-    """(engine, onnx, ckpt): the ones given, or the demo model's."""
+def _model(args: argparse.Namespace, default_model: Default | None) -> ModelRef:
+    """The model files given (or the demo model) and the run options."""
     onnx, ckpt = args.onnx, args.ckpt
     if args.engine is None and args.onnx is None and args.ckpt is None:
         if args.backend == "torch" and args.default_ckpt is not None:
@@ -243,15 +249,11 @@ def _model_files(args: argparse.Namespace, default_model: Default | None
             raise ConfigError("no model: pass --onnx FILE, --engine FILE or --ckpt FILE")
         else:
             onnx = default_model()
-    return args.engine, onnx, ckpt
+    return ModelRef.of(args.engine, onnx, ckpt, args.backend, args.threads, args.precision)
 
 
-def _open_model(args: argparse.Namespace, default_model: Default | None
-                ) -> tuple[Runner, list[str]]:
-    engine, onnx, ckpt = _model_files(args, default_model)
-    backend, notes = open_runner(args.backend, engine=engine, onnx=onnx, ckpt=ckpt,
-                                 threads=args.threads, shrink_arena=True,
-                                 precision=args.precision)
+def _open_model(args: argparse.Namespace, model: ModelRef) -> tuple[Runner, list[str]]:
+    backend, notes = model.open()
     spec = backend.spec
     _log(f"model {spec.describe()}", args.quiet)
     if spec.synthetic_only and args.video is not None:
@@ -263,8 +265,8 @@ def _open_model(args: argparse.Namespace, default_model: Default | None
     return backend, notes
 
 
-def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Default | None,
-             state: dict) -> int:
+def _run_job(args: argparse.Namespace, videos: Sequence[Path], default_model: Default | None,
+             progress: _Progress) -> int:
     q = args.quiet
     if args.video_id is not None:
         raise ConfigError("--video-id names one video; a job names each video by its file")
@@ -273,27 +275,23 @@ def _run_job(args: argparse.Namespace, videos: list[Path], default_model: Defaul
     check_output_dir(out, "--out")
     tasks = plan_job([v.resolve() for v in videos], out)
     opts = DetectOptions.from_args(args)
-    state["job"] = (out, len(tasks))
+    progress.job = JobProgress(out, len(tasks))
     t0 = time.perf_counter()
+    model = _model(args, default_model)
     if args.ray is not None:
-        files = _model_files(args, default_model)
-        for f, what in zip(files, ("TensorRT engine", "ONNX model", "checkpoint"), strict=True):
-            if f is not None:  # said here in one line, not by every actor that fails to start
-                check_input_file(f, what)
-        engine, onnx, ckpt = (f.resolve() if f is not None else None for f in files)
-        model = {"engine": engine, "onnx": onnx, "ckpt": ckpt, "backend": args.backend,
-                 "threads": args.threads, "precision": args.precision}
         _log(f"{len(tasks)} videos on Ray ({args.ray or 'a local cluster'}) -> {out}", q)
-        job = ray_job.run_job_ray(tasks, model, opts, out, address=args.ray or None,
-                                  resume=args.resume, quiet=q, prog=_PROG, state=state)
+        # checked here (one line, not one per actor that fails to start), absolute for actors
+        job = ray_job.run_job_ray(tasks, model.resolved(), opts, out, address=args.ray or None,
+                                  resume=args.resume, quiet=q, prog=_PROG,
+                                  progress=progress.job)
     else:
-        backend, notes = _open_model(args, default_model)
+        backend, notes = _open_model(args, model)
         if notes:
             _log(f"backend {backend.name} (auto; {'; '.join(notes)})", q)
         _log(f"{len(tasks)} videos -> {out}", q)
-        job = run_job(tasks, backend, opts, out, resume=args.resume, quiet=q, prog=_PROG,
-                      model={"name": backend.spec.name, "sha256": backend.spec.sha256,
-                             "backend": backend.name}, state=state)
+        with backend:  # job.json names the files by absolute path, as a Ray job's does
+            job = run_job(tasks, backend, opts, out, model=model.resolved(), resume=args.resume,
+                          quiet=q, prog=_PROG, progress=progress.job)
     print(f"{_PROG}: job of {job['videos']} videos: {job['done']} done, {job['skipped']} "
           f"already done, {job['failed']} failed; {job['keyframes']} keyframes, "
           f"{job['people']} people, {time.perf_counter() - t0:.1f} s -> {out / 'detections.csv'}"

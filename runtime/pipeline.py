@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evad.runner import OUTPUT_ACTION_PROBS, OUTPUT_BOXES, OUTPUT_PERSON_SCORES, Runner
+from evad.preprocess import Preprocessor
+from evad.runner import Runner
+from evad.runtime.detection import PersonRule, detect_clips
 from evad.runtime.outputs import DetectionWriter
-from evad.runtime.postprocess import Person, keyframe_people
-from evad.runtime.preprocess import Preprocessor
-from evad.runtime.sampling import Keyframe, KeyframeSelector, clip_offsets
-from evad.runtime.video import VideoInfo, iter_frames
+from evad.runtime.postprocess import Person
+from evad.sampling import Keyframe, KeyframeSelector, clip_indices, clip_offsets
+from evad.video import VideoInfo, iter_frames
 
 __all__ = ["ClipProducer", "KeyframeTiming", "RunStats", "detect"]
 
@@ -71,6 +72,7 @@ class ClipProducer(threading.Thread):
         super().__init__(name="evad-decode", daemon=True)
         self.info, self.pre = info, pre
         self.keyframe_stride_s = keyframe_stride_s
+        self.num_frames, self.frame_stride = num_frames, frame_stride
         self.offsets = clip_offsets(num_frames, frame_stride)
         self.skip = skip or set()
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_clips))
@@ -95,7 +97,7 @@ class ClipProducer(threading.Thread):
         self.wait_s += time.perf_counter() - t0
 
     def _emit(self, kf: Keyframe, window: dict[int, np.ndarray], last: int) -> None:
-        idx = [min(max(kf.frame + o, 0), last) for o in self.offsets]
+        idx = clip_indices(kf.frame, self.num_frames, self.frame_stride, last + 1)
         if self.timed:
             self.ready[kf.index] = time.perf_counter()
         self._put((kf, self.pre.clip([window[j] for j in idx])))
@@ -184,7 +186,7 @@ class KeyframeTiming:
 
 def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: DetectionWriter, *,
            keyframe_stride_s: float = 1.0, batch_size: int = 1,
-           person_threshold: float | None = None, keep_all_if_none: bool = False,
+           rule: PersonRule | None = None,
            on_batch: Callable[[int], None] | None = None,
            on_keyframe: Callable[[Keyframe, list[Person], KeyframeTiming], None] | None = None
            ) -> RunStats:
@@ -195,8 +197,7 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
         writer: an opened ``DetectionWriter`` (its done keyframes are skipped).
         keyframe_stride_s: seconds between keyframes.
         batch_size: clips per backend call.
-        person_threshold: default: the model's (metadata).
-        keep_all_if_none: the official fallback (keep every box when none passes).
+        rule: which proposals are people (default: the model's threshold, no fallback).
         on_batch: called with the number of keyframes after each batch (progress bar).
         on_keyframe: called for each keyframe once its detections are written, with its
             ``KeyframeTiming`` (a live source prints its latency).
@@ -205,31 +206,23 @@ def detect(info: VideoInfo, backend: Runner, pre: Preprocessor, writer: Detectio
         RunStats of the keyframes run now (resumed ones not counted).
     """
     spec = backend.spec
-    thr = spec.person_threshold if person_threshold is None else person_threshold
+    rule = PersonRule.for_model(spec) if rule is None else rule
     stats = RunStats()
     producer = ClipProducer(info, pre, keyframe_stride_s, spec.num_frames, spec.frame_stride,
                             skip=writer.done, queue_clips=max(2, batch_size),
                             timed=on_keyframe is not None)
-    rh, rw = pre.resized
     t0 = time.perf_counter()
     producer.start()
     try:
         batch: list[tuple[Keyframe, np.ndarray]] = []
 
         def flush() -> None:
-            clip = np.stack([c for _, c in batch])
-            size = np.tile(np.array([[rh, rw]], np.int64), (len(batch), 1))
             t = time.perf_counter()
-            out = backend(clip, size)
-            t_infer = time.perf_counter() - t
+            found, t_infer = detect_clips(backend, np.stack([c for _, c in batch]),
+                                          [pre] * len(batch), rule)
             stats.inference_s += t_infer
-            items: list[tuple[Keyframe, list[Person]]] = []
-            for b, (kf, _) in enumerate(batch):
-                people = keyframe_people(out[OUTPUT_BOXES][b], out[OUTPUT_PERSON_SCORES][b],
-                                         out[OUTPUT_ACTION_PROBS][b], pre.scale, pre.frame_size,
-                                         thr, keep_all_if_none)
-                items.append((kf, people))
-                stats.people += len(people)
+            items = [(kf, people) for (kf, _), people in zip(batch, found, strict=True)]
+            stats.people += sum(len(people) for people in found)
             writer.write_batch(items)
             if on_keyframe is not None:
                 written = time.perf_counter()

@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,9 @@ from evad.errors import EvadError
 from evad.lazy import lazy_import
 from evad.run_lock import FolderLock
 from evad.runner import Runner
-from evad.runtime.job import DetectOptions, VideoTask, finish_job, open_model, run_task
+from evad.runtime.job import JobProgress, JobRun, TaskResult, VideoTask, finish_job, run_task
+from evad.runtime.source import ModelRef
+from evad.runtime.video_run import DetectOptions
 
 if TYPE_CHECKING:
     import ray
@@ -44,7 +46,7 @@ else:
     ray = lazy_import("ray", "pip install 'evad-deploy[ray]'")
     ray_data = lazy_import("ray.data", "pip install 'evad-deploy[ray]'")
 
-__all__ = ["VideoWorker", "run_job_ray"]
+__all__ = ["VideoWorker", "open_model", "run_job_ray"]
 
 #: per-video attempt counts, in the job folder while a Ray job runs
 ATTEMPTS = ".evad-ray-attempts"
@@ -54,25 +56,39 @@ def _first_line(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")[:300]
 
 
-#: a function that opens the model in an actor: model arguments -> runner
-OpenModel = Callable[[dict[str, Any]], Runner]
+#: a function that opens the model in an actor: model reference -> runner
+OpenModel = Callable[[ModelRef], Runner]
+
+
+def open_model(model: ModelRef) -> Runner:
+    """An actor's runner for ``model``, opened as ``evad-trt-run`` opens it (the default
+    :data:`OpenModel`)."""
+    return model.open()[0]
 
 
 class VideoWorker:
     """A Ray Data callable class: one model session per actor, one video per call.
 
+    Each call returns, per video, its :class:`TaskResult` (``result``, JSON) and what this
+    actor's runner is (``model``, JSON: ``name``, ``sha256``, ``runner``; for ``job.json``).
+
     Args:
-        model: the model arguments (:func:`open_model`).
-        options: the detection options, as a dict (``DetectOptions``).
+        model: the model (:func:`open_model`; its paths must exist on every node).
+        options: the detection options.
         resume: skip finished videos, continue interrupted ones.
         opener: how to open the model (default :func:`open_model`).
+        attempts_dir: the folder counting each video's attempts (None: not counted).
+        max_attempts: a video tried this many times is recorded failed, not run again.
     """
 
-    def __init__(self, model: dict[str, Any], options: dict[str, Any], resume: bool,
+    def __init__(self, model: ModelRef, options: DetectOptions, resume: bool,
                  opener: OpenModel | None = None, attempts_dir: str | None = None,
                  max_attempts: int = 3) -> None:
         self.runner = (opener or open_model)(model)
-        self.options = DetectOptions(**options)
+        ran = JobRun.of(self.runner)
+        self.identity = json.dumps({"name": ran.name, "sha256": ran.sha256,
+                                    "runner": ran.runner})
+        self.options = options
         self.resume = resume
         self.attempts_dir = Path(attempts_dir) if attempts_dir else None
         self.max_attempts = max_attempts
@@ -88,22 +104,23 @@ class VideoWorker:
         return n
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {k: [] for k in ("video", "video_id", "out_dir", "result")}
+        out: dict[str, list] = {k: [] for k in ("video", "video_id", "out_dir", "result",
+                                                "model")}
         for video, vid, out_dir in zip(batch["video"], batch["video_id"], batch["out_dir"],
                                        strict=True):
             task = VideoTask(str(video), str(vid), str(out_dir))
             n = self._attempt(task)
             if n > self.max_attempts:
-                res = {"video": task.video, "video_id": task.video_id, "out": task.out_dir,
-                       "status": "failed", "keyframes": 0, "people": 0, "seconds": 0.0,
-                       "error": f"the worker died {n - 1} times on this video (a crash in "
-                       "decoding or inference, or out of memory); see the Ray logs"}
+                res = TaskResult.failed(task, f"the worker died {n - 1} times on this video (a "
+                                        "crash in decoding or inference, or out of memory); "
+                                        "see the Ray logs")
             else:
                 res = run_task(task, self.runner, self.options, resume=self.resume)
             out["video"].append(task.video)
             out["video_id"].append(task.video_id)
             out["out_dir"].append(task.out_dir)
-            out["result"].append(json.dumps(res))
+            out["result"].append(json.dumps(res.to_json()))
+            out["model"].append(self.identity)
         return {k: np.array(v) for k, v in out.items()}
 
 
@@ -142,17 +159,17 @@ def _init(address: str | None) -> bool:
     return True
 
 
-def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectOptions,
+def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions,
                 out: Path, *, address: str | None = None, resume: bool = False,
                 quiet: bool = False, prog: str = "evad-trt-run", actors: int = 0,
-                opener: OpenModel | None = None, state: dict | None = None,
+                opener: OpenModel | None = None, progress: JobProgress | None = None,
                 max_attempts: int = 3) -> dict[str, Any]:
     """Run a job's videos on Ray and write the job summary; the local job's outputs.
 
     Args:
         tasks: the videos (``plan_job``).
-        model: model arguments for each actor (:func:`open_model`; paths must exist on every
-            node).
+        model: the model each actor opens (:func:`open_model`; paths must exist on every
+            node: ``ModelRef.resolved``).
         opts: detection options.
         out: the job folder (storage every node sees).
         address: the cluster (``host:port``, ``ray://host:port``, ``auto``); None: a local Ray
@@ -161,7 +178,7 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
         actors: pool size (default: one per GPU when the cluster has GPUs, else one per two
             CPUs, at most one per video).
         opener: how actors open the model (tests pass one that fails on purpose).
-        state: ``state["results"]`` holds the finished videos (the caller's Ctrl-C message).
+        progress: its ``results`` get the finished videos (the caller's Ctrl-C message).
         max_attempts: a video whose worker died this many times is recorded as failed (a
             crash in a decoder, out of memory) instead of being retried for ever.
 
@@ -177,39 +194,38 @@ def run_job_ray(tasks: Sequence[VideoTask], model: dict[str, Any], opts: DetectO
         ctx = ray_data.DataContext.get_current()
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in model.items()}
         ds = ray_data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
         results = ds.map_batches(
             VideoWorker, batch_size=1, compute=ray_data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus else 0, num_cpus=1,
-            fn_constructor_kwargs={"model": clean, "options": asdict(opts), "resume": resume,
+            fn_constructor_kwargs={"model": model, "options": opts, "resume": resume,
                                    "opener": opener, "attempts_dir": str(out / ATTEMPTS),
                                    "max_attempts": max_attempts})
-        done: list[dict[str, Any]] = []
-        if state is not None:
-            state["results"] = done
+        progress = JobProgress(out, len(tasks)) if progress is None else progress
+        done = progress.results
+        # what the actors opened, as the first of them reports it (no model is opened here)
+        ran = JobRun(ray=address or "local", actors=size, gpus_per_actor=1 if gpus else 0)
         t0 = time.perf_counter()
         with FolderLock(out, prog), tqdm(total=len(tasks), desc="videos", unit="video",
                                          disable=quiet, dynamic_ncols=True) as bar:
             try:
                 for row in results.iter_rows():
-                    res = json.loads(row["result"])
+                    res = TaskResult.from_json(json.loads(row["result"]))
+                    if ran.runner is None:
+                        ran = replace(ran, **json.loads(row["model"]))
                     done.append(res)
-                    if res["status"] == "failed":
-                        tqdm.write(f"{prog}: {res['video']}: failed: {res['error']}",
-                                   file=sys.stderr)
+                    if res.status == "failed":
+                        tqdm.write(f"{prog}: {res.video}: failed: {res.error}", file=sys.stderr)
                     bar.update(1)
             except BaseException as e:
-                finish_job(out, tasks, done, {"ray": address or "local", **clean},
-                           complete=False)
+                finish_job(out, tasks, done, model, ran, complete=False)
                 if isinstance(e, Exception) and not isinstance(e, EvadError):
                     # Ray's own errors (actors that cannot start) run to many lines
                     raise EvadError(f"the Ray job stopped: {type(e).__name__}: "
                                     f"{_first_line(e)}") from e
                 raise
             shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
-            job = finish_job(out, tasks, done, {"ray": address or "local", "actors": size,
-                                                "gpus_per_actor": 1 if gpus else 0, **clean})
+            job = finish_job(out, tasks, done, model, ran)
         job["ray_seconds"] = round(time.perf_counter() - t0, 3)
         return job
     finally:

@@ -23,7 +23,7 @@ import numpy as np
 from evad.errors import EvadError
 from evad.lazy import available, lazy_import
 from evad.runtime.postprocess import short_label
-from evad.runtime.video import VideoInfo, iter_frames
+from evad.video import VideoInfo, iter_frames
 
 if TYPE_CHECKING:
     import av

@@ -24,22 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evad.ava_csv import format_csv_row
 from evad.command import one_line
 from evad.errors import ConfigError, EvadError
 from evad.lazy import lazy_import
-from evad.runner import OUTPUT_ACTION_PROBS, OUTPUT_BOXES, OUTPUT_PERSON_SCORES, Runner
+from evad.preprocess import Preprocessor
+from evad.runner import Runner, model_flag
 from evad.runtime.backends import open_runner
-from evad.runtime.job import DetectOptions, check_video_id, run_video
-from evad.runtime.outputs import (
-    CSV_NAME,
-    JSONL_NAME,
-    csv_rows,
-    format_csv_row,
-    people_records,
-)
-from evad.runtime.postprocess import keyframe_people
-from evad.runtime.preprocess import Preprocessor
-from evad.runtime.video import open_video
+from evad.runtime.detection import detect_clips
+from evad.runtime.outputs import CSV_NAME, JSONL_NAME, csv_rows, people_records
+from evad.runtime.video_run import DetectOptions, check_video_id, run_video
+from evad.video import open_video
 
 if TYPE_CHECKING:
     import triton_python_backend_utils as pb_utils
@@ -84,15 +79,9 @@ class ClipDetector:
             raise ConfigError(f"FRAMES of {frames.shape[2]}x{frames.shape[1]} pixels are too "
                               "small")
         opts = self._options(params)
-        pre = Preprocessor.create(frames.shape[1:3], spec.short_side, spec.max_long_side,
-                                  spec.mean, spec.std, spec.input_size, spec.name)
+        pre = Preprocessor.for_model(spec, frames.shape[1:3])
         clip = pre.clip([pre.resize(f) for f in frames])[None]
-        size = np.array([pre.resized], np.int64)
-        out = self.runner(clip, size)
-        thr = spec.person_threshold if opts.person_threshold is None else opts.person_threshold
-        people = keyframe_people(out[OUTPUT_BOXES][0], out[OUTPUT_PERSON_SCORES][0],
-                                 out[OUTPUT_ACTION_PROBS][0], pre.scale, pre.frame_size, thr,
-                                 opts.keep_all_if_none)
+        (people,), _ = detect_clips(self.runner, clip, [pre], opts.rule(spec))
         t = float(params.get("time", 0.0))
         record = {"time": t, "people": people_records(people, spec.labels,
                                                       opts.action_threshold, opts.top_k)}
@@ -163,8 +152,11 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         detector = (here / params["detector"]).resolve()
         kind = params.get("backend", "ort")
-        runner, _ = open_runner(kind, onnx=detector if kind != "trt" else None,
-                                engine=detector if kind == "trt" else None)
+        # the detector is the model file the backend runs from (the backend table's column)
+        flag = model_flag(kind)
+        runner, _ = open_runner(kind, engine=detector if flag == "engine" else None,
+                                onnx=detector if flag == "onnx" else None,
+                                ckpt=detector if flag == "ckpt" else None)
         options = DetectOptions(
             keyframe_stride=float(params.get("keyframe_stride", 1.0)),
             action_threshold=float(params.get("action_threshold", 0.5)),

@@ -91,6 +91,7 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
+        """``ADDRESS:PORT`` for a gRPC client on this machine (tritonclient.grpc's form)."""
         return f"{self._reach}:{self.grpc_port}"
 
     def _choose_ports(self) -> None:

@@ -127,7 +127,7 @@ def test_p95_and_warmup_rule() -> None:
 
 
 def test_table_says_failed_paths() -> None:
-    from evad.cli.bench import table
+    from evad.runtime.bench_report import table
 
     report = {"model": {"preset": "tiny", "source": "x", "height": 96, "width": 192,
                         "batch": 1}, "machine": {"cpu": "cpu", "threads": 2}, "date": "d",

@@ -10,7 +10,8 @@ import yaml
 
 from evad.errors import CheckpointError
 from evad.models import EVAD, build_model, get_preset, load_checkpoint, save_checkpoint
-from evad.models.checkpoint import cfg_from_preset, official_state_dict, preset_from_cfg
+from evad.models.checkpoint import official_state_dict
+from evad.models.checkpoint_cfg import cfg_from_preset, preset_from_cfg
 
 
 def official_vit_b_keys(depth: int = 12, stages: int = 6, dec_depth: int = 6) -> set[str]:

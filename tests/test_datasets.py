@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from evad.datasets.ava import read_ava_csv, read_label_map
-from evad.datasets.clips import ClipDataset, collate, decode_video, resized_size
+from evad.datasets.clips import ClipDataset, collate
 from evad.datasets.synthetic import ACTIONS, generate_dataset, make_scene, render_frame
 from evad.models import get_preset
+from evad.preprocess import resized_size
 
 
 def test_scene_and_frames_are_deterministic() -> None:
@@ -44,6 +45,21 @@ def test_generated_dataset(tmp_path) -> None:
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 75
     ok, frame = cap.read()
     assert ok and frame.shape == (360, 640, 3)
+
+
+def decode_video(path, size):
+    """Every frame resized to ``size`` (h, w) bilinear, RGB, and the frame rate: the test's own
+    decoder, independent of the clip path's."""
+    cap = cv2.VideoCapture(str(path))
+    fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames), fps
 
 
 def test_clip_dataset_preprocessing(tmp_path) -> None:

@@ -8,11 +8,13 @@ import json
 
 import pytest
 
+from evad.ava_csv import read_rows
 from evad.datasets import GENERATOR_VERSION
 from evad.datasets.clips import ClipDataset
 from evad.datasets.synthetic import generate_dataset
-from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect
+from evad.evaluation.ava_eval import evaluate
+from evad.evaluation.detect import dataset_rows
+from evad.export.exporter import Exporter
 from evad.export.ort_runner import OrtRunner
 from evad.models import load_checkpoint
 from evad.models.demo import demo_checkpoint
@@ -34,20 +36,17 @@ def test_demo_checkpoint(demo) -> None:
 def test_onnx_gives_the_same_map_as_torch(demo, tmp_path) -> None:
     """Bar: the ONNX model in ORT gives the torch model's frame mAP within 0.005 (fresh scenes,
     seeds the demo model never saw)."""
-    from evad.export import build_metadata, export_onnx, save_model
-    from evad.metadata import write_metadata
-
     model, meta = demo
     preset = meta["preset"]
     data = generate_dataset(tmp_path / "d", 3, seed=900_000, duration=6.0, progress=False)
     clips = ClipDataset(data, preset)
-    proto = export_onnx(model, 128, 256)
-    write_metadata(proto, build_metadata(preset, 128, 256, 18))
-    onnx_path = save_model(proto, tmp_path / "demo.onnx")
+    onnx_path = Exporter(128, 256, made_by="tests")(tmp_path / "demo.onnx",
+                                                    ckpt=demo_checkpoint()).path
     gt = read_rows(data / "annotations.csv", scores=False)
     classes = range(1, 9)
-    m_torch = evaluate(gt, detect(TorchRunner(model), clips), classes)["mAP"]
-    m_ort = evaluate(gt, detect(OrtRunner(onnx_path, cuda=False), clips), classes)["mAP"]
+    m_torch = evaluate(gt, dataset_rows(TorchRunner(model), clips), classes)["mAP"]
+    m_ort = evaluate(gt, dataset_rows(OrtRunner(onnx_path, cuda=False), clips),
+                     classes)["mAP"]
     assert abs(m_torch - m_ort) <= 0.005, (m_torch, m_ort)
     # the shipped weights detect: 0.646 on these 3 scenes when the model was shipped (0.647 on
     # the 40 held-out videos); random weights score below 0.05

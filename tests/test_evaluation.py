@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 
+from evad.ava_csv import by_score
 from evad.datasets.clips import ClipDataset
 from evad.datasets.synthetic import generate_dataset
 from evad.evaluation.ava_eval import average_precision, evaluate
 from evad.evaluation.cli import main
-from evad.evaluation.detect import detect
+from evad.evaluation.detect import dataset_rows
 from evad.models import get_preset
-from evad.runtime.outputs import by_score
 
 BOX = (0.0, 0.0, 0.5, 0.5)
 FAR = (0.6, 0.6, 0.9, 0.9)
@@ -87,7 +87,8 @@ def test_writers_list_each_keyframe_by_score(tmp_path) -> None:
         return {"boxes": boxes, "person_scores": np.full((b, 3), 0.9, np.float32),
                 "action_probs": probs}
 
-    rows = detect(backend, clips, person_threshold=preset.person_threshold)  # type: ignore[arg-type]
+    backend.spec = clips.spec  # type: ignore[attr-defined]  # a runner's model description
+    rows = dataset_rows(backend, clips)  # type: ignore[arg-type]
     scores = [r[4] for r in rows]
     assert scores[:3] == pytest.approx([0.9, 0.6, 0.3]) and scores[3:] == [0.0] * 21
     walk = [r for r in rows if r[3] == 1]

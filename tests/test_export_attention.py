@@ -108,7 +108,7 @@ def _static_prune_model(n: int, s: int, d: int = 4, c: int = 3) -> onnx.ModelPro
 def test_unrolled_pruning_equals_the_op(n: int, s: int) -> None:
     """OpenVINO's variant of KeyframeTopKPrune (chunks unrolled, cut where the keyframe rows
     end) keeps the op's tokens in the op's order, run here in ONNX Runtime."""
-    from evad.export.openvino_runner import unroll_pruning
+    from evad.export.openvino_graph import unroll_pruning
 
     model = _static_prune_model(n, s)
     unrolled = unroll_pruning(model)

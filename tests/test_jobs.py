@@ -161,7 +161,13 @@ def test_job_arguments_refused_in_one_line(tmp_path, capfd, videos, tiny_onnx):
 
 def test_what_a_job_argument_names(tmp_path, videos):
     from evad.errors import EvadError
-    from evad.runtime.job import find_videos, plan_job
+    from evad.runtime.job import plan_job
+    from evad.runtime.source import Source
+
+    def find_videos(text: str) -> list[Path] | None:
+        """The videos of a job argument, None when it names one video (``Source``)."""
+        source = Source.classify(text)
+        return list(source.videos) if source.is_job else None
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -9,6 +9,7 @@ import ctypes
 
 import pytest
 import torch
+from tie_cases import tied_queries_keys
 
 from evad.models.keyframe_topk_prune import importance, keyframe_topk_prune, pruned_count
 from evad.models.roi_align_3d import roi_align_3d
@@ -185,12 +186,7 @@ def test_prune_ties_keep_the_lower_position(kernels, b) -> None:
     g = torch.Generator().manual_seed(11)
     h, n, s, d, c = 4, 300, 50, 32, 16
     m = n - s
-    q = 0.1 * torch.randn(b, h, n, d, generator=g)
-    q[..., 0] = 1.0
-    k = torch.randn(b, h, n, d, generator=g)
-    ranks = torch.stack([(torch.randperm(m, generator=g) + 1) // 2 for _ in range(b)])
-    k[:, :, s:, :] = 0.0  # equal rank = identical key row
-    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / m)
+    q, k, ranks = tied_queries_keys(g, b, h, n, s, d)
     kk = pruned_count(n, s, 7, 10)  # 160 of M = 250
     top = torch.sort(ranks, dim=1, descending=True).values
     assert torch.all(top[:, kk - 1] == top[:, kk])  # a tie straddles K

@@ -346,9 +346,10 @@ def test_cli_engine_half_on_a_stand_in_engine(tiny_onnx, tmp_path, monkeypatch,
     TrtRunner does, each marked tensor's first batch row along axis 0). What the command
     asks the builder for, and that it names the altered MatMul, are checked."""
     import evad.cli.parity as cli
-    from evad.engines.metadata import onnx_sha256
     from evad.engines.onnx_prep import for_parser
     from evad.fused_attention import decompose_fused_attention
+    from evad.hashing import onnx_sha256
+    from evad.runtime import backends
 
     altered = tmp_path / "altered.onnx"
     node = _altered_export(tiny_onnx, altered)
@@ -361,6 +362,7 @@ def test_cli_engine_half_on_a_stand_in_engine(tiny_onnx, tmp_path, monkeypatch,
 
     def build(onnx_path, **kw):
         asked.update(kw, onnx_path=Path(onnx_path))
+        Path(kw["out"]).write_bytes(b"plan")  # as the real build, the plan is on disk
         return Path(kw["out"])
 
     class StandIn:
@@ -379,12 +381,13 @@ def test_cli_engine_half_on_a_stand_in_engine(tiny_onnx, tmp_path, monkeypatch,
             return {k: v[:1] if v.ndim else v for k, v in out.items()}
 
     monkeypatch.setattr(cli, "missing_for_engine_build", lambda: [])
-    monkeypatch.setattr(cli, "build", build)
-    monkeypatch.setattr(cli, "TrtRunner", StandIn)
+    monkeypatch.setattr("evad.engines.builder.build", build)  # cli.builder loads it lazily
+    monkeypatch.setattr(backends, "TrtRunner", StandIn)  # what open_runner("trt") makes
     code = cli.main(["--engine", str(engine), "--onnx", str(tiny_onnx), "--layerwise",
                      "--clips", "1"])
-    out = capsys.readouterr().out
-    assert code == 1, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 1, out + captured.err
     assert f"MatMul {node.name} -> '{node.output[0]}'" in out and "FAIL" in out
     # compared on first rows: the head's (20 * batch, ...) tensors; said so
     assert "tensors compared on their first rows only" in out

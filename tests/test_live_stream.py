@@ -180,7 +180,7 @@ def test_ctrl_c_ends_a_live_run_with_complete_outputs(tmp_path, jpeg_frames, tin
 
 
 def test_stream_passwords_are_not_printed_or_recorded():
-    from evad.runtime.video import live_source, redact
+    from evad.live import live_source, redact
 
     url = "rtsp://admin:s3cret@10.1.2.3:554/h264?channel=1"
     assert redact(url) == "rtsp://admin:***@10.1.2.3:554/h264?channel=1"

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evad.errors import CheckpointError, ConfigError
 from evad.models import EVAD, build_model, get_preset, load_checkpoint, save_checkpoint
-from evad.models.checkpoint import cfg_from_preset, preset_from_cfg
+from evad.models.checkpoint_cfg import cfg_from_preset, preset_from_cfg
 from evad.models.evad import extend_boxes, keep_top_actions, pose_softmax_logits
 from evad.models.flops import flops, token_counts
 from evad.models.localization import pool_rois, roi_pool_3d

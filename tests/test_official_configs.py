@@ -14,12 +14,12 @@ import yaml
 
 from evad.errors import CheckpointError
 from evad.models import EVAD, get_preset, load_checkpoint, save_checkpoint
-from evad.models.checkpoint import (
+from evad.models.checkpoint import official_state_dict
+from evad.models.checkpoint_cfg import (
     _CFG_FIELDS,
     _KEEP_RATES,
     _PRETRAIN_SIZE,
     cfg_from_preset,
-    official_state_dict,
     preset_from_cfg,
 )
 from evad.models.official_cfg import OFFICIAL_DEFAULTS, decode_value, official_value

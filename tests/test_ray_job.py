@@ -15,7 +15,9 @@ import pytest
 from conftest import make_video, require
 
 from evad.runtime.cli import main
-from evad.runtime.job import DetectOptions, plan_job
+from evad.runtime.job import plan_job
+from evad.runtime.source import ModelRef
+from evad.runtime.video_run import DetectOptions
 
 ray = require("ray", "ray")
 require("ray.data", "ray")
@@ -104,7 +106,7 @@ def test_a_killed_worker_has_its_video_retried_without_doubled_rows(cluster, job
     marker = tmp_path / "killed.pid"
     tasks = plan_job(sorted(d.glob("*.mp4")), out)
     opts = DetectOptions(person_threshold=0.05, keyframe_stride=0.5)
-    summary = run_job_ray(tasks, {"onnx": str(tiny_onnx), "backend": "ort"}, opts, out,
+    summary = run_job_ray(tasks, ModelRef(onnx=str(tiny_onnx), backend="ort"), opts, out,
                           quiet=True, actors=2, opener=_killing_opener(str(marker)))
     assert marker.exists()  # a worker did die mid-video
     assert (summary["done"], summary["failed"]) == (4, 0)
@@ -150,7 +152,7 @@ def test_a_video_that_always_kills_its_worker_is_recorded_failed(cluster, job, t
     out = tmp_path / "ray-crash"
     tasks = plan_job([*sorted(d.glob("*.mp4"))[:2], square], out)
     opts = DetectOptions(person_threshold=0.05, keyframe_stride=0.5)
-    summary = run_job_ray(tasks, {"onnx": str(tiny_onnx), "backend": "ort"}, opts, out,
+    summary = run_job_ray(tasks, ModelRef(onnx=str(tiny_onnx), backend="ort"), opts, out,
                           quiet=True, actors=1, opener=_crashing_opener(128), max_attempts=2)
     status = {r["video_id"]: (r["status"], r["error"]) for r in summary["results"]}
     assert status["v1"][0] == status["v2"][0] == "done"

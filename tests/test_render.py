@@ -7,7 +7,7 @@ import pytest
 from conftest import make_video
 
 from evad.runtime.render import draw_people, label_rects, render_video, video_codec
-from evad.runtime.video import open_video
+from evad.video import open_video
 
 
 def _inside_and_apart(rects, h: int, w: int) -> None:

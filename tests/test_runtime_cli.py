@@ -160,7 +160,6 @@ BAD = {
     "truncated": ("truncated.mp4", "no readable video stream"),
     "no frames": ("noframes", "has no frames"),
     "codec": ("codec.avi", "no decoder for its video codec 'ZZZZ'"),
-    "input size": ("portrait.mp4", "export it for this video with --height 192 --width 96"),
     "trt": ("sample", "the trt backend needs"),
 }
 
@@ -174,7 +173,6 @@ def test_bad_input_one_line_nonzero_and_no_files(tmp_path, capfd, tiny_onnx, sam
     (tmp_path / "noframes").mkdir()
     mj = make_video(tmp_path / "mj.avi", 0.5, 64, 48, 10.0)
     (tmp_path / "codec.avi").write_bytes(mj.read_bytes().replace(b"MJPG", b"ZZZZ"))
-    make_video(tmp_path / "portrait.mp4", 0.5, 180, 320, 10.0)
     video = sample_mp4 if name == "sample" else tmp_path / name
     model = {"trt": ["--backend", "trt", "--engine", tiny_onnx],
              }.get(case, ["--onnx", tiny_onnx])
@@ -185,6 +183,23 @@ def test_bad_input_one_line_nonzero_and_no_files(tmp_path, capfd, tiny_onnx, sam
     assert len(lines) == 1 and lines[0].startswith("evad-trt-run: error: "), err
     assert msg in lines[0]
     assert not out.exists()  # nothing written, not even the folder
+
+
+def test_a_frame_larger_than_the_fixed_input_is_shrunk_to_fit_and_said(tmp_path, capfd,
+                                                                        tiny_onnx):
+    """A portrait video and a landscape export (96x192): the frames are shrunk to fit, aspect
+    kept (54x96 for 180x320), the run says so in one line with the export that would match,
+    and the boxes come back in the source frame's pixels."""
+    video = make_video(tmp_path / "portrait.mp4", 2.0, 180, 320, 10.0)
+    out = tmp_path / "o"
+    rc, stdout, err = _run(capfd, video, "--onnx", tiny_onnx, "--out", out,
+                           "--person-threshold", "0.05")
+    assert rc == 0, err
+    note = [line for line in stdout.splitlines() if "note:" in line]
+    assert len(note) == 1 and "frames are shrunk to 54x96" in note[0]
+    assert "export it for this video with --height 192 --width 96" in note[0]
+    assert "frames resized to 96x54, padded to the input 96x192" in stdout
+    _check_outputs(out, "portrait", 10.0, 2, (320, 180))
 
 
 def test_resume_after_kill(tmp_path, capfd, tiny_onnx):

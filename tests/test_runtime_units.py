@@ -13,19 +13,26 @@ import cv2
 import numpy as np
 import pytest
 
+from evad.ava_csv import format_time
 from evad.errors import BackendError, EvadError, VideoError
-from evad.runtime.outputs import DetectionWriter, format_time
+from evad.preprocess import Preprocessor, resized_size
+from evad.runtime.outputs import DetectionWriter
 from evad.runtime.postprocess import keyframe_people, short_label
-from evad.runtime.preprocess import Preprocessor, resized_size
-from evad.runtime.sampling import (
+from evad.sampling import (
     Keyframe,
     KeyframeSelector,
     clip_indices,
     clip_offsets,
     expected_keyframes,
-    select_keyframes,
+    frame_at,
 )
-from evad.runtime.video import iter_frames, open_video
+from evad.video import iter_frames, open_video
+
+
+def select_keyframes(times_s, stride_s):
+    """Every keyframe the streaming selector settles for frames at ``times_s``."""
+    sel = KeyframeSelector(stride_s)
+    return [kf for i, t in enumerate(times_s) for kf in sel.push(i, t)]
 
 # -- clip sampling ---------------------------------------------------------------------------
 
@@ -87,6 +94,20 @@ def test_keyframes_stream_start_after_zero():
     assert [(k.index, k.frame) for k in kfs] == [(0, 0), (1, 2)]
 
 
+@pytest.mark.parametrize("times", [
+    [i / 25 for i in range(500)], [i / 10 for i in range(10)],
+    [i / 10 for i in range(10)] + [1.0 + j / 20 for j in range(30)], [0.0, 0.4, 1.4, 1.7],
+    [0.0, 0.5, 1.5], [0.25, 0.5, 1.0]])
+def test_frame_at_is_the_selectors_rule(times):
+    """``frame_at`` (evad-eval's annotated keyframes) picks the frame the streaming selector
+    (evad-trt-run) settles, ties and gaps included; past the end, the last frame."""
+    for stride in (1.0, 0.3):
+        for kf in select_keyframes(times, stride):
+            assert frame_at(times, kf.time_s) == kf.frame
+    assert frame_at(times, times[-1] + 5.0) == len(times) - 1
+    assert frame_at([0.0, 0.5, 1.5], 1.0) == 1  # the tie: the earlier frame
+
+
 def test_keyframe_selector_rejects_bad_stride():
     with pytest.raises(ValueError):
         KeyframeSelector(0.0)
@@ -125,8 +146,15 @@ def test_preprocessor_fits_export_and_pads_with_zeros():
 
 
 def test_preprocessor_mismatched_input_size_names_the_export_to_make():
-    with pytest.raises(BackendError, match=r"--height 512 --width 288"):
-        Preprocessor.create((640, 360), 288, 1333, (0.45,) * 3, (0.225,) * 3, (288, 512))
+    """A portrait frame and a landscape export: shrunk to fit (aspect kept), and the note names
+    the export that would take it at the model's size."""
+    pre = Preprocessor.create((640, 360), 288, 1333, (0.45,) * 3, (0.225,) * 3, (288, 512))
+    assert pre.wanted == (512, 288) and pre.resized == (288, 162) and pre.padded == (288, 512)
+    note = pre.note("x.onnx")
+    assert note is not None and "--height 512 --width 288" in note
+    assert "frames are shrunk to 162x288" in note
+    with pytest.raises(BackendError, match="cannot be resized"):
+        Preprocessor.create((0, 360), 288, 1333, (0.45,) * 3, (0.225,) * 3, (288, 512))
 
 
 # -- post-processing -------------------------------------------------------------------------
@@ -274,7 +302,7 @@ def test_bad_videos_raise_one_line(tmp_path):
 def test_truncated_stream_warns(tmp_path, capsys) -> None:
     """A file that decodes only partly (cut at 60% of its bytes) keeps the decoded frames and
     says that decoding stopped early."""
-    from evad.runtime.video import iter_frames, open_video
+    from evad.video import iter_frames, open_video
 
     path = tmp_path / "t.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
@@ -304,8 +332,8 @@ def test_the_ort_path_imports_no_torch(tmp_path) -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "import evad.runtime.backends, evad.runtime.cli, evad.runtime.outputs\n"
             "import evad.runtime.pipeline, evad.runtime.render\n"
-            "from evad.cli.demo import default_video\n"
-            "print(default_video())\n")
+            "from evad.datasets.demo import demo_video\n"
+            "print(demo_video())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "EVAD_CACHE": str(tmp_path)}, check=False)
     assert out.returncode == 0, out.stderr

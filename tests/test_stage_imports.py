@@ -45,19 +45,24 @@ LAZY_MODULES = {"evad.plugins.triton_kernels"}
 #: modules that must import without torch (a CPU/ORT deployment needs none)
 TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.runner",
               "evad.command", "evad.atomic", "evad.run_lock", "evad.runtime.tokens",
-              "evad.metadata", "evad.hashing", "evad.resize", "evad.plugins",
+              "evad.metadata", "evad.hashing", "evad.plugins",
               "evad.plugins.build", "evad.engines.metadata", "evad.engines.environment",
               "evad.engines.cuda_memory", "evad.engines.trt_runner", "evad.engines.cli",
               "evad.export.ort_runner", "evad.runtime.backends", "evad.runtime.cli",
               "evad.runtime.outputs", "evad.runtime.pipeline", "evad.runtime.render",
-              "evad.runtime.video",
-              "evad.cli.demo", "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
+              "evad.video", "evad.live", "evad.opencv", "evad.sampling", "evad.preprocess",
+              "evad.runtime.detection", "evad.evaluation.detect", "evad.datasets.clips",
+              "evad.cache", "evad.datasets.demo", "evad.export.demo", "evad.export.exporter",
+              "evad.cli.trt_run", "evad.models.presets", "evad.models.labels",
               "evad.models.demo", "evad.datasets.synthetic", "evad.export.attention",
               "evad.export.layerwise", "evad.export.sizes", "evad.op_schemas", "evad.cli.export",
               "evad.serving.cli",
               "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
+              "evad.export.openvino_graph", "evad.models.checkpoint_cfg",
+              "evad.runtime.bench_report",
               "evad.runtime.benchmark", "evad.cli.bench", "evad.runtime.job",
-              "evad.runtime.ray_job", "evad.serving.triton_repo", "evad.serving.triton_model",
+              "evad.runtime.video_run", "evad.runtime.source", "evad.runtime.ray_job",
+              "evad.runtime.staging", "evad.serving.triton_repo", "evad.serving.triton_model",
               "evad.serving.triton_server", "evad.serving.triton_client", "evad.cli.triton_repo"]
 
 

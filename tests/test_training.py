@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+from evad.ava_csv import read_rows
 from evad.datasets.clips import ClipDataset
 from evad.datasets.synthetic import generate_dataset
-from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect
+from evad.evaluation.ava_eval import evaluate
+from evad.evaluation.detect import dataset_rows
 from evad.models import build_model, load_checkpoint
 from evad.models.runner import TorchRunner
 from evad.training.losses import LossWeights, box_giou, detection_loss, hungarian_match
@@ -70,7 +71,7 @@ def test_short_training_lowers_the_loss_and_resumes(tmp_path) -> None:
     vals = [r for r in records if "val_mAP" in r]
     assert [r["step"] for r in vals] == [11, 23]  # after the 12th and the 24th step
     gt = read_rows(val / "annotations.csv", scores=False)
-    rows = detect(TorchRunner(model), ClipDataset(val, meta["preset"]))
+    rows = dataset_rows(TorchRunner(model), ClipDataset(val, meta["preset"]))
     want = evaluate(gt, rows, range(1, 9))
     assert vals[-1]["val_mAP"] == pytest.approx(want["mAP"], abs=1e-4)
     assert vals[-1]["val_ap"] == {

@@ -16,7 +16,7 @@ import pytest
 from conftest import IN_CI, read_frames, require
 
 from evad.runtime.cli import main as run_main
-from evad.runtime.sampling import clip_indices
+from evad.sampling import clip_indices
 from evad.serving.triton_repo import write_repository
 from evad.serving.triton_server import TritonServer, triton_env
 

@@ -31,8 +31,8 @@ import pytest
 import tomllib
 from conftest import IN_CI, ROOT, read_frames, require
 
-from evad.runtime.job import DetectOptions
-from evad.runtime.sampling import clip_indices
+from evad.runtime.video_run import DetectOptions
+from evad.sampling import clip_indices
 from evad.serving.triton_client import detect
 from evad.serving.triton_repo import SERVE_REQUIREMENTS, write_repository
 from evad.serving.triton_server import triton_env

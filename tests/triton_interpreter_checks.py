@@ -24,6 +24,7 @@ if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # in CI it mus
     pytest.importorskip("triton", reason="Triton not installed (pip install triton)")
 
 import torch  # noqa: E402
+from tie_cases import tied_queries_keys  # noqa: E402
 
 from evad.models.keyframe_topk_prune import importance, keyframe_topk_prune  # noqa: E402
 from evad.models.roi_align_3d import roi_align_3d  # noqa: E402
@@ -72,12 +73,7 @@ def test_prune_ties_keep_the_lower_position() -> None:
     g = torch.Generator().manual_seed(11)
     b, h, n, s, d, c = 2, 2, 60, 10, 16, 8
     m = n - s
-    q = 0.1 * torch.randn(b, h, n, d, generator=g)
-    q[..., 0] = 1.0
-    k = torch.randn(b, h, n, d, generator=g)
-    ranks = torch.stack([(torch.randperm(m, generator=g) + 1) // 2 for _ in range(b)])
-    k[:, :, s:, :] = 0.0  # equal rank = identical key row
-    k[:, :, s:, 0] = torch.log1p(4.0 * ranks[:, None, :].float() / m)
+    q, k, ranks = tied_queries_keys(g, b, h, n, s, d)
     kk = 32  # ceil(0.7 * 60) - 10, of M = 50
     top = torch.sort(ranks, dim=1, descending=True).values
     assert torch.all(top[:, kk - 1] == top[:, kk])  # a tie straddles K

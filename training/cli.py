@@ -6,12 +6,30 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evad.command import ArgumentParser, check_output_dir, check_output_file, number, run_command
+from evad.command import (
+    ArgumentParser,
+    check_input_dir,
+    check_input_file,
+    check_output_dir,
+    check_output_file,
+    number,
+    run_command,
+)
 from evad.datasets.synthetic import generate_dataset
-from evad.errors import ConfigError
-from evad.models.checkpoint import load_checkpoint, save_checkpoint
-from evad.training.trainer import TrainConfig, train
+from evad.errors import CheckpointError, ConfigError, EvadError
+from evad.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from evad.models import checkpoint
+    from evad.training import trainer
+else:
+    # torch loads only after the cheap refusals (_check_inputs): a missing --data folder or an
+    # unreadable checkpoint to resume is said in a fraction of a second, not after ~10 s of a
+    # cold torch import
+    checkpoint = lazy_import("evad.models.checkpoint", "pip install torch")
+    trainer = lazy_import("evad.training.trainer", "pip install torch")
 
 __all__ = ["main", "parser"]
 
@@ -104,21 +122,46 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             raise ConfigError(f"--half-weights {args.half_weights} is the run's own checkpoint "
                               "OUT/last.pth: give another file name")
 
-    cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, steps=args.steps,
-                      batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                      threads=args.threads,
-                      checkpoint_every=args.checkpoint_every, val_data=args.val,
-                      proposal_init=args.proposal_init,
-                      val_every=args.val_every)
-    path = train(cfg, resume=args.resume, progress=not args.quiet)  # checks all before writing
+    _check_inputs(args)
+    cfg = trainer.TrainConfig(data=args.data, out=args.out, preset=args.preset,
+                              steps=args.steps, batch=args.batch, lr=args.lr,
+                              warmup=args.warmup, seed=args.seed, threads=args.threads,
+                              checkpoint_every=args.checkpoint_every, val_data=args.val,
+                              proposal_init=args.proposal_init, val_every=args.val_every)
+    # the trainer checks all again before writing
+    path = trainer.train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"{_PROG}: checkpoint {path}")
     if args.half_weights:
-        model, meta = load_checkpoint(path)
+        model, meta = checkpoint.load_checkpoint(path)
         command = shlex.join(["evad-train", *(sys.argv[1:] if argv is None else argv)])
-        half = save_checkpoint(model, args.half_weights, epoch=meta["epoch"], half=True,
-                               extra={"train": command})
+        half = checkpoint.save_checkpoint(model, args.half_weights, epoch=meta["epoch"],
+                                          half=True, extra={"train": command})
         print(f"{_PROG}: fp16 weights {half} ({half.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """What refuses a run without torch: the ``--out`` folder, each data folder's
+    ``annotations.csv`` and, with ``--resume``, a readable ``OUT/last.pth``. The trainer
+    checks all of it again, and more (the rows, the videos, the checkpoint's contents).
+
+    Raises:
+        EvadError: naming the folder or file, in the trainer's words.
+        CheckpointError: ``OUT/last.pth`` unreadable or empty.
+    """
+    check_output_dir(args.out, "--out")
+    for root, flag in ((args.data, "--data"), (args.val, "--val")):
+        if root is None:
+            continue
+        try:
+            check_input_dir(root, f"{flag} folder")
+            check_input_file(Path(root) / "annotations.csv", f"annotations of {flag}")
+        except EvadError as e:
+            raise EvadError(f"{e}: {flag} must hold annotations.csv and videos/<video id>.mp4 "
+                            "(evad-train --make-data DIR makes one)") from e
+    last = Path(args.out) / "last.pth"
+    if args.resume and last.exists() and not last.is_dir():  # a folder: the trainer says more
+        check_input_file(last, "checkpoint", error=CheckpointError)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from evad.atomic import write_json_atomic
+from evad.ava_csv import read_rows
 from evad.command import (
     check_input_dir,
     check_input_file,
@@ -25,12 +26,12 @@ from evad.command import (
 from evad.datasets.ava import read_ava_csv
 from evad.datasets.clips import ClipDataset, collate
 from evad.errors import CheckpointError, ConfigError, EvadError
-from evad.evaluation.ava_eval import evaluate, read_rows
-from evad.evaluation.detect import detect
+from evad.evaluation.ava_eval import evaluate
+from evad.evaluation.detect import dataset_rows
 from evad.models import build_model, get_preset
 from evad.models.checkpoint import load_checkpoint, save_checkpoint
-from evad.models.runner import TorchRunner
 from evad.run_lock import FolderLock
+from evad.runtime.backends import open_runner
 from evad.training.losses import LossWeights, detection_loss, hungarian_match
 
 __all__ = ["TrainConfig", "check_config", "grid_proposals", "train", "validate"]
@@ -118,7 +119,9 @@ def validate(model, data: ClipDataset, gt: list) -> dict:
     preset = model.preset
     device = next(model.parameters()).device
     try:
-        rows = detect(TorchRunner(model, "training model", device), data, batch=8)
+        with open_runner("torch", model=model, model_name="training model",
+                         cuda=device.type == "cuda")[0] as runner:
+            rows = dataset_rows(runner, data, batch=8)
     finally:
         model.train()
     res = evaluate(gt, rows, range(1, preset.num_classes + 1))

@@ -39,6 +39,12 @@ inline void logError(char const* where, char const* what) noexcept
     std::fprintf(stderr, "[evad plugin] %s: %s\n", where, what);
 }
 
+//! logError where the place is an op's method: "[evad plugin] <op>::<method>: <what>".
+inline void logError(char const* op, char const* method, char const* what) noexcept
+{
+    std::fprintf(stderr, "[evad plugin] %s::%s: %s\n", op, method, what);
+}
+
 // ------------------------------------------------------------------------------------------------
 // The contract's fields
 // ------------------------------------------------------------------------------------------------

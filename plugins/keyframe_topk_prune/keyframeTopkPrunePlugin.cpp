@@ -8,10 +8,10 @@
 #include "keyframeTopkPrunePlugin.h"
 
 #include "keyframeTopkPruneKernel.h"
-#include "pluginCommon.h"
 
 #include <exception>
 #include <string>
+#include <vector>
 
 using namespace nvinfer1;
 
@@ -95,24 +95,23 @@ void logTooSmall(char const* where, size_t needed, void const* workspace, size_t
 } // namespace
 
 KeyframeTopKPrunePlugin::KeyframeTopKPrunePlugin(KeyframeTopKPruneParams const& params)
-    : mParams(params)
+    : PluginV3Base(kNAME, kNB_INPUTS, kNB_OUTPUTS)
+    , mParams(params)
 {
-    initFields();
 }
 
-void KeyframeTopKPrunePlugin::initFields()
+std::vector<PluginField> KeyframeTopKPrunePlugin::serializedFields() const
 {
-    mFields = {contractField(kFIELDS[kKEEP_NUM], &mParams.keepNum),
+    std::vector<PluginField> fields{contractField(kFIELDS[kKEEP_NUM], &mParams.keepNum),
         contractField(kFIELDS[kKEEP_DEN], &mParams.keepDen),
         contractField(kFIELDS[kKEYFRAME_WEIGHT], &mParams.keyframeWeight)};
     if (mParams.workspaceBytes >= 0)
     {
         // Not a contract field: the plugin's record of the workspace TensorRT allocates for it, so
         // that a deserialized engine's enqueue checks against what it really gets.
-        mFields.push_back(int64Field(kWorkspaceBytesField, &mParams.workspaceBytes));
+        fields.push_back(int64Field(kWorkspaceBytesField, &mParams.workspaceBytes));
     }
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+    return fields;
 }
 
 void KeyframeTopKPrunePlugin::recordWorkspace(size_t bytes) const noexcept
@@ -122,49 +121,10 @@ void KeyframeTopKPrunePlugin::recordWorkspace(size_t bytes) const noexcept
     mParams.workspaceBytes = b > mParams.workspaceBytes ? b : mParams.workspaceBytes;
 }
 
-IPluginCapability* KeyframeTopKPrunePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* KeyframeTopKPrunePlugin::clone() noexcept
-{
-    try
-    {
-        return new KeyframeTopKPrunePlugin(mParams);
-    }
-    catch (std::exception const& e)
-    {
-        logError("KeyframeTopKPrune::clone", e.what());
-    }
-    return nullptr;
-}
-
-char const* KeyframeTopKPrunePlugin::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* KeyframeTopKPrunePlugin::getPluginVersion() const noexcept
-{
-    return kVERSION;
-}
-
-char const* KeyframeTopKPrunePlugin::getPluginNamespace() const noexcept
-{
-    return kNAMESPACE;
-}
-
 int32_t KeyframeTopKPrunePlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS
+    if (!ioCounts(nbInputs, nbOutputs)
         || !ranksOk(in[kIN_Q].desc.dims.nbDims, in[kIN_K].desc.dims.nbDims, in[kIN_X].desc.dims.nbDims,
             in[kIN_IDX].desc.dims.nbDims))
     {
@@ -187,7 +147,7 @@ int32_t KeyframeTopKPrunePlugin::configurePlugin(
 int32_t KeyframeTopKPrunePlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbOutputs != kNB_OUTPUTS || nbInputs != kNB_INPUTS)
+    if (!ioCounts(nbInputs, nbOutputs))
     {
         return -1;
     }
@@ -200,7 +160,7 @@ int32_t KeyframeTopKPrunePlugin::getOutputShapes(DimsExprs const* inputs, int32_
     DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
     IExprBuilder& exprBuilder) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS
+    if (!ioCounts(nbInputs, nbOutputs)
         || !ranksOk(inputs[kIN_Q].nbDims, inputs[kIN_K].nbDims, inputs[kIN_X].nbDims, inputs[kIN_IDX].nbDims))
     {
         logError("KeyframeTopKPrune::getOutputShapes", "expects q, k (B, H, N, d), x_nonkey (B, N - S, C), idx (B, N - S)");
@@ -228,7 +188,7 @@ int32_t KeyframeTopKPrunePlugin::getOutputShapes(DimsExprs const* inputs, int32_
 bool KeyframeTopKPrunePlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (pos < 0 || pos >= nbInputs + nbOutputs || inOut[pos].desc.format != TensorFormat::kLINEAR)
+    if (!linearAt(pos, inOut, nbInputs, nbOutputs))
     {
         return false;
     }
@@ -243,11 +203,6 @@ bool KeyframeTopKPrunePlugin::supportsFormatCombination(
     case kOUT_IDX: return t == DataType::kINT64;
     default: return false;
     }
-}
-
-int32_t KeyframeTopKPrunePlugin::getNbOutputs() const noexcept
-{
-    return kNB_OUTPUTS;
 }
 
 size_t KeyframeTopKPrunePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -268,12 +223,6 @@ size_t KeyframeTopKPrunePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* 
     }
     recordWorkspace(bytes);
     return bytes;
-}
-
-int32_t KeyframeTopKPrunePlugin::onShapeChange(
-    PluginTensorDesc const* /*in*/, int32_t /*nbInputs*/, PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept
-{
-    return 0;
 }
 
 int32_t KeyframeTopKPrunePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
@@ -303,83 +252,29 @@ int32_t KeyframeTopKPrunePlugin::enqueue(PluginTensorDesc const* inputDesc, Plug
         static_cast<int64_t const*>(inputs[kIN_IDX]), outputs[0], static_cast<int64_t*>(outputs[1]), q.d[0], q.d[1],
         q.d[2], static_cast<int32_t>(q.d[3]), x.d[1], x.d[2], mParams.keepNum, mParams.keepDen,
         mParams.keyframeWeight, workspace, given, stream);
-    if (err != 0)
-    {
-        logError(where, cudaGetErrorString(static_cast<cudaError_t>(err)));
-        return -1;
-    }
-    return 0;
-}
-
-IPluginV3* KeyframeTopKPrunePlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
-}
-
-PluginFieldCollection const* KeyframeTopKPrunePlugin::getFieldsToSerialize() noexcept
-{
-    try
-    {
-        initFields(); // with the workspace record, once there is one
-    }
-    catch (std::exception const& e)
-    {
-        logError("KeyframeTopKPrune::getFieldsToSerialize", e.what());
-    }
-    return &mFieldCollection;
+    return launchStatus(err);
 }
 
 // ------------------------------------------------------------------------------------------------
 
 KeyframeTopKPrunePluginCreator::KeyframeTopKPrunePluginCreator()
+    : PluginCreatorBase(kNAME, contractFieldNames(kFIELDS, kNB_FIELDS))
 {
-    mFields = contractFieldNames(kFIELDS, kNB_FIELDS);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
 }
 
-char const* KeyframeTopKPrunePluginCreator::getPluginName() const noexcept
+IPluginV3* KeyframeTopKPrunePluginCreator::create(PluginFieldCollection const* fc) const
 {
-    return kNAME;
-}
-
-char const* KeyframeTopKPrunePluginCreator::getPluginVersion() const noexcept
-{
-    return kVERSION;
-}
-
-char const* KeyframeTopKPrunePluginCreator::getPluginNamespace() const noexcept
-{
-    return kNAMESPACE;
-}
-
-PluginFieldCollection const* KeyframeTopKPrunePluginCreator::getFieldNames() noexcept
-{
-    return &mFieldCollection;
-}
-
-IPluginV3* KeyframeTopKPrunePluginCreator::createPlugin(
-    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
-{
-    try
-    {
-        // Every field is required and checked against the contract, keep_num <= keep_den
-        // included; fields outside the contract are ignored.
-        std::vector<FieldValue> const v
-            = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc, contract::kKeyframeTopKPruneLessEqual);
-        KeyframeTopKPruneParams p;
-        p.keepNum = static_cast<int32_t>(v[kKEEP_NUM].asInt);
-        p.keepDen = static_cast<int32_t>(v[kKEEP_DEN].asInt);
-        p.keyframeWeight = static_cast<float>(v[kKEYFRAME_WEIGHT].asFloat);
-        // The workspace record of a serialized plugin (not a contract field; absent from ONNX).
-        p.workspaceBytes = readInt64Field(fc, kWorkspaceBytesField, -1);
-        return new KeyframeTopKPrunePlugin(p);
-    }
-    catch (std::exception const& e)
-    {
-        logError("KeyframeTopKPrune::createPlugin", e.what());
-    }
-    return nullptr;
+    // Every field is required and checked against the contract, keep_num <= keep_den
+    // included; fields outside the contract are ignored.
+    std::vector<FieldValue> const v
+        = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc, contract::kKeyframeTopKPruneLessEqual);
+    KeyframeTopKPruneParams p;
+    p.keepNum = static_cast<int32_t>(v[kKEEP_NUM].asInt);
+    p.keepDen = static_cast<int32_t>(v[kKEEP_DEN].asInt);
+    p.keyframeWeight = static_cast<float>(v[kKEYFRAME_WEIGHT].asFloat);
+    // The workspace record of a serialized plugin (not a contract field; absent from ONNX).
+    p.workspaceBytes = readInt64Field(fc, kWorkspaceBytesField, -1);
+    return new KeyframeTopKPrunePlugin(p);
 }
 
 } // namespace plugin

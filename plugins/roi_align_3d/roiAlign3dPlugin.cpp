@@ -1,14 +1,14 @@
 /*
  * evad::RoIAlign3D plugin glue: shapes, types, formats, fields. The maths is in the kernel
  * (evad_roi_align_3d, roiAlign3dKernel.cu); nothing here touches tensor data. Field names,
- * order, types and valid ranges come from the contract header (evadOpContract.h).
+ * order, types and valid ranges come from the contract header (evadOpContract.h). The kernel
+ * needs no workspace: getWorkspaceSize stays TensorRT's default of 0 bytes.
  */
 #include "roiAlign3dPlugin.h"
 
-#include "pluginCommon.h"
 #include "roiAlign3dKernel.h"
 
-#include <exception>
+#include <vector>
 
 using namespace nvinfer1;
 
@@ -45,68 +45,24 @@ constexpr int32_t kNB_OUTPUTS = 1;
 } // namespace
 
 RoIAlign3DPlugin::RoIAlign3DPlugin(RoIAlign3DParams const& params)
-    : mParams(params)
+    : PluginV3Base(kNAME, kNB_INPUTS, kNB_OUTPUTS)
+    , mParams(params)
 {
-    initFields();
 }
 
-void RoIAlign3DPlugin::initFields()
+std::vector<PluginField> RoIAlign3DPlugin::serializedFields() const
 {
-    // The serialized fields are the creator's fields: a deserialized plugin is recreated by
-    // createPlugin from exactly these.
-    mFields = {contractField(kFIELDS[kOUTPUT_HEIGHT], &mParams.outputHeight),
+    return {contractField(kFIELDS[kOUTPUT_HEIGHT], &mParams.outputHeight),
         contractField(kFIELDS[kOUTPUT_WIDTH], &mParams.outputWidth),
         contractField(kFIELDS[kSPATIAL_SCALE], &mParams.spatialScale),
         contractField(kFIELDS[kSAMPLING_RATIO], &mParams.samplingRatio),
         contractField(kFIELDS[kALIGNED], &mParams.aligned)};
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-}
-
-IPluginCapability* RoIAlign3DPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-IPluginV3* RoIAlign3DPlugin::clone() noexcept
-{
-    try
-    {
-        return new RoIAlign3DPlugin(mParams);
-    }
-    catch (std::exception const& e)
-    {
-        logError("RoIAlign3D::clone", e.what());
-    }
-    return nullptr;
-}
-
-char const* RoIAlign3DPlugin::getPluginName() const noexcept
-{
-    return kNAME;
-}
-
-char const* RoIAlign3DPlugin::getPluginVersion() const noexcept
-{
-    return kVERSION;
-}
-
-char const* RoIAlign3DPlugin::getPluginNamespace() const noexcept
-{
-    return kNAMESPACE;
 }
 
 int32_t RoIAlign3DPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || in[kIN_FEATURES].desc.dims.nbDims != 5
-        || in[kIN_ROIS].desc.dims.nbDims != 2)
+    if (!ioCounts(nbInputs, nbOutputs) || in[kIN_FEATURES].desc.dims.nbDims != 5 || in[kIN_ROIS].desc.dims.nbDims != 2)
     {
         logError("RoIAlign3D::configurePlugin", "expects features (B, C, T, H, W) and rois (R, 5)");
         return -1;
@@ -117,7 +73,7 @@ int32_t RoIAlign3DPlugin::configurePlugin(
 int32_t RoIAlign3DPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbOutputs != kNB_OUTPUTS || nbInputs != kNB_INPUTS)
+    if (!ioCounts(nbInputs, nbOutputs))
     {
         return -1;
     }
@@ -128,8 +84,7 @@ int32_t RoIAlign3DPlugin::getOutputDataTypes(
 int32_t RoIAlign3DPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
     int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || inputs[kIN_FEATURES].nbDims != 5
-        || inputs[kIN_ROIS].nbDims != 2)
+    if (!ioCounts(nbInputs, nbOutputs) || inputs[kIN_FEATURES].nbDims != 5 || inputs[kIN_ROIS].nbDims != 2)
     {
         logError("RoIAlign3D::getOutputShapes", "expects features (B, C, T, H, W) and rois (R, 5)");
         return -1;
@@ -147,7 +102,7 @@ int32_t RoIAlign3DPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInp
 bool RoIAlign3DPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (pos < 0 || pos >= nbInputs + nbOutputs || inOut[pos].desc.format != TensorFormat::kLINEAR)
+    if (!linearAt(pos, inOut, nbInputs, nbOutputs))
     {
         return false;
     }
@@ -159,23 +114,6 @@ bool RoIAlign3DPlugin::supportsFormatCombination(
     return inOut[pos].desc.type == inOut[kIN_FEATURES].desc.type;
 }
 
-int32_t RoIAlign3DPlugin::getNbOutputs() const noexcept
-{
-    return kNB_OUTPUTS;
-}
-
-size_t RoIAlign3DPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
-    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
-{
-    return 0;
-}
-
-int32_t RoIAlign3DPlugin::onShapeChange(
-    PluginTensorDesc const* /*in*/, int32_t /*nbInputs*/, PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept
-{
-    return 0;
-}
-
 int32_t RoIAlign3DPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
     void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
 {
@@ -184,74 +122,28 @@ int32_t RoIAlign3DPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     int const err = evad_roi_align_3d(type, inputs[kIN_FEATURES], inputs[kIN_ROIS], outputs[0], f.d[0], f.d[1],
         f.d[2], f.d[3], f.d[4], inputDesc[kIN_ROIS].dims.d[0], mParams.outputHeight, mParams.outputWidth,
         mParams.spatialScale, mParams.samplingRatio, mParams.aligned, stream);
-    if (err != 0)
-    {
-        logError("RoIAlign3D::enqueue", cudaGetErrorString(static_cast<cudaError_t>(err)));
-        return -1;
-    }
-    return 0;
-}
-
-IPluginV3* RoIAlign3DPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
-}
-
-PluginFieldCollection const* RoIAlign3DPlugin::getFieldsToSerialize() noexcept
-{
-    return &mFieldCollection;
+    return launchStatus(err);
 }
 
 // ------------------------------------------------------------------------------------------------
 
 RoIAlign3DPluginCreator::RoIAlign3DPluginCreator()
+    : PluginCreatorBase(kNAME, contractFieldNames(kFIELDS, kNB_FIELDS))
 {
-    mFields = contractFieldNames(kFIELDS, kNB_FIELDS);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
 }
 
-char const* RoIAlign3DPluginCreator::getPluginName() const noexcept
+IPluginV3* RoIAlign3DPluginCreator::create(PluginFieldCollection const* fc) const
 {
-    return kNAME;
-}
-
-char const* RoIAlign3DPluginCreator::getPluginVersion() const noexcept
-{
-    return kVERSION;
-}
-
-char const* RoIAlign3DPluginCreator::getPluginNamespace() const noexcept
-{
-    return kNAMESPACE;
-}
-
-PluginFieldCollection const* RoIAlign3DPluginCreator::getFieldNames() noexcept
-{
-    return &mFieldCollection;
-}
-
-IPluginV3* RoIAlign3DPluginCreator::createPlugin(
-    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
-{
-    try
-    {
-        // Every field is required and checked against the contract (a missing or out-of-range
-        // one is an error, not a silent default); fields outside the contract are ignored.
-        std::vector<FieldValue> const v = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc);
-        RoIAlign3DParams p;
-        p.outputHeight = static_cast<int32_t>(v[kOUTPUT_HEIGHT].asInt);
-        p.outputWidth = static_cast<int32_t>(v[kOUTPUT_WIDTH].asInt);
-        p.spatialScale = static_cast<float>(v[kSPATIAL_SCALE].asFloat);
-        p.samplingRatio = static_cast<int32_t>(v[kSAMPLING_RATIO].asInt);
-        p.aligned = static_cast<int32_t>(v[kALIGNED].asInt);
-        return new RoIAlign3DPlugin(p);
-    }
-    catch (std::exception const& e)
-    {
-        logError("RoIAlign3D::createPlugin", e.what());
-    }
-    return nullptr;
+    // Every field is required and checked against the contract (a missing or out-of-range
+    // one is an error, not a silent default); fields outside the contract are ignored.
+    std::vector<FieldValue> const v = readContractFields(kNAME, kFIELDS, kNB_FIELDS, fc);
+    RoIAlign3DParams p;
+    p.outputHeight = static_cast<int32_t>(v[kOUTPUT_HEIGHT].asInt);
+    p.outputWidth = static_cast<int32_t>(v[kOUTPUT_WIDTH].asInt);
+    p.spatialScale = static_cast<float>(v[kSPATIAL_SCALE].asFloat);
+    p.samplingRatio = static_cast<int32_t>(v[kSAMPLING_RATIO].asInt);
+    p.aligned = static_cast<int32_t>(v[kALIGNED].asInt);
+    return new RoIAlign3DPlugin(p);
 }
 
 } // namespace plugin

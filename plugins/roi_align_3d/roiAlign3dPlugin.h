@@ -1,14 +1,16 @@
 /*
  * evad::RoIAlign3D, version 1: IPluginV3 (core, build, runtime capabilities) and its
- * IPluginCreatorV3One. Contract: evad/op_contracts.py (fields: ../common/evadOpContract.h,
+ * IPluginCreatorV3One, on the shared bases of ../common/pluginBase.h (which write the capability
+ * plumbing, clone, names and the field collections; this op writes its shapes, types, formats,
+ * launch and fields). Contract: evad/op_contracts.py (fields: ../common/evadOpContract.h,
  * generated from it; prose: README.md). Kernel: roiAlign3dKernel.cu (C ABI: roiAlign3dKernel.h).
  */
 #ifndef EVAD_ROI_ALIGN_3D_PLUGIN_H
 #define EVAD_ROI_ALIGN_3D_PLUGIN_H
 
 #include "NvInferRuntime.h"
+#include "pluginBase.h"
 
-#include <string>
 #include <vector>
 
 namespace evad
@@ -27,23 +29,10 @@ struct RoIAlign3DParams
     int32_t aligned{};
 };
 
-class RoIAlign3DPlugin : public nvinfer1::IPluginV3,
-                         public nvinfer1::IPluginV3OneCore,
-                         public nvinfer1::IPluginV3OneBuild,
-                         public nvinfer1::IPluginV3OneRuntime
+class RoIAlign3DPlugin : public PluginV3Base<RoIAlign3DPlugin>
 {
 public:
     explicit RoIAlign3DPlugin(RoIAlign3DParams const& params);
-    ~RoIAlign3DPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -55,42 +44,24 @@ public:
         int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut,
         int32_t nbInputs, int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    void initFields();
+    std::vector<nvinfer1::PluginField> serializedFields() const override;
 
     RoIAlign3DParams mParams;
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
-class RoIAlign3DPluginCreator : public nvinfer1::IPluginCreatorV3One
+class RoIAlign3DPluginCreator : public PluginCreatorBase
 {
 public:
     RoIAlign3DPluginCreator();
-    ~RoIAlign3DPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    nvinfer1::IPluginV3* create(nvinfer1::PluginFieldCollection const* fc) const override;
 };
 
 } // namespace plugin

@@ -172,6 +172,19 @@ Collection defaults(OpSpec const& op)
     return c;
 }
 
+//! A plugin from the contract's defaults, for the checks named by `purpose` ("plugin": "the
+//! plugin checks"); nullptr, with one FAIL line, when the creator refuses the defaults.
+IPluginV3* createForChecks(IPluginCreatorV3One* creator, OpSpec const& op, char const* purpose)
+{
+    Collection good = defaults(op);
+    IPluginV3* plugin = creator->createPlugin(op.name, good.get(), TensorRTPhase::kBUILD);
+    if (plugin == nullptr)
+    {
+        check(false, std::string(op.name) + " created (for the " + purpose + " checks)");
+    }
+    return plugin;
+}
+
 //! What `fn` writes to stderr (fd 2; the plugins report through fprintf(stderr)).
 std::string captureStderr(std::function<void()> const& fn)
 {
@@ -364,11 +377,9 @@ DynamicPluginTensorDesc desc(DataType t)
 void testPlugin(IPluginCreatorV3One* creator, OpSpec const& op)
 {
     std::string const name = op.name;
-    Collection good = defaults(op);
-    IPluginV3* plugin = creator->createPlugin(name.c_str(), good.get(), TensorRTPhase::kBUILD);
+    IPluginV3* plugin = createForChecks(creator, op, "plugin");
     if (plugin == nullptr)
     {
-        check(false, name + " created (for the plugin checks)");
         return;
     }
     auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
@@ -533,11 +544,9 @@ void testWorkspace(IPluginCreatorV3One* creator, OpSpec const& op, WorkspaceQuer
         check(query == nullptr || query(4, 2, 16, 8, &atMax) != 0, name + " the size query reports its failure");
     }
 
-    Collection good = defaults(op);
-    IPluginV3* plugin = creator->createPlugin(name.c_str(), good.get(), TensorRTPhase::kBUILD);
+    IPluginV3* plugin = createForChecks(creator, op, "workspace");
     if (plugin == nullptr)
     {
-        check(false, name + " created (for the workspace checks)");
         return;
     }
     auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));

@@ -1,4 +1,5 @@
-"""Clip sampling: which frames make the clip of each keyframe (the AVA protocol).
+"""Clip sampling, the clip path's second step: which frames make the clip of each keyframe
+(the AVA protocol). The runtime, ``evad-eval --data``, training data and Triton all sample here.
 
 A keyframe is requested every ``keyframe_stride`` seconds from t = 0 (1 s: AVA's one
 annotation per second); its frame is the one whose container timestamp is nearest (the earlier
@@ -11,7 +12,8 @@ repeat the edge frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -20,7 +22,7 @@ __all__ = [
     "clip_indices",
     "clip_offsets",
     "expected_keyframes",
-    "select_keyframes",
+    "frame_at",
 ]
 
 
@@ -38,6 +40,29 @@ def clip_indices(center: int, num_frames: int, frame_stride: int,
     """
     last = total_frames - 1
     return [min(max(center + o, 0), last) for o in clip_offsets(num_frames, frame_stride)]
+
+
+def _previous_is_nearer(t: float, previous_s: float, next_s: float) -> bool:
+    """The keyframe rule: the frame before ``t`` wins when it is at least as near as the frame
+    at or after it (the earlier one on a tie). Times in seconds."""
+    return t - previous_s <= next_s - t
+
+
+def frame_at(times_s: Sequence[float], t: float) -> int:
+    """The frame of a keyframe requested at ``t`` seconds, among frames at ``times_s``
+    (container times, non-decreasing): the nearest, the earlier on a tie, as
+    ``KeyframeSelector`` settles it; the last frame for a time past the end.
+
+    Example: ``frame_at([0.0, 0.5, 1.5], 1.0)`` is 1 (0.5 s before vs 0.5 s after).
+    """
+    if not times_s:
+        raise ValueError("no frames")
+    j = bisect.bisect_left(times_s, t - 1e-9)  # first frame at or after t (the selector's)
+    if j == len(times_s):
+        return j - 1
+    if j > 0 and _previous_is_nearer(t, times_s[j - 1], times_s[j]):
+        return j - 1
+    return j
 
 
 @dataclass(frozen=True)
@@ -77,7 +102,7 @@ class KeyframeSelector:
         out = []
         while self._time(self._k) <= time_s + 1e-9:
             t = self._time(self._k)
-            if self._prev is not None and t - self._prev[1] <= time_s - t:
+            if self._prev is not None and _previous_is_nearer(t, self._prev[1], time_s):
                 frame, ft = self._prev
             else:
                 frame, ft = index, time_s
@@ -85,15 +110,6 @@ class KeyframeSelector:
             self._k += 1
         self._prev = (index, time_s)
         return out
-
-
-def select_keyframes(times_s: Iterable[float], stride_s: float) -> list[Keyframe]:
-    """Every keyframe of a video whose frames have the given times (seconds, in order)."""
-    sel = KeyframeSelector(stride_s)
-    out: list[Keyframe] = []
-    for i, t in enumerate(times_s):
-        out.extend(sel.push(i, t))
-    return out
 
 
 def expected_keyframes(duration_s: float, stride_s: float) -> int:

@@ -1,4 +1,5 @@
-"""Video input: a container OpenCV reads, or a directory of frames; timestamps from the source.
+"""Video input, the first step of the clip path: a container OpenCV reads, a directory of
+frames, or a live source (``evad.live``); timestamps from the source.
 
 ``open_video`` checks the source before any slow work (exists, not empty, opens, first frame
 decodes) and returns a ``VideoInfo``; ``iter_frames`` then yields ``(index, time_s, frame)``
@@ -10,11 +11,9 @@ video keeps its real times; a frame directory has no container, so its times are
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,58 +22,16 @@ import numpy as np
 
 from evad.command import check_input_dir, check_input_file
 from evad.errors import VideoError
-from evad.lazy import lazy_import
+from evad.live import fourcc, iter_live, probe_live, redact
+from evad.opencv import native_stderr_silenced, quiet_cv2
 
-cv2 = lazy_import("cv2", "pip install opencv-python-headless")
-
-__all__ = ["FRAME_EXTENSIONS", "LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VideoInfo", "iter_frames",
-           "live_source", "open_video", "redact"]
+__all__ = ["FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoInfo", "iter_frames", "open_live",
+           "open_video"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: file endings taken as videos when a directory, glob or list names many (a job)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
-#: URL schemes read as live streams (OpenCV's FFmpeg opens them)
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-#: how long a live source may stay silent before it counts as dropped (ms)
-LIVE_TIMEOUT_MS = 10_000
-#: how far (s of frames) detection may fall behind a live source before frames are dropped
-LIVE_BUFFER_S = 4.0
-
-
-# FFmpeg inside OpenCV prints its errors ("moov atom not found") on stderr; we report one line
-# of our own instead. OpenCV reads this once, when it first initialises FFmpeg; -8 = quiet.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: for a process where FFmpeg was initialised before
-    this module set its log level. Used only while probing a file, before any progress output."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _cv2():
-    """OpenCV, quiet. Raises MissingDependency (one sentence) when it is not installed."""
-    # OpenCV and FFmpeg print their own warnings for corrupt input; we report one line instead.
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # pragma: no cover - builds without the logging module
-        pass
-    return cv2
 
 
 def _sniff(path: Path) -> tuple[str, str]:
@@ -150,81 +107,37 @@ class VideoInfo:
         return self.path.name if self.is_directory else self.path.stem
 
 
-def live_source(text: str) -> str | None:
-    """``text`` as a live source (a camera index such as ``0``, or a URL with a scheme in
-    ``LIVE_SCHEMES``), or None for a path. An existing file of that name stays a file."""
-    if Path(text).exists():
-        return None
-    if text.isdigit():
-        return text
-    scheme, sep, _ = text.partition("://")
-    return text if sep and scheme.lower() in LIVE_SCHEMES else None
-
-
-def _open_live_capture(source: str):
-    cv2 = _cv2()
-    if source.isdigit():
-        return cv2.VideoCapture(int(source))
-    return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
-                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,
-                             cv2.CAP_PROP_READ_TIMEOUT_MSEC, LIVE_TIMEOUT_MS])
-
-
-def _open_live(source: str) -> VideoInfo:
-    """Probe a live source (opens, one frame decodes) and release it; ``iter_frames`` opens it
-    again, so frames sent while the model loads do not pile up in front of the first clip."""
-    with _native_stderr_silenced():
-        cap = _open_live_capture(source)
-        opened = cap.isOpened()
-        ok, frame = cap.read() if opened else (False, None)
-    try:
-        what = f"camera {source}" if source.isdigit() else f"stream {redact(source)}"
-        if not opened:
-            raise VideoError(f"cannot open {what}: OpenCV could not connect to it (check the "
-                             "address, that it is serving, and that its format is one FFmpeg "
-                             "reads)")
-        if not ok or frame is None:
-            raise VideoError(f"{what} opened but sent no frame within "
-                             f"{LIVE_TIMEOUT_MS / 1000:g} s")
-        rate = cap.get(_cv2().CAP_PROP_FPS)
-        codec = _fourcc(cap.get(_cv2().CAP_PROP_FOURCC))
-    finally:
-        cap.release()
-    rate = rate if rate and 0 < rate < 1000 and np.isfinite(rate) else 30.0
-    h, w = frame.shape[:2]
-    return VideoInfo(Path(redact(source).replace("://", "_").replace("/", "_")), w, h,
-                     float(rate), 0, codec, live=source)
-
-
 def _natural_key(p: Path) -> list:
     # frame_2.jpg before frame_10.jpg
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
-def _fourcc(value: float) -> str:
-    code = int(value)
-    chars = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
-    return chars if chars.isprintable() and code else f"0x{code:08x}"
+def open_live(source: str) -> VideoInfo:
+    """Check a live source (a camera index ``0`` or a stream URL, as ``evad.live.live_source``
+    tells them) and describe it; nothing is kept open.
+
+    Raises:
+        VideoError: it does not open, or sends no frame.
+    """
+    probe = probe_live(source)
+    return VideoInfo(Path(redact(source).replace("://", "_").replace("/", "_")), probe.width,
+                     probe.height, probe.fps, 0, probe.codec, live=source)
 
 
 def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
-    """Check a video file or frame directory and describe it; nothing is kept open.
+    """Check a video file or frame directory and describe it; nothing is kept open. (A live
+    source opens with ``open_live``; ``evad.runtime.source.Source`` tells which an input is.)
 
     Args:
-        path: a video file (any container OpenCV's FFmpeg reads), a directory of images, or a
-            live source: a camera index (``0``) or a stream URL (``rtsp://``, ``http://``, ...).
+        path: a video file (any container OpenCV's FFmpeg reads) or a directory of images.
         fps: frame rate of a frame directory (frames/s; default 30). Ignored for video files,
             whose timestamps come from the container.
 
     Raises:
         VideoError: missing, empty, not a video, no decodable frame (with the codec named), a
-            directory without images, an unreadable image, or a live source that does not open
-            or sends no frame.
+            directory without images, or an unreadable image.
     """
-    cv2 = _cv2()
-    live = live_source(str(path))
-    if live is not None:
-        return _open_live(live)
+    cv2 = quiet_cv2()
     path = Path(path)
     if not path.exists():
         raise VideoError(f"video {path} does not exist")
@@ -245,7 +158,7 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
         h, w = first.shape[:2]
         return VideoInfo(path, w, h, rate, len(frames), "", frames)
     check_input_file(path, "video", error=VideoError)
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         opened = cap.isOpened()
         ok, frame = cap.read() if opened else (False, None)
@@ -259,7 +172,7 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
             what = f"a corrupt {container} file" if container else "a corrupt file or not a video"
             raise VideoError(f"cannot open {path}: OpenCV finds no readable video stream in it "
                              f"({what})")
-        codec = _fourcc(cap.get(cv2.CAP_PROP_FOURCC))
+        codec = fourcc(cap.get(cv2.CAP_PROP_FOURCC))
         if not ok or frame is None:
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if count <= 0:
@@ -288,7 +201,7 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
     Raises:
         VideoError: a directory image cannot be read, or has another size than the first.
     """
-    cv2 = _cv2()
+    cv2 = quiet_cv2()
     if info.is_directory:
         for i, p in enumerate(info.frames):
             frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -301,7 +214,7 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
             yield i, i / info.fps, frame
         return
     if info.is_live:
-        yield from _iter_live(info)
+        yield from iter_live(info.live, info.fps)
         return
     cap = cv2.VideoCapture(str(info.path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
@@ -330,87 +243,3 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
             i += 1
     finally:
         cap.release()
-
-
-def _iter_live(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
-    """A reader thread drains the source and stamps each frame on receipt, so frames never
-    wait unseen in FFmpeg's or the camera's buffers and times are true arrival times; when
-    detection falls more than ``LIVE_BUFFER_S`` behind, the oldest frames are dropped (said
-    once, counted at the end) rather than letting the lag grow."""
-    import queue
-    import threading
-
-    with _native_stderr_silenced():
-        cap = _open_live_capture(info.live)
-    if not cap.isOpened():
-        raise VideoError(f"cannot open {redact(info.live)} again (it was readable a moment ago)")
-    what = f"camera {info.live}" if info.live.isdigit() else f"stream {redact(info.live)}"
-    frames: queue.Queue = queue.Queue(maxsize=max(2, int(LIVE_BUFFER_S * info.fps)))
-    stop = threading.Event()
-    dropped = [0]
-
-    def read() -> None:
-        try:
-            while not stop.is_set():
-                ok, frame = cap.read()
-                if not ok or frame is None:
-                    break
-                item = (time.monotonic(), frame)
-                while True:
-                    try:
-                        frames.put_nowait(item)
-                        break
-                    except queue.Full:
-                        try:
-                            frames.get_nowait()
-                            dropped[0] += 1
-                            if dropped[0] == 1:
-                                print(f"warning: detection is more than {LIVE_BUFFER_S:g} s "
-                                      f"behind {what}: dropping its oldest frames",
-                                      file=sys.stderr, flush=True)
-                        except queue.Empty:
-                            pass
-        finally:
-            frames.put(None)
-
-    reader = threading.Thread(target=read, name="evad-live-read", daemon=True)
-    reader.start()
-    try:
-        i = 0
-        t0 = item_t = 0.0
-        while True:
-            item = frames.get()
-            if item is None:
-                gone = f"{item_t - t0:.1f} s" if i else "0.0 s"
-                lost = f"; {dropped[0]} frames dropped to keep up" if dropped[0] else ""
-                print(f"warning: {what} stopped sending after {i + dropped[0]} frames ({gone})"
-                      f": the detections up to there are kept{lost}", file=sys.stderr,
-                      flush=True)
-                return
-            item_t, frame = item
-            if i == 0:
-                t0 = item_t
-            yield i, round(item_t - t0, 6), frame
-            i += 1
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                frames.get_nowait()
-            except queue.Empty:
-                pass
-            reader.join(timeout=0.1)
-        cap.release()
-
-
-def redact(source: str) -> str:
-    """A stream URL without its password (``rtsp://user:***@host/...``): what is printed and
-    recorded; the URL itself is used only to connect."""
-    scheme, sep, rest = source.partition("://")
-    if not sep:
-        return source
-    netloc, slash, path = rest.partition("/")
-    if "@" not in netloc:
-        return source
-    user = netloc.rsplit("@", 1)[0].split(":", 1)[0]
-    return f"{scheme}://{user}:***@{netloc.rsplit('@', 1)[1]}{slash}{path}"

@@ -1,4 +1,6 @@
-"""Pre-processing exactly as the model was trained (evad-architecture.md, "Pre-processing").
+"""Pre-processing, the clip path's last step: exactly as the model was trained (docs/model.md,
+"Pre-processing"); the runtime, ``evad-eval --data``, training data, Triton and the token picture
+all pre-process here, with the numbers of the model's ``ModelSpec`` (its metadata).
 
 1. Resize so the short side is ``short_side`` and the long side at most ``max_long_side``,
    bilinear, sizes rounded with ``int(x + 0.5)``.
@@ -18,7 +20,7 @@ import numpy as np
 
 from evad.errors import BackendError
 from evad.lazy import lazy_import
-from evad.resize import resized_size
+from evad.runner import ModelSpec
 
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
@@ -27,6 +29,17 @@ __all__ = ["Preprocessor", "resized_size"]
 
 def _ceil32(x: int) -> int:
     return (x + 31) // 32 * 32
+
+
+def resized_size(height: int, width: int, short_side: int,
+                 max_long_side: int) -> tuple[int, int]:
+    """(h, w) after resizing a ``height`` x ``width`` frame: short side ``short_side`` unless
+    the long side would then pass ``max_long_side`` (then long side = ``max_long_side``); sizes
+    rounded with ``int(x + 0.5)`` as the released pre-processing."""
+    scale = short_side / min(height, width)
+    if max(height, width) * scale > max_long_side:
+        scale = max_long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,8 @@ class Preprocessor:
         resized: (h, w) after the resize (= the model's ``image_size``), pixels.
         padded: (H, W) of the model input, pixels (multiples of 32).
         mean, std: per RGB channel, on the 0..1 scale.
+        wanted: (h, w) the model's resize rule asks for; larger than ``resized`` when a fixed
+            input could not hold it and the frame was shrunk to fit, pixels.
     """
 
     frame_size: tuple[int, int]
@@ -45,6 +60,7 @@ class Preprocessor:
     padded: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    wanted: tuple[int, int] = (0, 0)
 
     @classmethod
     def create(cls, frame_size: tuple[int, int], short_side: int, max_long_side: int,
@@ -59,28 +75,61 @@ class Preprocessor:
             mean, std: normalisation, 0..1 scale, RGB.
             input_size: the model's fixed (H, W) (an ONNX export or engine), or None (torch:
                 pad to multiples of 32).
-            model_name: how the error names the model.
+            model_name: how errors name the model.
+
+        A frame that does not fit a fixed input at the model's size (a portrait video and a
+        landscape export) is shrunk until it fits, aspect kept, as a letterbox would; ``note``
+        says so in one line.
 
         Raises:
-            BackendError: the resized frame does not fit ``input_size``; the message says which
-                ``--height`` / ``--width`` to export with.
+            BackendError: a frame size that is not positive.
         """
         h, w = frame_size
+        if h < 1 or w < 1:
+            raise BackendError(f"frames of {w}x{h} pixels cannot be resized for {model_name}")
         if input_size is not None:
             # An export fixes the input; its short side wins when smaller than the preset's.
             short_side = min(short_side, *input_size)
-        rh, rw = resized_size(h, w, short_side, max_long_side)
+        rh, rw = wanted = resized_size(h, w, short_side, max_long_side)
         if input_size is None:
             padded = (_ceil32(rh), _ceil32(rw))
         else:
             ih, iw = int(input_size[0]), int(input_size[1])
             if rh > ih or rw > iw:
-                raise BackendError(
-                    f"the video ({w}x{h}) resized to short side {short_side} is {rw}x{rh} "
-                    f"(w x h), larger than {model_name}'s fixed input {iw}x{ih}: export it for "
-                    f"this video with --height {_ceil32(rh)} --width {_ceil32(rw)}")
+                fit = min(ih / h, iw / w)
+                rh = max(1, min(ih, int(h * fit + 0.5)))
+                rw = max(1, min(iw, int(w * fit + 0.5)))
             padded = (ih, iw)
-        return cls((h, w), (rh, rw), padded, tuple(mean), tuple(std))  # type: ignore[arg-type]
+        return cls((h, w), (rh, rw), padded, tuple(mean), tuple(std),  # type: ignore[arg-type]
+                   wanted)
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec, frame_size: Sequence[int]) -> Preprocessor:
+        """Fit frames of ``frame_size`` (h, w) pixels to the model ``spec`` describes (its
+        resize targets, normalisation and fixed input, if any): the one way every caller makes
+        a ``Preprocessor``."""
+        return cls.create((int(frame_size[0]), int(frame_size[1])), spec.short_side,
+                          spec.max_long_side, spec.mean, spec.std, spec.input_size, spec.name)
+
+    def note(self, model_name: str = "the model") -> str | None:
+        """One line when the model sees these frames otherwise than the torch reference would:
+        shrunk to fit a fixed input, or zero padded beyond the next multiples of 32 (the zero
+        tokens take part in attention, so detections differ from ``--backend torch``'s on the
+        same video); None when the clip is the reference's."""
+        (h, w), (rh, rw), (ph, pw) = self.frame_size, self.resized, self.padded
+        wh, ww = self.wanted if self.wanted != (0, 0) else self.resized
+        export = f"export it for this video with --height {_ceil32(wh)} --width {_ceil32(ww)}"
+        if (rh, rw) != (wh, ww):
+            return (f"note: this {w}x{h} video at {model_name}'s resize is {ww}x{wh} (w x h), "
+                    f"larger than its fixed input {pw}x{ph}: frames are shrunk to {rw}x{rh} and "
+                    f"zero padded, so people look smaller than the model was trained on; "
+                    f"{export}")
+        if (ph, pw) == (_ceil32(rh), _ceil32(rw)):
+            return None
+        return (f"note: {model_name} has a fixed {pw}x{ph} input (w x h); this {w}x{h} video "
+                f"resizes to {rw}x{rh} and is zero padded to it, where the torch reference "
+                f"pads to {_ceil32(rw)}x{_ceil32(rh)}: the padding takes part in attention, so "
+                f"detections differ from --backend torch's; {export} to match it")
 
     @property
     def scale(self) -> tuple[float, float]:
