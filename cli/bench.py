@@ -165,9 +165,13 @@ def _cuda() -> bool:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    # the named files first: a typo is refused before the default paths ask torch for a GPU
+    for path, what in ((args.onnx, "ONNX model"), (args.ckpt, "checkpoint"),
+                       (args.engine, "TensorRT engine")):
+        if path is not None:
+            check_input_file(path, what)
     paths = args.paths or _default_paths(args)
     if args.onnx is not None:
-        check_input_file(args.onnx, "ONNX model")
         fixed = tuple(read_metadata(args.onnx)["input_size"])
         given = (args.height or fixed[0], args.width or fixed[1])
         if given != fixed:
@@ -190,12 +194,8 @@ def _bench(args: argparse.Namespace) -> int:
         if args.keep_rate:
             raise ConfigError("--keep-rate needs --preset or --ckpt (an ONNX has its rates "
                               "fixed at export)")
-    if args.ckpt is not None:
-        check_input_file(args.ckpt, "checkpoint")
     if "trt" in paths and args.engine is None:
         raise ConfigError("the trt path needs --engine FILE")
-    if args.engine is not None:
-        check_input_file(args.engine, "TensorRT engine")
     for p in paths:
         if PATHS[p].device == "cuda" and not _cuda():
             raise ConfigError(f"path {p} needs a CUDA GPU; none is visible here")

@@ -12,13 +12,15 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from evad.ava_csv import Box, clipped_repr, read_rows, read_text
+from evad.command import check_input_dir, check_input_file
 from evad.errors import EvadError
 
-__all__ = ["AnnotatedKeyframe", "read_ava_csv", "read_label_map"]
+__all__ = ["AnnotatedKeyframe", "check_dataset", "read_ava_csv", "read_label_map"]
 
 #: ``key: value`` of a pbtxt line (a quoted string, or a bare word up to a space or brace)
 _PBTXT_FIELD = re.compile(r'\b(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|[^\s{}]+)')
@@ -96,3 +98,23 @@ def read_label_map(path: str | os.PathLike, what: str = "label map") -> dict[int
         raise EvadError(f'{what} {path} has no items; each item is item {{ name: "walk" id: 1 }}'
                         " (pbtxt)")
     return out
+
+
+def check_dataset(root: str | os.PathLike, flag: str) -> None:
+    """An AVA-format folder (what ``evad-train --make-data`` writes): ``annotations.csv`` with
+    valid rows and each annotated ``videos/<video id>.mp4``. ``flag`` names the folder in the
+    message (``--data``).
+
+    Raises:
+        EvadError: the folder, its annotations or an annotated video is missing or unreadable;
+            one line naming it and what the folder must hold.
+    """
+    try:
+        check_input_dir(root, f"{flag} folder")
+        ann = check_input_file(Path(root) / "annotations.csv", f"annotations of {flag}")
+    except EvadError as e:
+        raise EvadError(f"{e}: {flag} must hold annotations.csv and videos/<video id>.mp4 "
+                        "(evad-train --make-data DIR makes one)") from e
+    for video in sorted({kf.video for kf in read_ava_csv(ann, f"annotations of {flag}").values()}):
+        check_input_file(Path(root) / "videos" / f"{video}.mp4", f"video of {flag} "
+                         f"(annotated in {ann})")

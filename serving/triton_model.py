@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evad.ava_csv import format_csv_row
-from evad.command import one_line
+from evad.command import KEYFRAME_STRIDE_S, one_line
 from evad.errors import ConfigError, EvadError
 from evad.lazy import lazy_import
 from evad.preprocess import Preprocessor
@@ -48,7 +48,7 @@ __all__ = ["ClipDetector", "TritonPythonModel"]
 #: or [lo, hi] as the CLI's options allow
 REQUEST_PARAMETERS: dict[str, tuple[type, tuple[float, float, bool] | None]] = {
     "video_id": (str, None), "time": (float, (0.0, 1e9, False)),
-    "keyframe_stride": (float, (0.0, 3600.0, True)),
+    "keyframe_stride": (float, (*KEYFRAME_STRIDE_S, True)),  # as --keyframe-stride
     "person_threshold": (float, (0.0, 1.0, False))}
 
 
@@ -146,6 +146,8 @@ def _parameters(raw: str) -> dict[str, Any]:
 class TritonPythonModel:
     """Triton's Python-backend entry points: ``initialize``, ``execute``, ``finalize``."""
 
+    detector: ClipDetector | None = None
+
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -193,4 +195,8 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        """Triton unloads the model: free what the runner holds (an engine's device memory, an
+        ONNX Runtime session)."""
+        if self.detector is not None:
+            self.detector.runner.close()
         self.detector = None

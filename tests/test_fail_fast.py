@@ -1,16 +1,18 @@
 """The refusals a user meets first come before anything heavy loads. Every command that takes
 a model file (checkpoint, ONNX, TensorRT engine) refuses a missing or unreadable one, and a
 machine without TensorRT (or a GPU) for an engine step, with exit code 2 and one line naming
-the file, in a fresh process where torch cannot be imported: a refusal that needed torch would
-turn into an ImportError here. Each must take under 2 s of wall time, Python's own start
-included (torch alone takes 1-2 s warm and ~10 s from a cold disk).
+the file, in a fresh process where torch cannot be imported (an import hook refuses it and
+counts the tries: a refusal that needed torch would fail, one that tried it and carried on is
+counted). Each must take under 2 s of wall time, Python's own start included (torch alone
+takes 1-2 s warm and ~10 s from a cold disk).
 
 Measured (``python tests/test_fail_fast.py --record``, which writes
-``benchmarks/results/fail_fast.json``): every case in a fresh process of the installed command,
-torch importable, right after the page cache of the standard library and site-packages was
-evicted (``posix_fadvise(DONTNEED)``; torch's own files were left alone since no case reads
-them): 0.2-0.6 s per case on the 2-core Intel Xeon development VM.
-"""
+``benchmarks/results/fail_fast.json``): every case in a fresh process of the command's main,
+torch importable, right after the page cache of the standard library, site-packages and the
+checkout was dropped (``posix_fadvise(DONTNEED)``; torch's own files were left alone), on the
+2-core Intel Xeon development VM, 2026-12-06: 0.19-0.96 s per case (the slowest: a runner's
+missing-TensorRT refusal, which loads the CUDA bindings to say so); evad-bench, which asked
+torch for a GPU before its file checks (2.0-2.4 s), now checks its files first."""
 
 from __future__ import annotations
 
@@ -138,6 +140,7 @@ def make_inputs(folder: Path) -> Path:
     for name in ("empty.pth", "empty.onnx", "empty.engine"):
         (folder / name).write_bytes(b"")
     (folder / "data" / "videos").mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "videos" / "clip.mp4").write_bytes((folder / "clip.mp4").read_bytes())
     (folder / "data" / "annotations.csv").write_text("clip,1,0.1,0.1,0.5,0.9,1,0\n")
     (folder / "run").mkdir(exist_ok=True)
     (folder / "run" / "last.pth").write_bytes(b"")
@@ -182,8 +185,8 @@ def _torch_imports(stdout: str) -> int:
 
 #: commands known to import torch before their file checks (still under 2 s when torch is
 #: warm, ~10 s cold), with why; each case of theirs is an expected failure of that check only
-TORCH_FIRST = {"evad-bench": "evad-bench asks torch for a CUDA GPU (its default --paths) before "
-               "it checks its files (cli/bench.py _default_paths)"}
+#: commands allowed to try torch before they refuse a file (none: each checks its files first)
+TORCH_FIRST: dict[str, str] = {}
 
 
 def _run(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -272,9 +275,11 @@ def record(out: Path, machine: str, date: str) -> None:
             print(f"{case.id:45} {seconds:5.2f} s  torch {rows[-1]['torch_imported']}")
     data = {
         "what": "wall time of each refusal in tests/test_fail_fast.py, as a user meets it: "
-                "the command's main in a fresh process, torch importable, right after the page cache of the "
-                "standard library, site-packages (torch's files excepted: no case reads them) "
-                "and the checkout was dropped with posix_fadvise(POSIX_FADV_DONTNEED)",
+                "the command's main in a fresh process, torch importable, right after the "
+                "page cache of the standard library, site-packages (torch's files excepted) "
+                "and the checkout was dropped with posix_fadvise(POSIX_FADV_DONTNEED); "
+                "torch_imported: whether the refusal imported torch (then its time is with "
+                "torch warm: add ~10 s on a cold disk)",
         "command": "python tests/test_fail_fast.py --record",
         "machine": {"description": machine, "python": platform.python_version(),
                     "date": date},

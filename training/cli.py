@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 
 from evad.command import (
     ArgumentParser,
-    check_input_dir,
     check_input_file,
     check_output_dir,
     check_output_file,
     number,
     run_command,
 )
+from evad.datasets.ava import check_dataset
 from evad.datasets.synthetic import generate_dataset
-from evad.errors import CheckpointError, ConfigError, EvadError
+from evad.errors import CheckpointError, ConfigError
 from evad.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -141,9 +141,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    """What refuses a run without torch: the ``--out`` folder, each data folder's
-    ``annotations.csv`` and, with ``--resume``, a readable ``OUT/last.pth``. The trainer
-    checks all of it again, and more (the rows, the videos, the checkpoint's contents).
+    """What refuses a run without torch: the ``--out`` folder, each data folder (its
+    annotations and videos) and, with ``--resume``, a readable ``OUT/last.pth``. The trainer
+    checks the checkpoint's contents.
 
     Raises:
         EvadError: naming the folder or file, in the trainer's words.
@@ -151,14 +151,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """
     check_output_dir(args.out, "--out")
     for root, flag in ((args.data, "--data"), (args.val, "--val")):
-        if root is None:
-            continue
-        try:
-            check_input_dir(root, f"{flag} folder")
-            check_input_file(Path(root) / "annotations.csv", f"annotations of {flag}")
-        except EvadError as e:
-            raise EvadError(f"{e}: {flag} must hold annotations.csv and videos/<video id>.mp4 "
-                            "(evad-train --make-data DIR makes one)") from e
+        if root is not None:
+            check_dataset(root, flag)
     last = Path(args.out) / "last.pth"
     if args.resume and last.exists() and not last.is_dir():  # a folder: the trainer says more
         check_input_file(last, "checkpoint", error=CheckpointError)

@@ -17,13 +17,11 @@ import torch.nn.functional as F
 from evad.atomic import write_json_atomic
 from evad.ava_csv import read_rows
 from evad.command import (
-    check_input_dir,
-    check_input_file,
     check_output_dir,
     check_output_file,
     one_line,
 )
-from evad.datasets.ava import read_ava_csv
+from evad.datasets.ava import check_dataset
 from evad.datasets.clips import ClipDataset, collate
 from evad.errors import CheckpointError, ConfigError, EvadError
 from evad.evaluation.ava_eval import evaluate
@@ -167,19 +165,6 @@ def check_config(cfg: TrainConfig) -> None:
     get_preset(cfg.preset)  # ConfigError: unknown preset, with the known names
 
 
-def _check_data(root: str, flag: str) -> None:
-    """An AVA-format folder: annotations.csv with valid rows and each annotated video."""
-    try:
-        check_input_dir(root, f"{flag} folder")
-        ann = check_input_file(Path(root) / "annotations.csv", f"annotations of {flag}")
-    except EvadError as e:
-        raise EvadError(f"{e}: {flag} must hold annotations.csv and videos/<video id>.mp4 "
-                        "(evad-train --make-data DIR makes one)") from e
-    for video in sorted({kf.video for kf in read_ava_csv(ann, f"annotations of {flag}").values()}):
-        check_input_file(Path(root) / "videos" / f"{video}.mp4", f"video of {flag} "
-                         f"(annotated in {ann})")
-
-
 def _resume(last: Path, model, opt: torch.optim.Optimizer, rng: random.Random,
             cfg: TrainConfig) -> int:
     """Load ``last`` (a checkpoint train() wrote) into ``model``, ``opt`` and ``rng``; the step
@@ -256,9 +241,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             raise EvadError(f"{out / name} is a directory where the run writes its {name}: "
                             "remove it or pass another --out")
         check_output_file(out / name, f"--out file {name}")
-    _check_data(cfg.data, "--data")
+    check_dataset(cfg.data, "--data")
     if cfg.val_data:
-        _check_data(cfg.val_data, "--val")
+        check_dataset(cfg.val_data, "--val")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
