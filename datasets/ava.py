@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evad.ava_csv import Box, clipped_repr, read_rows, read_text
-from evad.command import check_input_dir, check_input_file
+from evad.ava_csv import Box, clipped_repr, read_rows
+from evad.command import check_input_dir, check_input_file, read_text
 from evad.errors import EvadError
 
 __all__ = ["AnnotatedKeyframe", "check_dataset", "read_ava_csv", "read_label_map"]

@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar, overload
 
 from evad.atomic import atomic_write
-from evad.command import check_input_file
+from evad.command import read_text
 from evad.errors import EvadError
 
 __all__ = ["Box", "CsvRow", "TruthRow", "by_score", "clipped_repr", "format_csv_row",
            "format_time", "format_truth_row", "parse_rows", "read_excluded", "read_rows",
-           "read_text", "write_csv_atomic", "write_truth_csv_atomic"]
+           "write_csv_atomic", "write_truth_csv_atomic"]
 
 T = TypeVar("T")
 #: a box as normalised x1, y1, x2, y2 (fractions of the frame's width and height)
@@ -110,24 +110,6 @@ def write_truth_csv_atomic(rows: Iterable[TruthRow], path: str | os.PathLike) ->
 def clipped_repr(text: str) -> str:
     """``text`` quoted for a message, cut to 40 characters (a whole bad file is no message)."""
     return repr(text if len(text) <= 40 else text[:37] + "...")
-
-
-def read_text(path: str | os.PathLike, what: str, *, empty_ok: bool = False) -> str:
-    """The whole of ``path`` as UTF-8 text (a leading byte-order mark dropped).
-
-    Raises:
-        EvadError: the file is missing, not a readable regular file, empty (unless
-            ``empty_ok``), or not UTF-8 (the line of the first bad byte is named).
-    """
-    p = check_input_file(path, what, empty_ok=empty_ok)
-    data = p.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise EvadError(f"{what} {p} is not UTF-8 text: byte 0x{data[e.start]:02x} at line "
-                        f"{line}{hint}; save it as UTF-8") from e
 
 
 def _records(text: str, source: str) -> Iterator[tuple[str, list[str]]]:

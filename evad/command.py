@@ -23,7 +23,7 @@ from evad.errors import ConfigError, EvadError
 
 __all__ = ["KEYFRAME_STRIDE_S", "ArgumentParser", "add_keyframe_stride", "check_input_dir",
            "check_input_file", "check_name", "check_output_dir", "check_output_file", "debug",
-           "number", "one_line", "run_command"]
+           "is_text", "number", "one_line", "read_text", "run_command", "text_name"]
 
 
 def debug() -> bool:
@@ -219,6 +219,27 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def is_text(name: str) -> bool:
+    """Whether ``name`` is real text: a file name made of bytes that are not UTF-8 reaches
+    Python as a str holding surrogate escapes (PEP 383), which UTF-8 writers and OpenCV cannot
+    take."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text_name(name: str) -> str:
+    """``name`` as UTF-8 text: each byte of a file name that is not UTF-8 (a surrogate escape)
+    written ``%XX``, as URLs write bytes (``bad\\xff.mp4`` -> ``bad%FF.mp4``); a name that is
+    text comes back unchanged."""
+    if is_text(name):
+        return name
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c
+                   for c in name)
+
+
 def check_name(name: str, what: str) -> str:
     """``name`` as one path component: not empty, no separator, not ``.`` or ``..``, no control
     characters, at most 255 bytes.
@@ -237,7 +258,26 @@ def check_name(name: str, what: str) -> str:
         bad = "has a control character"
     elif len(name.encode("utf-8", "surrogateescape")) > 255:
         bad = "is longer than 255 bytes"
+
     if bad:
         raise ConfigError(f"{what} {name!r} {bad}: it names a file or folder, so it must be "
                           "a plain name")
     return name
+
+
+def read_text(path: str | os.PathLike, what: str, *, empty_ok: bool = False) -> str:
+    """The whole of ``path`` as UTF-8 text (a leading byte-order mark dropped).
+
+    Raises:
+        EvadError: the file is missing, not a readable regular file, empty (unless
+            ``empty_ok``), or not UTF-8 (the line of the first bad byte is named).
+    """
+    p = check_input_file(path, what, empty_ok=empty_ok)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise EvadError(f"{what} {p} is not UTF-8 text: byte 0x{data[e.start]:02x} at line "
+                        f"{line}{hint}; save it as UTF-8") from e

@@ -320,7 +320,8 @@ def check_inputs(clip: np.ndarray, image_size: np.ndarray, clip_shape: tuple[int
 
     Args:
         clip: (B, 3, T, H, W), any float dtype (cast to float32).
-        image_size: (B, 2), any integer dtype (cast to int64).
+        image_size: (B, 2), any integer dtype (cast to int64): each clip's unpadded (h, w),
+            pixels, within 1..the clip's H and W.
         clip_shape: the model's clip shape without the batch, (3, T, H, W); None where it takes
             any size (the torch reference's H and W).
         what: the model, for the message (``ort (CPUExecutionProvider) on ONNX model x.onnx``).
@@ -341,6 +342,16 @@ def check_inputs(clip: np.ndarray, image_size: np.ndarray, clip_shape: tuple[int
     if image_size.shape != (clip.shape[0], 2):
         raise BackendError(f"image_size of shape {tuple(image_size.shape)} for {clip.shape[0]} "
                            f"clip(s): {want}")
+    # The graph scales boxes by image_size and trusts it: a value outside 1..the clip's padded
+    # H / W gives boxes out of the frame without a word, so every backend refuses it here.
+    h, w = clip.shape[-2], clip.shape[-1]
+    bad = np.flatnonzero((image_size[:, 0] < 1) | (image_size[:, 0] > h) |
+                         (image_size[:, 1] < 1) | (image_size[:, 1] > w))
+    if bad.size:
+        i = int(bad[0])
+        raise BackendError(f"image_size[{i}] = {image_size[i].tolist()} (h, w) is outside the "
+                           f"clip: each value must be 1..{h} (h) and 1..{w} (w), the unpadded "
+                           f"size of a clip padded to {h}x{w}")
     return (np.ascontiguousarray(clip, dtype=np.float32),
             np.ascontiguousarray(image_size, dtype=np.int64))
 

@@ -14,19 +14,21 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from evad.command import check_input_dir, check_input_file
+from evad.command import check_input_dir, check_input_file, is_text, text_name
 from evad.errors import VideoError
 from evad.live import fourcc, iter_live, probe_live, redact
 from evad.opencv import native_stderr_silenced, quiet_cv2
 
-__all__ = ["FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoInfo", "iter_frames", "open_live",
-           "open_video"]
+__all__ = ["CONTAINERS", "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "Container", "VideoInfo",
+           "iter_frames", "open_live", "open_video", "sniff_container"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: file endings taken as videos when a directory, glob or list names many (a job)
@@ -34,22 +36,109 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
 
 
-def _sniff(path: Path) -> tuple[str, str]:
-    """(container, video codec FourCC) read from the file's header, "" where unknown: enough
-    to tell "an unsupported codec" from "not a video" when OpenCV cannot open a file."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
+class Container(NamedTuple):
+    """What :func:`sniff_container` read from a file's first bytes.
+
+    container: the container's name (``MP4``, ``AVI``, ``Matroska/WebM``, ``MPEG-TS`` ...), ""
+        when the bytes start no container of :data:`CONTAINERS`.
+    codec: the video codec's FourCC where the header names one (AVI, MP4), else "".
+    demuxer: FFmpeg's demuxer name(s) for that container (a ``format_whitelist``), else "".
+    seen: for bytes that are no container, what they look like, as a noun phrase for one line
+        (``an HLS playlist (text)``, ``an FFmpeg concat list (text)``, ``binary data ...``).
+    """
+
+    container: str
+    codec: str
+    demuxer: str
+    seen: str
+
+
+#: the containers :func:`sniff_container` recognises: name -> FFmpeg demuxer(s)
+CONTAINERS = {"MP4": "mov", "QuickTime": "mov", "AVI": "avi", "Matroska/WebM": "matroska",
+              "MPEG-TS": "mpegts", "MPEG-PS": "mpeg", "FLV": "flv,live_flv", "Ogg": "ogg",
+              "ASF/WMV": "asf"}
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+#: QuickTime files from before ``ftyp``: their first atom (at byte 4) is one of these
+_MOV_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def _ts_packets(head: bytes, offset: int, size: int) -> bool:
+    """MPEG-TS: a 0x47 sync byte at ``offset`` of every ``size``-byte packet (at least two
+    packets, up to eight checked)."""
+    n = min((len(head) - offset) // size, 8)
+    return n >= 2 and all(head[offset + k * size] == 0x47 for k in range(n))
+
+
+def _text_kind(head: bytes) -> str:
+    """What text bytes are (an HLS playlist, a concat list ...), "" when they are not text."""
+    chunk = head[:4096]
+    text = ""
+    for cut in range(4):  # a multi-byte character cut at the chunk's end is still text
+        try:
+            text = chunk[:len(chunk) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    if not text or any(c < " " and c not in "\t\r\n\f" for c in text[:512]):
+        return ""
+    low = text.lstrip("\ufeff \t\r\n").lower()
+    if low.startswith("#extm3u"):
+        return "an HLS playlist (text)"
+    if low.startswith("ffconcat") or any(line.strip().startswith("file ")
+                                          for line in low.splitlines()[:20]):
+        return "an FFmpeg concat list (text)"
+    if low.startswith("v=0"):
+        return "an SDP session description (text)"
+    if re.match(r"[a-z][a-z0-9+.-]*://", low):
+        return "a URL (text)"
+    if low.startswith(("<?xml", "<mpd", "<smil")):
+        return "an XML document (text)"
+    return "text"
+
+
+def sniff_container(source: bytes | str | os.PathLike) -> Container:
+    """Read a video's container from its first bytes: the one container sniff of the project.
+
+    ``open_video`` uses it to tell "a codec this OpenCV lacks" from "not a video" when OpenCV
+    cannot open a file; the Triton ``evad`` model uses it as its allow-list, refusing every
+    VIDEO that is not one of :data:`CONTAINERS` before anything decodes (FFmpeg would follow a
+    playlist's or concat list's paths to other files).
+
+    Args:
+        source: a file, or the bytes of one.
+
+    Returns:
+        The :class:`Container` (``container`` "" when the bytes start no known container).
+    """
+    path = None if isinstance(source, bytes) else Path(source)
+    if path is None:
+        assert isinstance(source, bytes)
+        head, data = source[:1 << 16], source
+    else:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        data = b""
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         i = head.find(b"vids")  # the video stream header: 'vids' then the codec FourCC
-        return "AVI", head[i + 4:i + 8].decode("latin-1") if i >= 0 else ""
-    if head[4:8] == b"ftyp":
-        with open(path, "rb") as f:
-            data = f.read()
+        return Container("AVI", head[i + 4:i + 8].decode("latin-1") if i >= 0 else "", "avi", "")
+    if head[4:8] == b"ftyp" or head[4:8] in _MOV_ATOMS:
+        if path is not None:  # the sample table may sit after the media data: read it all
+            data = path.read_bytes()
         i = data.find(b"stsd")  # sample description: flags, count, entry size, entry FourCC
-        return "MP4", data[i + 16:i + 20].decode("latin-1") if i >= 0 else ""
-    if head[:4] == b"\x1aE\xdf\xa3":
-        return "Matroska/WebM", ""
-    return "", ""
+        codec = data[i + 16:i + 20].decode("latin-1") if i >= 0 else ""
+        return Container("MP4" if head[4:8] == b"ftyp" else "QuickTime", codec, "mov", "")
+    for name, hit in (("Matroska/WebM", head[:4] == b"\x1aE\xdf\xa3"),
+                      ("MPEG-TS", _ts_packets(head, 0, 188) or _ts_packets(head, 4, 192)),
+                      ("MPEG-PS", head[:4] == b"\x00\x00\x01\xba"),
+                      ("FLV", head[:3] == b"FLV"), ("Ogg", head[:4] == b"OggS"),
+                      ("ASF/WMV", head[:16] == _ASF_GUID)):
+        if hit:
+            return Container(name, "", CONTAINERS[name], "")
+    if not head:
+        return Container("", "", "", "empty")
+    seen = _text_kind(head) or ("binary data in no container this project reads (first "
+                                f"bytes {head[:8].hex(' ')})")
+    return Container("", "", "", seen)
 
 
 @dataclass(frozen=True)
@@ -104,12 +193,40 @@ class VideoInfo:
             tail = self.live.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/")
             name = Path(tail[-1]).stem if len(tail) > 1 else ""
             return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "stream"
-        return self.path.name if self.is_directory else self.path.stem
+        # a file name that is not UTF-8 keeps its bytes as %XX (the CSV and JSON are UTF-8)
+        return text_name(self.path.name if self.is_directory else self.path.stem)
 
 
 def _natural_key(p: Path) -> list:
     # frame_2.jpg before frame_10.jpg
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def _capture(path: Path):
+    """``cv2.VideoCapture`` of a file whatever bytes its name holds: OpenCV takes a name as
+    UTF-8 and crashes the process (SIGSEGV) on a str holding surrogate escapes (a name that is
+    not UTF-8), so such a file is opened through a link with a plain name in a private temporary
+    folder, removed once FFmpeg holds the file open."""
+    cv2 = quiet_cv2()
+    if is_text(str(path)):
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    with tempfile.TemporaryDirectory(prefix="evad-open-") as tmp:  # mode 0700
+        alias = Path(tmp) / f"video{path.suffix if is_text(path.suffix) else ''}"
+        alias.symlink_to(Path(path).absolute())
+        return cv2.VideoCapture(str(alias), cv2.CAP_FFMPEG)
+
+
+def _imread(path: Path) -> np.ndarray | None:
+    """``cv2.imread`` of an image (BGR uint8), None when OpenCV cannot decode it; a name that
+    is not UTF-8 is read by Python and decoded from memory (see ``_capture``)."""
+    cv2 = quiet_cv2()
+    if is_text(str(path)):
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
 def open_live(source: str) -> VideoInfo:
@@ -149,7 +266,7 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
         if not frames:
             raise VideoError(f"directory {path} has no frames (images ending in "
                              f"{', '.join(FRAME_EXTENSIONS)})")
-        first = cv2.imread(str(frames[0]), cv2.IMREAD_COLOR)
+        first = _imread(frames[0])
         if first is None:
             raise VideoError(f"cannot read frame {frames[0]}: not an image OpenCV decodes")
         rate = 30.0 if fps is None else float(fps)
@@ -159,12 +276,12 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
         return VideoInfo(path, w, h, rate, len(frames), "", frames)
     check_input_file(path, "video", error=VideoError)
     with native_stderr_silenced():
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        cap = _capture(path)
         opened = cap.isOpened()
         ok, frame = cap.read() if opened else (False, None)
     try:
         if not opened:
-            container, codec = _sniff(path)
+            container, codec, _, _ = sniff_container(path)
             if container and codec.isprintable() and codec.strip():
                 raise VideoError(f"cannot decode {path}: this OpenCV build has no decoder for "
                                  f"its video codec '{codec}' ({container}); convert it, e.g. "
@@ -204,7 +321,7 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
     cv2 = quiet_cv2()
     if info.is_directory:
         for i, p in enumerate(info.frames):
-            frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            frame = _imread(p)
             if frame is None:
                 raise VideoError(f"cannot read frame {p}: not an image OpenCV decodes")
             if frame.shape[:2] != (info.height, info.width):
@@ -216,7 +333,7 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
     if info.is_live:
         yield from iter_live(info.live, info.fps)
         return
-    cap = cv2.VideoCapture(str(info.path), cv2.CAP_FFMPEG)
+    cap = _capture(info.path)
     if not cap.isOpened():
         raise VideoError(f"cannot open {info.path} (it was readable a moment ago)")
     try:

@@ -274,6 +274,9 @@ def _run_job(args: argparse.Namespace, videos: Sequence[Path], default_model: De
     out = (args.out if args.out is not None else Path("runs")).resolve()
     check_output_dir(out, "--out")
     tasks = plan_job([v.resolve() for v in videos], out)
+    if len(tasks) < len(videos):
+        _log(f"{len(videos) - len(tasks)} of the videos named lie inside --out {out} (the job's "
+             "own outputs): not inputs", q)
     opts = DetectOptions.from_args(args)
     progress.job = JobProgress(out, len(tasks))
     t0 = time.perf_counter()

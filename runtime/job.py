@@ -23,7 +23,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from evad.atomic import atomic_write, write_json_atomic
-from evad.command import one_line
+from evad.command import one_line, text_name
 from evad.errors import ConfigError, EvadError
 from evad.hashing import file_sha256
 from evad.run_lock import FolderLock
@@ -133,16 +133,24 @@ class JobProgress:
 
 
 def plan_job(videos: Sequence[Path], out: Path) -> list[VideoTask]:
-    """One task per video, its folder ``out/<video id>``.
+    """One task per video, its folder ``out/<video id>``. Videos inside ``out`` are the job's
+    own outputs (a render, when ``--out`` lies in the globbed tree) and are never inputs.
 
     Raises:
-        ConfigError: a video id that is no plain name or has a comma, or two videos with one
-            id (their folders and CSV rows would mix).
+        ConfigError: a video id that is no plain name or has a comma, two videos with one id
+            (their folders and CSV rows would mix), or no video outside ``out``.
     """
     seen: dict[str, Path] = {}
     tasks = []
+    inside = [v for v in videos if v.resolve().is_relative_to(out.resolve())]
+    if inside and len(inside) == len(videos):
+        raise ConfigError(f"every video named lies inside --out {out}: those are a job's own "
+                          "outputs; name the input videos, or choose another --out")
     for v in videos:
-        vid = check_video_id(v.name if v.is_dir() else v.stem, False)
+        if v in inside:
+            continue
+        # a name that is not UTF-8 keeps its bytes as %XX, as a single run of it does
+        vid = check_video_id(text_name(v.name if v.is_dir() else v.stem), False)
         if vid in RESERVED or vid.startswith("."):
             raise ConfigError(f"{v}: its id {vid!r} is a name the job's folder uses itself "
                               f"({', '.join(sorted(RESERVED))}, dot files); rename the video")

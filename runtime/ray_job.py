@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -48,7 +49,8 @@ else:
 
 __all__ = ["VideoWorker", "open_model", "run_job_ray"]
 
-#: per-video attempt counts, in the job folder while a Ray job runs
+#: per-video attempt counts, in the job folder while a Ray job runs: one subfolder per run
+#: (a fresh id each time), so counts left by an interrupted run never count against the next
 ATTEMPTS = ".evad-ray-attempts"
 
 
@@ -194,12 +196,14 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
         ctx = ray_data.DataContext.get_current()
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # this run's counters; Ray Data is lazy: no actor counts before iter_rows below
+        attempts = out / ATTEMPTS / uuid.uuid4().hex
         ds = ray_data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
         results = ds.map_batches(
             VideoWorker, batch_size=1, compute=ray_data.ActorPoolStrategy(size=size),
             num_gpus=1 if gpus else 0, num_cpus=1,
             fn_constructor_kwargs={"model": model, "options": opts, "resume": resume,
-                                   "opener": opener, "attempts_dir": str(out / ATTEMPTS),
+                                   "opener": opener, "attempts_dir": str(attempts),
                                    "max_attempts": max_attempts})
         progress = JobProgress(out, len(tasks)) if progress is None else progress
         done = progress.results
@@ -208,6 +212,8 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
         t0 = time.perf_counter()
         with FolderLock(out, prog), tqdm(total=len(tasks), desc="videos", unit="video",
                                          disable=quiet, dynamic_ncols=True) as bar:
+            # counters of earlier runs (an interrupted one leaves its folder): not this run's
+            shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
             try:
                 for row in results.iter_rows():
                     res = TaskResult.from_json(json.loads(row["result"]))
@@ -224,7 +230,8 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
                     raise EvadError(f"the Ray job stopped: {type(e).__name__}: "
                                     f"{_first_line(e)}") from e
                 raise
-            shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
+            finally:
+                shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
             job = finish_job(out, tasks, done, model, ran)
         job["ray_seconds"] = round(time.perf_counter() - t0, 3)
         return job

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from evad.command import check_input_file
+from evad.command import check_input_file, read_text
 from evad.errors import ConfigError, VideoError
 from evad.live import live_source
 from evad.runner import Runner
@@ -133,10 +133,12 @@ def _read_list(p: Path) -> tuple[Path, ...]:
 
     Raises:
         ConfigError: a missing file named (its line given), or no video named.
+        EvadError: the list is empty, unreadable or not UTF-8 (file and line named).
     """
-    check_input_file(p, "video list")
     videos = []
-    for n, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    # UTF-8, a byte-order mark dropped (Windows editors write one), other bytes refused naming
+    # the file and line
+    for n, raw in enumerate(read_text(p, "video list").splitlines(), 1):
         line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()
         if not line:
             continue

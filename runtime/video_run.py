@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from evad.command import check_name
+from evad.command import check_name, is_text
 from evad.errors import ConfigError, EvadError
 from evad.hashing import content_identity
 from evad.preprocess import Preprocessor
@@ -104,6 +104,9 @@ def _log(prog: str, msg: str, quiet: bool) -> None:
 def check_video_id(video_id: str, given: bool) -> str:
     """A video id usable as a folder name and as the CSV's first column."""
     check_name(video_id, "--video-id" if given else "video id")
+    if not is_text(video_id):
+        raise ConfigError(f"--video-id {video_id!r} is not UTF-8 text, which the CSV and JSON "
+                          "files need: pass a name in UTF-8")
     if any(c in video_id for c in ',"'):
         raise ConfigError(f"video id {video_id!r} has a comma or quote, which the AVA CSV "
                           "cannot hold: pass --video-id NAME (or rename the file)")

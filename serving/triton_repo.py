@@ -35,8 +35,8 @@ from evad.errors import ConfigError
 from evad.hashing import file_sha256
 from evad.metadata import read_metadata
 
-__all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_MODEL", "config_text", "python_config_text",
-           "write_repository"]
+__all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_LIMITS", "VIDEO_MODEL", "config_text",
+           "python_config_text", "write_repository"]
 
 DETECTOR_ONNX, DETECTOR_PLAN, VIDEO_MODEL = "evad_onnx", "evad_plan", "evad"
 MANIFEST = "evad-repository.json"
@@ -111,17 +111,30 @@ def config_text(name: str, platform: str, model: onnx.ModelProto, meta: dict[str
                                for k, v in meta.items()})
 
 
+#: the default bounds of one request to the evad model (its config's parameters): a VIDEO of
+#: at most 600 s and 36000 frames (600 s at 60 fps), a VIDEO or FRAMES of at most 4096 x 4096
+#: pixels; a larger one is refused in one line before any detection
+VIDEO_LIMITS = {"max_video_seconds": 600.0, "max_video_frames": 36000, "max_video_width": 4096,
+                "max_video_height": 4096}
+
+
 def python_config_text(detector_file: str, backend: str, meta: dict[str, Any],
                        instances: int = 1) -> str:
     """The Python-backend model's ``config.pbtxt``: a request carries either ``VIDEO`` (an
     encoded video file's bytes) or ``FRAMES`` (one clip: the model's ``num_frames`` frames,
     uint8 H x W x 3 BGR as OpenCV decodes them); the answer is ``DETECTIONS`` (one JSON object
     per keyframe, as ``detections.jsonl``) and ``AVA_CSV`` (the AVA rows, as
-    ``detections.csv``)."""
+    ``detections.csv``).
+
+    Its ``parameters`` hold the detection settings and the bounds of one request
+    (:data:`VIDEO_LIMITS`: a VIDEO's seconds and frames, a VIDEO's or FRAMES' width and height
+    in pixels); an operator may edit them before starting the server."""
     t = int(meta.get("num_frames", 16))
     params = {"detector": detector_file, "backend": backend, "keyframe_stride": "1.0",
-              "action_threshold": "0.5", "top_k": "5", "csv_min_score": "0.0"}
+              "action_threshold": "0.5", "top_k": "5", "csv_min_score": "0.0",
+              **{k: str(v) for k, v in VIDEO_LIMITS.items()}}
     return (f'name: "{VIDEO_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
+            "# one request's bounds (max_video_*): a larger VIDEO or FRAMES is refused (HTTP 400)\n"
             "input [\n"
             '  { name: "VIDEO" data_type: TYPE_UINT8 dims: [ -1 ] optional: true },\n'
             f'  {{ name: "FRAMES" data_type: TYPE_UINT8 dims: [ {t}, -1, -1, 3 ] '

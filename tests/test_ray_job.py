@@ -22,7 +22,7 @@ from evad.runtime.video_run import DetectOptions
 ray = require("ray", "ray")
 require("ray.data", "ray")
 
-from evad.runtime.ray_job import open_model, run_job_ray  # noqa: E402
+from evad.runtime.ray_job import ATTEMPTS, open_model, run_job_ray  # noqa: E402
 
 ARGS = ("--person-threshold", "0.05", "--keyframe-stride", "0.5", "--quiet")
 
@@ -161,3 +161,26 @@ def test_a_video_that_always_kills_its_worker_is_recorded_failed(cluster, job, t
         assert (out / v / "detections.csv").read_bytes() == \
             (seq / v / "detections.csv").read_bytes()
     assert not (out / ".evad-ray-attempts").exists()
+
+
+def test_counts_left_by_earlier_runs_do_not_count(tmp_path, capfd, cluster, tiny_onnx):
+    """Ray attempt counters belong to the run that made them: counts an interrupted job left in
+    its folder (three Ctrl-C used to add up to "the worker died 3 times" on a video no worker
+    died on) never count against a later run, and a run leaves none behind."""
+    videos = tmp_path / "in"
+    videos.mkdir()
+    for name in ("a", "b"):
+        make_video(videos / f"{name}.mp4", 1.0, 320, 180, 10.0)
+    job = tmp_path / "job"
+    # what three interrupted runs left: the old flat layout and a run folder of its own
+    (job / ATTEMPTS / "0123abcd").mkdir(parents=True)
+    for where in (job / ATTEMPTS, job / ATTEMPTS / "0123abcd"):
+        for vid in ("a", "b"):
+            (where / vid).write_text("3")
+    rc = main([str(videos), "--onnx", str(tiny_onnx), "--out", str(job), "--ray", *ARGS])
+    err = capfd.readouterr().err
+    assert rc == 0, err
+    assert "died" not in err
+    results = json.loads((job / "job.json").read_text())["results"]
+    assert [(r["video_id"], r["status"]) for r in results] == [("a", "done"), ("b", "done")]
+    assert not (job / ATTEMPTS).exists()

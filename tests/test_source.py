@@ -102,6 +102,21 @@ def test_what_cannot_be_classified_is_one_line(tmp_path, make, error, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_list_file_is_utf8_with_or_without_a_byte_order_mark(tmp_path):
+    """A list saved by a Windows editor starts with a BOM: it is not part of the first name;
+    a list in another encoding is refused in one line naming the file and the line."""
+    make_video(tmp_path / "é1.mp4", 0.5, 64, 48, 10.0)
+    make_video(tmp_path / "b.mp4", 0.5, 64, 48, 10.0)
+    listed = tmp_path / "videos.txt"
+    listed.write_bytes(b"\xef\xbb\xbf" + "é1.mp4\nb.mp4\n".encode())
+    assert Source.classify(str(listed)).videos == (tmp_path / "é1.mp4", tmp_path / "b.mp4")
+    listed.write_bytes("b.mp4\né1.mp4\n".encode("latin-1"))
+    with pytest.raises(EvadError) as e:
+        Source.classify(str(listed))
+    assert str(e.value) == (f"video list {listed} is not UTF-8 text: byte 0xe9 at line 2; save "
+                            "it as UTF-8")
+
+
 def test_model_ref_round_trips_and_resolves_to_absolute_checked_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("m.onnx").write_bytes(b"onnx")

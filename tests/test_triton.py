@@ -164,6 +164,34 @@ def test_bad_requests_get_errors_and_serving_goes_on(server, sample_mp4):
     assert lines[0]["time"] == 0.0 and isinstance(lines[0]["people"], list)
 
 
+def test_untrusted_video_gets_400_naming_its_format_and_serving_goes_on(server, sample_mp4):
+    """A playlist naming a file on the server's disk (issue #28): HTTP 400, one line naming the
+    format, the same whether the file exists or not; a parameter error is 400 too; then a good
+    request is answered."""
+    client = _client(server)
+
+    def refusal(**kw) -> tuple[str | None, str]:
+        with pytest.raises(InferenceServerException) as e:
+            detect(client, **kw)
+        return e.value.status(), e.value.message()
+
+    def playlist(target) -> bytes:
+        return (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:4.0,\n{target}\n"
+                "#EXT-X-ENDLIST\n").encode()
+
+    want = ("cannot open VIDEO: it is an HLS playlist (text), not a video container; send the "
+            "bytes of an mp4/avi/mkv/webm/ts file")
+    assert refusal(video=playlist(sample_mp4)) == ("400", want)
+    assert refusal(video=playlist(sample_mp4.with_name("missing.ts"))) == ("400", want)
+    status, msg = refusal(video=f"ffconcat version 1.0\nfile {sample_mp4}\n".encode())
+    assert status == "400" and "an FFmpeg concat list (text)" in msg and "\n" not in msg
+    assert refusal(frames=np.zeros((16, 60, 80, 3), np.uint8), color="red")[0] == "400"
+    assert server.models_ready()
+    lines, rows = detect(client, video=sample_mp4.read_bytes(), video_id="sample",
+                         person_threshold=THRESHOLD)
+    assert [x["time"] for x in lines] == [0.0, 1.0, 2.0, 3.0] and rows
+
+
 def test_bounded_load_test_answers_every_request(server, capsys):
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (16, 90, 160, 3), np.uint8) for _ in range(3)]
