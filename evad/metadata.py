@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from evad.command import check_input_file
 from evad.errors import EvadError
 from evad.lazy import lazy_import
+from evad.runner import DETECTIONS, INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
 
 if TYPE_CHECKING:
     import onnx
 else:
     onnx = lazy_import("onnx", "pip install onnx")
 
-__all__ = ["FORMAT_VERSION", "read_metadata", "write_metadata"]
+__all__ = ["FORMAT_VERSION", "load_detector", "read_metadata", "write_metadata"]
 
 FORMAT_VERSION = 1
 _PREFIX = "evad."
@@ -69,3 +70,46 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
         raise EvadError(f"the ONNX model has metadata format {meta['format_version']}; this "
                         f"evad-deploy reads up to {FORMAT_VERSION}: upgrade evad-deploy")
     return meta
+
+
+#: the detector graph's inputs: name -> (ONNX element type, rank)
+_SIGNATURE = {INPUT_CLIP: (1, 5), INPUT_IMAGE_SIZE: (7, 2)}  # FLOAT (B,3,T,H,W), INT64 (B,2)
+
+
+def load_detector(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSpec]:
+    """An evad export read for serving or inspection: its graph (weights not loaded) and what
+    its metadata says (``ModelSpec``), once the file is a readable ONNX file, its metadata
+    complete and valid, and its graph the detector's signature (``clip`` float (B, 3, T, H, W),
+    ``image_size`` int64 (B, 2) in; ``boxes``, ``person_scores``, ``action_probs`` out), as the
+    runners require before they run it.
+
+    Raises:
+        EvadError: one line naming the file and what is wrong (missing, not ONNX or cut short,
+            no or broken evad metadata, another graph carrying copied metadata).
+    """
+    file = check_input_file(path, "ONNX model")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as e:  # DecodeError and friends: a cut or foreign file
+        raise EvadError(f"{file} is not a readable ONNX file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'cut short?'}); re-export "
+                        "it") from None
+    try:
+        meta = read_metadata(model)
+    except EvadError as e:
+        raise EvadError(f"{file}: {e}") from None
+    spec = ModelSpec.from_metadata(meta, f"ONNX model {file}")  # names the file itself
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    for name, (elem, rank) in _SIGNATURE.items():
+        t = inputs.get(name)
+        if t is None or t.elem_type != elem or len(t.shape.dim) != rank:
+            raise EvadError(f"{file} carries evad metadata but is not an evad detector: its "
+                            f"graph has no input {name!r} of rank {rank} (inputs: "
+                            f"{', '.join(inputs) or 'none'}); export it with evad-export")
+    outputs = {o.name for o in model.graph.output}
+    missing = [n for n in DETECTIONS if n not in outputs]
+    if missing:
+        raise EvadError(f"{file} carries evad metadata but is not an evad detector: its graph "
+                        f"has no output {', '.join(map(repr, missing))}; export it with "
+                        "evad-export")
+    return model, spec

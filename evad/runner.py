@@ -27,11 +27,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from evad.errors import BackendError
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only (the package runs on 3.10)
 
 __all__ = ["BACKEND_TABLE", "DETECTIONS", "ENGINE_PRECISIONS", "INPUTS", "INPUT_CLIP",
            "INPUT_IMAGE_SIZE", "KEPT_IDX_PREFIX", "OUTPUT_ACTION_PROBS", "OUTPUT_BOXES",

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +63,8 @@ from evad.serving.triton_repo import VIDEO_LIMITS
 from evad.video import VideoInfo, open_video, sniff_container
 
 if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only (the package runs on 3.10)
+
     import triton_python_backend_utils as pb_utils
 else:  # exists only inside Triton's Python-backend stub
     pb_utils = lazy_import("triton_python_backend_utils",

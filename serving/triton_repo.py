@@ -33,7 +33,7 @@ from evad.command import check_input_file, check_output_dir
 from evad.engines.metadata import read_engine_metadata
 from evad.errors import ConfigError
 from evad.hashing import file_sha256
-from evad.metadata import read_metadata
+from evad.metadata import load_detector, read_metadata
 
 __all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_LIMITS", "VIDEO_MODEL", "config_text",
            "python_config_text", "write_repository"]
@@ -260,7 +260,8 @@ def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists: remove it or pass --overwrite")
     check_output_dir(out.parent if str(out.parent) else Path("."), "repository folder")
-    graph = onnx.load(str(onnx_path), load_external_data=False)
+    # a readable export with valid metadata and the detector's signature, or one line
+    graph, _ = load_detector(onnx_path)
     meta = read_metadata(graph)
     plan_batch = max_batch_size
     if engine is not None:  # a file that is not one of our engines is refused here
