@@ -348,8 +348,9 @@ def clips(b: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(B, *FRAME) float32 multiples of 1/4 in [-2, 2], (B, 2) int64 sizes, all rows distinct."""
     rng = np.random.default_rng(seed)
     clip = rng.integers(-8, 9, (b, *FRAME)).astype(np.float32) / 4
-    size = np.stack([rng.permutation(np.arange(100, 100 + 3 * b, 3))[:b],
-                     np.arange(b) * 37 + 160], 1).astype(np.int64)
+    # distinct unpadded sizes within the clip's H x W (runners refuse sizes outside it)
+    cells = rng.permutation(FRAME[2] * FRAME[3])[:b]
+    size = np.stack([cells // FRAME[3] + 1, cells % FRAME[3] + 1], 1).astype(np.int64)
     return clip, size
 
 
