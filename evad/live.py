@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from evad.errors import VideoError
-from evad.opencv import native_stderr_silenced, quiet_cv2
+from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
-__all__ = ["LIVE_BUFFER_S", "LIVE_SCHEMES", "LIVE_TIMEOUT_MS", "LiveProbe", "fourcc", "iter_live",
+__all__ = ["LIVE_BUFFER_S", "LIVE_SCHEMES", "LIVE_TIMEOUT_MS", "LiveProbe", "iter_live",
            "live_name", "live_source", "probe_live", "redact"]
 
 #: URL schemes read as live streams (OpenCV's FFmpeg opens them)
@@ -67,13 +67,6 @@ def _open_capture(source: str):
     return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
                             [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,
                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, LIVE_TIMEOUT_MS])
-
-
-def fourcc(value: float) -> str:
-    """A FourCC code as text (``FMP4``), or its hex value when not printable."""
-    code = int(value)
-    chars = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
-    return chars if chars.isprintable() and code else f"0x{code:08x}"
 
 
 @dataclass(frozen=True)

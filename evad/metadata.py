@@ -76,9 +76,10 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, Any]:
 _SIGNATURE = {INPUT_CLIP: (1, 5), INPUT_IMAGE_SIZE: (7, 2)}  # FLOAT (B,3,T,H,W), INT64 (B,2)
 
 
-def load_detector(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSpec]:
-    """An evad export read for serving or inspection: its graph (weights not loaded) and what
-    its metadata says (``ModelSpec``), once the file is a readable ONNX file, its metadata
+def load_detector(path: str | os.PathLike
+                  ) -> tuple[onnx.ModelProto, dict[str, Any], ModelSpec]:
+    """An evad export read for serving or inspection: its graph (weights not loaded), its evad
+    metadata and what that says (``ModelSpec``), once the file is a readable ONNX file, its metadata
     complete and valid, and its graph the detector's signature (``clip`` float (B, 3, T, H, W),
     ``image_size`` int64 (B, 2) in; ``boxes``, ``person_scores``, ``action_probs`` out), as the
     runners require before they run it.
@@ -112,4 +113,4 @@ def load_detector(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSpec]:
         raise EvadError(f"{file} carries evad metadata but is not an evad detector: its graph "
                         f"has no output {', '.join(map(repr, missing))}; export it with "
                         "evad-export")
-    return model, spec
+    return model, meta, spec

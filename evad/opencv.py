@@ -15,7 +15,7 @@ from evad.lazy import lazy_import
 
 cv2 = lazy_import("cv2", "pip install opencv-python-headless")
 
-__all__ = ["native_stderr_silenced", "quiet_cv2"]
+__all__ = ["fourcc", "native_stderr_silenced", "quiet_cv2"]
 
 # OpenCV reads this once, when it first initialises FFmpeg; -8 = quiet.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -50,3 +50,10 @@ def native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def fourcc(value: float) -> str:
+    """A FourCC code as text (``FMP4``), or its hex value when not printable."""
+    code = int(value)
+    chars = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
+    return chars if chars.isprintable() and code else f"0x{code:08x}"

@@ -24,8 +24,8 @@ import numpy as np
 
 from evad.command import check_input_dir, check_input_file, is_text, text_name
 from evad.errors import VideoError
-from evad.live import fourcc, iter_live, probe_live, redact
-from evad.opencv import native_stderr_silenced, quiet_cv2
+from evad.live import iter_live, probe_live, redact
+from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
 __all__ = ["CONTAINERS", "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "Container", "VideoInfo",
            "iter_frames", "open_live", "open_video", "sniff_container"]

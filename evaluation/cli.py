@@ -23,7 +23,7 @@ from evad.command import (
     number,
     run_command,
 )
-from evad.datasets.ava import read_ava_csv, read_label_map
+from evad.datasets.ava import check_dataset, read_label_map
 from evad.datasets.clips import ClipDataset
 from evad.errors import ConfigError
 from evad.evaluation.ava_eval import evaluate
@@ -137,11 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.det is not None:
         det = read_rows(args.det, scores=True, what="detections CSV")
     else:
-        assert annotations is not None
-        videos = {kf.video for kf in read_ava_csv(annotations, "annotations of --data").values()}
-        for video in sorted(videos):
-            check_input_file(args.data / "videos" / f"{video}.mp4",
-                             f"video of --data (annotated in {annotations})")
+        check_dataset(args.data, "--data")  # every annotated video there, before the model
         det = _run_model(args)
 
     res = evaluate(gt, det, class_ids=names or None, excluded=excluded, iou=args.iou)

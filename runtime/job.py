@@ -142,7 +142,8 @@ def plan_job(videos: Sequence[Path], out: Path) -> list[VideoTask]:
     """
     seen: dict[str, Path] = {}
     tasks = []
-    inside = [v for v in videos if v.resolve().is_relative_to(out.resolve())]
+    root = out.resolve()
+    inside = {v for v in videos if v.resolve().is_relative_to(root)}
     if inside and len(inside) == len(videos):
         raise ConfigError(f"every video named lies inside --out {out}: those are a job's own "
                           "outputs; name the input videos, or choose another --out")
@@ -171,11 +172,12 @@ def run_task(task: VideoTask, backend: Runner, opts: DetectOptions, *, resume: b
     try:
         info = open_video(Path(task.video), opts.fps)
         out_dir = Path(task.out_dir)
-        mode = resume_mode(info, task.video_id, out_dir, backend, opts) if resume else "fresh"
+        mode, settings = resume_mode(info, task.video_id, out_dir, backend, opts) if resume \
+            else ("fresh", None)
         status: TaskStatus = "skipped" if mode == "done" else "done"
         outcome = finished_outcome(out_dir) if mode == "done" else run_video(
             info, task.video_id, out_dir, backend, opts, resume=mode == "resume", quiet=quiet,
-            prog=prog, bar_position=bar_position)
+            prog=prog, bar_position=bar_position, settings=settings)
         res = TaskResult(task.video, task.video_id, status, outcome.keyframes, outcome.people,
                          out=task.out_dir)
     except Exception as e:  # noqa: BLE001 - the video's failure is recorded, the job goes on

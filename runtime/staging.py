@@ -143,11 +143,8 @@ class StagedRun:
 
     def _finished_settings(self) -> dict[str, Any] | None:
         """The settings of the finished run in ``out_dir`` (``run.json`` complete), or None."""
-        try:
-            run = json.loads(self.run_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(run, dict) or run.get("complete") is not True:
+        run = _read_json(self.run_path)
+        if run is None or run.get("complete") is not True:
             return None
         settings = run.get("settings")
         return settings if isinstance(settings, dict) else {}
@@ -165,11 +162,8 @@ class StagedRun:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         finished = self._finished_settings()
         if resume and self.part(record).is_file():
-            try:
-                old = json.loads(self.part(RUN_NAME).read_text(encoding="utf-8")).get(
-                    "settings", {})
-            except (OSError, ValueError, AttributeError):
-                old = None
+            staged = _read_json(self.part(RUN_NAME))
+            old = None if staged is None else staged.get("settings", {})
             if not isinstance(old, dict):
                 raise EvadError(f"cannot resume: {self.part(RUN_NAME)} is unreadable, so what "
                                 "the staged run was made with is unknown; drop --resume to "
@@ -185,8 +179,10 @@ class StagedRun:
             raise EvadError(f"cannot resume {self.out_dir}: it holds a finished run and "
                             f"{diff}; its files are left as they are: use another --out, "
                             "or drop --resume to replace that run")
+        # only a --resume asks whether the finished run is whole (a run without it replaces
+        # the finished one anyway, so its files are not hashed for nothing)
         broken = damage(self.out_dir, read_run(self.out_dir).get("files", {})) \
-            if finished is not None else ""
+            if finished is not None and resume else ""
         if broken:
             self.note = (f"{self.out_dir} holds a finished run, but {broken}: running it again "
                          "(the damaged run stays until this one completes)")

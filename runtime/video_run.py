@@ -132,13 +132,15 @@ def _mode(out_dir: Path, settings: dict[str, Any], render: bool) -> ResumeMode:
 
 
 def resume_mode(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
-                opts: DetectOptions) -> ResumeMode:
+                opts: DetectOptions) -> tuple[ResumeMode, dict[str, Any]]:
     """What ``out_dir`` holds for a run of ``info`` with these settings (model content, video
     content, options): ``done``: a finished run, its files in place (and its render, when one
     is asked for); ``resume``: an interrupted one, staged; ``fresh``: nothing of these settings
-    (a changed model or option starts again)."""
+    (a changed model or option starts again). Also the settings, for ``run_video`` (the video's
+    content identity is read once)."""
     pre = Preprocessor.for_model(backend.spec, (info.height, info.width))
-    return _mode(out_dir, _settings(info, backend, pre, opts, video_id), opts.render)
+    settings = _settings(info, backend, pre, opts, video_id)
+    return _mode(out_dir, settings, opts.render), settings
 
 
 def finished_outcome(out_dir: Path) -> VideoOutcome:
@@ -150,7 +152,8 @@ def finished_outcome(out_dir: Path) -> VideoOutcome:
 def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
               opts: DetectOptions, *, resume: bool = False, quiet: bool = False,
               progress: VideoProgress | None = None, prog: str = "evad-trt-run",
-              bar_position: int = 0, notes: Sequence[str] = ()) -> VideoOutcome:
+              bar_position: int = 0, notes: Sequence[str] = (),
+              settings: dict[str, Any] | None = None) -> VideoOutcome:
     """Detect in one video and write ``out_dir`` (CSV, JSONL, run.json, optionally the render).
 
     Args:
@@ -166,6 +169,7 @@ def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
         prog: the command name on log lines.
         bar_position: the progress bar's line (a job's video bar is line 0).
         notes: why the backend was chosen (logged).
+        settings: this run's settings when the caller has them (``resume_mode``'s).
 
     Returns:
         The run's summary and files; with ``resume`` and a run finished with these settings
@@ -182,7 +186,8 @@ def run_video(info: VideoInfo, video_id: str, out_dir: Path, backend: Runner,
     batch = opts.batch_size or (8 if backend.on_gpu else 1)
     if info.is_live:
         batch = 1  # each keyframe goes out as soon as its clip is in
-    settings = _settings(info, backend, pre, opts, video_id)
+    if settings is None:
+        settings = _settings(info, backend, pre, opts, video_id)
     source = {"video": info.source if info.is_live else str(info.path.resolve()),
               "model": spec.name}
     if info.is_live:

@@ -33,7 +33,7 @@ from evad.command import check_input_file, check_output_dir
 from evad.engines.metadata import read_engine_metadata
 from evad.errors import ConfigError
 from evad.hashing import file_sha256
-from evad.metadata import load_detector, read_metadata
+from evad.metadata import load_detector
 
 __all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_LIMITS", "VIDEO_MODEL", "config_text",
            "python_config_text", "write_repository"]
@@ -261,8 +261,7 @@ def write_repository(out: str | os.PathLike, onnx_path: str | os.PathLike, *,
         raise ConfigError(f"{out} exists: remove it or pass --overwrite")
     check_output_dir(out.parent if str(out.parent) else Path("."), "repository folder")
     # a readable export with valid metadata and the detector's signature, or one line
-    graph, _ = load_detector(onnx_path)
-    meta = read_metadata(graph)
+    graph, meta, _ = load_detector(onnx_path)
     plan_batch = max_batch_size
     if engine is not None:  # a file that is not one of our engines is refused here
         profile = read_engine_metadata(engine).get("batch_profile") or [1, 1, max_batch_size]

@@ -51,7 +51,7 @@ def test_what_is_not_an_evad_detector_is_refused_in_one_line(tmp_path, capfd, ti
 
 
 def test_an_export_loads_with_its_spec(tiny_onnx):
-    model, spec = load_detector(tiny_onnx)
-    meta = read_metadata(model)
+    model, meta, spec = load_detector(tiny_onnx)
+    assert meta == read_metadata(model)
     assert spec.input_size == tuple(meta["input_size"]) and spec.num_frames == meta["num_frames"]
     assert json.loads(json.dumps(meta)) == meta
