@@ -4,7 +4,7 @@
     python benchmarks/scale_out.py --json benchmarks/results/scale_out_demo.json
 
 With the demo model (ONNX, exported on first use) and synthetic videos made here:
-- Triton: ``evad-triton-repo`` -> the wheel's ``tritonserver`` on loopback (the ``evad``
+- Triton: ``evad-triton-repo`` -> the wheel's ``tritonserver`` on loopback, gRPC (the ``evad``
   Python-backend model alone, ONNX Runtime in-process) -> the bounded load test with 1, 2 and
   4 clients (clip requests), and one whole-video request;
 - jobs: ``--videos`` short videos through the local job, then through ``--ray`` on a local Ray
@@ -35,22 +35,22 @@ from make_sample_video import make_video  # noqa: E402
 
 
 def _triton(onnx: Path, tmp: Path, video: Path, requests: int) -> dict:
-    import tritonclient.http as http
+    import tritonclient.grpc as grpc
 
     repo = write_repository(tmp / "repo", onnx, gpu=False)
     t0 = time.perf_counter()
     with TritonServer(repo, models=["evad"]) as server:
         ready_s = time.perf_counter() - t0
-        client = http.InferenceServerClient(server.http_url, network_timeout=300)
+        client = grpc.InferenceServerClient(server.grpc_url)
         spec_frames = json.loads((repo / "evad-repository.json").read_text())[
             "evad_metadata"]["num_frames"]
         rng = np.random.default_rng(0)
         clips = [rng.integers(0, 256, (spec_frames, 360, 640, 3), np.uint8) for _ in range(4)]
-        load_test(server.http_url, clips, clients=1, requests=2)  # warm-up
-        loads = [load_test(server.http_url, clips, clients=c, requests=requests)
+        load_test(server.grpc_url, clips, clients=1, requests=2)  # warm-up
+        loads = [load_test(server.grpc_url, clips, clients=c, requests=requests)
                  for c in (1, 2, 4)]
         t = time.perf_counter()
-        lines, rows = detect(client, video=video.read_bytes(), video_id="v")
+        lines, rows = detect(client, video=video.read_bytes(), video_id="v", timeout_s=300)
         video_s = time.perf_counter() - t
     return {"ready_s": round(ready_s, 2), "clip_size": [spec_frames, 360, 640, 3],
             "load": loads, "video_request": {"seconds": round(video_s, 2),

@@ -20,8 +20,8 @@ import numpy as np
 from evad.errors import VideoError
 from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
-__all__ = ["LIVE_BUFFER_S", "LIVE_SCHEMES", "LIVE_TIMEOUT_MS", "LiveProbe", "iter_live",
-           "live_name", "live_source", "probe_live", "redact"]
+__all__ = ["LIVE_BUFFER_S", "LIVE_MAX_BAD_FRAMES", "LIVE_SCHEMES", "LIVE_TIMEOUT_MS", "LiveProbe",
+           "iter_live", "live_name", "live_source", "probe_live", "redact"]
 
 #: URL schemes read as live streams (OpenCV's FFmpeg opens them)
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -29,6 +29,11 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 LIVE_TIMEOUT_MS = 10_000
 #: how far (s of frames) detection may fall behind a live source before frames are dropped
 LIVE_BUFFER_S = 4.0
+#: unreadable frames in a row (a corrupt JPEG of an MJPEG stream, a damaged packet) after which
+#: a live source counts as ended; fewer are skipped and counted
+LIVE_MAX_BAD_FRAMES = 25
+#: OpenCV's camera index is a C int
+_MAX_CAMERA_INDEX = 2**31 - 1
 
 
 def live_source(text: str) -> str | None:
@@ -36,7 +41,10 @@ def live_source(text: str) -> str | None:
     ``LIVE_SCHEMES``), or None for a path. An existing file of that name stays a file."""
     if Path(text).exists():
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() too, which int() refuses
+        if int(text) > _MAX_CAMERA_INDEX:
+            raise VideoError(f"camera index {text} is out of range: a camera index is a small "
+                             "number (0 is the first camera)")
         return text
     scheme, sep, _ = text.partition("://")
     return text if sep and scheme.lower() in LIVE_SCHEMES else None
@@ -57,16 +65,26 @@ def redact(source: str) -> str:
 
 def live_name(source: str) -> str:
     """How messages name a live source: ``camera 0`` or ``stream rtsp://user:***@host/x``."""
-    return f"camera {source}" if source.isdigit() else f"stream {redact(source)}"
+    return f"camera {source}" if _is_camera(source) else f"stream {redact(source)}"
+
+
+def _is_camera(source: str) -> bool:
+    return source.isascii() and source.isdigit()
 
 
 def _open_capture(source: str):
+    """``cv2.VideoCapture`` of a live source; OpenCV's own exceptions (it raises for some
+    sources it cannot parse) become one VideoError line naming the source."""
     cv2 = quiet_cv2()
-    if source.isdigit():
-        return cv2.VideoCapture(int(source))
-    return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
-                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,
-                             cv2.CAP_PROP_READ_TIMEOUT_MSEC, LIVE_TIMEOUT_MS])
+    try:
+        if _is_camera(source):
+            return cv2.VideoCapture(int(source))
+        return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,
+                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, LIVE_TIMEOUT_MS])
+    except (cv2.error, OverflowError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or ["?"])[-1]
+        raise VideoError(f"cannot open {live_name(source)}: OpenCV refused it ({reason})") from e
 
 
 @dataclass(frozen=True)
@@ -109,14 +127,17 @@ def probe_live(source: str) -> LiveProbe:
     return LiveProbe(w, h, float(rate), codec)
 
 
-def iter_live(source: str, fps: float) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_live(source: str, fps: float, max_bad_frames: int = LIVE_MAX_BAD_FRAMES
+              ) -> Iterator[tuple[int, float, np.ndarray]]:
     """``(index, time_s, frame)`` of a live source, ``time_s`` the arrival time (seconds since
     the first frame arrived), frame (H, W, 3) BGR uint8.
 
     A reader thread drains the source; when detection falls more than ``LIVE_BUFFER_S`` (at
     ``fps`` frames/s) behind, the oldest frames are dropped (said once, counted at the end)
-    rather than letting the lag grow. A source that stops sending (closed, or silent for
-    ``LIVE_TIMEOUT_MS``) ends with one warning line.
+    rather than letting the lag grow. An unreadable frame (a corrupt JPEG of an MJPEG stream) is
+    skipped (said once, counted at the end); ``max_bad_frames`` failed reads in a row, or none
+    readable for ``LIVE_TIMEOUT_MS``, end the source (closed, unplugged or silent) with one
+    warning line.
     """
     with native_stderr_silenced():
         cap = _open_capture(source)
@@ -125,15 +146,28 @@ def iter_live(source: str, fps: float) -> Iterator[tuple[int, float, np.ndarray]
     what = live_name(source)
     frames: queue.Queue = queue.Queue(maxsize=max(2, int(LIVE_BUFFER_S * fps)))
     stop = threading.Event()
-    dropped = [0]
+    dropped, skipped = [0], [0]
 
     def read() -> None:
+        bad_run, last_good = 0, time.monotonic()
         try:
             while not stop.is_set():
                 ok, frame = cap.read()
                 if not ok or frame is None:
-                    break
-                item = (time.monotonic(), frame)
+                    # a closed source fails every read at once, a silent one after the read
+                    # timeout: either ends it; failures a frame follows were unreadable frames
+                    bad_run += 1
+                    if (bad_run >= max_bad_frames
+                            or time.monotonic() - last_good > LIVE_TIMEOUT_MS / 1000):
+                        break
+                    continue
+                if bad_run:
+                    if not skipped[0]:
+                        print(f"warning: {what} sent an unreadable frame: skipping it (the "
+                              "count is given at the end)", file=sys.stderr, flush=True)
+                    skipped[0] += bad_run
+                bad_run, last_good = 0, time.monotonic()
+                item = (last_good, frame)
                 while True:
                     try:
                         frames.put_nowait(item)
@@ -161,8 +195,9 @@ def iter_live(source: str, fps: float) -> Iterator[tuple[int, float, np.ndarray]
             if item is None:
                 gone = f"{item_t - t0:.1f} s" if i else "0.0 s"
                 lost = f"; {dropped[0]} frames dropped to keep up" if dropped[0] else ""
+                bad = f"; {skipped[0]} unreadable frames skipped" if skipped[0] else ""
                 print(f"warning: {what} stopped sending after {i + dropped[0]} frames ({gone})"
-                      f": the detections up to there are kept{lost}", file=sys.stderr,
+                      f": the detections up to there are kept{lost}{bad}", file=sys.stderr,
                       flush=True)
                 return
             item_t, frame = item

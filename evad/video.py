@@ -11,6 +11,7 @@ video keeps its real times; a frame directory has no container, so its times are
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -24,11 +25,11 @@ import numpy as np
 
 from evad.command import check_input_dir, check_input_file, is_text, text_name
 from evad.errors import VideoError
-from evad.live import iter_live, probe_live, redact
+from evad.live import LIVE_MAX_BAD_FRAMES, iter_live, probe_live, redact
 from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
 __all__ = ["CONTAINERS", "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "Container", "VideoInfo",
-           "iter_frames", "open_live", "open_video", "sniff_container"]
+           "decodes", "iter_frames", "open_live", "open_video", "sniff_container"]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: file endings taken as videos when a directory, glob or list names many (a job)
@@ -154,6 +155,8 @@ class VideoInfo:
     duration_s: ``frame_count / fps`` (an estimate for progress bars).
     codec: FourCC of the video stream ("" for a frame directory).
     frames: the sorted image files of a frame directory (empty for a video file).
+    live: a camera index or stream URL as given ("" for files and frame directories).
+    max_bad_frames: a live source's unreadable frames in a row that end it (fewer are skipped).
     """
 
     path: Path
@@ -163,7 +166,8 @@ class VideoInfo:
     frame_count: int
     codec: str
     frames: tuple[Path, ...] = ()
-    live: str = ""  # a camera index or stream URL as given; "" for files and frame directories
+    live: str = ""
+    max_bad_frames: int = LIVE_MAX_BAD_FRAMES
 
     @property
     def is_directory(self) -> bool:
@@ -188,7 +192,7 @@ class VideoInfo:
         """The id written in the CSV: the file stem, the directory name, ``camera<N>`` for a
         camera, or the last part of a stream URL's path (``stream`` when it has none)."""
         if self.is_live:
-            if self.live.isdigit():
+            if self.live.isascii() and self.live.isdigit():
                 return f"camera{self.live}"
             tail = self.live.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/")
             name = Path(tail[-1]).stem if len(tail) > 1 else ""
@@ -227,6 +231,54 @@ def _imread(path: Path) -> np.ndarray | None:
     except OSError:
         return None
     return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
+@functools.cache
+def decodes(codec: str, suffix: str) -> bool | None:
+    """Whether this OpenCV build decodes the video codec ``codec`` (a FourCC as a container
+    names it: ``mp4v``, ``XVID``) in a ``suffix`` (``.mp4``, ``.avi``) container.
+
+    OpenCV cannot list FFmpeg's decoders, and a file it cannot open may lack a decoder or be
+    damaged; so two frames are encoded with that FourCC and read back. True: it decodes (an
+    unreadable file of that codec is damaged); None: this build has no encoder for it either,
+    so the question stays open. Costs tens of milliseconds once per codec and process.
+    """
+    cv2 = quiet_cv2()
+    if len(codec) != 4 or not codec.isascii() or not codec.isprintable():
+        return None
+    with tempfile.TemporaryDirectory(prefix="evad-codec-") as tmp, native_stderr_silenced():
+        name = os.path.join(tmp, f"probe{suffix}")
+        writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*codec), 10.0, (32, 32))
+        if not writer.isOpened():
+            return None
+        for value in (0, 255):
+            writer.write(np.full((32, 32, 3), value, np.uint8))
+        writer.release()
+        cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
+        try:
+            ok, frame = cap.read() if cap.isOpened() else (False, None)
+        finally:
+            cap.release()
+    return True if ok and frame is not None else None
+
+
+def _unopenable(path: Path) -> str:
+    """Why OpenCV cannot open a video file, in one line: no decoder for its codec, a damaged
+    container, or not a video."""
+    container, codec, _, _ = sniff_container(path)
+    if not container:
+        return (f"cannot open {path}: OpenCV finds no readable video stream in it (a corrupt "
+                "file or not a video)")
+    suffix = ".avi" if container == "AVI" else ".mp4"
+    if codec and decodes(codec, suffix):
+        return (f"cannot open {path}: its {container} container is damaged or truncated (its "
+                f"codec '{codec}' is one this OpenCV decodes); re-encode or fetch the file again")
+    if codec.isprintable() and codec.strip():
+        return (f"cannot decode {path}: this OpenCV build has no decoder for its video codec "
+                f"'{codec}' ({container}), or the file is damaged; convert it, e.g. "
+                f"ffmpeg -i {path} -c:v mpeg4 {path.stem}_mpeg4.mp4")
+    return (f"cannot open {path}: OpenCV finds no readable video stream in it (its {container} "
+            "container is damaged or truncated)")
 
 
 def open_live(source: str) -> VideoInfo:
@@ -281,22 +333,16 @@ def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
         ok, frame = cap.read() if opened else (False, None)
     try:
         if not opened:
-            container, codec, _, _ = sniff_container(path)
-            if container and codec.isprintable() and codec.strip():
-                raise VideoError(f"cannot decode {path}: this OpenCV build has no decoder for "
-                                 f"its video codec '{codec}' ({container}); convert it, e.g. "
-                                 f"ffmpeg -i {path} -c:v mpeg4 {path.stem}_mpeg4.mp4")
-            what = f"a corrupt {container} file" if container else "a corrupt file or not a video"
-            raise VideoError(f"cannot open {path}: OpenCV finds no readable video stream in it "
-                             f"({what})")
+            raise VideoError(_unopenable(path))
         codec = fourcc(cap.get(cv2.CAP_PROP_FOURCC))
         if not ok or frame is None:
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if count <= 0:
                 raise VideoError(f"{path} has no video frames")
-            raise VideoError(f"cannot decode {path}: this OpenCV build has no decoder for its "
-                             f"codec '{codec}' (or the stream is corrupt); convert it, e.g. "
-                             f"ffmpeg -i {path} -c:v mpeg4 {path.stem}_mpeg4.mp4")
+            # OpenCV opens a stream only once FFmpeg found its decoder: this data is damaged
+            raise VideoError(f"cannot decode {path}: its '{codec}' video stream is damaged (no "
+                             f"frame of the {count} it announces decodes, although this OpenCV "
+                             "has the decoder); re-encode or fetch the file again")
         h, w = frame.shape[:2]
         rate = cap.get(cv2.CAP_PROP_FPS)
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -331,7 +377,7 @@ def iter_frames(info: VideoInfo) -> Iterator[tuple[int, float, np.ndarray]]:
             yield i, i / info.fps, frame
         return
     if info.is_live:
-        yield from iter_live(info.live, info.fps)
+        yield from iter_live(info.live, info.fps, info.max_bad_frames)
         return
     cap = _capture(info.path)
     if not cap.isOpened():

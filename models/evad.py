@@ -326,7 +326,10 @@ class EVAD(VisionTransformer):
                              "bottom/right with zeros after normalisation)")
         if image_size is None:
             image_size = clip.new_tensor([height, width]).expand(b, 2)
-        return image_size.to(clip.dtype)
+        # An exported graph cannot refuse a size (every runner does, before it): one outside
+        # the clip is clamped into [1, H] x [1, W], so boxes never leave the frame.
+        return torch.minimum(image_size.to(clip.dtype).clamp(min=1),
+                             clip.new_tensor([height, width]))
 
     def localize(self, enc: EncoderOutput,
                  image_size: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

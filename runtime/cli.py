@@ -8,11 +8,12 @@ runtime: the synthetic video generator and the exporter).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +27,16 @@ from evad.command import (
 )
 from evad.errors import ConfigError
 from evad.lazy import lazy_import
+from evad.live import LIVE_MAX_BAD_FRAMES
 from evad.runner import Runner, backend_choices, precision_choices
-from evad.runtime.job import JOB_NAME, JobProgress, plan_job, run_job
+from evad.runtime.job import (
+    INSIDE_OUT,
+    JOB_NAME,
+    JobProgress,
+    check_job_folder,
+    plan_job,
+    run_job,
+)
 from evad.runtime.source import ModelRef, Source
 from evad.runtime.video_run import DetectOptions, VideoProgress, check_video_id, run_video
 
@@ -121,6 +130,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fps", type=number(0, 10000, lo_open=True), default=None,
                      help="frame rate of a frame directory (default 30); video files use "
                      "their container timestamps")
+    run.add_argument("--live-max-bad-frames", type=number(1, 10**6, integer=True),
+                     default=LIVE_MAX_BAD_FRAMES, metavar="N",
+                     help="a live source's unreadable frames (a corrupt JPEG, a damaged "
+                     "packet) are skipped and counted; N in a row end it (default "
+                     f"{LIVE_MAX_BAD_FRAMES})")
     out = ap.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None,
                      help="output folder (default runs/<video id>, for a job runs/); one run "
@@ -170,16 +184,18 @@ def main(argv: list[str] | None = None, *, default_video: Default | None = None,
     args = parser().parse_args(argv)
     args.default_ckpt = default_ckpt
     progress = _Progress()
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        # `kill` (SIGTERM) ends the run like Ctrl-C: the finished keyframes stay resumable.
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # `kill` (SIGTERM) and a closed terminal (SIGHUP) end the run like Ctrl-C: the
+        # finished keyframes stay resumable (a Ray job puts these back after ray.init)
+        previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM,
+                                                                     signal.SIGHUP)}
     try:
         return run_command(_PROG, lambda: _run(args, progress, default_video, default_model),
                            interrupted=progress.interrupted)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -193,9 +209,11 @@ class _Progress:
     def interrupted(self) -> str:
         if self.job is not None:
             job = self.job
-            return (f"interrupted after {len(job.results)} of {job.videos} videos; "
-                    f"{job.out / JOB_NAME} lists them; rerun with --resume to go on (finished "
-                    "videos are not redone)")
+            # before the first video ends (the model loading, Ray starting) no job.json exists
+            listed = (f"{job.out / JOB_NAME} lists them; "
+                      if (job.out / JOB_NAME).is_file() else "")
+            return (f"interrupted after {len(job.results)} of {job.videos} videos; {listed}"
+                    "rerun with --resume to go on (finished videos are not redone)")
         writer = self.video.writer
         if writer is not None and writer.committed:
             return (f"interrupted while rendering; the detections are complete in "
@@ -218,7 +236,7 @@ def _run(args: argparse.Namespace, progress: _Progress, default_video: Default |
         video = str(default_video())
     source = Source.classify(video)
     if source.is_job:
-        return _run_job(args, source.videos, default_model, progress)
+        return _run_job(args, source, default_model, progress)
     if args.ray is not None:
         raise ConfigError("--ray runs jobs of many videos: pass a directory of videos, a glob "
                           "or a list file")
@@ -228,6 +246,8 @@ def _run(args: argparse.Namespace, progress: _Progress, default_video: Default |
                 raise ConfigError(f"{flag} needs a video file: a live source cannot be read "
                                   "again (record it first, e.g. ffmpeg -i URL -c copy rec.mp4)")
     info = source.open(args.fps)
+    if info.is_live:
+        info = dataclasses.replace(info, max_bad_frames=args.live_max_bad_frames)
     video_id = check_video_id(info.video_id if args.video_id is None else args.video_id,
                               args.video_id is not None)
     out_dir = args.out if args.out is not None else Path("runs") / video_id
@@ -265,18 +285,23 @@ def _open_model(args: argparse.Namespace, model: ModelRef) -> tuple[Runner, list
     return backend, notes
 
 
-def _run_job(args: argparse.Namespace, videos: Sequence[Path], default_model: Default | None,
+def _run_job(args: argparse.Namespace, source: Source, default_model: Default | None,
              progress: _Progress) -> int:
     q = args.quiet
     if args.video_id is not None:
         raise ConfigError("--video-id names one video; a job names each video by its file")
-    # absolute paths: Ray actors resolve paths against their own working folder
+    # absolute paths: Ray actors resolve paths against their own working folder; not
+    # resolved: a link keeps its own name (the video's id), the data read is its target's
     out = (args.out if args.out is not None else Path("runs")).resolve()
-    check_output_dir(out, "--out")
-    tasks = plan_job([v.resolve() for v in videos], out)
-    if len(tasks) < len(videos):
-        _log(f"{len(videos) - len(tasks)} of the videos named lie inside --out {out} (the job's "
-             "own outputs): not inputs", q)
+    tasks = plan_job([v.absolute() for v in source.videos], out, source.skipped)
+    check_job_folder(out, tasks, _PROG)  # before the model opens: what would stop the job
+    own = sum(s.reason.startswith(INSIDE_OUT) for s in tasks.skipped)
+    if own:
+        _log(f"{own} of the videos named lie inside --out {out} (the job's own outputs): not "
+             "inputs", q)
+    for s in tasks.skipped:  # said even with --quiet, as a failed video is
+        if not s.reason.startswith(INSIDE_OUT):
+            print(f"{_PROG}: warning: {s.path}: skipped: {s.reason}", file=sys.stderr)
     opts = DetectOptions.from_args(args)
     progress.job = JobProgress(out, len(tasks))
     t0 = time.perf_counter()
@@ -295,8 +320,9 @@ def _run_job(args: argparse.Namespace, videos: Sequence[Path], default_model: De
         with backend:  # job.json names the files by absolute path, as a Ray job's does
             job = run_job(tasks, backend, opts, out, model=model.resolved(), resume=args.resume,
                           quiet=q, prog=_PROG, progress=progress.job)
+    left = f", {len(tasks.skipped)} inputs skipped" if tasks.skipped else ""
     print(f"{_PROG}: job of {job['videos']} videos: {job['done']} done, {job['skipped']} "
-          f"already done, {job['failed']} failed; {job['keyframes']} keyframes, "
+          f"already done, {job['failed']} failed{left}; {job['keyframes']} keyframes, "
           f"{job['people']} people, {time.perf_counter() - t0:.1f} s -> {out / 'detections.csv'}"
           f", {out / JOB_NAME}")
     if job["failed"]:

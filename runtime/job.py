@@ -13,9 +13,10 @@ runs the same :func:`run_task` on Ray actors; both end in :func:`finish_job`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,13 +24,13 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from evad.atomic import atomic_write, write_json_atomic
-from evad.command import one_line, text_name
+from evad.command import check_output_dir, one_line, text_name
 from evad.errors import ConfigError, EvadError
 from evad.hashing import file_sha256
-from evad.run_lock import FolderLock
+from evad.run_lock import LOCK_NAME, FolderLock
 from evad.runner import Runner
 from evad.runtime.outputs import CSV_NAME
-from evad.runtime.source import ModelRef
+from evad.runtime.source import ModelRef, SkippedInput
 from evad.runtime.video_run import (
     DetectOptions,
     check_video_id,
@@ -39,13 +40,15 @@ from evad.runtime.video_run import (
 )
 from evad.video import open_video
 
-__all__ = ["JOB_NAME", "JobProgress", "JobRun", "TaskResult", "TaskStatus", "VideoTask",
-           "finish_job", "plan_job", "run_job", "run_task"]
+__all__ = ["JOB_NAME", "JobPlan", "JobProgress", "JobRun", "TaskResult", "TaskStatus",
+           "VideoTask", "check_job_folder", "finish_job", "plan_job", "run_job", "run_task"]
 
 #: the job summary in the job's folder
 JOB_NAME = "job.json"
 #: names in a job folder that no video folder may take
 RESERVED = {CSV_NAME, JOB_NAME}
+#: how a skipped video inside the job's own ``--out`` is said
+INSIDE_OUT = "inside --out"
 
 #: ``done``: run now; ``skipped``: a finished run with the same settings was there;
 #: ``failed``: its error is recorded
@@ -132,9 +135,28 @@ class JobProgress:
     results: list[TaskResult] = field(default_factory=list)
 
 
-def plan_job(videos: Sequence[Path], out: Path) -> list[VideoTask]:
-    """One task per video, its folder ``out/<video id>``. Videos inside ``out`` are the job's
-    own outputs (a render, when ``--out`` lies in the globbed tree) and are never inputs.
+class JobPlan(list[VideoTask]):
+    """A job's tasks in job order (a list: what :func:`run_job` and ``run_job_ray`` iterate),
+    and the entries named that are no task, each with why (``skipped``: :class:`SkippedInput`;
+    :func:`finish_job` lists them in ``job.json``, so a job on Ray lists them too)."""
+
+    def __init__(self, tasks: Iterable[VideoTask] = (),
+                 skipped: Iterable[SkippedInput] = ()) -> None:
+        super().__init__(tasks)
+        self.skipped = tuple(skipped)
+
+
+def plan_job(videos: Sequence[Path], out: Path, skipped: Sequence[SkippedInput] = ()
+             ) -> JobPlan:
+    """One task per video, its folder ``out/<video id>``, the id from the name the video was
+    given by (a link's own name, not its target's; the data read is the target's). Videos
+    inside ``out`` are the job's own outputs (a render, when ``--out`` lies in the globbed
+    tree): never inputs, they join ``skipped``.
+
+    Args:
+        videos: the videos as named (``Source.videos``; absolute for a job that Ray runs).
+        out: the job folder.
+        skipped: what the input named that is no video it can read (``Source.skipped``).
 
     Raises:
         ConfigError: a video id that is no plain name or has a comma, two videos with one id
@@ -160,7 +182,42 @@ def plan_job(videos: Sequence[Path], out: Path) -> list[VideoTask]:
                               "folders and CSV rows would mix; rename one")
         seen[vid] = v
         tasks.append(VideoTask(str(v), vid, str(out / vid)))
-    return tasks
+    own = [SkippedInput(str(v), f"{INSIDE_OUT} {out}: the job's own output")
+           for v in videos if v in inside]
+    return JobPlan(tasks, sorted([*skipped, *own], key=lambda s: s.path))
+
+
+def check_job_folder(out: Path, tasks: Sequence[VideoTask], prog: str = "evad-trt-run"
+                     ) -> None:
+    """Refuse now, before a model opens or a video runs, what would stop the job later: an
+    ``out`` that is a file or not writable, a folder where ``job.json``, the merged CSV or the
+    lock file goes (found before only after every video ran), a file where a video's folder
+    goes, and another run holding ``out``. One line naming the path; nothing is written (a
+    stale lock file is taken and dropped).
+
+    Raises:
+        ConfigError: a place taken by the wrong kind of entry.
+        EvadError: ``out`` not a writable folder (``check_output_dir``); ``FolderBusyError``:
+            another live run holds ``out``.
+    """
+    check_output_dir(out, "--out")
+    for name, what in ((JOB_NAME, "the job summary"), (CSV_NAME, "the merged CSV")):
+        p = out / name  # written whole by a rename, which only a folder blocks (not a link)
+        if p.is_dir() and not p.is_symlink():
+            raise ConfigError(f"{p} is a folder, where the job writes {what}: remove or "
+                              "rename it, or choose another --out")
+    lock = out / LOCK_NAME  # opened (links followed) and written in place
+    if lock.exists() and not lock.is_file():
+        kind = "a folder" if lock.is_dir() else "not a regular file"
+        raise ConfigError(f"{lock} is {kind}, where the job writes the lock: remove or rename "
+                          "it, or choose another --out")
+    for t in tasks:
+        d = Path(t.out_dir)
+        if os.path.lexists(d) and not d.is_dir():
+            raise ConfigError(f"{d} is a file, where the job writes the folder of {t.video}: "
+                              "remove or rename it, or choose another --out")
+    if lock.is_file():  # held by a live run? said now, not after the model opens
+        FolderLock(out, prog).acquire().release()
 
 
 def run_task(task: VideoTask, backend: Runner, opts: DetectOptions, *, resume: bool,
@@ -219,8 +276,9 @@ def finish_job(out: Path, tasks: Sequence[VideoTask], results: Sequence[TaskResu
                model: ModelRef, ran: JobRun, complete: bool = True) -> dict[str, Any]:
     """Write ``out/detections.csv`` (the finished videos' rows, in task order) and
     ``out/job.json``; both whole or not at all. Returns the job summary (``job.json``'s
-    content): counts, ``model`` (the :class:`ModelRef` and the :class:`JobRun`), ``results``
-    (each :class:`TaskResult`, in task order)."""
+    content): counts, ``model`` (the :class:`ModelRef` and the :class:`JobRun`),
+    ``skipped_inputs`` (a :class:`JobPlan`'s ``skipped``: ``{path, reason}`` each, by path;
+    empty for plain tasks), ``results`` (each :class:`TaskResult`, in task order)."""
     by_video = {r.video_id: r for r in results}
     ordered = [by_video[t.video_id] for t in tasks if t.video_id in by_video]
     merged = out / CSV_NAME
@@ -240,6 +298,8 @@ def finish_job(out: Path, tasks: Sequence[VideoTask], results: Sequence[TaskResu
                "model": {**model.to_json(), **asdict(ran)},
                "merged_csv": {"file": CSV_NAME, "bytes": merged.stat().st_size,
                               "sha256": file_sha256(merged)},
+               "skipped_inputs": [s.to_json() for s in
+                                  (tasks.skipped if isinstance(tasks, JobPlan) else ())],
                "results": [r.to_json() for r in ordered]}
     write_json_atomic(out / JOB_NAME, summary)
     return summary

@@ -16,12 +16,15 @@ machine, or a shared file system).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from evad.command import one_line
 from evad.errors import EvadError
 from evad.lazy import lazy_import
 from evad.run_lock import FolderLock
@@ -72,7 +76,10 @@ class VideoWorker:
     """A Ray Data callable class: one model session per actor, one video per call.
 
     Each call returns, per video, its :class:`TaskResult` (``result``, JSON) and what this
-    actor's runner is (``model``, JSON: ``name``, ``sha256``, ``runner``; for ``job.json``).
+    actor's runner is (``model``, JSON: ``name``, ``sha256``, ``runner``; for ``job.json``),
+    or, where this actor could not open the model, ``error``: that reason in one line (the
+    driver leaves those videos not run and ends the job with it; an actor whose constructor
+    raised would be restarted by Ray and end in its tracebacks, none naming the model).
 
     Args:
         model: the model (:func:`open_model`; its paths must exist on every node).
@@ -86,10 +93,17 @@ class VideoWorker:
     def __init__(self, model: ModelRef, options: DetectOptions, resume: bool,
                  opener: OpenModel | None = None, attempts_dir: str | None = None,
                  max_attempts: int = 3) -> None:
-        self.runner = (opener or open_model)(model)
-        ran = JobRun.of(self.runner)
-        self.identity = json.dumps({"name": ran.name, "sha256": ran.sha256,
-                                    "runner": ran.runner})
+        self.runner: Runner | None = None
+        self.identity = self.error = ""
+        try:
+            self.runner = (opener or open_model)(model)
+        except Exception as e:  # the model vanished, is unreadable or damaged on this node
+            self.error = one_line(e) if isinstance(e, (EvadError, OSError)) else \
+                f"{type(e).__name__}: {one_line(e)[:300]}"
+        else:
+            ran = JobRun.of(self.runner)
+            self.identity = json.dumps({"name": ran.name, "sha256": ran.sha256,
+                                        "runner": ran.runner})
         self.options = options
         self.resume = resume
         self.attempts_dir = Path(attempts_dir) if attempts_dir else None
@@ -107,12 +121,13 @@ class VideoWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {k: [] for k in ("video", "video_id", "out_dir", "result",
-                                                "model")}
+                                                "model", "error")}
         for video, vid, out_dir in zip(batch["video"], batch["video_id"], batch["out_dir"],
                                        strict=True):
             task = VideoTask(str(video), str(vid), str(out_dir))
-            n = self._attempt(task)
-            if n > self.max_attempts:
+            if self.runner is None:  # nothing run, nothing counted: the driver says why
+                res = TaskResult.failed(task, self.error)
+            elif (n := self._attempt(task)) > self.max_attempts:
                 res = TaskResult.failed(task, f"the worker died {n - 1} times on this video (a "
                                         "crash in decoding or inference, or out of memory); "
                                         "see the Ray logs")
@@ -123,41 +138,99 @@ class VideoWorker:
             out["out_dir"].append(task.out_dir)
             out["result"].append(json.dumps(res.to_json()))
             out["model"].append(self.identity)
+            out["error"].append(self.error)
         return {k: np.array(v) for k, v in out.items()}
 
 
-def _check_reachable(address: str) -> None:
-    """Fail at once for a ``host:port`` nobody answers on: Ray itself retries for minutes."""
-    if address == "auto" or "://" in address:
+#: what a gRPC client sends first: the HTTP/2 preface and an empty SETTINGS frame. Ray's GCS
+#: (HOST:PORT) and its client server (ray://) are gRPC servers: they answer at once with a
+#: SETTINGS frame (9-byte header, type 4); a web server answers text, and Ray would retry
+#: either for minutes
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once for an address that is no Ray head node: nobody answers on it, or what
+    answers does not speak gRPC (a web server); Ray itself retries either for minutes."""
+    target = address.removeprefix("ray://")
+    if address == "auto" or "://" in target:
         return
-    host, sep, port = address.rpartition(":")
+    host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
         raise EvadError(f"--ray {address}: give the head node as HOST:PORT (its GCS port, "
                         "6379 by default), ray://HOST:PORT, or auto")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise EvadError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start "
                         "one with ray start --head, or drop ADDRESS for a local Ray") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # a TLS server answers a TLS handshake only: Ray's own connect says more
+        head = b""
+        try:
+            conn.sendall(_H2_HELLO)
+            while len(head) < 9 and (got := conn.recv(9 - len(head))):
+                head += got
+        except OSError:  # reset or timed out: what was read so far says it
+            pass
+    if len(head) < 9 or head[3] != 4:
+        said = f"answered {head[:24]!r}" if head else f"answered nothing in {timeout:g} s"
+        raise EvadError(f"--ray {address} is no Ray head node: the server there does not speak "
+                        f"gRPC as Ray does ({said}): give the head node's GCS address (ray status "
+                        "on it prints it; HOST:6379 by default, ray://HOST:10001 for Ray "
+                        "Client), or drop ADDRESS for a local Ray")
+
+
+#: ray.init replaces these signals' handlers (SIGTERM: sys.exit, after its core worker's
+#: native stack dump): the caller's are put back, so evad-trt-run ends a Ray job as Ctrl-C does
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _init(address: str | None) -> bool:
-    """Connect to (or start) Ray; returns whether this call started it."""
+    """Connect to (or start) Ray; returns whether this call started it.
+
+    A local Ray (no ``address``) listens on loopback only: Ray binds its servers to its node's
+    IP, and takes 127.0.0.1 (a one-machine cluster) where ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    is 0 when ray is imported; a Ray imported earlier without it is refused, not left listening
+    on every interface.
+    """
     if address:
         _check_reachable(address)
+    elif "ray" not in sys.modules:  # read once, by ray's import below
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, ValueError) as e:
-            raise EvadError(f"cannot connect to the Ray cluster at {address}: "
-                            f"{str(e).splitlines()[0]}") from None
-    else:
-        ray.init(include_dashboard=False, object_store_memory=256 * 2**20, **kw)
+    main = threading.current_thread() is threading.main_thread()
+    keep = {s: signal.getsignal(s) for s in _SIGNALS} if main else {}
+    try:
+        if address:
+            try:
+                ray.init(address=address, **kw)
+            except (ConnectionError, ValueError) as e:
+                raise EvadError(f"cannot connect to the Ray cluster at {address}: "
+                                f"{str(e).splitlines()[0]}") from None
+        else:
+            ray.init(include_dashboard=False, object_store_memory=256 * 2**20, **kw)
+    except (KeyboardInterrupt, SystemExit):
+        # a signal while Ray starts: its SIGTERM handler (the only sys.exit in ray.init) or
+        # the caller's; stopped as Ctrl-C stops the job, with what Ray started shut down
+        ray.shutdown()
+        raise KeyboardInterrupt from None
+    finally:
+        for sig, handler in keep.items():
+            if callable(handler):  # a handler the caller chose; else Ray's cleans up
+                signal.signal(sig, handler)
+    if not address:
+        ip = ray.util.get_node_ip_address()
+        if not ipaddress.ip_address(ip.strip("[]")).is_loopback:
+            ray.shutdown()
+            raise EvadError(f"the local Ray started on {ip}, not loopback (ray was imported "
+                            "before this job could ask for loopback): set "
+                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing ray")
     return True
 
 
@@ -170,8 +243,8 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
 
     Args:
         tasks: the videos (``plan_job``).
-        model: the model each actor opens (:func:`open_model`; paths must exist on every
-            node: ``ModelRef.resolved``).
+        model: the model each actor opens (:func:`open_model`; its files are checked here,
+            before Ray starts, and must exist at the same paths on every node).
         opts: detection options.
         out: the job folder (storage every node sees).
         address: the cluster (``host:port``, ``ray://host:port``, ``auto``); None: a local Ray
@@ -186,7 +259,15 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
 
     Returns:
         The job summary (``finish_job``).
+
+    Raises:
+        EvadError: a model file missing here, or on a worker while the job runs (then after
+            the other videos, with ``job.json`` written), an address that is no Ray head node.
+        KeyboardInterrupt: Ctrl-C, or SIGTERM / SIGHUP where the caller turns them into it
+            (``evad-trt-run`` does): ``job.json`` written, Ray shut down if started here.
     """
+    # said here once, before Ray starts (each actor re-checks: the files can go meanwhile)
+    model = model.resolved()
     started = _init(address)
     try:
         resources = ray.cluster_resources()
@@ -214,8 +295,12 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
                                          disable=quiet, dynamic_ncols=True) as bar:
             # counters of earlier runs (an interrupted one leaves its folder): not this run's
             shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
+            unopened = ""  # why an actor could not open the model (its videos: not run)
             try:
                 for row in results.iter_rows():
+                    if row["error"]:  # read on: stopping here has Ray kill busy actors
+                        unopened = row["error"]
+                        continue
                     res = TaskResult.from_json(json.loads(row["result"]))
                     if ran.runner is None:
                         ran = replace(ran, **json.loads(row["model"]))
@@ -232,7 +317,12 @@ def run_job_ray(tasks: Sequence[VideoTask], model: ModelRef, opts: DetectOptions
                 raise
             finally:
                 shutil.rmtree(out / ATTEMPTS, ignore_errors=True)
-            job = finish_job(out, tasks, done, model, ran)
+            job = finish_job(out, tasks, done, model, ran, complete=not unopened)
+            if unopened:
+                raise EvadError(f"a Ray worker cannot open the model: {unopened}; its files "
+                                "must stay in place, at the same path on every node, while "
+                                f"the job runs: put them back and rerun with --resume "
+                                f"({job['not_run']} of {len(tasks)} videos not run)")
         job["ray_seconds"] = round(time.perf_counter() - t0, 3)
         return job
     finally:

@@ -14,9 +14,12 @@ run, a local job and a Ray job: the CLI opens it, a Ray actor opens it from its 
 
 from __future__ import annotations
 
-import glob
+import errno
+import fnmatch
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +31,7 @@ from evad.runner import Runner
 from evad.runtime.backends import open_runner
 from evad.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, open_live, open_video
 
-__all__ = ["LIST_EXTENSIONS", "ModelRef", "Source", "SourceKind"]
+__all__ = ["LIST_EXTENSIONS", "ModelRef", "SkippedInput", "Source", "SourceKind"]
 
 #: list files: one video per line (``#`` starts a comment), paths relative to the list file
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -43,18 +46,76 @@ def _is_glob(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class SkippedInput:
+    """An entry a job's folder or glob found that is no video the job can read (a dangling
+    link, a symlink loop, an unreadable file or folder, a folder link a glob does not follow,
+    a file inside the job's own ``--out``), and why: listed in ``job.json``, never dropped
+    silently.
+
+    path: the entry as found (not resolved). reason: why it is no input, one line.
+    """
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """``{path, reason}``."""
+        return asdict(self)
+
+
+#: why a file with no read permission is no input
+UNREADABLE = "not readable (permission denied)"
+#: why an entry that links to itself (directly or in a ring) is no input
+LOOP = "a symlink loop"
+
+
+def _stat(p: Path) -> os.stat_result | str:
+    """``p``'s status, links followed, or why it has none (a loop, a dangling link)."""
+    try:
+        return p.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return LOOP
+        if e.errno == errno.ENOENT:
+            return (f"a link to {os.readlink(p)}, which does not exist" if p.is_symlink()
+                    else "does not exist")
+        return f"cannot be read: {e.strerror}"
+
+
+def _unreadable(p: Path) -> str | None:
+    """Why ``p`` cannot be a job's video (a regular file it can read), None when it can;
+    links are followed (the data read is the target's; the name stays the link's)."""
+    st = _stat(p)
+    if isinstance(st, str):
+        return st
+    if stat.S_ISREG(st.st_mode) and not os.access(p, os.R_OK):
+        return UNREADABLE
+    return None
+
+
+def _skipped_text(skipped: list[SkippedInput]) -> str:
+    first = skipped[0]
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    return f"{len(skipped)} skipped: {first.path}: {first.reason}{more}"
+
+
+@dataclass(frozen=True)
 class Source:
     """An input argument, classified.
 
     text: the argument as given (a path, a pattern, a camera index or a URL).
     kind: what it names (:data:`SourceKind`).
-    videos: a job's videos in job order (sorted by path; a list file keeps its order); empty
-        for the other kinds.
+    videos: a job's videos in job order (sorted by path; a list file keeps its order), each
+        as named (a link stays the link: a job's ids are the names the user gave); empty for
+        the other kinds.
+    skipped: what a job's folder or glob found with a video's ending that it cannot read
+        (:class:`SkippedInput`), in path order.
     """
 
     text: str
     kind: SourceKind
     videos: tuple[Path, ...] = ()
+    skipped: tuple[SkippedInput, ...] = ()
 
     @property
     def is_job(self) -> bool:
@@ -73,44 +134,73 @@ class Source:
         ``?`` or ``[`` make no glob); a directory (of images: frames; of videos: a job); a list
         file (``LIST_EXTENSIONS``: one path per line, ``#`` starts a comment at a line's start
         or after a space, relative paths from the list's folder); a glob (``**`` recursive,
-        files with a video ending only) when no file has that name; else a video file (whether
-        it exists is :meth:`open`'s to say).
+        files with a video ending only, folder links a wildcard matches not followed: see
+        :class:`_Glob`) when no file has that name; else a video file (whether it exists is
+        :meth:`open`'s to say). A job's entries are named as found (a link keeps its own name);
+        a folder's or glob's entry with a video ending that cannot be read (a dangling link, a
+        loop, no read permission) is skipped, each in :attr:`skipped` with why.
 
         Raises:
-            VideoError: a directory with neither videos nor frames, or with both.
-            ConfigError: a glob that matches no video, a list file that names none or names a
-                missing file.
+            VideoError: a directory with neither videos nor frames, or with both, or that
+                cannot be listed.
+            ConfigError: a glob that matches no video it can read, a list file that names none
+                or names a file it cannot read (missing, a dangling link, a loop, unreadable).
         """
         text = os.fspath(text)
         if live_source(text) is not None:
             return cls(text, "live")
         p = Path(text)
         if p.is_dir():
-            entries = [q for q in p.iterdir() if q.is_file()]
-            images = sum(q.suffix.lower() in FRAME_EXTENSIONS for q in entries)
-            videos = sorted(q for q in entries if q.suffix.lower() in VIDEO_EXTENSIONS)
-            if images and videos:
-                raise VideoError(f"directory {p} holds {len(videos)} videos and {images} "
-                                 "images: a job of videos or a video as frames? Move one kind "
-                                 f"out, or name the videos with a glob ('{p}/*.mp4')")
-            if images:
-                return cls(text, "frames")
-            if not videos:
-                raise VideoError(f"directory {p} has no frames (images ending in "
-                                 f"{', '.join(FRAME_EXTENSIONS)}) and no videos (files ending "
-                                 f"in {', '.join(VIDEO_EXTENSIONS)})")
-            return cls(text, "job", tuple(videos))
+            return cls._folder(text, p)
         if p.is_file() and p.suffix.lower() in LIST_EXTENSIONS:
             return cls(text, "job", _read_list(p))
         if not p.exists() and _is_glob(text):
-            videos = sorted(Path(m) for m in glob.glob(text, recursive=True)
-                            if Path(m).is_file() and Path(m).suffix.lower() in VIDEO_EXTENSIONS)
+            videos, skipped = _Glob(p).expand()
             if not videos:
+                left = f"; {_skipped_text(skipped)}" if skipped else ""
                 raise ConfigError(f"{text!r} matches no video (files ending in "
-                                  f"{', '.join(VIDEO_EXTENSIONS)}; quote the pattern so the "
-                                  "shell leaves it to evad-trt-run)")
-            return cls(text, "job", tuple(videos))
+                                  f"{', '.join(VIDEO_EXTENSIONS)}{left}; quote the pattern so "
+                                  "the shell leaves it to evad-trt-run)")
+            return cls(text, "job", tuple(videos), tuple(skipped))
         return cls(text, "file")
+
+    @classmethod
+    def _folder(cls, text: str, p: Path) -> Source:
+        """A directory: its images (frames) or its videos (a job); a video-named entry it
+        cannot read (a dangling link, a loop, no read permission) is skipped, said why."""
+        try:
+            names = sorted(p.iterdir())
+        except OSError as e:
+            raise VideoError(f"directory {p} cannot be listed: {e.strerror}") from None
+        images, videos, skipped = 0, [], []
+        for q in names:
+            video = q.suffix.lower() in VIDEO_EXTENSIONS
+            st = _stat(q)
+            if isinstance(st, str):
+                if video:
+                    skipped.append(SkippedInput(str(q), st))
+            elif not stat.S_ISREG(st.st_mode):
+                continue
+            elif not video:
+                images += q.suffix.lower() in FRAME_EXTENSIONS
+            elif os.access(q, os.R_OK):
+                videos.append(q)
+            else:
+                skipped.append(SkippedInput(str(q), UNREADABLE))
+        if images and videos:
+            raise VideoError(f"directory {p} holds {len(videos)} videos and {images} "
+                             "images: a job of videos or a video as frames? Move one kind "
+                             f"out, or name the videos with a glob ('{p}/*.mp4')")
+        if images:
+            return cls(text, "frames")
+        if not videos:
+            if skipped:
+                raise VideoError(f"directory {p} has no video it can read "
+                                 f"({_skipped_text(skipped)})")
+            raise VideoError(f"directory {p} has no frames (images ending in "
+                             f"{', '.join(FRAME_EXTENSIONS)}) and no videos (files ending "
+                             f"in {', '.join(VIDEO_EXTENSIONS)})")
+        return cls(text, "job", tuple(videos), tuple(skipped))
 
     def open(self, fps: float | None = None) -> VideoInfo:
         """Check the one video this names and describe it (``evad.video.open_video``).
@@ -132,7 +222,8 @@ def _read_list(p: Path) -> tuple[Path, ...]:
     """The videos a list file names, in its order.
 
     Raises:
-        ConfigError: a missing file named (its line given), or no video named.
+        ConfigError: a file named that is missing, a dangling link, a loop or unreadable (its
+            line given), or no video named.
         EvadError: the list is empty, unreadable or not UTF-8 (file and line named).
     """
     videos = []
@@ -143,12 +234,106 @@ def _read_list(p: Path) -> tuple[Path, ...]:
         if not line:
             continue
         q = Path(line) if Path(line).is_absolute() else p.parent / line
-        if not q.exists():
-            raise ConfigError(f"{p} line {n}: {q} does not exist")
+        why = _unreadable(q)  # named one by one: what cannot be read is refused, not skipped
+        if why is not None:
+            raise ConfigError(f"{p} line {n}: {q}: {why}")
         videos.append(q)
     if not videos:
         raise ConfigError(f"video list {p} names no video (one path per line)")
     return tuple(videos)
+
+
+class _Glob:
+    """A glob's videos and what it skipped, found by walking its tree (``**``: any depth of
+    folders, hidden ones excluded as ``glob.glob`` excludes them) without following a folder
+    link that a wildcard matched: such a link can lead out of the tree or back into it (one to
+    ``..`` made ``glob.glob`` recurse until the paths grew too long). Folders the pattern spells
+    out are followed as named. Files, links included, keep the name they were found by.
+
+    Args:
+        pattern: the glob (``**`` recursive).
+    """
+
+    def __init__(self, pattern: Path) -> None:
+        parts = pattern.parts
+        i = next(i for i, part in enumerate(parts) if _is_glob(part))
+        self.root = Path(*parts[:i])  # "." for a pattern that starts with a wildcard
+        # "DIR/**" names every file below DIR, as "DIR/**/*"
+        self.pats = parts[i:] + (("*",) if parts[-1] == "**" else ())
+        self.real_root = Path(os.path.realpath(self.root))
+        self.found: set[Path] = set()
+        self.skipped: dict[Path, str] = {}
+        self.seen: set[tuple[int, int, int]] = set()
+
+    def expand(self) -> tuple[list[Path], list[SkippedInput]]:
+        """The videos it can read and what it skipped, each sorted by path."""
+        self._walk(self.root, 0)
+        return sorted(self.found), [SkippedInput(str(q), why)
+                                    for q, why in sorted(self.skipped.items())]
+
+    def _walk(self, d: Path, k: int) -> None:
+        """Match ``self.pats[k:]`` below the folder ``d``."""
+        pat = self.pats[k]
+        if pat == "**":
+            st = d.stat()
+            if (st.st_dev, st.st_ino, k) in self.seen:  # a bind mount of a folder above
+                return
+            self.seen.add((st.st_dev, st.st_ino, k))
+            self._walk(d, k + 1)
+            for sub in self._folders(d, "*"):
+                self._walk(sub, k)
+        elif k == len(self.pats) - 1:
+            for q in self._entries(d, pat):
+                if q.suffix.lower() not in VIDEO_EXTENSIONS:
+                    continue
+                why = _unreadable(q)
+                if why is not None:
+                    self.skipped.setdefault(q, why)
+                elif q.is_file():
+                    self.found.add(q)
+        elif not _is_glob(pat):
+            if (d / pat).is_dir():  # spelled out by the user: followed as named
+                self._walk(d / pat, k + 1)
+        else:
+            for sub in self._folders(d, pat):
+                self._walk(sub, k + 1)
+
+    def _entries(self, d: Path, pat: str) -> list[Path]:
+        """The entries of ``d`` that ``pat`` (one path component) matches, sorted; a name that
+        starts with ``.`` only for a pattern that does."""
+        if not _is_glob(pat):
+            return [d / pat] if os.path.lexists(d / pat) else []
+        try:
+            names = os.listdir(d)
+        except OSError as e:
+            self.skipped.setdefault(d, f"cannot be listed: {e.strerror}")
+            return []
+        return [d / n for n in sorted(names) if fnmatch.fnmatch(n, pat)
+                and (not n.startswith(".") or pat.startswith("."))]
+
+    def _folders(self, d: Path, pat: str) -> Iterator[Path]:
+        """The real folders in ``d`` that ``pat`` matches; a folder link or a loop it matches
+        is skipped, said why."""
+        for q in self._entries(d, pat):
+            if not q.is_symlink():
+                if q.is_dir():
+                    yield q
+                continue
+            st = _stat(q)
+            if isinstance(st, str):
+                if st == LOOP:  # a folder or a file, who knows: said; a dangling link is no
+                    self.skipped.setdefault(q, st)  # folder (skipped above if it is a video)
+            elif stat.S_ISDIR(st.st_mode):
+                self.skipped.setdefault(q, self._link_reason(d, q))
+
+    def _link_reason(self, d: Path, link: Path) -> str:
+        target = Path(os.path.realpath(link))
+        if Path(os.path.realpath(d)).is_relative_to(target):
+            return f"a link to {target}, a folder that holds it (a loop): not followed"
+        if not target.is_relative_to(self.real_root):
+            return f"a link to {target}, out of the tree {self.root}: not followed"
+        return (f"a link to the folder {target}: not followed (a glob walks each folder of its "
+                "tree by its own name)")
 
 
 def _path(text: str | None) -> Path | None:

@@ -10,21 +10,22 @@ The server is, in this order:
   plugin settings and the check that the backend's Python imports evad are the ones a
   deployment runs; every model.
 
-It listens on loopback unless ``--host`` says otherwise, waits until every model it loads is
-ready, prints the URLs, serves until Ctrl-C or SIGTERM and then stops the server and its
-Python-backend processes (exit 0).
+It serves gRPC on loopback: HTTP/JSON only with ``--http`` (tritonserver 2.51's HTTP/JSON front
+can be crashed by one request, an input shape of 10^12 elements; gRPC answers that request with
+an error), another address only with ``--host``. It waits until every model it loads is ready,
+prints the addresses, serves until Ctrl-C, SIGTERM or SIGHUP and then stops the server and its
+Python-backend processes (exit 0); if it is killed outright, a watchdog stops them
+(``evad.serving.triton_server``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -38,8 +39,9 @@ __all__ = ["main"]
 
 _EPILOG = """\
 examples:
-  evad-serve triton_repo                         # http://127.0.0.1:8000, grpc 127.0.0.1:8001
-  evad-serve triton_repo --http-port 0 --grpc-port 0      # free ports, printed
+  evad-serve triton_repo                         # gRPC 127.0.0.1:8001, no HTTP
+  evad-serve triton_repo --grpc-port 0           # a free port, printed
+  evad-serve triton_repo --http                  # HTTP/JSON too, http://127.0.0.1:8000
   evad-serve triton_repo --host 0.0.0.0          # every interface: other hosts can send requests
 
 The server: the local environment's tritonserver (EVAD_TRITON_ENV, default
@@ -69,13 +71,16 @@ def parser() -> argparse.ArgumentParser:
                         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repository", type=Path, help="the model repository (evad-triton-repo)")
     ap.add_argument("--host", type=_ipv4, default="127.0.0.1",
-                    help="address HTTP and gRPC listen on (default 127.0.0.1: this machine "
+                    help="address the server listens on (default 127.0.0.1: this machine "
                     "only; 0.0.0.0 serves other hosts, with no authentication)")
     port = number(0, 65535, integer=True)
-    ap.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000; "
-                    "0: a free one)")
     ap.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; "
                     "0: a free one)")
+    ap.add_argument("--http", action="store_true", help="serve HTTP/JSON too (off by default: "
+                    "tritonserver 2.51's HTTP/JSON front can be crashed by one request, an "
+                    "input shape of 10^12 elements; gRPC answers it with an error)")
+    ap.add_argument("--http-port", type=port, help="HTTP port, with --http (default 8000; 0: "
+                    "a free one)")
     ap.add_argument("--model", action="append", metavar="NAME", help="load only this model "
                     "(repeatable; default: every model, or evad alone with the local server)")
     ap.add_argument("--log", type=Path, help="tritonserver's log file (default: a temporary "
@@ -94,17 +99,13 @@ class _LaunchScriptServer(TritonServer):
         if not launch.is_file():
             raise EvadError(f"{self.repository} has no launch.sh: write the repository with "
                             "evad-triton-repo")
-        if self.log is None:
-            fd, name = tempfile.mkstemp(prefix="evad-tritonserver-", suffix=".log")
-            os.close(fd)
-            self.log, self._own_log = Path(name), True
-        self._choose_ports()
+        # a neutral working directory, as the base class's (the stub puts it on sys.path)
+        self._prepare()
         cmd = ["sh", str(launch), str(self.repository), "--host", self.host,
-               f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}"]
+               *(["--http", f"--http-port={self.http_port}"] if self.http else []),
+               f"--grpc-port={self.grpc_port}"]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
-        # a neutral working directory, as the base class's (the stub puts it on sys.path)
-        self._tmp = tempfile.TemporaryDirectory(prefix="evad-tritonserver-")
         return self._launch(cmd)
 
 
@@ -132,8 +133,8 @@ def _server(args: argparse.Namespace, repo: Path, models: list[str]) -> tuple[Tr
         if local and load is None:  # its server has no ONNX Runtime or TensorRT backend
             load = [VIDEO_MODEL] if VIDEO_MODEL in models else models
         server = kind(repo, env=env, ready_timeout_s=args.ready_timeout, log=args.log,
-                      models=load, host=args.host, http_port=args.http_port,
-                      grpc_port=args.grpc_port)
+                      models=load, host=args.host, grpc_port=args.grpc_port, http=args.http,
+                      http_port=args.http_port if args.http else 0)
         return server, (f"the local tritonserver in {env}" if local
                         else f"{found} through launch.sh")
     raise EvadError(f"no tritonserver: none on PATH and no server environment at {env}; make "
@@ -142,13 +143,19 @@ def _server(args: argparse.Namespace, repo: Path, models: list[str]) -> tuple[Tr
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM stops the server the way Ctrl-C does."""
+    """SIGTERM and SIGHUP stop the server the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     prog = "evad-serve"
+    if args.http_port is not None and not args.http:
+        ap.error("--http-port needs --http (HTTP is off by default: tritonserver 2.51's "
+                 "HTTP/JSON front can be crashed by one request)")
+    if args.http and args.http_port is None:
+        args.http_port = 8000
     state = {"started": False}
 
     def body() -> int:
@@ -161,23 +168,26 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise EvadError(f"--model {', '.join(unknown)}: not in {repo} (it holds "
                             f"{', '.join(models)})")
-        _check_port_free(args.host, args.http_port, "--http-port")
+        if args.http:
+            _check_port_free(args.host, args.http_port, "--http-port")
         _check_port_free(args.host, args.grpc_port, "--grpc-port")
         server, which = _server(args, repo, models)
         previous = {s: signal.signal(s, h) for s, h in (
-            (signal.SIGTERM, _raise_interrupt), (signal.SIGINT, signal.default_int_handler))}
+            (signal.SIGTERM, _raise_interrupt), (signal.SIGHUP, _raise_interrupt),
+            (signal.SIGINT, signal.default_int_handler))}
         try:
             server.start()
             state["started"] = True
-            ready = sorted(m["name"] for m in server.index() if m.get("state") == "READY")
+            ready = sorted(m for m, why in server.model_states().items() if why == "READY")
             left = sorted(set(models) - set(ready))
             local = not isinstance(server, _LaunchScriptServer)
             why = ("; the local server has the Python backend only"
                    if local and args.model is None else "")
             print(f"{prog}: serving {repo} with {which}: models {', '.join(ready)}"
                   + (f" (not loaded: {', '.join(left)}{why})" if left else "")
-                  + f"\n{prog}: HTTP http://{server.http_url}, gRPC {server.grpc_url}"
-                  f"{'' if args.host == '127.0.0.1' else f' (listening on {args.host})'}; "
+                  + f"\n{prog}: gRPC {server.grpc_url}"
+                  + (f", HTTP http://{server.http_url}" if args.http else " (HTTP off: --http)")
+                  + f"{'' if args.host == '127.0.0.1' else f' (listening on {args.host})'}; "
                   f"log {server.log}; Ctrl-C stops it", flush=True)
             if args.host != "127.0.0.1":
                 print(f"{prog}: warning: listening on {args.host}: anyone who reaches this "
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvadError(f"tritonserver exited by itself with code {code} (log "
                             f"{server.log}): {tail}")
         finally:
+            server.stop(keep_log=True)  # nothing to do after a stop above; else not left running
             for s, h in previous.items():
                 signal.signal(s, h)
 

@@ -2,7 +2,8 @@
 
 Nothing here needs the rest of evad: it is what a client does with ``tritonclient`` alone (the
 README shows the same calls), kept here so the tests and ``python -m evad.serving.triton_client``
-use exactly that.
+use exactly that. It talks gRPC (``tritonclient.grpc``): the servers this project starts serve
+gRPC only unless asked (tritonserver 2.51's HTTP/JSON front can be crashed by one request).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import numpy as np
 from evad.lazy import lazy_import
 
 if TYPE_CHECKING:
-    import tritonclient.http as httpclient
+    import tritonclient.grpc as grpcclient
 else:
-    httpclient = lazy_import("tritonclient.http", "pip install 'evad-deploy[triton]'")
+    grpcclient = lazy_import("tritonclient.grpc", "pip install 'evad-deploy[triton]'")
 
 __all__ = ["detect", "load_test"]
 
@@ -29,31 +30,34 @@ MODEL = "evad"
 
 
 def detect(client: Any, *, video: bytes | None = None, frames: np.ndarray | None = None,
-           model: str = MODEL, **parameters: Any) -> tuple[list[dict], list[str]]:
+           model: str = MODEL, timeout_s: float | None = None,
+           **parameters: Any) -> tuple[list[dict], list[str]]:
     """One request: (the keyframes' JSON objects, the AVA CSV rows).
 
     Args:
-        client: a ``tritonclient.http.InferenceServerClient``.
+        client: a ``tritonclient.grpc.InferenceServerClient``.
         video: an encoded video file's bytes, or
         frames: one clip, (T, H, W, 3) uint8 BGR.
+        timeout_s: give up waiting for the answer after this long (s); default never.
         parameters: request parameters (``video_id``, ``time``, ``keyframe_stride``,
             ``person_threshold``).
 
     Raises:
-        tritonclient.utils.InferenceServerException: the server's error, one line.
+        tritonclient.utils.InferenceServerException: the server's error, one line (a bad
+            request's ``status()`` is ``StatusCode.INVALID_ARGUMENT``, HTTP's 400).
     """
     if video is not None:
         arr = np.frombuffer(video, np.uint8)
-        inp = httpclient.InferInput("VIDEO", [arr.size], "UINT8")
+        inp = grpcclient.InferInput("VIDEO", [arr.size], "UINT8")
     elif frames is not None:
         arr = np.ascontiguousarray(frames)
-        inp = httpclient.InferInput("FRAMES", list(arr.shape), "UINT8")
+        inp = grpcclient.InferInput("FRAMES", list(arr.shape), "UINT8")
     else:
         raise ValueError("pass video= or frames=")
-    inp.set_data_from_numpy(arr, binary_data=True)
-    outs = [httpclient.InferRequestedOutput(n, binary_data=True)
-            for n in ("DETECTIONS", "AVA_CSV")]
-    res = client.infer(model, [inp], outputs=outs, parameters=parameters or None)
+    inp.set_data_from_numpy(arr)
+    outs = [grpcclient.InferRequestedOutput(n) for n in ("DETECTIONS", "AVA_CSV")]
+    res = client.infer(model, [inp], outputs=outs, parameters=parameters or None,
+                       client_timeout=timeout_s)
     lines = [json.loads(b) for b in res.as_numpy("DETECTIONS")]
     rows = [b.decode() for b in res.as_numpy("AVA_CSV")]
     return lines, rows
@@ -63,8 +67,8 @@ def load_test(url: str, clips: Sequence[np.ndarray], *, clients: int = 3,
               requests: int = 4, model: str = MODEL, timeout_s: float = 120.0
               ) -> dict[str, Any]:
     """``clients`` threads each send ``requests`` clip requests (cycling through ``clips``) to
-    ``url`` (loopback) and wait for every answer. Bounded: a fixed count, and each request's
-    ``timeout_s``; it stops by itself.
+    ``url`` (gRPC ``host:port``) and wait for every answer. Bounded: a fixed count, and each
+    request's ``timeout_s``; it stops by itself.
 
     Returns:
         ``{requests, answered, errors, seconds, requests_per_s, latency_ms_p50, latency_ms_p95}``.
@@ -74,14 +78,13 @@ def load_test(url: str, clips: Sequence[np.ndarray], *, clients: int = 3,
     lock = threading.Lock()
 
     def worker(k: int) -> None:
-        client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s,
-                                                  network_timeout=timeout_s)
+        client = grpcclient.InferenceServerClient(url)
         try:
             for i in range(requests):
                 t = time.perf_counter()
                 try:
                     lines, _ = detect(client, frames=clips[(k * requests + i) % len(clips)],
-                                      model=model)
+                                      model=model, timeout_s=timeout_s)
                     ok = len(lines) == 1
                 except Exception as e:  # noqa: BLE001 - counted, reported
                     ok, lines = False, [str(e)]
@@ -115,12 +118,13 @@ def load_test(url: str, clips: Sequence[np.ndarray], *, clients: int = 3,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m evad.serving.triton_client --url 127.0.0.1:8000 --frames F H W``: a load
+    """``python -m evad.serving.triton_client --url 127.0.0.1:8001 --frames F H W``: a load
     test with random clips (the server's answers, not their content, are measured)."""
     ap = argparse.ArgumentParser(prog="python -m evad.serving.triton_client",
                                  description="Bounded load test of a Triton server's evad model "
                                  "(clip requests; prints throughput).")
-    ap.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port")
+    ap.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC host:port "
+                    "(default 127.0.0.1:8001)")
     ap.add_argument("--frames", type=int, nargs=3, default=[16, 180, 320],
                     metavar=("T", "H", "W"), help="clip size (default 16 180 320)")
     ap.add_argument("--clients", type=int, default=3)

@@ -24,7 +24,7 @@ The server trusts nothing in a request:
   then refused by FFmpeg too), OpenCV 4.11 (the Triton environment's, tested) ignores it, so the
   magic-byte allow-list is the defence that holds on every build.
 - One request is bounded (:class:`VideoLimits`, the config's ``max_video_*`` parameters,
-  defaults ``evad.serving.triton_repo.VIDEO_LIMITS``: 600 s, 36000 frames, 4096 x 4096 pixels):
+  defaults ``evad.serving.triton_repo.VIDEO_LIMITS``: 120 s, 3600 frames, 4096 x 4096 pixels):
   a VIDEO whose container announces more, or FRAMES larger than the size bound, is refused
   before any detection, and a VIDEO that decodes to more keyframes than its announced bound
   allows (a container that under-announces) is stopped when it passes it.

@@ -35,7 +35,8 @@ from evad.errors import ConfigError
 from evad.hashing import file_sha256
 from evad.metadata import load_detector
 
-__all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_LIMITS", "VIDEO_MODEL", "config_text",
+__all__ = ["DETECTOR_ONNX", "DETECTOR_PLAN", "VIDEO_INSTANCES", "VIDEO_LIMITS", "VIDEO_MODEL",
+           "config_text",
            "python_config_text", "write_repository"]
 
 DETECTOR_ONNX, DETECTOR_PLAN, VIDEO_MODEL = "evad_onnx", "evad_plan", "evad"
@@ -112,14 +113,20 @@ def config_text(name: str, platform: str, model: onnx.ModelProto, meta: dict[str
 
 
 #: the default bounds of one request to the evad model (its config's parameters): a VIDEO of
-#: at most 600 s and 36000 frames (600 s at 60 fps), a VIDEO or FRAMES of at most 4096 x 4096
-#: pixels; a larger one is refused in one line before any detection
-VIDEO_LIMITS = {"max_video_seconds": 600.0, "max_video_frames": 36000, "max_video_width": 4096,
+#: at most 120 s and 3600 frames (120 s at 30 fps), a VIDEO or FRAMES of at most 4096 x 4096
+#: pixels; a larger one is refused in one line before any detection. One request holds a model
+#: instance until it is answered: 10,000 frames held it for 130 s on a CPU (13 ms a frame), past
+#: a client's 60 s timeout for the clips behind it; 3600 frames take about 47 s there
+VIDEO_LIMITS = {"max_video_seconds": 120.0, "max_video_frames": 3600, "max_video_width": 4096,
                 "max_video_height": 4096}
+
+#: the evad model's default instance count: a long VIDEO request holds one, clip requests are
+#: answered by the other
+VIDEO_INSTANCES = 2
 
 
 def python_config_text(detector_file: str, backend: str, meta: dict[str, Any],
-                       instances: int = 1) -> str:
+                       instances: int = VIDEO_INSTANCES) -> str:
     """The Python-backend model's ``config.pbtxt``: a request carries either ``VIDEO`` (an
     encoded video file's bytes) or ``FRAMES`` (one clip: the model's ``num_frames`` frames,
     uint8 H x W x 3 BGR as OpenCV decodes them); the answer is ``DETECTIONS`` (one JSON object
@@ -128,13 +135,17 @@ def python_config_text(detector_file: str, backend: str, meta: dict[str, Any],
 
     Its ``parameters`` hold the detection settings and the bounds of one request
     (:data:`VIDEO_LIMITS`: a VIDEO's seconds and frames, a VIDEO's or FRAMES' width and height
-    in pixels); an operator may edit them before starting the server."""
+    in pixels); an operator may edit them before starting the server. ``instances`` (default
+    :data:`VIDEO_INSTANCES`): requests answered at once, each instance a process with its own
+    detector (memory, on a GPU its engine, times ``instances``)."""
     t = int(meta.get("num_frames", 16))
     params = {"detector": detector_file, "backend": backend, "keyframe_stride": "1.0",
               "action_threshold": "0.5", "top_k": "5", "csv_min_score": "0.0",
               **{k: str(v) for k, v in VIDEO_LIMITS.items()}}
     return (f'name: "{VIDEO_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
-            "# one request's bounds (max_video_*): a larger VIDEO or FRAMES is refused (HTTP 400)\n"
+            "# one request's bounds (max_video_*): a larger VIDEO or FRAMES is refused (HTTP 400,\n"
+            "# gRPC INVALID_ARGUMENT); a request holds an instance until answered, so with\n"
+            f"# {instances} instances a long VIDEO does not hold up the clips behind it\n"
             "input [\n"
             '  { name: "VIDEO" data_type: TYPE_UINT8 dims: [ -1 ] optional: true },\n'
             f'  {{ name: "FRAMES" data_type: TYPE_UINT8 dims: [ {t}, -1, -1, 3 ] '
@@ -158,18 +169,24 @@ def _launch_script(with_plan: bool) -> str:
     needs = " ".join(f"'{r}'" for r in SERVE_REQUIREMENTS if not r.startswith("numpy"))
     return ("#!/usr/bin/env sh\n"
             "# Serve this repository with NVIDIA Triton Inference Server. In its container:\n"
-            "#   docker run --gpus all -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 \\\n"
+            "#   docker run --gpus all -p 127.0.0.1:8001:8001 \\\n"
             "#     -v \"$PWD\":/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\\n"
             "#     sh /models/launch.sh /models --host 0.0.0.0\n"
-            "# (docker's -p reaches a server bound to 0.0.0.0 in the container; its 127.0.0.1:\n"
-            "# prefix keeps the ports on this host). The evad model (Python backend) needs\n"
-            "# evad-deploy in the backend's Python, python3: add --install WHEEL (the wheel\n"
-            "# from pip wheel --no-deps . in a checkout) or bake it into an image\n"
-            "# (docs/environment.md).\n"
-            "# Usage: launch.sh [REPOSITORY] [--host ADDR] [--install WHEEL] [--skip-check]\n"
-            "#                  [tritonserver options...]\n"
-            "#   --host ADDR      where HTTP, gRPC and metrics listen (default 127.0.0.1: this\n"
-            "#                    machine only; 0.0.0.0 serves other hosts)\n"
+            "# Inside a container it needs --host 0.0.0.0: docker's -p forwards to the\n"
+            "# container's own interface, which a server on the container's 127.0.0.1 never\n"
+            "# sees; the 127.0.0.1: prefix of -p keeps the published port on this host.\n"
+            "# The evad model (Python backend) needs evad-deploy in the backend's Python,\n"
+            "# python3: add --install WHEEL (the wheel from pip wheel --no-deps . in a\n"
+            "# checkout) or bake it into an image (docs/environment.md).\n"
+            "# Usage: launch.sh [REPOSITORY] [--host ADDR] [--http] [--install WHEEL]\n"
+            "#                  [--skip-check] [tritonserver options...]\n"
+            "#   --host ADDR      where gRPC (port 8001), metrics (8002) and HTTP listen\n"
+            "#                    (default 127.0.0.1: this machine only; 0.0.0.0 serves other\n"
+            "#                    hosts, with no authentication)\n"
+            "#   --http           serve HTTP/JSON too (port 8000). Off by default: the HTTP/JSON\n"
+            "#                    front of tritonserver 2.51 can be crashed by one request (an\n"
+            "#                    input shape of 10^12 elements aborts it); gRPC answers that\n"
+            "#                    request with an error\n"
             "#   --install WHEEL  pip install the wheel and what the evad model needs into\n"
             "#                    python3\n"
             "#   --skip-check     start without checking that python3 imports evad (to serve the\n"
@@ -178,11 +195,13 @@ def _launch_script(with_plan: bool) -> str:
             'case "${1:-}" in ""|-*) ;; *) here="$1"; shift ;; esac\n'
             'here="$(cd "$here" && pwd)"\n'
             "host=127.0.0.1\n"
+            "http=false\n"
             "check=1\n"
             'while [ $# -gt 0 ]; do\n'
             '  case "$1" in\n'
             '    --host) host="${2:?launch.sh: --host needs an address}"; shift 2 ;;\n'
             '    --host=*) host="${1#--host=}"; shift ;;\n'
+            '    --http) http=true; shift ;;\n'
             '    --install)\n'
             '      wheel="${2:?launch.sh: --install needs the evad-deploy wheel}"; shift 2\n'
             "      # its runtime first, keeping the numpy the backend's stub was built with, then\n"
@@ -207,7 +226,8 @@ def _launch_script(with_plan: bool) -> str:
                'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"\n' if with_plan else "")
             + "exec tritonserver --model-repository=\"$here\" \\\n"
             + plugins +
-            '  --http-address="$host" --grpc-address="$host" \\\n'
+            '  --grpc-address="$host" --metrics-address="$host" --allow-http="$http" \\\n'
+            '  --http-address="$host" \\\n'
             "  --disable-auto-complete-config --strict-readiness=true \"$@\"\n")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import importlib
 import importlib.util
 import json
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,6 +51,20 @@ def read_frames(path) -> list:
 
 #: in CI a missing tool or extra fails its tests instead of skipping them
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def server_env() -> Path:
+    """The Triton server's environment (``bash .ci/triton_env.sh``): skipped without one,
+    except in CI, which must have it."""
+    from evad.serving.triton_server import triton_env
+
+    env = triton_env()
+    if not (env / "bin" / "python").exists():
+        if IN_CI:
+            pytest.fail(f"CI: no Triton server environment at {env} (bash .ci/triton_env.sh)")
+        pytest.skip(f"no Triton server environment at {env}: bash .ci/triton_env.sh")
+    return env
 
 
 def skip_or_fail(reason: str) -> NoReturn:
@@ -153,3 +170,84 @@ def exported_onnx(tmp_path_factory):
 def sample_mp4(tmp_path_factory) -> Path:
     """4 s of 320 x 180 synthetic video at 10 fps (40 frames: fewer than one clip's 64)."""
     return make_video(tmp_path_factory.mktemp("video") / "sample.mp4", 4.0, 320, 180, 10.0)
+
+
+class MjpegStream:
+    """A loopback MJPEG server (standard library only) sending ``frames`` (JPEG bytes, or any
+    bytes in their place) at ``fps`` to each client, then closing: how a dropped stream looks
+    to the client. ``sessions``: one entry per connection, with when its first and last frame
+    were sent."""
+
+    def __init__(self, frames: list[bytes], fps: float) -> None:
+        self.frames, self.fps = frames, fps
+        # one entry per connection, in order (evad-trt-run probes the stream, then reconnects)
+        self.sessions: list[dict[str, float]] = []
+        stream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                t0 = time.monotonic()
+                session = {"first_sent": 0.0, "last_sent": float("inf")}
+                stream.sessions.append(session)
+                try:
+                    for i, jpg in enumerate(stream.frames):
+                        time.sleep(max(0.0, t0 + i / stream.fps - time.monotonic()))
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                        self.wfile.flush()
+                        if i == 0:
+                            session["first_sent"] = time.monotonic()
+                    session["last_sent"] = time.monotonic()
+                except (BrokenPipeError, ConnectionResetError):  # the probe hangs up early
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a query string, as many IP cameras need: a live URL, not a glob
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cam/front.mjpg?res=320"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> MjpegStream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def container_path(folder: Path, server_env: Path,
+                   options: str = "--allow-metrics=false") -> str:
+    """A ``PATH`` like NVIDIA's Triton container's: ``folder/container-bin/tritonserver`` (the
+    server environment's tritonserver wrapped with its backend folder, libraries and
+    ``options``) and a ``python3`` that has evad (the server environment's)."""
+    import subprocess
+
+    probe = ("import importlib.util, sys, sysconfig; "
+             "print(importlib.util.find_spec('pytriton').submodule_search_locations[0]); "
+             "print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_config_var('LIBDIR'))")
+    pytriton, version, libdir = subprocess.run(
+        [str(server_env / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+        check=True).stdout.split()
+    ts = Path(pytriton) / "tritonserver"
+    backend = folder / "backends" / "python"
+    backend.mkdir(parents=True)
+    for f in (ts / "backends" / "python" / "libtriton_python.so",
+              ts / "backends" / "python" / "triton_python_backend_utils.py",
+              ts / "python_backend_stubs" / version / "triton_python_backend_stub"):
+        (backend / f.name).symlink_to(f)
+    bin_ = folder / "container-bin"
+    bin_.mkdir()
+    shim = bin_ / "tritonserver"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'export LD_LIBRARY_PATH="{libdir}:{Path(pytriton).parent / "nvidia_pytriton.libs"}"\n'
+        f'exec "{ts / "bin" / "tritonserver"}" --backend-directory="{backend.parent}" '
+        f'--cache-directory="{ts / "caches"}" {options} --exit-timeout-secs=5 "$@"\n')
+    shim.chmod(0o755)
+    return f"{bin_}{os.pathsep}{server_env / 'bin'}{os.pathsep}{os.environ['PATH']}"

@@ -8,7 +8,6 @@ with complete outputs and one line saying the stream stopped.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import threading
@@ -17,58 +16,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import make_video, read_frames
+from conftest import MjpegStream, make_video, read_frames
 
 from evad.runtime.cli import main
 
 FPS = 20.0
 SECONDS = 5.0
-
-
-class _Stream:
-    """A loopback MJPEG server sending ``frames`` at ``fps`` to each client, then closing."""
-
-    def __init__(self, frames: list[bytes], fps: float) -> None:
-        self.frames, self.fps = frames, fps
-        # one entry per connection, in order (evad-trt-run probes the stream, then reconnects)
-        self.sessions: list[dict[str, float]] = []
-        stream = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                t0 = time.monotonic()
-                session = {"first_sent": 0.0, "last_sent": float("inf")}
-                stream.sessions.append(session)
-                try:
-                    for i, jpg in enumerate(stream.frames):
-                        time.sleep(max(0.0, t0 + i / stream.fps - time.monotonic()))
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
-                        self.wfile.flush()
-                        if i == 0:
-                            session["first_sent"] = time.monotonic()
-                    session["last_sent"] = time.monotonic()
-                except (BrokenPipeError, ConnectionResetError):  # the probe hangs up early
-                    pass
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # a query string, as many IP cameras need: a live URL, not a glob
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cam/front.mjpg?res=320"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Stream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +48,7 @@ def test_live_stream_detections_arrive_while_it_plays(tmp_path, capfd, jpeg_fram
             seen.append((time.monotonic(), n))
             time.sleep(0.02)
 
-    with _Stream(jpeg_frames, FPS) as stream:
+    with MjpegStream(jpeg_frames, FPS) as stream:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
@@ -157,7 +110,7 @@ def test_ctrl_c_ends_a_live_run_with_complete_outputs(tmp_path, jpeg_frames, tin
 
     out = tmp_path / "live"
     staged = out / ".evad-staging" / "detections.jsonl"
-    with _Stream(jpeg_frames * 4, FPS) as stream:  # 20 s: longer than the test waits
+    with MjpegStream(jpeg_frames * 4, FPS) as stream:  # 20 s: longer than the test waits
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from evad.runtime.cli import main; "
              "sys.exit(main(sys.argv[1:]))", stream.url, "--onnx", str(tiny_onnx), "--out",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_video, require
 
+from evad.errors import EvadError
 from evad.runtime.cli import main
 from evad.runtime.job import plan_job
 from evad.runtime.source import ModelRef
@@ -22,7 +24,12 @@ from evad.runtime.video_run import DetectOptions
 ray = require("ray", "ray")
 require("ray.data", "ray")
 
-from evad.runtime.ray_job import ATTEMPTS, open_model, run_job_ray  # noqa: E402
+from evad.runtime.ray_job import (  # noqa: E402
+    ATTEMPTS,
+    _check_reachable,
+    open_model,
+    run_job_ray,
+)
 
 ARGS = ("--person-threshold", "0.05", "--keyframe-stride", "0.5", "--quiet")
 
@@ -184,3 +191,37 @@ def test_counts_left_by_earlier_runs_do_not_count(tmp_path, capfd, cluster, tiny
     results = json.loads((job / "job.json").read_text())["results"]
     assert [(r["video_id"], r["status"]) for r in results] == [("a", "done"), ("b", "done")]
     assert not (job / ATTEMPTS).exists()
+
+
+def _vanishing_opener(path: str):
+    """Deletes the model file, then opens it: the file gone after the driver checked it (while
+    Ray started), before a worker opens it."""
+    def opener(model):
+        Path(path).unlink(missing_ok=True)
+        return open_model(model)
+    return opener
+
+
+def test_a_model_that_vanished_is_one_line_naming_it(cluster, job, tmp_path, tiny_onnx, capfd):
+    d, _ = job
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, model)
+    out = tmp_path / "ray-gone"
+    tasks = plan_job(sorted(d.glob("*.mp4")), out)
+    opts = DetectOptions(person_threshold=0.05, keyframe_stride=0.5)
+    with pytest.raises(EvadError) as e:
+        run_job_ray(tasks, ModelRef(onnx=str(model), backend="ort"), opts, out, quiet=True,
+                    actors=1, opener=_vanishing_opener(str(model)))
+    msg = str(e.value)
+    assert msg.startswith(f"a Ray worker cannot open the model: ONNX model {model} does not "
+                          "exist;") and "rerun with --resume (4 of 4 videos not run)" in msg
+    assert "\n" not in msg and "Traceback" not in capfd.readouterr().err  # no actor died
+    summary = json.loads((out / "job.json").read_text())
+    assert (summary["complete"], summary["done"], summary["not_run"]) == (False, 0, 4)
+    assert not (out / ATTEMPTS).exists()
+
+
+def test_a_ray_head_node_passes_the_address_check(cluster):
+    """The gRPC handshake that refuses a web server (tests/test_ray_safety.py) takes a real
+    GCS: it answers with an HTTP/2 SETTINGS frame."""
+    _check_reachable(ray.get_runtime_context().gcs_address, timeout=2)

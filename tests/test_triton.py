@@ -13,14 +13,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import IN_CI, read_frames, require
+from conftest import read_frames, require
 
 from evad.runtime.cli import main as run_main
 from evad.sampling import clip_indices
-from evad.serving.triton_repo import write_repository
-from evad.serving.triton_server import TritonServer, triton_env
+from evad.serving.triton_repo import VIDEO_LIMITS, write_repository
+from evad.serving.triton_server import TritonServer
 
-tritonclient = require("tritonclient.http", "triton")
+tritonclient = require("tritonclient.grpc", "triton")
 model_config_pb2 = require("tritonclient.grpc.model_config_pb2", "triton")
 from google.protobuf import text_format  # noqa: E402 - after the extra's check
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -67,10 +67,17 @@ def test_configs_parse_as_triton_model_config(tmp_path, tiny_onnx):
     assert py_cfg.backend == "python" and py_cfg.max_batch_size == 0
     assert {i.name: i.optional for i in py_cfg.input} == {"VIDEO": True, "FRAMES": True}
     assert list(py_cfg.input[1].dims) == [16, -1, -1, 3]
+    # two instances: a long VIDEO request holds one, clips get the other (issue #28)
+    assert [(g.count, g.kind) for g in py_cfg.instance_group] == [
+        (2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert {k: py_cfg.parameters[k].string_value for k in VIDEO_LIMITS} == {
+        "max_video_seconds": "120.0", "max_video_frames": "3600", "max_video_width": "4096",
+        "max_video_height": "4096"}
     assert (repo / "evad_onnx" / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
     assert (repo / "evad_plan" / "1" / "model.plan").read_bytes() == b"plan bytes"
     launch = (repo / "launch.sh").read_text()
     assert '--backend-config=tensorrt,plugins="$here/evad_plan/libevad_plugins.so"' in launch
+    assert '--allow-http="$http"' in launch and '--metrics-address="$host"' in launch
     assert 'export EVAD_PLUGIN_LIB_DIR="$here/evad_plan"' in launch
     assert os.access(repo / "launch.sh", os.X_OK)
     # refusals leave nothing behind
@@ -85,12 +92,7 @@ def test_configs_parse_as_triton_model_config(tmp_path, tiny_onnx):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_onnx):
-    env = triton_env()
-    if not (env / "bin" / "python").exists():
-        if IN_CI:
-            pytest.fail(f"CI: no Triton server environment at {env} (bash .ci/triton_env.sh)")
-        pytest.skip(f"no Triton server environment at {env}: bash .ci/triton_env.sh")
+def server(tmp_path_factory, tiny_onnx, server_env):
     repo = write_repository(tmp_path_factory.mktemp("triton") / "repo", tiny_onnx, gpu=False)
     with TritonServer(repo, models=["evad"]) as s:
         yield s
@@ -106,7 +108,7 @@ def reference(tmp_path_factory, sample_mp4, tiny_onnx):
 
 
 def _client(server):
-    return tritonclient.InferenceServerClient(server.http_url, network_timeout=120)
+    return tritonclient.InferenceServerClient(server.grpc_url)
 
 
 def test_video_request_equals_evad_trt_run(server, reference, sample_mp4):
@@ -165,9 +167,9 @@ def test_bad_requests_get_errors_and_serving_goes_on(server, sample_mp4):
 
 
 def test_untrusted_video_gets_400_naming_its_format_and_serving_goes_on(server, sample_mp4):
-    """A playlist naming a file on the server's disk (issue #28): HTTP 400, one line naming the
-    format, the same whether the file exists or not; a parameter error is 400 too; then a good
-    request is answered."""
+    """A playlist naming a file on the server's disk (issue #28): a bad request (gRPC
+    INVALID_ARGUMENT, HTTP's 400), one line naming the format, the same whether the file exists
+    or not; a parameter error is one too; then a good request is answered."""
     client = _client(server)
 
     def refusal(**kw) -> tuple[str | None, str]:
@@ -181,11 +183,12 @@ def test_untrusted_video_gets_400_naming_its_format_and_serving_goes_on(server, 
 
     want = ("cannot open VIDEO: it is an HLS playlist (text), not a video container; send the "
             "bytes of an mp4/avi/mkv/webm/ts file")
-    assert refusal(video=playlist(sample_mp4)) == ("400", want)
-    assert refusal(video=playlist(sample_mp4.with_name("missing.ts"))) == ("400", want)
+    bad = "StatusCode.INVALID_ARGUMENT"
+    assert refusal(video=playlist(sample_mp4)) == (bad, want)
+    assert refusal(video=playlist(sample_mp4.with_name("missing.ts"))) == (bad, want)
     status, msg = refusal(video=f"ffconcat version 1.0\nfile {sample_mp4}\n".encode())
-    assert status == "400" and "an FFmpeg concat list (text)" in msg and "\n" not in msg
-    assert refusal(frames=np.zeros((16, 60, 80, 3), np.uint8), color="red")[0] == "400"
+    assert status == bad and "an FFmpeg concat list (text)" in msg and "\n" not in msg
+    assert refusal(frames=np.zeros((16, 60, 80, 3), np.uint8), color="red")[0] == bad
     assert server.models_ready()
     lines, rows = detect(client, video=sample_mp4.read_bytes(), video_id="sample",
                          person_threshold=THRESHOLD)
@@ -195,7 +198,7 @@ def test_untrusted_video_gets_400_naming_its_format_and_serving_goes_on(server, 
 def test_bounded_load_test_answers_every_request(server, capsys):
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (16, 90, 160, 3), np.uint8) for _ in range(3)]
-    report = load_test(server.http_url, clips, clients=3, requests=4)
+    report = load_test(server.grpc_url, clips, clients=3, requests=4)
     with capsys.disabled():
         print(f"\ntriton load test (loopback, tiny model, CPU): {json.dumps(report)}")
     assert report["answered"] == report["requests"] == 12 and report["errors"] == []

@@ -156,7 +156,7 @@ def test_the_bounds_are_said_in_the_model_config(tmp_path):
     for k, v in VIDEO_LIMITS.items():
         assert f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' in text
     assert VideoLimits.from_config({k: str(v) for k, v in VIDEO_LIMITS.items()}) == VideoLimits()
-    assert VideoLimits() == VideoLimits(600.0, 36000, 4096, 4096)
+    assert VideoLimits() == VideoLimits(120.0, 3600, 4096, 4096)
     assert VideoLimits.from_config({"max_video_seconds": "5"}).max_seconds == 5.0
     for bad in ("0", "-1", "nan", "many"):
         with pytest.raises(ConfigError, match="max_video_frames = .* is not a positive int"):

@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from conftest import IN_CI, ROOT, read_frames, require
+from conftest import ROOT, container_path, read_frames, require
 
 from evad.runtime.video_run import DetectOptions
 from evad.sampling import clip_indices
 from evad.serving.triton_client import detect
 from evad.serving.triton_repo import SERVE_REQUIREMENTS, write_repository
-from evad.serving.triton_server import triton_env
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -150,19 +149,9 @@ def test_wheel_installs_in_a_fresh_venv(wheel_venv):
 
 
 @pytest.fixture(scope="module")
-def http():
-    """``tritonclient.http`` (the ``triton`` extra): only the serving tests need it."""
-    return require("tritonclient.http", "triton")
-
-
-@pytest.fixture(scope="module")
-def server_env() -> Path:
-    env = triton_env()
-    if not (env / "bin" / "python").exists():
-        if IN_CI:
-            pytest.fail(f"CI: no Triton server environment at {env} (bash .ci/triton_env.sh)")
-        pytest.skip(f"no Triton server environment at {env}: bash .ci/triton_env.sh")
-    return env
+def grpc():
+    """``tritonclient.grpc`` (the ``triton`` extra): only the serving tests need it."""
+    return require("tritonclient.grpc", "triton")
 
 
 def test_triton_env_runs_this_checkout_without_torch(server_env, wheel):
@@ -220,7 +209,7 @@ def _start_serve(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen,
         if not line:
             break
         lines.append(line.rstrip("\n"))
-        if "HTTP http://" in line:
+        if ": gRPC " in line:
             return proc, lines
     proc.kill()
     out, err = proc.communicate()
@@ -255,24 +244,24 @@ def _expected(tiny_onnx: Path, clip, params: dict) -> tuple[list[dict], list[str
     return [json.loads(x) for x in lines], rows
 
 
-def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, http, server_env,
+def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, grpc, server_env,
                                                           wheel_venv, tiny_onnx, sample_mp4):
     repo = _tiny_repo(tmp_path, tiny_onnx)
     env = {**os.environ, "EVAD_TRITON_ENV": str(server_env)}
     t = time.monotonic()
     proc, lines = _start_serve([str(wheel_venv / "bin" / "evad-serve"), str(repo),
-                                "--http-port", "0", "--grpc-port", "0"], env)
+                                "--grpc-port", "0"], env)
     ready_s = time.monotonic() - t
     try:
         assert lines[0] == (f"evad-serve: serving {repo} with the local tritonserver in "
                             f"{server_env}: models evad (not loaded: evad_onnx; the local "
                             "server has the Python backend only)")
-        m = re.search(r"HTTP http://([\d.]+):(\d+), gRPC ([\d.]+):(\d+)", lines[1])
-        assert m and m[1] == m[3] == "127.0.0.1", lines
+        m = re.search(r"gRPC ([\d.]+):(\d+) \(HTTP off: --http\);", lines[1])
+        assert m and m[1] == "127.0.0.1", lines
         url = f"{m[1]}:{m[2]}"
         clip = _one_clip(sample_mp4)
         params = {"time": 2.0, "video_id": "sample", "person_threshold": 0.05}
-        client = http.InferenceServerClient(url, network_timeout=120)
+        client = grpc.InferenceServerClient(url)
         got = detect(client, frames=clip, **params)
         client.close()  # a connection still open holds the server for its exit timeout
         want = _expected(tiny_onnx, clip, params)
@@ -288,57 +277,36 @@ def test_evad_serve_answers_on_loopback_and_stops_cleanly(tmp_path, http, server
         socket.create_connection((m[1], int(m[2])), timeout=2).close()
 
 
-def _container_path(tmp_path: Path, server_env: Path) -> str:
-    """A ``PATH`` like NVIDIA's container: ``tritonserver`` (here the wheel's, wrapped with its
-    backend folder and libraries) and a ``python3`` that has evad (the server environment's)."""
-    probe = ("import importlib.util, sys, sysconfig; "
-             "print(importlib.util.find_spec('pytriton').submodule_search_locations[0]); "
-             "print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_config_var('LIBDIR'))")
-    pytriton, version, libdir = _run([str(server_env / "bin" / "python"), "-c",
-                                      probe]).stdout.split()
-    ts = Path(pytriton) / "tritonserver"
-    backend = tmp_path / "backends" / "python"
-    backend.mkdir(parents=True)
-    for f in (ts / "backends" / "python" / "libtriton_python.so",
-              ts / "backends" / "python" / "triton_python_backend_utils.py",
-              ts / "python_backend_stubs" / version / "triton_python_backend_stub"):
-        (backend / f.name).symlink_to(f)
-    bin_ = tmp_path / "container-bin"
-    bin_.mkdir()
-    shim = bin_ / "tritonserver"
-    shim.write_text(
-        "#!/bin/sh\n"
-        f'export LD_LIBRARY_PATH="{libdir}:{Path(pytriton).parent / "nvidia_pytriton.libs"}"\n'
-        f'exec "{ts / "bin" / "tritonserver"}" --backend-directory="{backend.parent}" '
-        f'--cache-directory="{ts / "caches"}" --allow-metrics=false --exit-timeout-secs=5 '
-        '"$@"\n')
-    shim.chmod(0o755)
-    return f"{bin_}{os.pathsep}{server_env / 'bin'}{os.pathsep}{os.environ['PATH']}"
-
-
-def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, http, server_env,
+def test_evad_serve_in_the_container_goes_through_launch_sh(tmp_path, grpc, server_env,
                                                             tiny_onnx, sample_mp4):
     repo = _tiny_repo(tmp_path, tiny_onnx)
-    env = {**os.environ, "PATH": _container_path(tmp_path, server_env),
+    env = {**os.environ, "PATH": container_path(tmp_path, server_env),
            "EVAD_TRITON_ENV": str(tmp_path / "none")}  # no local server: the PATH one
     # another loopback address: --host reaches launch.sh and tritonserver binds it
     log = tmp_path / "tritonserver.log"
     proc, lines = _start_serve([sys.executable, "-m", "evad.serving.cli", str(repo),
-                                "--host", "127.0.0.2", "--http-port", "0", "--grpc-port", "0",
+                                "--host", "127.0.0.2", "--http", "--http-port", "0",
+                                "--grpc-port", "0",
                                 "--model", "evad", "--log", str(log)], env)
     try:
         assert lines[0] == (f"evad-serve: serving {repo} with {tmp_path}/container-bin/"
                             "tritonserver through launch.sh: models evad (not loaded: "
                             "evad_onnx)")
-        m = re.search(r"HTTP http://([\d.]+):(\d+), gRPC ([\d.]+):(\d+) \(listening on "
+        m = re.search(r"gRPC ([\d.]+):(\d+), HTTP http://([\d.]+):(\d+) \(listening on "
                       r"127\.0\.0\.2\)", lines[1])
         assert m and m[1] == m[3] == "127.0.0.2", lines
         clip = _one_clip(sample_mp4)
-        client = http.InferenceServerClient(f"{m[1]}:{m[2]}", network_timeout=120)
+        client = grpc.InferenceServerClient(f"{m[1]}:{m[2]}")
         got = detect(client, frames=clip, time=1.0)
         assert got == _expected(tiny_onnx, clip, {"time": 1.0})
-        # SIGTERM with the client still connected: tritonserver waits its exit timeout (5 s
-        # here) for it, then gives up with code 1; evad-serve says so and still exits 0
+        client.close()
+        # SIGTERM with an HTTP client still connected (--http): tritonserver waits its exit
+        # timeout (5 s here) for it, then gives up with code 1; evad-serve says so, exits 0
+        import http.client
+
+        keep_alive = http.client.HTTPConnection(m[3], int(m[4]), timeout=30)
+        keep_alive.request("GET", "/v2/health/ready")
+        assert keep_alive.getresponse().status == 200
         t = time.monotonic()
         out, err = _stop_serve(proc, signal.SIGTERM, repo)
         assert 5 <= time.monotonic() - t < 30
@@ -381,11 +349,13 @@ def test_launch_sh_checks_evad_and_binds_loopback(tmp_path, tiny_onnx, wheel_ven
     _run(["sh", str(repo / "launch.sh"), str(repo), "--install", str(wheel),
           "--log-verbose=1"], env={**os.environ, "PATH": path})
     assert args.read_text().splitlines() == [
-        f"--model-repository={repo}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
-        "--disable-auto-complete-config", "--strict-readiness=true", "--log-verbose=1"]
+        f"--model-repository={repo}", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+        "--allow-http=false", "--http-address=127.0.0.1", "--disable-auto-complete-config",
+        "--strict-readiness=true", "--log-verbose=1"]
     _run(["sh", str(repo / "launch.sh"), "--host", "0.0.0.0"], env={**os.environ, "PATH": path})
-    assert args.read_text().splitlines()[1:3] == ["--http-address=0.0.0.0",
-                                                  "--grpc-address=0.0.0.0"]
+    assert args.read_text().splitlines()[1:5] == ["--grpc-address=0.0.0.0",
+                                                  "--metrics-address=0.0.0.0",
+                                                  "--allow-http=false", "--http-address=0.0.0.0"]
 
 
 def test_evad_serve_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, capsys):
@@ -395,7 +365,7 @@ def test_evad_serve_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, caps
     monkeypatch.setenv("EVAD_TRITON_ENV", str(tmp_path / "none"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     cases = [
-        ([str(repo), "--http-port", "0", "--grpc-port", "0"],
+        ([str(repo), "--grpc-port", "0"],
          f"no tritonserver: none on PATH and no server environment at {tmp_path / 'none'}; "
          "make one with bash .ci/triton_env.sh in a checkout (or set EVAD_TRITON_ENV), or run "
          "in NVIDIA's container nvcr.io/nvidia/tritonserver:<yy.mm>-py3"),
@@ -408,7 +378,7 @@ def test_evad_serve_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, caps
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cases.append(([str(repo), "--http-port", "0", "--grpc-port", str(port)],
+        cases.append(([str(repo), "--grpc-port", str(port)],
                       f"port {port} on 127.0.0.1 is taken (another server?): pass --grpc-port "
                       "with another port, or 0 for a free one"))
         for argv, line in cases:
