@@ -29,12 +29,14 @@ from evad.engines.cli import (
 )
 from evad.errors import ConfigError, EvadError
 from evad.export.exporter import Exporter, ParityCheck
+from evad.export.int8 import DEFAULT_CLIPS, MIN_CLIPS, Calibration, plan_calibration
 from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
 from evad.lazy import lazy_import
 from evad.models.presets import PRESETS
 from evad.plugins import library_path
 from evad.runner import Runner
 from evad.runtime.backends import open_runner
+from evad.runtime.calibration import calibration_clips
 from evad.serving.triton_repo import write_repository
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ examples:
   evad-export --ckpt vitb_ktp.pth --keep-rate 0.6      # run a 0.7-trained model at 0.6
   evad-export --ckpt vitb_ktp.pth --fp16               # ... -> TensorRT fp16 engine
   evad-export --preset tiny --onnx-only                # random weights, for trying the tools
+  evad-export --ckpt vitb_ktp.pth --onnx-only --int8 --calib videos/   # + calibrated INT8 ONNX
   evad-export --ckpt vitb_ktp.pth --fp16 --triton triton_repo   # ... + a Triton repository
 
 The ONNX graph: inputs clip (B, 3, 16, H, W) float32 normalised and zero padded, image_size
@@ -93,6 +96,17 @@ def _export_parser() -> argparse.ArgumentParser:
                     help=f"ONNX opset (default {DEFAULT_OPSET}, >= 17)")
     add_precision_arguments(ap)
     ap.add_argument("--onnx-only", action="store_true", help="stop after the ONNX file")
+    q = ap.add_argument_group("calibrated INT8 (ONNX Runtime / OpenVINO on the CPU, "
+                              "--precision int8)")
+    q.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx: the "
+                   "export as explicit Q/DQ INT8 (ONNX Runtime's quantize_static), calibrated on "
+                   "--calib; needs --onnx-only")
+    q.add_argument("--calib", type=Path, default=None, metavar="DATA", help="calibration data: "
+                   "a folder of videos (a clip each second) or an AVA-format dataset (its "
+                   "annotated keyframes; evad-train --make-data makes one)")
+    q.add_argument("--calib-clips", type=number(MIN_CLIPS, 100000, integer=True),
+                   default=DEFAULT_CLIPS, metavar="N", help=f"calibration clips, spread evenly "
+                   f"over DATA (default {DEFAULT_CLIPS}, at least {MIN_CLIPS})")
     add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
     ap.add_argument("--parity-clips", type=number(0, 1000, integer=True), default=1,
                     help="seeded clips for the ONNX Runtime parity check (0 skips it); the "
@@ -130,6 +144,15 @@ def _export(args: argparse.Namespace) -> int:
         check_output_dir(args.triton, "--triton")
     batch = engine_batch(args.engine_batch)
     precision = precision_of(args)
+    plan = None
+    if args.int8 or args.calib is not None:
+        if args.calib is None or not args.int8:
+            raise ConfigError("--int8 and --calib DATA go together: --int8 --calib DATA writes "
+                              "the calibrated INT8 ONNX")
+        if not args.onnx_only:
+            raise ConfigError("--int8 makes an INT8 ONNX for ONNX Runtime and OpenVINO on the "
+                              "CPU; an INT8 TensorRT engine is not built yet: add --onnx-only")
+        plan = plan_calibration(args.calib, args.calib_clips)  # bad data: refused here
     if not args.onnx_only:
         missing = missing_message(precision)
         if missing:
@@ -145,6 +168,7 @@ def _export(args: argparse.Namespace) -> int:
     check = ParityCheck(args.parity_clips, args.seed, _open_ort) if args.parity_clips else None
     exporter = Exporter(args.height, args.width, made_by="evad-export", opset=args.opset,
                         precision=precision, parity=check, progress=not q,
+                        calibration=Calibration(plan, calibration_clips) if plan else None,
                         log=lambda step, m: _log(step, m, q))
     done = exporter(out, ckpt=args.ckpt, preset=args.preset, seed=args.seed,
                     keep_rate=args.keep_rate)
@@ -179,6 +203,8 @@ def _export(args: argparse.Namespace) -> int:
              + ", ".join(f"{o} {e.backend_max:.1e} ({e.ratio:.2g}x)"
                          for o, e in report.oracle.items())
              + f"; {out.with_suffix('.parity.json')}" if report else "")
+          + (f"\n  int8: {done.int8_path} (Q/DQ, calibrated on {plan.clips} clips of "
+             f"{plan.data}; run it with --precision int8)" if done.int8_path and plan else "")
           + (f"\n  engine: {engine_path} ({precision})" if engine_path else "")
           + (f"\n  triton repository: {repo}" if repo else ""))
     return 0

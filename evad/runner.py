@@ -207,6 +207,8 @@ class BackendRow:
         return self.precisions if self.set_at == "run" else ("fp32",)
 
 
+#: ``int8`` is the calibrated Q/DQ ONNX of ``evad-export --int8 --calib DATA``: the file is
+#: int8 (its metadata says so), the runner only runs it; ``auto`` takes ONNX Runtime for it.
 #: Every backend x device, fastest first: ``auto`` takes the first row whose model file is at
 #: hand, that runs the asked precision (its ``auto`` column) and can run here. docs/design.md
 #: ("One runner interface") shows it as a table; tests/test_backend_table.py checks that every
@@ -216,9 +218,9 @@ BACKEND_TABLE: tuple[BackendRow, ...] = (
                True),
     BackendRow("ort", "cuda", "onnx", ("fp32",), "run", ("fp32",), True),
     BackendRow("torch", "cuda", "ckpt", ("fp32", "bf16"), "run", ("fp32", "bf16"), False),
-    BackendRow("openvino", "cpu", "onnx", ("fp32", "bf16", "bf16-int8w"), "run",
+    BackendRow("openvino", "cpu", "onnx", ("fp32", "bf16", "bf16-int8w", "int8"), "run",
                ("bf16", "bf16-int8w"), True),
-    BackendRow("ort", "cpu", "onnx", ("fp32",), "run", ("fp32",), True),
+    BackendRow("ort", "cpu", "onnx", ("fp32", "int8"), "run", ("fp32", "int8"), True),
     BackendRow("torch", "cpu", "ckpt", ("fp32", "bf16"), "run", ("fp32", "bf16"), False),
 )
 

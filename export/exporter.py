@@ -20,6 +20,7 @@ Torch-free at import (``evad-export`` refuses bad requests before torch loads,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -31,26 +32,30 @@ from evad.atomic import write_json_atomic
 from evad.errors import ConfigError
 from evad.export.sizes import DEFAULT_OPSET, validate_size
 from evad.lazy import lazy_import
-from evad.metadata import write_metadata
+from evad.metadata import read_metadata, write_metadata
 from evad.models.presets import Preset
 from evad.runner import Runner
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
     from evad import models
-    from evad.export import metadata, onnx_export, parity
+    from evad.export import int8, metadata, onnx_export, parity
     from evad.models import flops
     from evad.models.evad import EVAD
 else:
     torch = lazy_import("torch", "pip install torch")
+    onnx = lazy_import("onnx", "pip install onnx")
     models = lazy_import("evad.models", "pip install torch")
     flops = lazy_import("evad.models.flops", "pip install torch")
     metadata = lazy_import("evad.export.metadata", "pip install torch")
     onnx_export = lazy_import("evad.export.onnx_export", "pip install torch onnx onnxscript")
     parity = lazy_import("evad.export.parity", "pip install torch")
+    int8 = lazy_import("evad.export.int8", "pip install onnx onnxruntime")
 
-__all__ = ["ExportFormat", "Exported", "Exporter", "ParityCheck", "export_formats"]
+__all__ = ["ExportFormat", "Exported", "Exporter", "ParityCheck", "export_formats",
+           "write_int8"]
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,27 @@ class Exported:
     export_s: float
     #: the parity report (None: not checked); when it failed, nothing was moved into place
     report: parity.ParityReport | None = None
+    #: the INT8 Q/DQ ONNX beside ``path`` (None: not asked for) and its metadata
+    int8_path: Path | None = None
+    int8_meta: dict[str, Any] | None = None
 
     @property
     def written(self) -> bool:
         """Whether the ONNX is in place (not refused by parity)."""
         return self.report is None or self.report.passed
+
+
+def write_int8(src: Path, dst: Path, calibration: int8.Calibration, *,
+               progress: bool = False) -> dict[str, Any]:
+    """The INT8 Q/DQ ONNX of the fp32 export ``src`` at ``dst`` (``evad.export.int8.quantize``),
+    with its metadata: ``src``'s, ``precision`` int8 and the ``quantization`` record. Returns
+    that metadata. Write ``dst`` into a staging folder (an interrupt then leaves nothing)."""
+    meta = metadata.int8_metadata(read_metadata(src), int8.quantize(src, dst, calibration,
+                                                                     progress=progress))
+    model = onnx.load(str(dst))
+    write_metadata(model, meta)
+    onnx.save_model(model, str(dst))
+    return meta
 
 
 def _memory_check(p: Preset, height: int, width: int) -> None:
@@ -161,7 +182,9 @@ class Exporter:
         precision: the precision asked of the engine built from this ONNX, recorded in the
             metadata (the ONNX itself is fp32).
         parity: the parity step (None: none).
-        progress: draw the parity progress bar (stderr).
+        progress: draw the parity and calibration progress bars (stderr).
+        calibration: also write the INT8 Q/DQ ONNX (``<name>.int8.onnx``), calibrated on this
+            plan's clips (``evad.export.int8.Calibration``; None: no INT8).
         log: told each step as ``log(step, message)``, step ``export`` or ``parity``.
 
     Raises:
@@ -170,7 +193,7 @@ class Exporter:
 
     def __init__(self, height: int, width: int, *, made_by: str, opset: int = DEFAULT_OPSET,
                  precision: str = "fp32", parity: ParityCheck | None = None,
-                 progress: bool = False,
+                 progress: bool = False, calibration: int8.Calibration | None = None,
                  log: Callable[[str, str], None] | None = None) -> None:
         validate_size(height, width)
         if opset < 17:
@@ -180,6 +203,7 @@ class Exporter:
         self.made_by, self.opset, self.precision = made_by, opset, precision
         self.parity = parity if parity is not None and parity.clips > 0 else None
         self.progress = progress
+        self.calibration = calibration
         self._log = log or (lambda step, msg: None)
 
     def __call__(self, out: str | os.PathLike, *, ckpt: str | os.PathLike | None = None,
@@ -233,9 +257,26 @@ class Exporter:
                       f"in {export_s:.1f} s")
             report = self._check(model, staged, staging.folder, out) if self.parity else None
             done = Exported(out, meta, p, gflops, export_s, report)
+            if done.written and self.calibration is not None:
+                done = self._int8(done, staged, staging.folder)
             if done.written:
                 staging.commit()
         return done
+
+    def _int8(self, done: Exported, staged: Path, folder: Path) -> Exported:
+        """The INT8 Q/DQ ONNX of the staged export, calibrated and written into the staging
+        folder (it moves into place with the fp32 ONNX; an interrupt leaves neither)."""
+        assert self.calibration is not None  # only called with a calibration
+        plan = self.calibration.plan
+        name = done.path.name.removesuffix(_suffix("onnx")) + int8.INT8_SUFFIX
+        self._log("int8", f"calibrating on {plan.clips} clips of {plan.data} ({plan.kind}) ...")
+        t0 = time.perf_counter()
+        meta = write_int8(staged, folder / name, self.calibration, progress=self.progress)
+        kept = meta["quantization"]["float_nodes"]
+        self._log("int8", f"wrote {done.path.parent / name} in {time.perf_counter() - t0:.1f} s "
+                  f"({', '.join(int8.QUANTIZED_OPS)} quantized; {len(kept)} kept in float: "
+                  "the pruning importance's inputs)")
+        return dataclasses.replace(done, int8_path=done.path.parent / name, int8_meta=meta)
 
     def _load(self, ckpt: str | os.PathLike | None, preset: str | Preset | None, seed: int,
               keep_rate: float | None) -> tuple[EVAD, dict[str, Any]]:

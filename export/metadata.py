@@ -13,7 +13,7 @@ from evad.models.flops import token_counts
 from evad.models.labels import synthetic_only, trained_on
 from evad.models.presets import Preset, preset_metadata
 
-__all__ = ["PROVENANCE_KEYS", "build_metadata", "preset_of"]
+__all__ = ["PROVENANCE_KEYS", "build_metadata", "int8_metadata", "preset_of"]
 
 #: the keys that say where an export came from, not what it is: the tool that made it (command
 #: and torch version) and the weights (a checkpoint's SHA-256, or the seed of a preset's random
@@ -52,6 +52,14 @@ def build_metadata(preset: Preset, height: int, width: int, opset: int, *,
         "checkpoint_sha256": checkpoint_sha256,
         **({} if random_seed is None else {"random_seed": random_seed}),
     }
+
+
+def int8_metadata(meta: dict[str, Any], quantization: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of the INT8 Q/DQ ONNX made from an fp32 export with metadata ``meta``: the
+    same keys, ``precision`` int8 (what runners read: the file is int8), and ``quantization``
+    (``evad.export.int8.quantize``'s record: method, calibration data, clip count and SHA-256,
+    the nodes kept in float)."""
+    return {**meta, "precision": "int8", "quantization": quantization}
 
 
 def preset_of(meta: dict[str, Any]) -> Preset:

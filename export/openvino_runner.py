@@ -23,6 +23,7 @@ from evad.cache import cache_dir
 from evad.command import check_input_file, one_line
 from evad.errors import BackendError, ConfigError
 from evad.export.openvino_graph import openvino_graph, tensor_dims
+from evad.export.ort_runner import file_precision
 from evad.hashing import onnx_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
@@ -37,7 +38,7 @@ __all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16", "openvino_ca
 
 #: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8)
 OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
-                       "bf16-int8w": ("bf16", True)}
+                       "bf16-int8w": ("bf16", True), "int8": ("f32", False)}
 
 
 def openvino_cache_dir() -> str:
@@ -75,7 +76,8 @@ class OpenVinoRunner(RunnerBase):
         path: the ``.onnx`` from evad-export.
         precision: ``"fp32"``, ``"bf16"`` or ``"bf16-int8w"`` (bf16 with every MatMul weight
             stored as int8: ``evad.export.openvino_graph.int8_matmul_weights``); bf16 needs a
-            CPU with native bf16 (AVX512-BF16 or AMX).
+            CPU with native bf16 (AVX512-BF16 or AMX); ``"int8"``: the calibrated Q/DQ export
+            (``evad-export --int8``), which runs as int8 at the default fp32 too.
         threads: inference threads (0 = OpenVINO's default, one per core).
 
     Raises:
@@ -94,6 +96,15 @@ class OpenVinoRunner(RunnerBase):
         self.metadata = read_metadata(self.path)
         self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}",
                                             onnx_sha256(self.path))
+        # the calibrated Q/DQ export (evad-export --int8) is int8 whatever is asked at the
+        # default fp32: OpenVINO runs its Q/DQ pairs in int8, the float rest at f32
+        is_int8 = file_precision(self.metadata) == "int8"
+        if precision == "int8" and not is_int8:
+            raise ConfigError(f"{self.path} is an fp32 export; --precision int8 runs the INT8 "
+                              "export (evad-export --int8 --calib DATA)")
+        if is_int8 and precision not in ("fp32", "int8"):
+            raise ConfigError(f"{self.path} is the INT8 export: run it with --precision int8")
+        precision = "int8" if is_int8 else precision
         self.precision = precision
         core = ov.Core()
         hint, int8_weights = OPENVINO_PRECISIONS[precision]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 else:
     ort = lazy_import("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu for CUDA)")
 
-__all__ = ["CPU", "CUDA", "OrtRunner", "available_providers"]
+__all__ = ["CPU", "CUDA", "OrtRunner", "available_providers", "file_precision"]
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -43,6 +43,13 @@ def available_providers() -> list[str]:
     """
     have = ort.get_available_providers()
     return [p for p in (CUDA, CPU) if p in have]
+
+
+def file_precision(meta: dict) -> str:
+    """What an ONNX export computes in, from its evad metadata: ``int8`` for the calibrated
+    Q/DQ export (``evad-export --int8``), else ``fp32`` (the ``precision`` key of an fp32
+    export names the engine precision asked of it, not the file's)."""
+    return "int8" if meta.get("precision") == "int8" else "fp32"
 
 
 #: the graph's signature as the runtime reads it: name -> (ONNX Runtime type, rank)
@@ -84,6 +91,9 @@ class OrtRunner(RunnerBase):
             False = CPU only.
         threads: intra-op threads (0 = onnxruntime's default).
         shrink_arena: with ``cpu_arena``, give the CPU arena back after every run.
+        precision: ``int8`` to require the calibrated Q/DQ export (``evad-export --int8``);
+            None or ``fp32``: whatever the file is (an int8 export runs as int8: the
+            precision is the file's, read from its metadata).
         cpu_arena: pool CPU allocations in ONNX Runtime's arena (off by default). The arena
             keeps the largest activations of every run and grows by doubling: vit_b_ktp at
             288x512 peaked at 2.66 GB with it and 1.96 GB without, for 8.3 s against 9.3 s a
@@ -96,10 +106,15 @@ class OrtRunner(RunnerBase):
     """
 
     def __init__(self, path: str | os.PathLike, cuda: bool | None = None, threads: int = 0,
-                 shrink_arena: bool = False, cpu_arena: bool = False) -> None:
+                 shrink_arena: bool = False, cpu_arena: bool = False,
+                 precision: str | None = None) -> None:
         self.path = check_input_file(path, "ONNX model")
-        self.backend, self.precision = "ort", "fp32"
         self.metadata = read_metadata(self.path)
+        self.backend, self.precision = "ort", file_precision(self.metadata)
+        if precision not in (None, "fp32", self.precision):
+            raise BackendError(f"{self.path} is an fp32 export: ONNX Runtime runs it at fp32 "
+                               f"(--precision {precision} needs the INT8 export: evad-export "
+                               "--int8 --calib DATA)")
         self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}",
                                             onnx_sha256(self.path))
         providers = available_providers()

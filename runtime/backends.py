@@ -113,7 +113,8 @@ def _open_row(row: BackendRow, file: Path | None, precision: str, threads: int,
         return TrtRunner(file)
     if row.backend == "ort":
         assert file is not None
-        return OrtRunner(file, cuda=ort_cuda, threads=threads, shrink_arena=shrink_arena)
+        return OrtRunner(file, cuda=ort_cuda, threads=threads, shrink_arena=shrink_arena,
+                         precision=precision)
     if row.backend == "openvino":
         assert file is not None
         return openvino_runner.OpenVinoRunner(file, precision, threads)

@@ -60,7 +60,7 @@ def test_the_table_says_what_runs_where() -> None:
     rows = {(r.backend, r.device): r for r in BACKEND_TABLE}
     assert list(rows) == [("trt", "cuda"), ("ort", "cuda"), ("torch", "cuda"),
                           ("openvino", "cpu"), ("ort", "cpu"), ("torch", "cpu")]
-    assert RUN_PRECISIONS == ("fp32", "bf16", "bf16-int8w")
+    assert RUN_PRECISIONS == ("fp32", "bf16", "bf16-int8w", "int8")
     assert ENGINE_PRECISIONS == ("fp32", "tf32", "fp16", "bf16")
     assert {b: r.model for (b, _), r in rows.items()} == {
         "trt": "engine", "ort": "onnx", "torch": "ckpt", "openvino": "onnx"}

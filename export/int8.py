@@ -1,0 +1,292 @@
+"""Calibrated INT8: an fp32 export -> an explicit Q/DQ ONNX (``QuantizeLinear`` /
+``DequantizeLinear`` around the matrix products), calibrated on clips of the user's data.
+
+Why ONNX Runtime's ``quantize_static`` (docs/design.md, "Calibrated INT8"): it is installed
+with the runtime already (onnxruntime), writes standard ONNX Q/DQ that ONNX Runtime, OpenVINO
+and TensorRT's explicit quantization all read, keeps the graph's ``evad`` custom nodes and their
+model-local functions, and takes the graph as exported (no ``quant_pre_process``: its symbolic
+shape inference does not know the ``evad`` ops, and the quantizer's own ONNX shape inference
+suffices). NNCF is not installed here; NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and
+onnxruntime-gpu ~= 1.24 and cannot share this environment.
+
+The settings are those TensorRT's explicit quantization needs (and ONNX Runtime's CPU kernels
+take): QDQ format, int8 activations and weights, both symmetric (zero point 0), weights per
+output channel; MinMax calibration, whose augmented graph reduces each tensor to its min and
+max in the graph, so a clip costs a few numbers, not its activations (the histogram methods,
+Percentile and Entropy, keep every clip's activations, and measured no better here).
+
+What stays float, and why: only ``MatMul``, ``Gemm`` and ``Conv`` are quantized, so the ``evad``
+ops (``KeyframeTopKPrune``, ``RoIAlign3D``), attention's softmax, LayerNorm and every other op
+run in float; and the linear layers whose outputs feed a pruning block's importance (the qkv
+projection before each ``KeyframeTopKPrune``) stay float too, so int8 rounding cannot move which
+tokens survive (:func:`float_nodes`). The list goes into the metadata.
+
+:func:`plan_calibration` checks the data and picks the keyframes without torch or a model (bad
+input is refused before any work); :func:`quantize` runs the calibration on the clips a
+:data:`ClipSource` makes of the plan and writes the file. The clips are the runtime's own
+(``evad.runtime.calibration.calibration_clips``, on its ``ClipProducer``): the clips
+``evad-trt-run`` feeds the model, through the one clip path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evad.ava_csv import read_rows
+from evad.command import check_input_dir, one_line
+from evad.errors import ConfigError, EvadError
+from evad.hashing import file_sha256
+from evad.lazy import lazy_import
+from evad.metadata import read_metadata
+from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
+from evad.sampling import expected_keyframes
+from evad.video import VIDEO_EXTENSIONS, open_video, sniff_container
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime import quantization as ortq
+else:
+    onnx = lazy_import("onnx", "pip install onnx")
+    ort = lazy_import("onnxruntime", "pip install onnxruntime")
+    ortq = lazy_import("onnxruntime.quantization", "pip install onnxruntime")
+
+__all__ = ["CALIBRATION_STRIDE_S", "DEFAULT_CLIPS", "INT8_SUFFIX", "MIN_CLIPS", "QUANTIZED_OPS",
+           "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "plan_calibration",
+           "quantize"]
+
+#: the fewest calibration clips taken: MinMax keeps each tensor's extremes over the clips, so a
+#: handful of clips sets ranges that fit those scenes only (and one clip is what the bar refuses);
+#: eight at 1 s spacing span several scenes even from one short video (measured on the tiny
+#: model in docs/design.md, "Calibrated INT8")
+MIN_CLIPS = 8
+#: clips taken by default (at most; spread evenly over the data)
+DEFAULT_CLIPS = 32
+#: the INT8 file's suffix: ``<name>.int8.onnx`` beside ``<name>.onnx``
+INT8_SUFFIX = ".int8.onnx"
+#: the op types quantized; everything else runs in float
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+#: seconds between calibration keyframes: AVA's one annotation per second, as the runtime's
+#: default
+CALIBRATION_STRIDE_S = 1.0
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """The calibration data, checked, and the keyframes chosen from it.
+
+    data: the folder given. kind: ``AVA-format dataset`` or ``folder of videos``.
+    picks: (video, keyframe indices at 1 s spacing) per video used, in file-name order.
+    sha256: SHA-256 over each used file's name and bytes (and the annotations of a dataset)
+    and the chosen keyframes: what the metadata records as the data's hash.
+    """
+
+    data: Path
+    kind: str
+    picks: tuple[tuple[Path, tuple[int, ...]], ...]
+    sha256: str
+
+    @property
+    def clips(self) -> int:
+        """How many clips calibration takes."""
+        return sum(len(k) for _, k in self.picks)
+
+
+#: makes a plan's clips for a model: (clip (1, 3, T, H, W) float32, image_size (1, 2) int64)
+#: per chosen keyframe, in plan order (``evad.runtime.calibration.calibration_clips``)
+ClipSource = Callable[[CalibrationPlan, ModelSpec], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What an INT8 export calibrates on: the checked ``plan`` and the ``clips`` source that
+    makes its clips (the runtime's, handed in by the command: this stage cannot import it)."""
+
+    plan: CalibrationPlan
+    clips: ClipSource
+
+
+def _videos(folder: Path) -> list[Path]:
+    """The files of ``folder`` whose first bytes start a container this project reads."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.stat().st_size > 0:
+            try:
+                if sniff_container(p).container:
+                    out.append(p)
+            except OSError:
+                continue
+    return out
+
+
+def plan_calibration(data: str | os.PathLike, clips: int = DEFAULT_CLIPS) -> CalibrationPlan:
+    """Check calibration data and choose ``clips`` keyframes from it, spread evenly; no model
+    and no torch needed, so a command refuses bad data before any work.
+
+    ``data`` is an AVA-format dataset (``annotations.csv`` + ``videos/<id>.mp4``: its annotated
+    keyframes) or a folder of videos (a keyframe every second of each).
+
+    Raises:
+        ConfigError: ``clips`` below :data:`MIN_CLIPS`; EvadError: the folder is missing, holds
+            no video, or fewer keyframes than :data:`MIN_CLIPS`, or a video cannot be opened
+            (one line naming it and saying what to give instead).
+    """
+    if clips < MIN_CLIPS:
+        raise ConfigError(f"--calib-clips {clips}: calibration takes at least {MIN_CLIPS} clips "
+                          "(ranges from fewer fit those scenes only)")
+    root = check_input_dir(data, "--calib folder")
+    ann = root / "annotations.csv"
+    available: list[tuple[Path, int]] = []
+    hashed: list[Path] = []
+    if ann.is_file():
+        kind = "AVA-format dataset"
+        seen: dict[str, set[int]] = {}
+        for video, ts, *_ in read_rows(ann, False, f"annotations of --calib {root}"):
+            seen.setdefault(video, set()).add(round(ts / CALIBRATION_STRIDE_S))
+        for video in sorted(seen):
+            path = root / "videos" / f"{video}.mp4"
+            open_video(path)  # one line when missing or not a video
+            available += [(path, k) for k in sorted(seen[video])]
+        hashed.append(ann)
+    else:
+        kind = "folder of videos"
+        videos = _videos(root)
+        if not videos:
+            others = sum(1 for p in root.iterdir() if p.is_file())
+            what = f"none of its {others} files is a video" if others else "it is empty"
+            raise EvadError(f"--calib {root} has no videos ({what}): give a folder of videos "
+                            f"({', '.join(VIDEO_EXTENSIONS[:4])}, ...) or an AVA-format dataset")
+        for path in videos:
+            info = open_video(path)
+            # the last frame's time, not the duration: a keyframe past it has no frame of its own
+            last_s = max(info.frame_count - 1, 0) / info.fps
+            count = expected_keyframes(last_s, CALIBRATION_STRIDE_S)
+            available += [(path, k) for k in range(count)]
+    if len(available) < MIN_CLIPS:
+        raise EvadError(f"--calib {root} gives {len(available)} clip(s) (one a second of video"
+                        f"{', annotated' if kind.startswith('AVA') else ''}); calibration takes "
+                        f"at least {MIN_CLIPS}: add videos")
+    chosen = sorted({int(i) for i in np.linspace(0, len(available) - 1,
+                                                  min(clips, len(available)))})
+    by_video: dict[Path, list[int]] = {}
+    for i in chosen:
+        by_video.setdefault(available[i][0], []).append(available[i][1])
+    picks = tuple((p, tuple(ks)) for p, ks in by_video.items())
+    h = hashlib.sha256()
+    for p in [*hashed, *(p for p, _ in picks)]:
+        h.update(f"{p.relative_to(root)}\0{file_sha256(p)}\0".encode())
+    h.update(repr([(str(p.relative_to(root)), ks) for p, ks in picks]).encode())
+    return CalibrationPlan(root, kind, picks, h.hexdigest())
+
+
+def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """The quantizable nodes (:data:`QUANTIZED_OPS`) kept in float, by name, with why: the
+    linear layers the importance of a pruning block is computed from (walking back from each
+    ``KeyframeTopKPrune``'s query and key inputs to the first matrix product)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.domain != "evad" or node.op_type != "KeyframeTopKPrune":
+            continue
+        todo, seen = list(node.input[:2]), set()
+        while todo:
+            name = todo.pop()
+            n = producer.get(name)
+            if n is None or n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op_type in QUANTIZED_OPS:
+                out[n.name] = f"feeds the pruning importance of {node.name}"
+            else:
+                todo += list(n.input)
+    return out
+
+
+class _Reader:
+    """The calibration clips as ONNX Runtime's ``CalibrationDataReader`` wants them (one feed
+    per ``get_next``), counting them on ``step``."""
+
+    def __init__(self, clips: Iterator[tuple[np.ndarray, np.ndarray]],
+                 step: Callable[[], None]) -> None:
+        self.clips, self.step = clips, step
+        #: clips handed out so far
+        self.read = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        nxt = next(self.clips, None)
+        if nxt is None:
+            return None
+        self.read += 1
+        self.step()
+        return {INPUT_CLIP: nxt[0], INPUT_IMAGE_SIZE: nxt[1]}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        while (feed := self.get_next()) is not None:
+            yield feed
+
+
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,
+             exclude: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Calibrate the fp32 export ``src`` on the calibration's clips and write the Q/DQ model
+    to ``dst`` (write it into a staging folder: an interrupted calibration then leaves
+    nothing).
+
+    Args:
+        calibration: the plan and its clip source.
+        exclude: nodes to keep in float, by name, with why (default :func:`float_nodes`).
+        progress: draw a progress bar (stderr), one step per clip.
+
+    Returns:
+        The ``quantization`` record for the metadata (method, calibration data, clip count and
+        hash, the nodes kept in float); ``evad.export.exporter.write_int8`` writes it into
+        ``dst`` with the rest of the metadata.
+
+    Raises:
+        EvadError: ONNX Runtime's quantizer failed (one line).
+    """
+    from tqdm import tqdm
+
+    src, dst, plan = Path(src), Path(dst), calibration.plan
+    meta = read_metadata(src)
+    spec = ModelSpec.from_metadata(meta, f"ONNX model {src}")
+    if exclude is None:
+        exclude = float_nodes(onnx.load(str(src), load_external_data=False))
+    with tqdm(total=plan.clips, desc="calibrate", unit="clip", disable=not progress,
+              leave=False) as bar:
+        reader = _Reader(calibration.clips(plan, spec), lambda: bar.update())
+        try:
+            ortq.quantize_static(
+                str(src), str(dst), reader, quant_format=ortq.QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                activation_type=ortq.QuantType.QInt8, weight_type=ortq.QuantType.QInt8,
+                nodes_to_exclude=sorted(exclude),
+                calibrate_method=ortq.CalibrationMethod.MinMax,
+                use_external_data_format=Path(f"{src}.data").is_file(),
+                # no CalibMaxIntermediateOutputs: in ORT 1.32 MinMax clears the collected
+                # outputs at that count without merging them (the ranges of all but the last
+                # clips are lost); MinMax keeps only each tensor's ReduceMin/ReduceMax per clip
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        except (KeyboardInterrupt, EvadError):
+            raise
+        except Exception as e:  # the quantizer raises what onnx / onnxruntime raise
+            raise EvadError(f"ONNX Runtime's quantizer failed on {src}: {one_line(e)}") from e
+    if reader.read != plan.clips:
+        raise EvadError(f"calibration read {reader.read} of the {plan.clips} clips planned from "
+                        f"{plan.data}: a video ended early; check it")
+    return {
+        "method": f"onnxruntime.quantization.quantize_static (onnxruntime "
+                  f"{ort.__version__}), QDQ, calibration MinMax",
+        "activations": "int8, per tensor, symmetric",
+        "weights": "int8, per output channel, symmetric",
+        "quantized_ops": list(QUANTIZED_OPS),
+        "calibration_data": plan.kind, "calibration_clips": plan.clips,
+        "calibration_sha256": plan.sha256,
+        "float_nodes": dict(sorted(exclude.items())),
+        "float_ops": "every op but " + ", ".join(QUANTIZED_OPS)}
