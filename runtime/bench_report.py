@@ -24,9 +24,12 @@ __all__ = ["plot_png", "table"]
 def table(report: dict) -> list[str]:
     """The report as a fixed-width table, one row per path and keep rate."""
     m = report["model"]
+    features = report["machine"].get("cpu_features")  # reports before it was recorded
     lines = [f"evad-bench: {m['preset']} ({m['source']}), {m['height']}x{m['width']}, batch "
-             f"{m['batch']}; {report['machine']['cpu']}, {report['machine']['threads']} "
-             f"threads; {report['date']}"]
+             f"{m['batch']}; {report['machine']['cpu']}"
+             + (f" ({' '.join(features) or 'no AMX / AVX-512 / AVX2'})"
+                if features is not None else "")
+             + f", {report['machine']['threads']} threads; {report['date']}"]
     if report["gemm_gmac_per_s"]:
         lines.append("GEMM rate now: " + ", ".join(
             f"{k} {v:.0f} GMAC/s" for k, v in report["gemm_gmac_per_s"].items()))

@@ -50,9 +50,9 @@ else:  # a child for ONNX Runtime or OpenVINO never loads torch
     model_flops = lazy_import("evad.models.flops", "pip install torch")
     backends = lazy_import("evad.runtime.backends", "pip install -e .")
 
-__all__ = ["GEMM_PRECISION", "PATHS", "BenchPath", "BenchSettings", "cpu_name", "gemm_rate",
-           "keep_rate_ratios", "p95", "package_versions", "run_benchmark", "settle_warmups",
-           "summarise"]
+__all__ = ["CPU_FEATURES", "GEMM_PRECISION", "PATHS", "BenchPath", "BenchSettings",
+           "cpu_features", "cpu_name", "gemm_rate", "keep_rate_ratios", "p95",
+           "package_versions", "run_benchmark", "settle_warmups", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,25 @@ def _gpu_name() -> str | None:
         return None
 
 
+#: the /proc/cpuinfo flags that decide which CPU path is fast: matrix units (AMX), vector
+#: bf16 / int8 dot products (AVX512-BF16, VNNI), and the vector widths under them
+CPU_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                "avx512f", "avx2", "fma")
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`CPU_FEATURES` this CPU has (Linux's /proc/cpuinfo; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in CPU_FEATURES if x in have]
+    except OSError:
+        pass
+    return []
+
+
 def gemm_rate(precision: str, threads: int, m: int = 4608, k: int = 768, n: int = 3072,
               seconds: float = 1.5) -> float:
     """This machine's GEMM rate now, GMAC/s, at ViT-B's MLP shape (4608 x 768 @ 768 x 3072):
@@ -396,7 +415,8 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
     paths, threads = s.paths, s.threads
     rates: list[float | None] = list(s.keep_rates) if s.keep_rates else [None]
     report: dict[str, Any] = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
+        "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(),
+                    "cores": os.cpu_count(), "threads": threads,
                     "platform": platform.platform()},
         "versions": package_versions(),
         "date": datetime.date.today().isoformat(),
@@ -408,6 +428,8 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
                      "interleaved": True, "one_process_per_path": True},
         "gemm_gmac_per_s": {}, "results": [],
     }
+    log(f"CPU {report['machine']['cpu']}: "
+        f"{', '.join(report['machine']['cpu_features']) or 'none of ' + ', '.join(CPU_FEATURES)}")
     try:
         for prec in sorted({GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
                             for p in paths if PATHS[p].device == "cpu"}):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from pathlib import Path
 
 import cv2
 import pytest
@@ -14,7 +15,7 @@ from conftest import TINY_H, TINY_W
 from evad.cli.bench import main as bench_main
 from evad.models.flops import flops, token_counts
 from evad.models.presets import get_preset
-from evad.runtime.benchmark import p95, settle_warmups
+from evad.runtime.benchmark import CPU_FEATURES, p95, settle_warmups
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -63,6 +64,11 @@ def test_bench_onnx_paths_table_json_png(tiny_onnx, tmp_path, capsys) -> None:
             r["gmac_per_s"] / report["gemm_gmac_per_s"][r["precision"]], abs=2e-3)
         assert r["path"] in out
     assert report["settings"]["interleaved"] and report["machine"]["threads"] >= 1
+    # the CPU's matrix / vector features, named in the report and the table's first line
+    flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("flags")).split(":", 1)[1].split())
+    assert report["machine"]["cpu_features"] == [f for f in CPU_FEATURES if f in flags]
+    assert " ".join(report["machine"]["cpu_features"]) in out
     assert report["versions"]["onnxruntime"]
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 100 and img.shape[1] == 900
