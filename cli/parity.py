@@ -21,6 +21,7 @@ from evad.hashing import onnx_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
 from evad.runner import (
+    BACKEND_TABLE,
     INPUT_CLIP,
     INPUT_IMAGE_SIZE,
     ModelSpec,
@@ -88,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", choices=_BACKENDS, default="ort",
                     help="what runs --onnx: ort (default) or openvino")
     ap.add_argument("--precision", choices=precision_choices(_BACKENDS), default="fp32",
-                    help="with --backend openvino: its compute precision; bf16 is judged by "
-                    "the reduced-precision rules")
+                    help="the compute precision (bf16, bf16-int8w: --backend openvino; int8: "
+                    "the calibrated INT8 export of evad-export --int8, ONNX Runtime or "
+                    "OpenVINO); reduced precisions are judged by the reduced-precision rules")
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     lw = ap.add_argument_group(
         "layer by layer", "Mark every intermediate tensor as an output (as Polygraphy's "
@@ -173,10 +175,13 @@ def _parity(args: argparse.Namespace) -> int:
     elif args.backend == "openvino":
         runner, _ = open_runner("openvino", onnx=args.onnx, precision=args.precision)
     else:
-        if args.precision != "fp32":
+        ort = next(r for r in BACKEND_TABLE if r.backend == "ort" and r.device == "cpu")
+        if args.precision not in ort.precisions:
             raise ConfigError(f"--precision {args.precision} runs on --backend openvino (ONNX "
-                              "Runtime's CPU kernels are fp32)")
-        runner, _ = open_runner("ort", onnx=args.onnx, cuda=args.provider == "cuda")
+                              f"Runtime runs {' and '.join(ort.precisions)}: int8 is the "
+                              "calibrated export's, evad-export --int8)")
+        runner, _ = open_runner("ort", onnx=args.onnx, cuda=args.provider == "cuda",
+                                precision=args.precision)
     with runner:
         return _judge(args, runner)
 
@@ -196,11 +201,12 @@ def _judge(args: argparse.Namespace, runner: Runner) -> int:
     else:
         raise ConfigError(f"{runner.spec.name} was exported from a checkpoint: pass it with "
                           "--ckpt")
-    # an engine's precision is the one it was built with; ONNX Runtime's is fp32
-    reduced = runner.precision != "fp32"
-    thresholds = parity.REDUCED_THRESHOLDS if reduced else (
-        parity.OPENVINO_FP32_THRESHOLDS if runner.backend == "openvino"
-        else parity.FP32_THRESHOLDS)
+    # an engine's precision is the one it was built with (judged by bf16's bars, the coarsest
+    # float an engine computes in); the calibrated INT8 export's is int8, with its own k
+    if runner.precision in ("fp32", "int8"):
+        thresholds = parity.thresholds_for(runner.precision, runner.backend == "openvino")
+    else:
+        thresholds = parity.REDUCED_THRESHOLDS
     h, w = meta["input_size"]
     clips, sizes = parity.seeded_inputs(args.clips, args.batch, preset.num_frames, h, w,
                                         args.seed)

@@ -11,7 +11,10 @@ onnxruntime-gpu ~= 1.24 and cannot share this environment.
 
 The settings are those TensorRT's explicit quantization needs (and ONNX Runtime's CPU kernels
 take): QDQ format, int8 activations and weights, both symmetric (zero point 0), weights per
-output channel; MinMax calibration, whose augmented graph reduces each tensor to its min and
+output channel, biases left float (``QuantizeBias`` off: ORT's default int32 bias feeds a
+``DequantizeLinear`` that TensorRT's parser refuses, "input has type Int32 but must have type
+FP8, FP4, Int4, Int8, or UInt8"; ORT fuses the same ``QLinearConv`` / ``QGemm`` either way);
+MinMax calibration, whose augmented graph reduces each tensor to its min and
 max in the graph, so a clip costs a few numbers, not its activations (the histogram methods,
 Percentile and Entropy, keep every clip's activations, and measured no better here).
 
@@ -30,7 +33,9 @@ input is refused before any work); :func:`quantize` runs the calibration on the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -232,6 +237,22 @@ class _Reader:
             yield feed
 
 
+@contextlib.contextmanager
+def _without_preprocess_advice() -> Iterator[None]:
+    """Drop the quantizer's "Please consider to run pre-processing" warnings (it logs them on
+    the root logger, twice a run): this export needs no ``quant_pre_process`` (module
+    docstring), and a user should not be told to run it."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,
              exclude: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
     """Calibrate the fp32 export ``src`` on the calibration's clips and write the Q/DQ model
@@ -259,7 +280,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
     if exclude is None:
         exclude = float_nodes(onnx.load(str(src), load_external_data=False))
     with tqdm(total=plan.clips, desc="calibrate", unit="clip", disable=not progress,
-              leave=False) as bar:
+              leave=False) as bar, _without_preprocess_advice():
         reader = _Reader(calibration.clips(plan, spec), lambda: bar.update())
         try:
             ortq.quantize_static(
@@ -272,7 +293,8 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
                 # no CalibMaxIntermediateOutputs: in ORT 1.32 MinMax clears the collected
                 # outputs at that count without merging them (the ranges of all but the last
                 # clips are lost); MinMax keeps only each tensor's ReduceMin/ReduceMax per clip
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "QuantizeBias": False})
         except (KeyboardInterrupt, EvadError):
             raise
         except Exception as e:  # the quantizer raises what onnx / onnxruntime raise
@@ -284,7 +306,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
         "method": f"onnxruntime.quantization.quantize_static (onnxruntime "
                   f"{ort.__version__}), QDQ, calibration MinMax",
         "activations": "int8, per tensor, symmetric",
-        "weights": "int8, per output channel, symmetric",
+        "weights": "int8, per output channel, symmetric; biases float",
         "quantized_ops": list(QUANTIZED_OPS),
         "calibration_data": plan.kind, "calibration_clips": plan.clips,
         "calibration_sha256": plan.sha256,

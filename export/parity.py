@@ -157,6 +157,10 @@ _REDUCED = Thresholds(min_jaccard=0.97, min_match_rate=0.98, tie_rtol=1e-2,
 # MatMul weights with bf16 activations: a step of max|w|/127 per column, about 4 bf16 units for
 # Gaussian weights: 2**18; measured 3.9e4 (vit_b_ktp, calmed).
 BF16_THRESHOLDS = replace(_REDUCED, oracle_k=2.0**17)
+# Calibrated int8 (activations per tensor, weights per channel, both symmetric): a step of
+# max|x| / 127 per tensor, so a value a few times below its tensor's max is rounded like a
+# 6-bit mantissa: 2 * 2**-6 over fp32's 2**-24, 2**19.
+INT8_THRESHOLDS = replace(_REDUCED, oracle_k=2.0**19)
 FP16_THRESHOLDS = replace(_REDUCED, oracle_k=2.0**14)
 INT8W_THRESHOLDS = replace(_REDUCED, oracle_k=2.0**18)
 #: the bars of a reduced precision when it is not known which (``evad-parity``): bf16's, the
@@ -166,7 +170,7 @@ REDUCED_THRESHOLDS = BF16_THRESHOLDS
 
 def thresholds_for(precision: str, openvino: bool = False) -> Thresholds:
     """The bars of a backend computing in ``precision`` (``fp32``, ``tf32``, ``fp16``,
-    ``bf16``, ``bf16-int8w``); ``openvino`` for OpenVINO's fp32 near-tie tolerance.
+    ``bf16``, ``bf16-int8w``, ``int8``); ``openvino`` for OpenVINO's fp32 near-tie tolerance.
 
     Raises:
         KeyError: an unknown precision.
@@ -175,7 +179,7 @@ def thresholds_for(precision: str, openvino: bool = False) -> Thresholds:
         return OPENVINO_FP32_THRESHOLDS if openvino else FP32_THRESHOLDS
     # tf32 rounds MatMul inputs to fp16's 10-bit mantissa
     return {"tf32": FP16_THRESHOLDS, "fp16": FP16_THRESHOLDS, "bf16": BF16_THRESHOLDS,
-            "bf16-int8w": INT8W_THRESHOLDS}[precision]
+            "bf16-int8w": INT8W_THRESHOLDS, "int8": INT8_THRESHOLDS}[precision]
 
 
 @dataclass

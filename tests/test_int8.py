@@ -15,6 +15,7 @@ below them).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -236,3 +237,28 @@ def test_int8_on_an_fp32_export_is_refused_in_one_line(tiny_onnx, sample_mp4, tm
     assert rc != 0 and len(err.strip().splitlines()) == 1, err
     assert "is an fp32 export" in err and "evad-export --int8 --calib DATA" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_parity_judges_the_int8_export_by_int8s_bars(quantized, tiny_onnx, tiny_model, tmp_path,
+                                                     capsys) -> None:
+    """``evad-parity --precision int8`` runs the INT8 export on ONNX Runtime against the torch
+    reference and its float64 oracle, with int8's oracle factor (2**19) and the reduced
+    rules (kept-token Jaccard per pruning block reported); an fp32 export is refused."""
+    from evad.cli.parity import main as parity_main
+    from evad.export.parity import INT8_THRESHOLDS
+    from evad.models.checkpoint import save_checkpoint
+
+    path, _ = quantized
+    ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.pth")  # the weights tiny_onnx holds
+    rc = parity_main(["--onnx", str(path), "--ckpt", str(ckpt), "--precision", "int8",
+                      "--clips", "1"])
+    out, err = capsys.readouterr()
+    assert f"bar {INT8_THRESHOLDS.oracle_k:.0f} x" in out, err
+    blocks = re.findall(r"block (\d+): kept \d+ non-keyframe tokens .*Jaccard min ([\d.]+)", out)
+    assert [b for b, _ in blocks] == ["3", "6", "9"], out
+    assert all(0.9 <= float(j) <= 1.0 for _, j in blocks), out
+    assert (rc == 0) == (out.strip().splitlines()[-1] == "PASS"), out
+    rc = parity_main(["--onnx", str(tiny_onnx), "--ckpt", str(ckpt), "--precision", "int8",
+                      "--clips", "1"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "is an fp32 export" in err and len(err.strip().splitlines()) == 1, err

@@ -372,9 +372,10 @@ def test_each_precision_has_its_k() -> None:
     fp32's (2**-24), the coarser the precision the wider."""
     from evad.export.parity import REDUCED_THRESHOLDS, thresholds_for
 
-    ks = {p: thresholds_for(p).oracle_k for p in ("fp32", "tf32", "fp16", "bf16", "bf16-int8w")}
+    ks = {p: thresholds_for(p).oracle_k
+          for p in ("fp32", "tf32", "fp16", "bf16", "bf16-int8w", "int8")}
     assert ks == {"fp32": 8.0, "tf32": 2.0**14, "fp16": 2.0**14, "bf16": 2.0**17,
-                  "bf16-int8w": 2.0**18}
+                  "bf16-int8w": 2.0**18, "int8": 2.0**19}
     assert thresholds_for("fp32", openvino=True).oracle_k == 16.0
     assert REDUCED_THRESHOLDS == thresholds_for("bf16") and REDUCED_THRESHOLDS.min_jaccard == 0.97
     with pytest.raises(KeyError):
