@@ -137,7 +137,7 @@ TOKENS, SCALE, DEMO = "tokens_demo.json", "scale_out_demo.json", "demo_model_hel
 FWD, ORT = "cpu_forward_vit_b_ktp_288x512.json", "cpu_ort_vs_torch_vit_b_ktp_288x512.json"
 BENCH, KEEP = "bench_vit_b_ktp_288x512.json", "bench_keep_rate_vit_b_ktp_288x512.json"
 OFFICIAL, ACC = "official_vs_fast_vit_b_ktp_288x512.json", "cpu_precision_accuracy.json"
-FLOPS = "flops_paper.json"
+FLOPS, INT8 = "flops_paper.json", "int8_accuracy.json"
 OV, INT8W = "openvino_bf16", "openvino_bf16-int8w"
 ACC_REPORT = f"vit_b_ktp_parity/{OV}/report"
 
@@ -281,6 +281,19 @@ FIGURES: list[Fig] = [
         f"vit_b_ktp_parity/{INT8W}/report/min_jaccard/9", 4),
     Fig(r"block 9, probabilities mean abs ([\de.-]+)\.", ACC,
         f"vit_b_ktp_parity/{INT8W}/report/prob_mean_abs", "e2"),
+    # ... calibrated INT8 on the demo model (benchmarks/int8_accuracy.py)
+    Fig(r"calibrated on (\d+) clips of \d+ of its training", INT8, "calibration/clips"),
+    Fig(r"clips of (\d+) of its training\s+videos", INT8, "calibration/set/videos"),
+    Fig(r"scores " + N + r" in ONNX Runtime\s+int8", INT8, "runs/ort_int8/mAP", 4),
+    Fig(r"int8 against " + N + r" in fp32 \(\+", INT8, "runs/ort_fp32/mAP", 4),
+    Fig(r"in fp32 \(\+" + N + r"\) and", INT8, "delta_int8_minus_fp32/ort", 4),
+    Fig(r"and " + N + r" in OpenVINO int8 against", INT8, "runs/openvino_int8/mAP", 4),
+    Fig(r"OpenVINO int8 against " + N + r" \(\+", INT8, "runs/openvino_fp32/mAP", 4),
+    Fig(r"against [\d.]+ \(\+" + N + r"\) on\s+the", INT8, "delta_int8_minus_fp32/openvino", 4),
+    Fig(r"the (\d+) held-out videos, within", INT8, "heldout/videos"),
+    Fig(r"within " + N + r" of fp32 in both", INT8, "bar", 2),
+    Fig(r"OpenVINO bf16 " + N + r" on this", INT8, "runs/openvino_bf16/mAP", 4),
+    Fig(r"on this \d+-core ([A-Za-z ]+?)\s+\(AMX\)", INT8, cpu_family("cpu")),
     # ... ONNX Runtime's memory
     Fig(r"its peak is " + N + " GB against torch's", BENCH,
         "results/path=ort-fp32/peak_rss_gb", 2),
