@@ -193,10 +193,16 @@ def plan_calibration(data: str | os.PathLike, clips: int = DEFAULT_CLIPS) -> Cal
 
 def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """The quantizable nodes (:data:`QUANTIZED_OPS`) kept in float, by name, with why: the
-    linear layers the importance of a pruning block is computed from (walking back from each
+    patch embedding (the one that takes the clip itself: a clip's range is its own, and a
+    quantized input clipped at the calibration's range moved block 3's kept tokens most:
+    Jaccard 0.976 against 0.994 float, tiny model, 4 seeded clips), and the linear layers the
+    importance of a pruning block is computed from (walking back from each
     ``KeyframeTopKPrune``'s query and key inputs to the first matrix product)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    out: dict[str, str] = {}
+    inputs = {i.name for i in model.graph.input}
+    out: dict[str, str] = {n.name: "the patch embedding: takes the clip itself"
+                           for n in model.graph.node
+                           if n.op_type in QUANTIZED_OPS and inputs & set(n.input)}
     for node in model.graph.node:
         if node.domain != "evad" or node.op_type != "KeyframeTopKPrune":
             continue
