@@ -21,7 +21,7 @@ import onnx
 
 from evad.cache import cache_dir
 from evad.command import check_input_file, one_line
-from evad.errors import BackendError, ConfigError
+from evad.errors import BackendError, ConfigError, EvadError
 from evad.export.openvino_graph import openvino_graph, tensor_dims
 from evad.export.ort_runner import file_precision
 from evad.hashing import onnx_sha256
@@ -68,6 +68,48 @@ def _usable_cache() -> bool:
     return os.access(folder, os.W_OK)
 
 
+#: initializers at least this large leave the ONNX proto before the graph rewrite
+_WEIGHT_BYTES = 1 << 16
+
+
+def _weights_to_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Move each large initializer of ``model`` (in place) to a graph input of its name, type
+    and shape; return their values by name (:func:`_inputs_to_constants` puts them back).
+
+    Why: :func:`evad.export.openvino_graph.openvino_graph` copies the proto at each rewrite,
+    and the inliner serializes it: with vit_b_ktp's 722 MB of weights inside, that peaked at
+    4.65 GB; without them the copies are a few MB.
+    """
+    weights = {}
+    inits = model.graph.initializer
+    for i in reversed(range(len(inits))):
+        t = inits[i]
+        if t.ByteSize() >= _WEIGHT_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+            weights[t.name] = onnx.numpy_helper.to_array(t)
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                t.name, t.data_type, list(t.dims)))
+            del inits[i]
+    return weights
+
+
+def _inputs_to_constants(model: ov.Model, weights: dict[str, np.ndarray]) -> None:
+    """Replace each of ``model``'s Parameters named in ``weights`` by a Constant of that value,
+    as OpenVINO's ONNX reader makes of an initializer. The Constant copies the array: a shared
+    one would leave the array's lifetime to the caller (OpenVINO's rule), and whether the
+    compiled model still reads it is OpenVINO's business; the copy is made one weight at a
+    time, before the first clip's buffers, so it does not raise the peak."""
+    for param in list(model.get_parameters()):
+        value = weights.pop(param.get_friendly_name(), None)  # the copy is OpenVINO's
+        if value is None:
+            continue
+        const = ov.op.Constant(value, shared_memory=False)
+        const.set_friendly_name(param.get_friendly_name())
+        const.output(0).set_names(param.output(0).get_names())
+        param.output(0).replace(const.output(0))
+        model.remove_parameter(param)
+    model.validate_nodes_and_infer_types()
+
+
 class OpenVinoRunner(RunnerBase):
     """An exported model compiled by OpenVINO for the CPU; ``close()`` (or the end of a
     ``with`` block) releases the compiled model and its infer request.
@@ -79,6 +121,8 @@ class OpenVinoRunner(RunnerBase):
             CPU with native bf16 (AVX512-BF16 or AMX); ``"int8"``: the calibrated Q/DQ export
             (``evad-export --int8``), which runs as int8 at the default fp32 too.
         threads: inference threads (0 = OpenVINO's default, one per core).
+        perf_count: keep OpenVINO's per-layer performance counters
+            (``self.request.get_profiling_info()``; ``benchmarks/op_profile.py``).
 
     Raises:
         EvadError: the file is missing or not an evad export; MissingDependency: no openvino;
@@ -87,13 +131,17 @@ class OpenVinoRunner(RunnerBase):
     """
 
     def __init__(self, path: str | os.PathLike, precision: str = "bf16",
-                 threads: int = 0) -> None:
+                 threads: int = 0, perf_count: bool = False) -> None:
         if precision not in OPENVINO_PRECISIONS:
             raise ConfigError(f"OpenVINO precision {precision!r}: use one of "
                               f"{', '.join(OPENVINO_PRECISIONS)}")
         self.path = check_input_file(path, "ONNX model")
         self.backend = "openvino"
-        self.metadata = read_metadata(self.path)
+        try:  # read once: the metadata, the signature and the graph come from one parse
+            export = onnx.load(str(self.path))
+        except Exception as e:
+            raise EvadError(f"{self.path} is not a readable ONNX file ({one_line(e)})") from e
+        self.metadata = read_metadata(export)
         self.spec = ModelSpec.from_metadata(self.metadata, f"ONNX model {self.path}",
                                             onnx_sha256(self.path))
         # the calibrated Q/DQ export (evad-export --int8) is int8 whatever is asked at the
@@ -112,13 +160,18 @@ class OpenVinoRunner(RunnerBase):
             raise ConfigError("this CPU has no native bf16 (AVX512-BF16 or AMX); use "
                               "--precision fp32")
         try:
-            export = onnx.load(str(self.path))
             # the export's own signature (a symbolic batch: any size), as ONNX Runtime reads it
             self.clip_shape = tuple(tensor_dims(export, INPUT_CLIP)[1:])
+            # the graph is rewritten without its weights (each rewrite copies the proto: with
+            # the weights, vit_b_ktp peaked at 4.65 GB here); measured bit-identical at fp32
+            # and bf16; int8w's rewrite reads the weights, the Q/DQ export was not measured
+            weights = _weights_to_inputs(export) if precision in ("fp32", "bf16") else {}
             graph = openvino_graph(export, int8_weights)
             del export
             model = core.read_model(graph.SerializeToString(), ov.Tensor(np.empty(0, np.uint8)))
             del graph
+            _inputs_to_constants(model, weights)
+            del weights
             config: dict = {"INFERENCE_PRECISION_HINT": hint}
             if _usable_cache():
                 # one folder per precision: OpenVINO's cache key does not include the
@@ -127,7 +180,10 @@ class OpenVinoRunner(RunnerBase):
                 config["CACHE_DIR"] = os.path.join(openvino_cache_dir(), precision)
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
+            if perf_count:
+                config["PERF_COUNT"] = True
             self.compiled = core.compile_model(model, "CPU", config)
+            del model
         except Exception as e:  # OpenVINO raises RuntimeError with pages of text: one line
             raise BackendError(f"OpenVINO cannot compile {self.path}: {one_line(e)}") from e
         self.request = self.compiled.create_infer_request()
