@@ -192,13 +192,19 @@ def _init(address: str | None) -> bool:
 
     A local Ray (no ``address``) listens on loopback only: Ray binds its servers to its node's
     IP, and takes 127.0.0.1 (a one-machine cluster) where ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
-    is 0 when ray is imported; a Ray imported earlier without it is refused, not left listening
-    on every interface.
+    is 0 when ray is imported: set here for this process and the processes Ray starts. A
+    program that imported ray before (a library caller) has read it already: its constant is
+    set too; should a Ray version lack it, the node IP check below refuses the job rather than
+    leave it listening on every interface.
     """
     if address:
         _check_reachable(address)
-    elif "ray" not in sys.modules:  # read once, by ray's import below
+    else:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "ray" in sys.modules:
+            constants = sys.modules.get("ray._private.ray_constants")
+            if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+                constants.ENABLE_RAY_CLUSTER = False
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

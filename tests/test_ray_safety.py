@@ -4,8 +4,8 @@ A local Ray's processes (GCS, raylet, agents, workers, the driver) listen on loo
 SIGTERM to the driver ends the job as Ctrl-C does (one line saying what is left, ``job.json``
 written, the lock gone, Ray shut down, no native stack dump); an address that is no Ray head
 node (a web server, a silent port) is refused at once in one line; a missing model is refused
-before Ray starts. The Ray run is a subprocess: its process tree is what is inspected, and a
-local Ray must be the first ``import ray`` of its process (``ray_job._init``).
+before Ray starts. The Ray run is a subprocess: its process tree is what is inspected, as the
+command starts it and as a library caller that imported ray first does (``ray_job._init``).
 """
 
 from __future__ import annotations
@@ -76,14 +76,16 @@ def _gone(p: psutil.Process) -> bool:
         return True
 
 
-def test_a_local_ray_listens_on_loopback_and_sigterm_ends_it_like_ctrl_c(tmp_path,
-                                                                         tiny_onnx):
+@pytest.mark.parametrize("ray_first", [False, True], ids=["command", "ray-imported-first"])
+def test_a_local_ray_listens_on_loopback_and_sigterm_ends_it_like_ctrl_c(tmp_path, tiny_onnx,
+                                                                         ray_first):
     videos = tmp_path / "in"
     videos.mkdir()
     for i in range(VIDEOS):
         make_video(videos / f"v{i}.mp4", 3.0, 320, 180, 10.0)
     out = tmp_path / "job"
-    proc = subprocess.Popen([*_CMD, str(videos), "--onnx", str(tiny_onnx), "--out", str(out),
+    cmd = [_CMD[0], _CMD[1], ("import ray; " if ray_first else "") + _CMD[2]]
+    proc = subprocess.Popen([*cmd, str(videos), "--onnx", str(tiny_onnx), "--out", str(out),
                              "--ray", *ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     root = psutil.Process(proc.pid)
