@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evad.ava_csv import read_rows
 from evad.hashing import file_sha256
 from evad.metadata import read_metadata
 from evad.models.demo import demo_checkpoint
@@ -82,8 +83,7 @@ def _dataset(folder: Path, videos: int, seed: int) -> dict[str, Any]:
     if found != want:
         raise SystemExit(f"int8_accuracy: {folder} holds {len(found)} videos, not seeds "
                          f"{seed}-{seed + videos - 1}: remove it and run again")
-    keyframes = {tuple(line.split(",")[:2])
-                 for line in (folder / "annotations.csv").read_text().splitlines() if line}
+    keyframes = {(row[0], row[1]) for row in read_rows(folder / "annotations.csv", False)}
     return {"command": _shown(cmd, folder.parent), "videos": videos,
             "seeds": f"{seed}-{seed + videos - 1}", "keyframes": len(keyframes),
             "annotations_sha256": file_sha256(folder / "annotations.csv"),

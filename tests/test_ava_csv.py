@@ -45,7 +45,9 @@ CSV_NAMES = {"format_csv_row", "format_truth_row", "format_time", "by_score", "p
 #: (file, enclosing function) -> what it splits
 OPTION_SPLITS = {("engines/cli.py", "engine_batch"): "--batch MIN,OPT,MAX",
                  ("cli/bench.py", "_rates"): "--keep-rates 0.7,0.5",
-                 ("cli/bench.py", "_paths"): "--paths torch,ort"}
+                 ("cli/bench.py", "_paths"): "--paths torch,ort",
+                 ("benchmarks/op_profile.py", "main"): "--precisions bf16,fp32",
+                 ("benchmarks/openvino_memory.py", "main"): "--recipes runner,torch-fp32"}
 
 
 def test_detection_row_bytes() -> None:
