@@ -21,12 +21,12 @@ from evad.hashing import onnx_sha256
 from evad.lazy import lazy_import
 from evad.metadata import read_metadata
 from evad.runner import (
-    BACKEND_TABLE,
     INPUT_CLIP,
     INPUT_IMAGE_SIZE,
     ModelSpec,
     Runner,
     backend_choices,
+    backend_row,
     precision_choices,
 )
 from evad.runtime.backends import open_runner
@@ -175,7 +175,7 @@ def _parity(args: argparse.Namespace) -> int:
     elif args.backend == "openvino":
         runner, _ = open_runner("openvino", onnx=args.onnx, precision=args.precision)
     else:
-        ort = next(r for r in BACKEND_TABLE if r.backend == "ort" and r.device == "cpu")
+        ort = backend_row("ort", "cpu")
         if args.precision not in ort.precisions:
             raise ConfigError(f"--precision {args.precision} runs on --backend openvino (ONNX "
                               f"Runtime runs {' and '.join(ort.precisions)}: int8 is the "

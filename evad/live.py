@@ -21,7 +21,7 @@ from evad.errors import VideoError
 from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
 __all__ = ["LIVE_BUFFER_S", "LIVE_MAX_BAD_FRAMES", "LIVE_SCHEMES", "LIVE_TIMEOUT_MS", "LiveProbe",
-           "iter_live", "live_name", "live_source", "probe_live", "redact"]
+           "is_camera", "iter_live", "live_name", "live_source", "probe_live", "redact"]
 
 #: URL schemes read as live streams (OpenCV's FFmpeg opens them)
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -41,7 +41,7 @@ def live_source(text: str) -> str | None:
     ``LIVE_SCHEMES``), or None for a path. An existing file of that name stays a file."""
     if Path(text).exists():
         return None
-    if text.isascii() and text.isdigit():  # "²".isdigit() too, which int() refuses
+    if is_camera(text):
         if int(text) > _MAX_CAMERA_INDEX:
             raise VideoError(f"camera index {text} is out of range: a camera index is a small "
                              "number (0 is the first camera)")
@@ -65,10 +65,12 @@ def redact(source: str) -> str:
 
 def live_name(source: str) -> str:
     """How messages name a live source: ``camera 0`` or ``stream rtsp://user:***@host/x``."""
-    return f"camera {source}" if _is_camera(source) else f"stream {redact(source)}"
+    return f"camera {source}" if is_camera(source) else f"stream {redact(source)}"
 
 
-def _is_camera(source: str) -> bool:
+def is_camera(source: str) -> bool:
+    """Whether a live source is a camera index (ASCII digits: ``"²".isdigit()`` holds too, and
+    ``int`` refuses it)."""
     return source.isascii() and source.isdigit()
 
 
@@ -77,7 +79,7 @@ def _open_capture(source: str):
     sources it cannot parse) become one VideoError line naming the source."""
     cv2 = quiet_cv2()
     try:
-        if _is_camera(source):
+        if is_camera(source):
             return cv2.VideoCapture(int(source))
         return cv2.VideoCapture(source, cv2.CAP_FFMPEG,
                                 [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, LIVE_TIMEOUT_MS,

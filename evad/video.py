@@ -25,7 +25,7 @@ import numpy as np
 
 from evad.command import check_input_dir, check_input_file, is_text, text_name
 from evad.errors import VideoError
-from evad.live import LIVE_MAX_BAD_FRAMES, iter_live, probe_live, redact
+from evad.live import LIVE_MAX_BAD_FRAMES, is_camera, iter_live, probe_live, redact
 from evad.opencv import fourcc, native_stderr_silenced, quiet_cv2
 
 __all__ = ["CONTAINERS", "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "Container", "VideoInfo",
@@ -192,7 +192,7 @@ class VideoInfo:
         """The id written in the CSV: the file stem, the directory name, ``camera<N>`` for a
         camera, or the last part of a stream URL's path (``stream`` when it has none)."""
         if self.is_live:
-            if self.live.isascii() and self.live.isdigit():
+            if is_camera(self.live):
                 return f"camera{self.live}"
             tail = self.live.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/")
             name = Path(tail[-1]).stem if len(tail) > 1 else ""
