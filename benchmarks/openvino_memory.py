@@ -4,12 +4,14 @@ and running its first clips, each recipe in a fresh process.
     python benchmarks/openvino_memory.py --onnx exports/vit_b_ktp.onnx --precision bf16 \\
         --json benchmarks/results/openvino_memory.json
 
-Recipes: ``weights-in-rewrite`` is how the runner compiled before (the whole export through
-the graph rewrite, weights included); ``weights-aside`` is how it compiles now (the large
-initializers taken out before the rewrite and given back to OpenVINO as Constants:
-``evad.export.openvino_runner``); ``runner`` is ``OpenVinoRunner`` itself, end to end;
-``static-batch1`` as ``weights-aside`` with every input shape fixed at batch 1 (the runner
-keeps the export's symbolic batch); ``torch-fp32`` the torch reference (the preset the export
+Recipes: ``weights-in-rewrite`` is how the runner first compiled (the whole export through
+the graph rewrite, weights included); ``weights-aside`` with the large initializers taken out
+before the rewrite and given back to OpenVINO as Constants, the export's symbolic batch kept;
+``static-batch1`` as ``weights-aside`` with every input shape fixed at one clip;
+``runner`` is ``OpenVinoRunner`` itself, end to end (one static clip, the rewritten graph
+kept as an IR file in the cache and compiled from it, the freed heap trimmed before OpenVINO
+compiles: ``evad.export.openvino_runner._compile``); ``torch-fp32`` the torch reference (the
+preset the export
 names, seed 0), the bar. Every recipe runs the same two seeded clips and reports the SHA-256 of
 its outputs: equal hashes, bit-identical outputs. Each
 step reports VmHWM (the peak so far) and VmRSS (now). OpenVINO's model cache is

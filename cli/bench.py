@@ -95,6 +95,7 @@ examples:
   evad-bench --preset vit_b_ktp --height 288 --width 512
   evad-bench --preset vit_b_ktp --paths torch-fp32,openvino-bf16 --keep-rate 1.0,0.7
   evad-bench --onnx exports/vitb.onnx --paths ort-fp32,openvino-bf16 --json bench.json
+  evad-bench --preset vit_b_ktp --int8-onnx exports/vit_b_ktp_random0.int8.onnx
   evad-bench --ckpt vitb.pth --engine exports/vitb.engine --paths trt,torch-cuda-fp32
 
 A preset benchmarks random (calmed) weights; ONNX paths export it first (a minute for ViT-B).
@@ -106,6 +107,10 @@ Times on a shared machine drift: compare paths within one run, not across runs."
     src.add_argument("--onnx", type=Path, help="an evad-export ONNX (ONNX Runtime / OpenVINO "
                      "paths only)")
     ap.add_argument("--engine", type=Path, help="a TensorRT engine, for the trt path")
+    ap.add_argument("--int8-onnx", type=Path, default=None,
+                    help="the same model's calibrated INT8 export (evad-export --onnx-only "
+                    "--int8 --calib DATA), run by the int8 paths (openvino-int8, ort-int8; "
+                    "openvino-int8 joins the default paths), timed against the int8 GEMM rate")
     ap.add_argument("--paths", type=_paths, default=None,
                     help="comma-separated paths (default: torch-fp32, ort-fp32 and the fast "
                     "CPU path, openvino-bf16 where OpenVINO and a bf16 CPU are here, else "
@@ -149,6 +154,8 @@ def _default_paths(args: argparse.Namespace) -> list[str]:
     fast = "openvino-bf16" if openvino_installed() and cpu_has_bf16() else "torch-bf16"
     if fast == "openvino-bf16" or args.onnx is None:
         paths.append(fast)
+    if args.int8_onnx is not None and openvino_installed():
+        paths.append("openvino-int8")
     if _cuda():
         if args.onnx is None:
             paths.append("torch-cuda-fp32")
@@ -167,7 +174,7 @@ def _cuda() -> bool:
 def _bench(args: argparse.Namespace) -> int:
     # the named files first: a typo is refused before the default paths ask torch for a GPU
     for path, what in ((args.onnx, "ONNX model"), (args.ckpt, "checkpoint"),
-                       (args.engine, "TensorRT engine")):
+                       (args.engine, "TensorRT engine"), (args.int8_onnx, "INT8 ONNX model")):
         if path is not None:
             check_input_file(path, what)
     paths = args.paths or _default_paths(args)
@@ -177,6 +184,7 @@ def _bench(args: argparse.Namespace) -> int:
         if given != fixed:
             raise ConfigError(f"{args.onnx} was exported for {fixed[0]}x{fixed[1]}; "
                               f"--height/--width ask for {given[0]}x{given[1]}")
+        args.height, args.width = given  # the export's own size unless asked
     args.height, args.width = args.height or 288, args.width or 512
     if args.keep_rate and "trt" in paths:
         raise ConfigError("--keep-rate cannot apply to the trt path (an engine has its rates "
@@ -196,6 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
                               "fixed at export)")
     if "trt" in paths and args.engine is None:
         raise ConfigError("the trt path needs --engine FILE")
+    _check_int8(args, paths)
     for p in paths:
         if PATHS[p].device == "cuda" and not _cuda():
             raise ConfigError(f"path {p} needs a CUDA GPU; none is visible here")
@@ -206,7 +215,7 @@ def _bench(args: argparse.Namespace) -> int:
         runs=args.runs, max_warmup=args.max_warmup,
         threads=args.threads or os.cpu_count() or 1, seed=args.seed,
         keep_rates=tuple(args.keep_rate or ()), preset=args.preset, ckpt=args.ckpt,
-        onnx=args.onnx, engine=args.engine)
+        onnx=args.onnx, engine=args.engine, int8_onnx=args.int8_onnx)
     work = Path(tempfile.mkdtemp(prefix="evad-bench-"))
     try:
         report = run_benchmark(settings, _model_preset(args),
@@ -221,6 +230,32 @@ def _bench(args: argparse.Namespace) -> int:
         write_bytes_atomic(args.png, plot_png(report))
     failed = [r for r in report["results"] if r.get("error")]
     return 1 if failed else 0
+
+
+def _check_int8(args: argparse.Namespace, paths: list[str]) -> None:
+    """The int8 paths and --int8-onnx go together, and the file is the INT8 export of the
+    model benchmarked, at its size (one line each, before any path starts)."""
+    int8 = [p for p in paths if PATHS[p].precision == "int8"]
+    if int8 and args.int8_onnx is None:
+        raise ConfigError(f"{', '.join(int8)} need(s) --int8-onnx FILE, the calibrated INT8 "
+                          "export (evad-export --onnx-only --int8 --calib DATA)")
+    if args.int8_onnx is None:
+        return
+    meta = read_metadata(args.int8_onnx)
+    if meta.get("precision") != "int8":
+        raise ConfigError(f"{args.int8_onnx} is not an INT8 export (evad-export --onnx-only "
+                          "--int8 --calib DATA writes <name>.int8.onnx)")
+    size = tuple(meta["input_size"])
+    if size != (args.height, args.width):
+        raise ConfigError(f"{args.int8_onnx} was exported for {size[0]}x{size[1]}; the "
+                          f"benchmark runs {args.height}x{args.width}")
+    preset, model = export_metadata.preset_of(meta).name, _model_preset(args).name
+    if preset != model:
+        raise ConfigError(f"{args.int8_onnx} is a {preset} export; the benchmark's model is "
+                          f"{model}")
+    if args.keep_rate:
+        raise ConfigError("--keep-rate cannot apply to --int8-onnx (an export has its rates "
+                          "fixed)")
 
 
 def _model_preset(args: argparse.Namespace) -> Preset:

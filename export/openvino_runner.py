@@ -8,12 +8,17 @@ CPU attention does not speed up in bf16 (``README.md``, "Speed on a CPU", has th
 What OpenVINO is given: the export with its ``evad`` local functions inlined (OpenVINO binds
 no model-local function of a custom domain) and the fused ``com.microsoft`` attention
 decomposed, built in memory from the file by ``evad.export.openvino_graph``; the file is not
-changed. This module compiles and runs that graph. Torch-free.
+changed. This module compiles that graph for one clip, through an IR file in the model cache
+(:func:`_compile`), and runs it. Torch-free.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,10 +48,10 @@ OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
 
 def openvino_cache_dir() -> str:
     """Where compiled models are kept, one folder per precision below it (OpenVINO's model
-    cache: compiling vit_b_ktp takes about 2 minutes on 2 cores, loading it from the cache
-    seconds): ``$EVAD_OPENVINO_CACHE``, else ``openvino`` in evad-deploy's cache folder
-    (``evad.cache.cache_dir``: ``$EVAD_CACHE``, default ``~/.cache/evad-deploy``); an empty
-    ``EVAD_OPENVINO_CACHE`` turns the cache off."""
+    cache and the IR files it is compiled from: compiling vit_b_ktp takes about 2 minutes on
+    2 cores, loading it from the cache seconds): ``$EVAD_OPENVINO_CACHE``, else ``openvino``
+    in evad-deploy's cache folder (``evad.cache.cache_dir``: ``$EVAD_CACHE``, default
+    ``~/.cache/evad-deploy``); an empty ``EVAD_OPENVINO_CACHE`` turns the cache off."""
     return os.environ.get("EVAD_OPENVINO_CACHE", str(cache_dir() / "openvino"))
 
 
@@ -110,6 +115,79 @@ def _inputs_to_constants(model: ov.Model, weights: dict[str, np.ndarray]) -> Non
     model.validate_nodes_and_infer_types()
 
 
+#: bumped when the graph OpenVINO is given changes in a way its structure does not show
+_IR_FORMAT = 1
+
+
+def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
+             clip_shape: tuple, export_sha256: str, config: dict) -> ov.CompiledModel:
+    """The export in ``exports`` (taken out of it: once rewritten, its memory is freed before
+    OpenVINO compiles; a protobuf message frees its memory only when no reference is left)
+    rewritten for OpenVINO (:func:`evad.export.openvino_graph.openvino_graph`), its shapes
+    fixed at one clip ``(1, *clip_shape)``, compiled for the CPU with ``config``.
+
+    Why one static clip: with every shape static OpenVINO plans its buffers once; with the
+    export's symbolic batch it kept about 1.6 GB more for a vit_b_ktp clip (peak 3.64 vs
+    2.06 GB, ``benchmarks/results/openvino_memory.json``). Why an IR file in the cache: a
+    model compiled from a file path is found in OpenVINO's model cache without being built
+    (a model built in memory is, only after its weights are copied in: 0.4 GB more at the
+    peak). The file is named by the export's SHA-256 and the rewritten graph's, so a changed
+    export or rewrite is a new file; nothing is written where the cache is off or unwritable.
+    """
+    int8_weights = OPENVINO_PRECISIONS[precision][1]
+    # the graph is rewritten without its weights (each rewrite copies the proto: with the
+    # weights, vit_b_ktp peaked at 4.65 GB here); measured bit-identical at fp32 and bf16;
+    # int8w's rewrite reads the weights, the Q/DQ export was not measured
+    export = exports.pop()
+    weights = _weights_to_inputs(export) if precision in ("fp32", "bf16") else {}
+    graph = openvino_graph(export, int8_weights).SerializeToString()
+    del export
+    folder = os.path.join(openvino_cache_dir(), precision) if _usable_cache() else ""
+    key = hashlib.sha256(f"{export_sha256}/{_IR_FORMAT}/{ov.__version__}/".encode() + graph)
+    ir = Path(folder, f"evad-{key.hexdigest()[:24]}.xml") if folder else None
+    if folder:
+        # one folder per precision: OpenVINO's cache key does not include the inference
+        # precision hint, and a blob compiled at fp32 loaded for bf16 gave wrong outputs
+        # (96x192) or a crash (288x512)
+        config = {**config, "CACHE_DIR": folder}
+    if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file():
+        del graph, weights
+        _trim_heap()
+        return core.compile_model(str(ir), "CPU", config)
+    model = core.read_model(graph, ov.Tensor(np.empty(0, np.uint8)))
+    del graph
+    _inputs_to_constants(model, weights)
+    del weights
+    model.reshape({INPUT_CLIP: [1, *clip_shape], INPUT_IMAGE_SIZE: [1, 2]})
+    if ir is None:
+        return core.compile_model(model, "CPU", config)
+    tmp = ir.with_name(f"{ir.stem}.{os.getpid()}.tmp.xml")
+    try:  # the .bin first: an .xml is only ever seen beside its whole .bin
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), ir.with_suffix(".bin"))
+        os.replace(tmp, ir)
+    except OSError:  # a full disk: compile what is in memory, uncached
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
+        config.pop("CACHE_DIR")
+        return core.compile_model(model, "CPU", config)
+    del model
+    _trim_heap()
+    return core.compile_model(str(ir), "CPU", config)
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). Why: the parsed ONNX proto is freed in pieces of a few MB that glibc keeps on
+    its heap; vit_b_ktp left 0.55 GB resident under the compiled model and its clips (a
+    runner peak of 2.70 GB instead of 1.91)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+        pass
+
+
 class OpenVinoRunner(RunnerBase):
     """An exported model compiled by OpenVINO for the CPU; ``close()`` (or the end of a
     ``with`` block) releases the compiled model and its infer request.
@@ -162,28 +240,15 @@ class OpenVinoRunner(RunnerBase):
         try:
             # the export's own signature (a symbolic batch: any size), as ONNX Runtime reads it
             self.clip_shape = tuple(tensor_dims(export, INPUT_CLIP)[1:])
-            # the graph is rewritten without its weights (each rewrite copies the proto: with
-            # the weights, vit_b_ktp peaked at 4.65 GB here); measured bit-identical at fp32
-            # and bf16; int8w's rewrite reads the weights, the Q/DQ export was not measured
-            weights = _weights_to_inputs(export) if precision in ("fp32", "bf16") else {}
-            graph = openvino_graph(export, int8_weights)
-            del export
-            model = core.read_model(graph.SerializeToString(), ov.Tensor(np.empty(0, np.uint8)))
-            del graph
-            _inputs_to_constants(model, weights)
-            del weights
             config: dict = {"INFERENCE_PRECISION_HINT": hint}
-            if _usable_cache():
-                # one folder per precision: OpenVINO's cache key does not include the
-                # inference precision hint, and a blob compiled at fp32 loaded for bf16 gave
-                # wrong outputs (96x192) or a crash (288x512)
-                config["CACHE_DIR"] = os.path.join(openvino_cache_dir(), precision)
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             if perf_count:
                 config["PERF_COUNT"] = True
-            self.compiled = core.compile_model(model, "CPU", config)
-            del model
+            exports = [export]
+            del export
+            self.compiled = _compile(core, exports, precision, self.clip_shape,
+                                     self.spec.sha256 or "", config)
         except Exception as e:  # OpenVINO raises RuntimeError with pages of text: one line
             raise BackendError(f"OpenVINO cannot compile {self.path}: {one_line(e)}") from e
         self.request = self.compiled.create_infer_request()
@@ -193,10 +258,15 @@ class OpenVinoRunner(RunnerBase):
 
     def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:
         """clip (B, 3, T, H, W) float32, image_size (B, 2) int64 (h, w), checked -> outputs by
-        name."""
-        result = self.request.infer({INPUT_CLIP: clip, INPUT_IMAGE_SIZE: image_size})
-        return {name: np.array(result[out]) for name, out in
-                zip(self.output_names, self.compiled.outputs, strict=True)}
+        name. The model is compiled for one clip (:func:`_compile`): a batch runs clip by clip
+        and every output (batch-first) is stacked back."""
+        per_clip = []
+        for i in range(clip.shape[0]):
+            result = self.request.infer({INPUT_CLIP: clip[i:i + 1],
+                                         INPUT_IMAGE_SIZE: image_size[i:i + 1]})
+            per_clip.append([np.array(result[out]) for out in self.compiled.outputs])
+        return {name: np.concatenate([c[j] for c in per_clip]) if len(per_clip) > 1
+                else per_clip[0][j] for j, name in enumerate(self.output_names)}
 
     def _release(self) -> None:
         # the request first: it holds the compiled model's buffers

@@ -256,20 +256,27 @@ def gemm_rate(precision: str, threads: int, m: int = 4608, k: int = 768, n: int 
               seconds: float = 1.5) -> float:
     """This machine's GEMM rate now, GMAC/s, at ViT-B's MLP shape (4608 x 768 @ 768 x 3072):
     the yardstick the achieved rate of each path is a fraction of. torch (oneDNN / MKL) on the
-    CPU; ``precision`` fp32 or bf16."""
+    CPU; ``precision`` fp32, bf16 or int8 (int8 x int8 -> int32, ``torch._int_mm``: what an
+    INT8 path's quantized products are)."""
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(m, k, generator=g).to(dtype)
-        b = torch.randn(k, n, generator=g).to(dtype)
-        torch.mm(a, b)
+        if precision == "int8":
+            a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+            b = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)
+            mm = torch._int_mm
+        else:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            a = torch.randn(m, k, generator=g).to(dtype)
+            b = torch.randn(k, n, generator=g).to(dtype)
+            mm = torch.mm
+        mm(a, b)
         best, spent = float("inf"), 0.0
         while spent < seconds:
             t0 = time.perf_counter()
-            torch.mm(a, b)
+            mm(a, b)
             dt = time.perf_counter() - t0
             best, spent = min(best, dt), spent + dt
         return m * k * n / best / 1e9
@@ -284,7 +291,8 @@ def summarise(times: list[float]) -> dict[str, float]:
 
 # --- the parent: children per path, interleaved runs, the report --------------------------------
 
-#: a path's precision -> the GEMM rate it is a fraction of (int8 weights: bf16 products)
+#: a path's precision -> the GEMM rate it is a fraction of (int8 weights: bf16 products; the
+#: calibrated INT8 export: int8 x int8 products)
 GEMM_PRECISION = {"bf16-int8w": "bf16"}
 
 
@@ -299,15 +307,22 @@ def keep_rate_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _onnx_of(path: str, onnx: Path | None, int8_onnx: Path | None) -> str | None:
+    """The ONNX file ``path`` runs: the INT8 export for an int8 path, else the export."""
+    chosen = int8_onnx if PATHS[path].precision == "int8" else onnx
+    return str(chosen) if chosen else None
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """What one ``evad-bench`` run measures, as its command line gave it (checked there).
 
     The model: ``preset`` (random calmed weights, seeded by ``seed``), ``ckpt`` or ``onnx``;
-    ``engine`` for the trt path. ``height`` x ``width`` pixels, ``batch`` clips per call;
-    ``keep_rates``: one measurement per keep rate of every pruning block (empty: the model's
-    own); ``runs`` timed runs and at most ``max_warmup`` warm-ups per path; ``threads`` per
-    path (>= 1); ``seed`` also seeds the clip.
+    ``engine`` for the trt path; ``int8_onnx``, the model's calibrated INT8 export
+    (``evad-export --int8``), for the int8 paths. ``height`` x ``width`` pixels, ``batch``
+    clips per call; ``keep_rates``: one measurement per keep rate of every pruning block
+    (empty: the model's own); ``runs`` timed runs and at most ``max_warmup`` warm-ups per
+    path; ``threads`` per path (>= 1); ``seed`` also seeds the clip.
     """
 
     paths: tuple[str, ...]
@@ -323,6 +338,7 @@ class BenchSettings:
     ckpt: Path | None = None
     onnx: Path | None = None
     engine: Path | None = None
+    int8_onnx: Path | None = None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -443,7 +459,8 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
         p = preset.replace(keep_rate=rate) if rate else preset
         gmac = flops(p, s.height, s.width)["total"]
         onnx = s.onnx
-        if onnx is None and any(PATHS[x].needs == "onnx" for x in paths):
+        if onnx is None and any(PATHS[x].needs == "onnx" and PATHS[x].precision != "int8"
+                                for x in paths):
             log(f"exporting {preset.name} at {s.height}x{s.width} for the ONNX paths "
                  "(the dynamo exporter takes a while) ...")
             onnx = export(rate)
@@ -455,7 +472,7 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
                        "height": s.height, "width": s.width, "seed": s.seed,
                        "preset": s.preset, "keep_rate": rate,
                        "ckpt": str(s.ckpt) if s.ckpt else None,
-                       "onnx": str(onnx) if onnx else None,
+                       "onnx": _onnx_of(name, onnx, s.int8_onnx),
                        "engine": str(s.engine) if s.engine else None}
                 res = {"path": name, "backend": PATHS[name].backend,
                        "precision": PATHS[name].precision, "keep_rate": rate or "as trained",

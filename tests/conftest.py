@@ -142,6 +142,24 @@ def tiny_onnx(tmp_path_factory, tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_int8_onnx(tmp_path_factory, tiny_onnx) -> Path:
+    """The tiny export's calibrated INT8 export, as evad-export --int8 writes it: 16 clips of
+    4 synthetic 320 x 180 videos (seed 100), once per session (~5 s)."""
+    from evad.datasets.synthetic import generate_dataset
+    from evad.export import int8
+    from evad.export.exporter import write_int8
+    from evad.runtime.calibration import calibration_clips
+
+    root = tmp_path_factory.mktemp("tiny_int8")
+    calib = generate_dataset(root / "calib", 4, seed=100, width=320, height=180, fps=10.0,
+                             duration=4.0, progress=False)
+    out = root / "tiny.int8.onnx"
+    write_int8(tiny_onnx, out, int8.Calibration(int8.plan_calibration(calib / "videos", 16),
+                                                calibration_clips))
+    return out
+
+
+@pytest.fixture(scope="session")
 def exported_onnx(tmp_path_factory):
     """``(preset, height, width) -> Path``: that preset, random weights (seed 0) calmed, exported
     at that size with its metadata, once per session (vit_b_ktp: ~75 s and 5.6 GB peak each;

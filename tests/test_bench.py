@@ -98,6 +98,32 @@ def test_bench_keep_rate_sweep_gives_ratios(tmp_path, capsys) -> None:
     assert "throughput vs keep 1.0: torch-fp32" in out
 
 
+def test_bench_times_the_int8_export_against_the_int8_gemm_rate(tiny_onnx, tiny_int8_onnx,
+                                                                tmp_path, capsys) -> None:
+    """--int8-onnx: the int8 paths run the INT8 export (ONNX Runtime and OpenVINO), beside an
+    fp32 path on the export, in one run; their fraction is of the int8 x int8 GEMM rate."""
+    _openvino_path()
+    js = tmp_path / "bench.json"
+    rc = bench_main(["--onnx", str(tiny_onnx), "--int8-onnx", str(tiny_int8_onnx),
+                     "--paths", "ort-fp32,ort-int8,openvino-int8", "--runs", "2",
+                     "--json", str(js)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    report = json.loads(js.read_text())
+    assert set(report["gemm_gmac_per_s"]) == {"fp32", "int8"}
+    assert all(v > 1 for v in report["gemm_gmac_per_s"].values())
+    gmac = flops(get_preset("tiny"), TINY_H, TINY_W)["total"]
+    rows = {r["path"]: r for r in report["results"]}
+    assert list(rows) == ["ort-fp32", "ort-int8", "openvino-int8"]
+    for r in rows.values():
+        _check_figures(r, gmac, 2)
+        assert r["fraction_of_gemm_rate"] == pytest.approx(
+            r["gmac_per_s"] / report["gemm_gmac_per_s"][r["precision"]], abs=2e-3)
+    # the int8 paths ran the INT8 file: their kept tokens differ from fp32's somewhere, or
+    # at least their names say int8
+    assert "int8" in out
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["--preset", "tiny", "--paths", "torch-fp32,warp-drive"], "unknown path(s) warp-drive"),
     (["--preset", "tiny", "--paths", "trt"], "the trt path needs --engine"),
@@ -112,6 +138,23 @@ def test_bench_refuses_bad_requests_in_one_line(argv, says, capsys) -> None:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+
+
+def test_bench_refuses_int8_without_its_export_in_one_line(tiny_onnx, tiny_int8_onnx,
+                                                           capsys) -> None:
+    for argv, says in (
+            (["--onnx", str(tiny_onnx), "--paths", "ort-int8"],
+             "ort-int8 need(s) --int8-onnx FILE"),
+            (["--onnx", str(tiny_onnx), "--int8-onnx", str(tiny_onnx), "--paths", "ort-fp32"],
+             "is not an INT8 export"),
+            (["--preset", "tiny", "--int8-onnx", str(tiny_int8_onnx), "--paths", "torch-fp32"],
+             f"was exported for {TINY_H}x{TINY_W}; the benchmark runs 288x512"),
+            (["--preset", "vit_b_ktp", "--height", str(TINY_H), "--width", str(TINY_W),
+              "--int8-onnx", str(tiny_int8_onnx), "--paths", "torch-fp32"],
+             "is a tiny export; the benchmark's model is vit_b_ktp")):
+        assert bench_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
 
 
 def test_bench_refuses_torch_paths_on_an_onnx(tiny_onnx, capsys) -> None:

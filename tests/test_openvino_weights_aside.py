@@ -36,7 +36,8 @@ def test_large_initializers_become_inputs(tiny_onnx) -> None:
 def test_runner_outputs_equal_the_whole_export_compiled(ov, tiny_onnx, precision,
                                                         monkeypatch) -> None:
     """The weights given back as Constants compile to the same kernels: bit-identical outputs
-    to the export rewritten with its weights inside (how the runner compiled before)."""
+    to the export rewritten with its weights inside (how the runner compiled before), both
+    compiled for one clip."""
     from evad.export.openvino_graph import openvino_graph
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
 
@@ -45,9 +46,10 @@ def test_runner_outputs_equal_the_whole_export_compiled(ov, tiny_onnx, precision
     monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")  # compiled here, not loaded from a cache
     graph = openvino_graph(onnx.load(str(tiny_onnx)))
     core = ov.Core()
+    model = core.read_model(graph.SerializeToString(), ov.Tensor(np.empty(0, np.uint8)))
+    model.reshape({"clip": [1, 3, 16, TINY_H, TINY_W], "image_size": [1, 2]})
     whole = core.compile_model(
-        core.read_model(graph.SerializeToString(), ov.Tensor(np.empty(0, np.uint8))), "CPU",
-        {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
+        model, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
     names = [o.get_any_name() for o in whole.outputs]
     clips, sizes = seeded_inputs(2, 1, 16, TINY_H, TINY_W, seed=3)
     with OpenVinoRunner(tiny_onnx, precision) as runner:

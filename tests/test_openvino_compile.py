@@ -1,0 +1,105 @@
+"""How OpenVinoRunner compiles (``evad.export.openvino_runner._compile``): for one clip, a
+batch run clip by clip; the rewritten graph kept as an IR file in the model cache, named by
+the export's and the rewrite's SHA-256, written whole or not at all."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import TINY_H, TINY_W, require
+
+from evad.export.parity import seeded_inputs
+
+
+@pytest.fixture(scope="module")
+def ov():
+    return require("openvino", "openvino")
+
+
+def _ir_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("evad-*"))
+
+
+def test_a_batch_runs_clip_by_clip(ov, tiny_onnx, monkeypatch) -> None:
+    """Compiled for one clip, a batch of three gives each clip's own outputs, bit for bit,
+    in batch order."""
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
+    clips, sizes = seeded_inputs(1, 3, 16, TINY_H, TINY_W, seed=5)
+    sizes[0][1] = [TINY_H - 10, TINY_W - 30]  # per-clip image sizes travel with their clip
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        assert [p.get_partial_shape().is_static for p in runner.compiled.inputs] == [True] * 2
+        batch = runner(clips[0], sizes[0])
+        alone = [runner(clips[0][i:i + 1], sizes[0][i:i + 1]) for i in range(3)]
+    assert batch["boxes"].shape[0] == 3
+    for name, value in batch.items():
+        assert np.array_equal(value, np.concatenate([a[name] for a in alone])), name
+    assert not np.array_equal(alone[0]["boxes"], alone[1]["boxes"])
+
+
+def test_the_ir_cache(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
+    """The first open writes one IR (.xml + .bin) beside OpenVINO's blob; the next finds it
+    and gives the same outputs; an export with other bytes gets its own IR."""
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+    clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=6)
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        first = runner(clips[0], sizes[0])
+    files = _ir_files(cache)
+    assert len(files) == 2 and {Path(f).suffix for f in files} == {".xml", ".bin"}
+    assert all(p.parent.name == "fp32" for p in cache.rglob("evad-*"))
+    assert list((cache / "fp32").glob("*.blob")), "OpenVINO's compiled blob"
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")}
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        again = runner(clips[0], sizes[0])
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")} == stamp  # found, not made
+    for name in first:
+        assert np.array_equal(first[name], again[name]), name
+
+    other = tmp_path / "other.onnx"
+    model = onnx.load(str(tiny_onnx))
+    model.producer_version += "-other"  # same graph and weights, other file bytes
+    onnx.save(model, str(other))
+    with OpenVinoRunner(other, "fp32") as runner:
+        assert all(np.array_equal(v, first[k]) for k, v in runner(clips[0], sizes[0]).items())
+    assert len(_ir_files(cache)) == 4
+
+
+def test_an_ir_that_cannot_be_written_leaves_nothing(ov, tiny_onnx, tmp_path,
+                                                     monkeypatch) -> None:
+    """A failed save (a full disk) leaves no partial IR and the runner still runs,
+    uncached."""
+    from evad.export import openvino_runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+
+    def full_disk(model, path: str, compress_to_fp16: bool = True) -> None:
+        Path(path).with_suffix(".bin").write_bytes(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(openvino_runner.ov, "save_model", full_disk)
+    clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=6)
+    with openvino_runner.OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        out = runner(clips[0], sizes[0])
+    assert np.isfinite(out["action_probs"]).all()
+    assert _ir_files(cache) == [] and not list(cache.rglob("*.tmp*"))
+
+
+def test_no_cache_writes_nothing(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
+    monkeypatch.setenv("EVAD_CACHE", str(home))
+    shutil.copy(tiny_onnx, tmp_path / "m.onnx")
+    with OpenVinoRunner(tmp_path / "m.onnx", "fp32"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
