@@ -138,6 +138,7 @@ FWD, ORT = "cpu_forward_vit_b_ktp_288x512.json", "cpu_ort_vs_torch_vit_b_ktp_288
 BENCH, KEEP = "bench_vit_b_ktp_288x512.json", "bench_keep_rate_vit_b_ktp_288x512.json"
 OFFICIAL, ACC = "official_vs_fast_vit_b_ktp_288x512.json", "cpu_precision_accuracy.json"
 FLOPS, INT8 = "flops_paper.json", "int8_accuracy.json"
+STATIC = "bench_static_int8_vit_b_ktp_288x512.json"
 OV, INT8W = "openvino_bf16", "openvino_bf16-int8w"
 ACC_REPORT = f"vit_b_ktp_parity/{OV}/report"
 
@@ -236,6 +237,34 @@ FIGURES: list[Fig] = [
     Fig(r"with int8 weights " + N + r" s \(", OFFICIAL, "median_s/openvino-bf16-int8w", 2),
     Fig(r"int8 weights [\d.]+ s \(" + N + r"x\)", OFFICIAL,
         ratio("median_s/official", "median_s/openvino-bf16-int8w"), 2),
+    # ... the one-clip OpenVINO runner and the INT8 export on an AMX Xeon
+    Fig(r"On a (\d+)-core Intel Xeon with AMX", STATIC, "machine/cores"),
+    Fig(r"Intel Xeon with AMX \(([\d-]+);", STATIC, "date"),
+    Fig(r"GEMM rates in that run: fp32\s+(\d+), bf16", STATIC, "gemm_gmac_per_s/fp32", 0),
+    Fig(r"run: fp32\s+\d+, bf16 (\d+), int8", STATIC, "gemm_gmac_per_s/bf16", 0),
+    Fig(r"bf16 \d+, int8 (\d+) GMAC/s\)", STATIC, "gemm_gmac_per_s/int8", 0),
+    Fig(r"torch fp32 " + N + r" s at\s+[\d.]+ GB peak", STATIC,
+        "results/path=torch-fp32/median_s", 2),
+    Fig(r"s at\s+" + N + r" GB peak, ONNX", STATIC, "results/path=torch-fp32/peak_rss_gb", 2),
+    Fig(r"ONNX Runtime fp32 " + N + r" s at [\d.]+ GB, OpenVINO", STATIC,
+        "results/path=ort-fp32/median_s", 2),
+    Fig(r"ONNX Runtime fp32 [\d.]+ s at " + N + r" GB, OpenVINO", STATIC,
+        "results/path=ort-fp32/peak_rss_gb", 2),
+    Fig(r"OpenVINO bf16 " + N + r" s at [\d.]+ GB \(", STATIC,
+        "results/path=openvino-bf16/median_s", 2),
+    Fig(r"OpenVINO bf16 [\d.]+ s at " + N + r" GB \(", STATIC,
+        "results/path=openvino-bf16/peak_rss_gb", 2),
+    Fig(r"GB \(" + N + r"x\s+torch fp32, \d+ %", STATIC,
+        ratio("results/path=torch-fp32/median_s", "results/path=openvino-bf16/median_s"), 2),
+    Fig(r"torch fp32, (\d+) % of the bf16 GEMM", STATIC,
+        lambda d: 100 * get(d, "results/path=openvino-bf16/fraction_of_gemm_rate"), 0),
+    Fig(r"calibrated INT8 export " + N + r" s at", STATIC,
+        "results/path=openvino-int8/median_s", 2),
+    Fig(r"INT8 export [\d.]+ s at\s+" + N + r" GB\. On AMX", STATIC,
+        "results/path=openvino-int8/peak_rss_gb", 2),
+    Fig(r"here, and its\s+(\d+) % is of torch's int8", STATIC,
+        lambda d: 100 * get(d, "results/path=openvino-int8/fraction_of_gemm_rate"), 0),
+    Fig(r"`torch._int_mm`, (\d+) GMAC/s on this CPU", STATIC, "gemm_gmac_per_s/int8", 0),
     # ... why OpenVINO bf16, and its accuracy
     Fig(r"reached only " + N + "x its fp32", BENCH,
         ratio("results/path=torch-fp32/median_s", "results/path=torch-bf16/median_s"), 1),
