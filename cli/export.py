@@ -106,7 +106,8 @@ def _export_parser() -> argparse.ArgumentParser:
                    "annotated keyframes; evad-train --make-data makes one)")
     q.add_argument("--calib-clips", type=number(MIN_CLIPS, 100000, integer=True),
                    default=DEFAULT_CLIPS, metavar="N", help=f"calibration clips, spread evenly "
-                   f"over DATA (default {DEFAULT_CLIPS}, at least {MIN_CLIPS})")
+                   f"over DATA (default {DEFAULT_CLIPS}, at least {MIN_CLIPS}); each clip is "
+                   "binned as it comes, so memory does not grow with N")
     add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
     ap.add_argument("--parity-clips", type=number(0, 1000, integer=True), default=1,
                     help="seeded clips for the ONNX Runtime parity check (0 skips it); the "

@@ -144,21 +144,41 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
     del export
     folder = os.path.join(openvino_cache_dir(), precision) if _usable_cache() else ""
     key = hashlib.sha256(f"{export_sha256}/{_IR_FORMAT}/{ov.__version__}/".encode() + graph)
-    ir = Path(folder, f"evad-{key.hexdigest()[:24]}.xml") if folder else None
     if folder:
         # one folder per precision: OpenVINO's cache key does not include the inference
         # precision hint, and a blob compiled at fp32 loaded for bf16 gave wrong outputs
         # (96x192) or a crash (288x512)
         config = {**config, "CACHE_DIR": folder}
-    if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file():
-        del graph, weights
+    static, batched = (Path(folder, f"evad-{key.hexdigest()[:24]}{tag}.xml") if folder else None
+                       for tag in ("", "-batch"))
+    found = next((ir for ir in ((batched, static) if precision == "int8" else (static,))
+                  if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file()), None)
+    try:
+        if found is None:
+            return _build(core, graph, weights, static, clip_shape, config)
+        weights.clear()  # OpenVINO reads them from the IR
         _trim_heap()
-        return core.compile_model(str(ir), "CPU", config)
+        return core.compile_model(str(found), "CPU", config)
+    except RuntimeError:
+        if precision != "int8":
+            raise
+        # OpenVINO 2026.4's CPU plugin refuses some Q/DQ graphs compiled for one clip (the
+        # demo model's: "DequantizationMultiply contains empty child edge"); such a graph
+        # compiles with the export's symbolic batch (weights were not set aside for int8)
+        for leftover in (static, static.with_suffix(".bin")) if static else ():
+            leftover.unlink(missing_ok=True)
+        return _build(core, graph, weights, batched, None, config)
+
+
+def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path | None,
+           clip_shape: tuple | None, config: dict) -> ov.CompiledModel:
+    """The rewritten ``graph`` with its ``weights`` as Constants, its shapes fixed at one clip
+    when ``clip_shape`` is given, saved as the IR file ``ir`` (none: not cached) and compiled
+    from it."""
     model = core.read_model(graph, ov.Tensor(np.empty(0, np.uint8)))
-    del graph
     _inputs_to_constants(model, weights)
-    del weights
-    model.reshape({INPUT_CLIP: [1, *clip_shape], INPUT_IMAGE_SIZE: [1, 2]})
+    if clip_shape is not None:
+        model.reshape({INPUT_CLIP: [1, *clip_shape], INPUT_IMAGE_SIZE: [1, 2]})
     if ir is None:
         return core.compile_model(model, "CPU", config)
     tmp = ir.with_name(f"{ir.stem}.{os.getpid()}.tmp.xml")
@@ -169,8 +189,8 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
     except OSError:  # a full disk: compile what is in memory, uncached
         for leftover in (tmp, tmp.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
-        config.pop("CACHE_DIR")
-        return core.compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU",
+                                  {k: v for k, v in config.items() if k != "CACHE_DIR"})
     del model
     _trim_heap()
     return core.compile_model(str(ir), "CPU", config)

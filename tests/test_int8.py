@@ -103,7 +103,7 @@ def test_metadata(quantized, data, tiny_onnx) -> None:
     q = meta["quantization"]
     assert meta["precision"] == "int8"
     assert q["method"].startswith("onnxruntime.quantization.quantize_static")
-    assert "QDQ" in q["method"] and "MinMax" in q["method"]
+    assert "QDQ" in q["method"] and "Percentile 99.99" in q["method"]
     assert q["calibration_clips"] == 16 and q["calibration_data"] == "folder of videos"
     again = int8.plan_calibration(data["calib"] / "videos", 16)
     assert q["calibration_sha256"] == again.sha256 and len(again.sha256) == 64

@@ -103,3 +103,38 @@ def test_no_cache_writes_nothing(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
     with OpenVinoRunner(tmp_path / "m.onnx", "fp32"):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_int8_graph_openvino_refuses_for_one_clip_keeps_its_batch(ov, tiny_int8_onnx,
+                                                                      tmp_path,
+                                                                      monkeypatch) -> None:
+    """OpenVINO 2026.4 refuses some Q/DQ graphs compiled for one clip (the demo model's): the
+    runner compiles such a graph with the export's symbolic batch, keeps that IR (no one-clip
+    IR left behind) and finds it next time, with the same outputs."""
+    from evad.export import openvino_runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+    clips, sizes = seeded_inputs(1, 2, 16, TINY_H, TINY_W, seed=8)
+    real = openvino_runner._build
+    refused = []
+
+    def refuse_one_clip(core, graph, weights, ir, clip_shape, config):
+        if clip_shape is not None:
+            compiled = real(core, graph, weights, ir, clip_shape, config)  # writes its IR
+            refused.append(ir)
+            del compiled
+            raise RuntimeError("Node x/DequantizationMultiply contains empty child edge")
+        return real(core, graph, weights, ir, clip_shape, config)
+
+    monkeypatch.setattr(openvino_runner, "_build", refuse_one_clip)
+    runs = []
+    for _ in range(2):
+        with openvino_runner.OpenVinoRunner(tiny_int8_onnx, "int8") as runner:
+            assert not runner.compiled.inputs[0].get_partial_shape().is_static
+            runs.append(runner(clips[0], sizes[0]))
+    assert runs[0]["boxes"].shape[0] == 2 and np.isfinite(runs[0]["action_probs"]).all()
+    for name in runs[0]:
+        assert np.array_equal(runs[0][name], runs[1][name]), name
+    assert len(refused) == 1  # the second open found the batched IR
+    assert [p.name.endswith("-batch.xml") for p in cache.rglob("evad-*.xml")] == [True]
