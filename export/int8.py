@@ -26,9 +26,10 @@ killed at 23 GiB).
 
 What stays float, and why: only ``MatMul``, ``Gemm`` and ``Conv`` are quantized, so the ``evad``
 ops (``KeyframeTopKPrune``, ``RoIAlign3D``), attention's softmax, LayerNorm and every other op
-run in float; and the linear layers whose outputs feed a pruning block's importance (the qkv
+run in float; the linear layers whose outputs feed a pruning block's importance (the qkv
 projection before each ``KeyframeTopKPrune``) stay float too, so int8 rounding cannot move which
-tokens survive (:func:`float_nodes`). The list goes into the metadata.
+tokens survive, and so does the actor localization (FPN and Sparse R-CNN stages), whose person
+score meets a threshold (:func:`float_nodes`). The list goes into the metadata.
 
 :func:`plan_calibration` checks the data and picks the keyframes without torch or a model (bad
 input is refused before any work); :func:`quantize` runs the calibration on the clips a
@@ -39,6 +40,7 @@ input is refused before any work); :func:`quantize` runs the calibration on the 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import logging
@@ -70,7 +72,7 @@ else:
     ortq = lazy_import("onnxruntime.quantization", "pip install onnxruntime")
 
 __all__ = ["CALIBRATION_PERCENTILE", "CALIBRATION_STRIDE_S",
-           "DEFAULT_CLIPS", "INT8_SUFFIX", "MIN_CLIPS", "QUANTIZED_OPS",
+           "DEFAULT_CLIPS", "INT8_SUFFIX", "LOCALIZATION_SCOPES", "MIN_CLIPS", "QUANTIZED_OPS",
            "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "plan_calibration",
            "quantize"]
 
@@ -87,6 +89,10 @@ CALIBRATION_PERCENTILE = 99.99
 INT8_SUFFIX = ".int8.onnx"
 #: the op types quantized; everything else runs in float
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+#: the actor localization's module scopes in an export (torch's exporter writes each node's
+#: scopes into its ``pkg.torch.onnx.name_scopes`` metadata): the FPN and the Sparse R-CNN
+#: stages, which give the boxes and the person scores
+LOCALIZATION_SCOPES = ("model.fpn_", "model.det_head.s0_headseries.")
 #: seconds between calibration keyframes: AVA's one annotation per second, as the runtime's
 #: default
 CALIBRATION_STRIDE_S = 1.0
@@ -201,12 +207,22 @@ def plan_calibration(data: str | os.PathLike, clips: int = DEFAULT_CLIPS) -> Cal
 
 
 def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
-    """The quantizable nodes (:data:`QUANTIZED_OPS`) kept in float, by name, with why: the
-    patch embedding (the one that takes the clip itself: a clip's range is its own, and a
-    quantized input clipped at the calibration's range moved block 3's kept tokens most:
-    Jaccard 0.976 against 0.994 float, tiny model, 4 seeded clips), and the linear layers the
-    importance of a pruning block is computed from (walking back from each
-    ``KeyframeTopKPrune``'s query and key inputs to the first matrix product)."""
+    """The quantizable nodes (:data:`QUANTIZED_OPS`) kept in float, by name, with why:
+
+    - the patch embedding (the one that takes the clip itself: a clip's range is its own, and a
+      quantized input clipped at the calibration's range moved block 3's kept tokens most:
+      Jaccard 0.976 against 0.994 float, tiny model, 4 seeded clips);
+    - the linear layers the importance of a pruning block is computed from (walking back from
+      each ``KeyframeTopKPrune``'s query and key inputs to the first matrix product);
+    - the actor localization (:data:`LOCALIZATION_SCOPES`): its person score is compared with
+      a threshold, so its error decides detections; quantized, it moved vit_b_ktp's person
+      scores by up to 0.18 and lost a detection of 46 (``evad-parity --seed 2``), float 0.05
+      and none of 48.
+
+    Raises:
+        ConfigError: the graph names no module scopes (not an evad export of torch's exporter):
+            the localization cannot be found.
+    """
     producer = {o: n for n in model.graph.node for o in n.output}
     inputs = {i.name for i in model.graph.input}
     out: dict[str, str] = {n.name: "the patch embedding: takes the clip itself"
@@ -226,7 +242,30 @@ def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
                 out[n.name] = f"feeds the pruning importance of {node.name}"
             else:
                 todo += list(n.input)
+    scoped = 0
+    for n in model.graph.node:
+        scopes = _name_scopes(n)
+        scoped += bool(scopes)
+        if n.op_type in QUANTIZED_OPS and n.name not in out and \
+                any(s.startswith(LOCALIZATION_SCOPES) for s in scopes):
+            out[n.name] = "the actor localization: its person score meets a threshold"
+    if not scoped:
+        raise ConfigError("the ONNX graph names no module scopes (pkg.torch.onnx.name_scopes), "
+                          "so its actor localization cannot be kept float: quantize an export "
+                          "written by evad-export")
     return out
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """The module scopes torch's exporter recorded for ``node`` (outermost first), or []."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [s for s in scopes if isinstance(s, str)]
+    return []
 
 
 class _Reader:

@@ -119,12 +119,13 @@ def _inputs_to_constants(model: ov.Model, weights: dict[str, np.ndarray]) -> Non
 _IR_FORMAT = 1
 
 
-def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
+def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precision: str,
              clip_shape: tuple, export_sha256: str, config: dict) -> ov.CompiledModel:
     """The export in ``exports`` (taken out of it: once rewritten, its memory is freed before
     OpenVINO compiles; a protobuf message frees its memory only when no reference is left)
     rewritten for OpenVINO (:func:`evad.export.openvino_graph.openvino_graph`), its shapes
-    fixed at one clip ``(1, *clip_shape)``, compiled for the CPU with ``config``.
+    fixed at one clip ``(1, *clip_shape)``, compiled for the CPU with ``config``. ``path`` is
+    the export's file, read again only for an int8 graph OpenVINO refuses for one clip.
 
     Why one static clip: with every shape static OpenVINO plans its buffers once; with the
     export's symbolic batch it kept about 1.6 GB more for a vit_b_ktp clip (peak 3.64 vs
@@ -135,13 +136,7 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
     export or rewrite is a new file; nothing is written where the cache is off or unwritable.
     """
     int8_weights = OPENVINO_PRECISIONS[precision][1]
-    # the graph is rewritten without its weights (each rewrite copies the proto: with the
-    # weights, vit_b_ktp peaked at 4.65 GB here); measured bit-identical at fp32 and bf16;
-    # int8w's rewrite reads the weights, the Q/DQ export was not measured
-    export = exports.pop()
-    weights = _weights_to_inputs(export) if precision in ("fp32", "bf16") else {}
-    graph = openvino_graph(export, int8_weights).SerializeToString()
-    del export
+    graph, weights = _rewritten(exports.pop(), int8_weights)
     folder = os.path.join(openvino_cache_dir(), precision) if _usable_cache() else ""
     key = hashlib.sha256(f"{export_sha256}/{_IR_FORMAT}/{ov.__version__}/".encode() + graph)
     if folder:
@@ -164,10 +159,25 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], precision: str,
             raise
         # OpenVINO 2026.4's CPU plugin refuses some Q/DQ graphs compiled for one clip (the
         # demo model's: "DequantizationMultiply contains empty child edge"); such a graph
-        # compiles with the export's symbolic batch (weights were not set aside for int8)
+        # compiles with the export's symbolic batch, its weights read again (the failed
+        # build's Constants took them)
         for leftover in (static, static.with_suffix(".bin")) if static else ():
             leftover.unlink(missing_ok=True)
+        weights.clear()
+        graph, weights = _rewritten(onnx.load(str(path)), int8_weights)
         return _build(core, graph, weights, batched, None, config)
+
+
+def _rewritten(export: onnx.ModelProto,
+               int8_weights: bool) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The export rewritten for OpenVINO, serialized, and its weights set aside (by name).
+
+    Why aside: each rewrite copies the proto; with the weights inside, vit_b_ktp (bf16)
+    peaked at 4.65 GB, and its Q/DQ export, whose float localization holds 337 MB of
+    weights, at 2.71 GB against 1.35 GB aside (outputs bit-identical either way). The
+    ``int8_weights`` rewrite reads the weights, so they stay in for it."""
+    weights = _weights_to_inputs(export) if not int8_weights else {}
+    return openvino_graph(export, int8_weights).SerializeToString(), weights
 
 
 def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path | None,
@@ -267,7 +277,7 @@ class OpenVinoRunner(RunnerBase):
                 config["PERF_COUNT"] = True
             exports = [export]
             del export
-            self.compiled = _compile(core, exports, precision, self.clip_shape,
+            self.compiled = _compile(core, exports, self.path, precision, self.clip_shape,
                                      self.spec.sha256 or "", config)
         except Exception as e:  # OpenVINO raises RuntimeError with pages of text: one line
             raise BackendError(f"OpenVINO cannot compile {self.path}: {one_line(e)}") from e
