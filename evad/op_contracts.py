@@ -183,9 +183,10 @@ KEYFRAME_TOPK_PRUNE = OpContract(
               "ranks first (a stable descending sort)",
 )
 
-#: query rows per softmax chunk of the pruning importance, in every implementation that chunks
-#: (torch reference, ONNX function body, OpenVINO variant): bounds the (B, H, rows, N) slab to
-#: 226 MB fp32 for vit_b at 288x512 (12 heads, N = 4608) and fixes where partial sums are cut.
+#: query rows per softmax chunk of the pruning importance in the torch reference and the ONNX
+#: function body: bounds the (B, H, rows, N) slab to 226 MB fp32 for vit_b at 288x512 (12
+#: heads, N = 4608) and fixes where partial sums are cut. OpenVINO's unrolled variant cuts
+#: smaller chunks of its own (``evad.export.openvino_graph.ROW_CHUNK``).
 IMPORTANCE_ROW_CHUNK = 1024
 
 
