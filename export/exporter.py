@@ -274,9 +274,8 @@ class Exporter:
         meta = write_int8(staged, folder / name, self.calibration, progress=self.progress)
         kept = meta["quantization"]["float_nodes"]
         self._log("int8", f"wrote {done.path.parent / name} in {time.perf_counter() - t0:.1f} s "
-                  f"({', '.join(int8.QUANTIZED_OPS)} quantized; {len(kept)} kept in float: "
-                  "the patch embedding, the pruning importance's inputs and the actor "
-                  "localization)")
+                  f"({', '.join(int8.QUANTIZED_OPS)} quantized; {len(kept)} kept in float, "
+                  "each with its reason in the metadata's quantization.float_nodes)")
         return dataclasses.replace(done, int8_path=done.path.parent / name, int8_meta=meta)
 
     def _load(self, ckpt: str | os.PathLike | None, preset: str | Preset | None, seed: int,
