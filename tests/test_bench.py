@@ -15,7 +15,7 @@ from conftest import TINY_H, TINY_W
 from evad.cli.bench import main as bench_main
 from evad.models.flops import flops, token_counts
 from evad.models.presets import get_preset
-from evad.runtime.benchmark import CPU_FEATURES, p95, settle_warmups
+from evad.runtime.benchmark import CPU_FEATURES, int8_product, p95, settle_warmups
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -122,6 +122,28 @@ def test_bench_times_the_int8_export_against_the_int8_gemm_rate(tiny_onnx, tiny_
     # the int8 paths ran the INT8 file: their kept tokens differ from fp32's somewhere, or
     # at least their names say int8
     assert "int8" in out
+
+
+def test_int8_yardstick_is_a_real_u8_s8_product() -> None:
+    """The int8 GEMM rate times a real (m, k) u8 x (k, n) s8 product: its result, dequantized,
+    is the float product of its dequantized inputs to within the u8 output's rounding (half its
+    scale) where not clipped (the oneDNN engine), or exactly (``torch._int_mm``); torch's
+    quantized engine is as it was."""
+    import torch
+
+    engine = torch.backends.quantized.engine
+    product = int8_product(64, 96, 80, torch.Generator().manual_seed(3))
+    out = product()
+    assert torch.backends.quantized.engine == engine
+    x, w = product.args[0], product.args[1]
+    if out.dtype == torch.int32:  # torch._int_mm: int8 x int8 -> int32, exact
+        assert torch.equal(out, x.int() @ w.int())
+        return
+    want = x.dequantize() @ torch.ops.quantized.linear_unpack(w)[0].dequantize().T
+    inside = (want > out.q_scale() * -out.q_zero_point()) & (
+        want < out.q_scale() * (255 - out.q_zero_point()))  # not clipped by the u8 output
+    assert inside.float().mean() > 0.3
+    assert (out.dequantize() - want)[inside].abs().max() <= out.q_scale() / 2 + 1e-4
 
 
 @pytest.mark.parametrize(("argv", "says"), [
