@@ -94,8 +94,9 @@ class Tolerance:
 #: * tf32 (the fp16 bar): the same 10-bit mantissa, on MatMul and Conv inputs only (fp32
 #:   activations and accumulation), so no worse than fp16.
 #: * bf16 (rtol 1.5e-1, atol 1e-2): a 7-bit mantissa (2^-8 ~ 3.9e-3 per rounding, 8x fp16's):
-#:   OpenVINO bf16 (fp32 accumulation): 2.4e-2, 6x headroom; except its RoIAlign3D, which it
-#:   runs in bf16 (engines keep it fp32): 0.36 of scale, reported as the first divergence.
+#:   OpenVINO bf16 (fp32 accumulation): 2.4e-2, 6x headroom; except the actor localization's
+#:   RoIAlign3D, which it runs in bf16 (engines keep it fp32; the action pooler's, OpenVINO
+#:   too): 0.36 of scale, reported as the first divergence.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rtol=1e-4, atol=1e-5),
     "tf32": Tolerance(rtol=5e-2, atol=1e-3),

@@ -14,10 +14,13 @@ changed. This module compiles that graph for one clip, through an IR file in the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
 import os
+import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,7 +119,64 @@ def _inputs_to_constants(model: ov.Model, weights: dict[str, np.ndarray]) -> Non
 
 
 #: bumped when the graph OpenVINO is given changes in a way its structure does not show
-_IR_FORMAT = 1
+_IR_FORMAT = 2
+
+#: OpenVINO's runtime attribute that keeps a layer at f32 under a lower precision hint, as an
+#: IR file spells it: ``<attribute name="precise" version="0"/>`` in the layer's ``rt_info``
+_KEEP_F32 = ("precise", "0")
+
+
+def _clip_pooling_layers(model: ov.Model) -> list[str]:
+    """The names of ``model``'s RoIAlign layers that pool more than one time slice at once:
+    RoIAlign3D's body (``evad.export.ops``) folds T into the channels, so such a layer reads a
+    Reshape of a (B, C, T, H, W) map to (B, C * T, H, W) with T > 1 (the action pooler; the
+    actor localization's maps have T = 1). An export made before that body (T folded into the
+    batch after a Transpose) has none: the Transpose test is what keeps its single-slice
+    layers, whose (B, 1, C, H, W) -> (B, C, H, W) Reshape is also a fold, unmarked."""
+    names = []
+    for node in model.get_ops():
+        if node.get_type_name() != "ROIAlign":
+            continue
+        fold = node.input_value(0).get_node()
+        if fold.get_type_name() != "Reshape" or \
+                fold.input_value(0).get_node().get_type_name() == "Transpose":
+            continue
+        src, dst = fold.get_input_partial_shape(0), fold.get_output_partial_shape(0)
+        if not (src.is_static and dst.is_static and len(src) == 5):
+            continue
+        b, c, t, h, w = (d.get_length() for d in src)
+        if t > 1 and [d.get_length() for d in dst] == [b, c * t, h, w]:
+            names.append(node.get_friendly_name())
+    return names
+
+
+def _keep_at_f32(ir: Path, layers: list[str]) -> None:
+    """Mark ``layers`` (names of top-level layers, each marked only where the name is unique)
+    in the IR file ``ir`` to run at f32 whatever the precision hint.
+
+    Why: OpenVINO 2026.4's bf16 ROIAlign is slow on the action pooler's (1, 3072, 18, 32) map
+    (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a clip in bf16, 85 ms at f32; the clip
+    1.78 -> 1.65 s, the same IR otherwise). The mark goes into the file because only a
+    deserialized IR carries it as the typed attribute the CPU plugin reads (set from Python, it
+    is a plain string the plugin ignores). The actor localization's 24 small RoIAligns stay
+    bf16: at f32 each ran 5x slower.
+
+    Raises:
+        OSError, xml.etree.ElementTree.ParseError: the file cannot be read or written.
+    """
+    if not layers:
+        return
+    tree = ET.parse(ir)
+    found = [x for x in tree.getroot().findall("./layers/layer") if x.get("name") in layers]
+    names = [x.get("name") for x in found]
+    for layer in found:
+        if names.count(layer.get("name")) != 1:
+            continue
+        rt_info = layer.find("rt_info")
+        if rt_info is None:
+            rt_info = ET.SubElement(layer, "rt_info")
+        ET.SubElement(rt_info, "attribute", name=_KEEP_F32[0], version=_KEEP_F32[1])
+    tree.write(ir, encoding="utf-8", xml_declaration=True)
 
 
 def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precision: str,
@@ -133,7 +193,8 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
     model compiled from a file path is found in OpenVINO's model cache without being built
     (a model built in memory is, only after its weights are copied in: 0.4 GB more at the
     peak). The file is named by the export's SHA-256 and the rewritten graph's, so a changed
-    export or rewrite is a new file; nothing is written where the cache is off or unwritable.
+    export or rewrite is a new file. Where the cache is off or unwritable nothing is kept: the
+    IR is compiled from a temporary folder (:func:`_build`).
     """
     int8_weights = OPENVINO_PRECISIONS[precision][1]
     graph, weights = _rewritten(exports.pop(), int8_weights)
@@ -183,27 +244,33 @@ def _rewritten(export: onnx.ModelProto,
 def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path | None,
            clip_shape: tuple | None, config: dict) -> ov.CompiledModel:
     """The rewritten ``graph`` with its ``weights`` as Constants, its shapes fixed at one clip
-    when ``clip_shape`` is given, saved as the IR file ``ir`` (none: not cached) and compiled
-    from it."""
+    when ``clip_shape`` is given, saved as the IR file ``ir`` with :func:`_keep_at_f32`'s marks
+    and compiled from it. ``ir`` None (the cache off): the IR goes to a temporary folder,
+    removed once compiled, so the marks hold there too; where it cannot be written (a full
+    disk) the model is compiled in memory, and the action pooler's RoIAlign runs at the
+    precision hint."""
     model = core.read_model(graph, ov.Tensor(np.empty(0, np.uint8)))
     _inputs_to_constants(model, weights)
     if clip_shape is not None:
         model.reshape({INPUT_CLIP: [1, *clip_shape], INPUT_IMAGE_SIZE: [1, 2]})
-    if ir is None:
-        return core.compile_model(model, "CPU", config)
-    tmp = ir.with_name(f"{ir.stem}.{os.getpid()}.tmp.xml")
-    try:  # the .bin first: an .xml is only ever seen beside its whole .bin
-        ov.save_model(model, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), ir.with_suffix(".bin"))
-        os.replace(tmp, ir)
-    except OSError:  # a full disk: compile what is in memory, uncached
-        for leftover in (tmp, tmp.with_suffix(".bin")):
-            leftover.unlink(missing_ok=True)
-        return core.compile_model(model, "CPU",
-                                  {k: v for k, v in config.items() if k != "CACHE_DIR"})
-    del model
-    _trim_heap()
-    return core.compile_model(str(ir), "CPU", config)
+    with contextlib.ExitStack() as scratch:
+        target = ir if ir is not None else Path(
+            scratch.enter_context(tempfile.TemporaryDirectory(prefix="evad-openvino-")),
+            "evad.xml")
+        tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
+        try:  # the .bin first: an .xml is only ever seen beside its whole .bin
+            ov.save_model(model, str(tmp), compress_to_fp16=False)
+            _keep_at_f32(tmp, _clip_pooling_layers(model))
+            os.replace(tmp.with_suffix(".bin"), target.with_suffix(".bin"))
+            os.replace(tmp, target)
+        except (OSError, ET.ParseError):  # a full disk: compile what is in memory, uncached
+            for leftover in (tmp, tmp.with_suffix(".bin")):
+                leftover.unlink(missing_ok=True)
+            return core.compile_model(model, "CPU",
+                                      {k: v for k, v in config.items() if k != "CACHE_DIR"})
+        del model
+        _trim_heap()
+        return core.compile_model(str(target), "CPU", config)
 
 
 def _trim_heap() -> None:

@@ -5,6 +5,7 @@ the export's and the rewrite's SHA-256, written whole or not at all."""
 from __future__ import annotations
 
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,76 @@ def test_an_int8_graph_openvino_refuses_for_one_clip_keeps_its_batch(ov, tiny_in
         assert np.array_equal(runs[0][name], runs[1][name]), name
     assert len(refused) == 1  # the second open found the batched IR
     assert [p.name.endswith("-batch.xml") for p in cache.rglob("evad-*.xml")] == [True]
+
+
+def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
+                                                     monkeypatch) -> None:
+    """RoIAlign3D's RoIAlign that pools a clip's T > 1 slices at once (the action pooler, its
+    input (1, C * T, H, W)) is marked f32 in the IR, the actor localization's (T = 1) are not;
+    the rewritten XML loses nothing else (at fp32, where the mark does nothing, the outputs
+    equal those of an IR left unmarked, bit for bit); at the bf16 hint the compiled model runs
+    the marked layer at f32 and the others at bf16, with the cache on and off (a CPU with bf16
+    only)."""
+    from evad.export import openvino_runner
+    from evad.export.openvino_graph import tensor_dims
+    from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
+
+    model = onnx.load(str(tiny_onnx), load_external_data=False)
+    pools = [n for n in model.graph.node if n.op_type == "RoIAlign3D"]
+    clip_pools = [tensor_dims(model, n.input[0]) for n in pools
+                  if (tensor_dims(model, n.input[0])[2] or 0) > 1]
+    assert len(clip_pools) == 1 and len(pools) > 1
+    _, c, t, h, w = clip_pools[0]
+    clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=9)
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(tmp_path / "marked"))
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        marked_out = runner(clips[0], sizes[0])
+    (xml,) = (tmp_path / "marked").rglob("evad-*.xml")
+    layers = [x for x in ET.parse(xml).getroot().iter("layer") if x.get("type") == "ROIAlign"]
+    marked = [x for x in layers if any(a.get("name") == "precise" for a in x.iter("attribute"))]
+    assert len(layers) == len(pools) and len(marked) == 1
+    port0 = marked[0].find("./input/port")
+    assert [int(d.text) for d in port0.findall("dim")] == [1, c * t, h, w]
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(tmp_path / "plain"))
+    monkeypatch.setattr(openvino_runner, "_keep_at_f32", lambda ir, layers: None)
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        plain_out = runner(clips[0], sizes[0])
+    monkeypatch.undo()
+    for name in marked_out:
+        assert np.array_equal(marked_out[name], plain_out[name]), name
+    if not cpu_has_bf16():
+        pytest.skip("no native bf16 on this CPU: the runtime precisions are not checked")
+    for cache in (str(tmp_path / "marked"), ""):
+        monkeypatch.setenv("EVAD_OPENVINO_CACHE", cache)
+        with OpenVinoRunner(tiny_onnx, "bf16") as runner:
+            ran = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
+                   for op in runner.compiled.get_runtime_model().get_ops()
+                   if op.get_rt_info()["layerType"].astype(str) == "ROIAlign"}
+        assert sorted(ran.values()) == ["bf16"] * (len(pools) - 1) + ["f32"], cache
+        assert ran[marked[0].get("name")] == "f32", cache
+
+
+def test_only_a_multi_slice_fold_is_marked(ov) -> None:
+    """Which RoIAlign layers are kept at f32 (``_clip_pooling_layers``): one reading a
+    (B, C, T, H, W) -> (B, C * T, H, W) Reshape with T > 1 (RoIAlign3D's body); not one with
+    T = 1, nor one after a Transpose (an export made before that body, which folded T into the
+    batch: with T = 1 its Reshape is a fold too)."""
+    import openvino.opset13 as op
+
+    from evad.export.openvino_runner import _clip_pooling_layers
+
+    def pool(name: str, t: int, c: int = 4, transposed: bool = False):
+        x = op.parameter([1, c, t, 6, 8], np.float32, name=name)
+        y = op.transpose(x, op.constant(np.array([0, 2, 1, 3, 4]))) if transposed else x
+        shape = [t, c, 6, 8] if transposed else [1, c * t, 6, 8]
+        folded = op.reshape(y, op.constant(np.array(shape)), False)
+        boxes = op.constant(np.array([[0.0, 0.0, 4.0, 4.0]], np.float32))
+        r = op.roi_align(folded, boxes, op.constant(np.zeros(1, np.int32)), 2, 2, 2, 1.0, "avg",
+                         "half_pixel")
+        r.set_friendly_name(f"{name}/roi")
+        return x, r
+
+    made = [pool("clip", 8), pool("single", 1), pool("old_clip", 8, transposed=True),
+            pool("old_single", 1, c=8, transposed=True)]
+    model = ov.Model([r for _, r in made], [x for x, _ in made])
+    assert _clip_pooling_layers(model) == ["clip/roi"]
