@@ -139,6 +139,7 @@ BENCH, KEEP = "bench_vit_b_ktp_288x512.json", "bench_keep_rate_vit_b_ktp_288x512
 OFFICIAL, ACC = "official_vs_fast_vit_b_ktp_288x512.json", "cpu_precision_accuracy.json"
 FLOPS, INT8 = "flops_paper.json", "int8_accuracy.json"
 STATIC = "bench_static_int8_vit_b_ktp_288x512.json"
+OFFICIAL_XEON = "official_vs_fast_xeon_vit_b_ktp_288x512.json"
 OV, INT8W = "openvino_bf16", "openvino_bf16-int8w"
 ACC_REPORT = f"vit_b_ktp_parity/{OV}/report"
 
@@ -243,28 +244,37 @@ FIGURES: list[Fig] = [
     Fig(r"GEMM rates in that run: fp32\s+(\d+), bf16", STATIC, "gemm_gmac_per_s/fp32", 0),
     Fig(r"run: fp32\s+\d+, bf16 (\d+), int8", STATIC, "gemm_gmac_per_s/bf16", 0),
     Fig(r"bf16 \d+, int8 (\d+) GMAC/s\)", STATIC, "gemm_gmac_per_s/int8", 0),
-    Fig(r"torch fp32 " + N + r" s at\s+[\d.]+ GB peak", STATIC,
+    Fig(r"torch\s+fp32 " + N + r" s at\s+[\d.]+ GB peak", STATIC,
         "results/path=torch-fp32/median_s", 2),
     Fig(r"s at\s+" + N + r" GB peak, ONNX", STATIC, "results/path=torch-fp32/peak_rss_gb", 2),
     Fig(r"ONNX Runtime fp32 " + N + r" s at [\d.]+ GB, OpenVINO", STATIC,
         "results/path=ort-fp32/median_s", 2),
     Fig(r"ONNX Runtime fp32 [\d.]+ s at " + N + r" GB, OpenVINO", STATIC,
         "results/path=ort-fp32/peak_rss_gb", 2),
-    Fig(r"OpenVINO bf16 " + N + r" s at [\d.]+ GB \(", STATIC,
+    Fig(r"OpenVINO bf16 " + N + r" s at [\d.]+ GB\s+\(", STATIC,
         "results/path=openvino-bf16/median_s", 2),
-    Fig(r"OpenVINO bf16 [\d.]+ s at " + N + r" GB \(", STATIC,
+    Fig(r"OpenVINO bf16 [\d.]+ s at " + N + r" GB\s+\(", STATIC,
         "results/path=openvino-bf16/peak_rss_gb", 2),
-    Fig(r"GB \(" + N + r"x\s+torch fp32, \d+ %", STATIC,
+    Fig(r"GB\s+\(" + N + r"x\s+torch fp32, \d+ %", STATIC,
         ratio("results/path=torch-fp32/median_s", "results/path=openvino-bf16/median_s"), 2),
     Fig(r"torch fp32, (\d+) % of the bf16 GEMM", STATIC,
         lambda d: 100 * get(d, "results/path=openvino-bf16/fraction_of_gemm_rate"), 0),
-    Fig(r"calibrated INT8 export " + N + r" s at", STATIC,
+    Fig(r"calibrated INT8 export\s+" + N + r" s at", STATIC,
         "results/path=openvino-int8/median_s", 2),
-    Fig(r"INT8 export [\d.]+ s at\s+" + N + r" GB\. On AMX", STATIC,
+    Fig(r"INT8 export\s+[\d.]+ s at\s+" + N + r" GB\. On AMX", STATIC,
         "results/path=openvino-int8/peak_rss_gb", 2),
-    Fig(r"here, and its\s+(\d+) % is of torch's int8", STATIC,
+    Fig(r"than bf16 here, at (\d+) % of the int8 GEMM rate", STATIC,
         lambda d: 100 * get(d, "results/path=openvino-int8/fraction_of_gemm_rate"), 0),
-    Fig(r"`torch._int_mm`, (\d+) GMAC/s on this CPU", STATIC, "gemm_gmac_per_s/int8", 0),
+    # ... and against the official code on that Xeon
+    Fig(r"the official code's median " + N + r" s, OpenVINO bf16", OFFICIAL_XEON,
+        "median_s/official", 2),
+    Fig(r"the official code's median [\d.]+ s, OpenVINO bf16\s+" + N + r" s \(", OFFICIAL_XEON,
+        "median_s/openvino-bf16", 2),
+    Fig(r"\(" + N + r"x; `benchmarks/results/official_vs_fast_xeon", OFFICIAL_XEON,
+        ratio("median_s/official", "median_s/openvino-bf16"), 2),
+    Fig(r"Xeon \(torch ([\d.]+) eager fp32, alternated", OFFICIAL_XEON,
+        lambda d: d["official"]["torch"].split("+")[0]),
+    Fig(r"in one run, (\d+) rounds each\): the official code's median", OFFICIAL_XEON, "rounds"),
     # ... why OpenVINO bf16, and its accuracy
     Fig(r"reached only " + N + "x its fp32", BENCH,
         ratio("results/path=torch-fp32/median_s", "results/path=torch-bf16/median_s"), 1),
