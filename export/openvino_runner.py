@@ -255,7 +255,8 @@ def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path
         model.reshape({INPUT_CLIP: [1, *clip_shape], INPUT_IMAGE_SIZE: [1, 2]})
     with contextlib.ExitStack() as scratch:
         target = ir if ir is not None else Path(
-            scratch.enter_context(tempfile.TemporaryDirectory(prefix="evad-openvino-")),
+            scratch.enter_context(tempfile.TemporaryDirectory(
+                prefix="evad-openvino-", ignore_cleanup_errors=True)),  # a mapped .bin (Windows)
             "evad.xml")
         tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
         try:  # the .bin first: an .xml is only ever seen beside its whole .bin
