@@ -155,8 +155,7 @@ def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
 
     model = onnx.load(str(tiny_onnx), load_external_data=False)
     pools = [n for n in model.graph.node if n.op_type == "RoIAlign3D"]
-    clip_pools = [tensor_dims(model, n.input[0]) for n in pools
-                  if (tensor_dims(model, n.input[0])[2] or 0) > 1]
+    clip_pools = [d for d in (tensor_dims(model, n.input[0]) for n in pools) if (d[2] or 0) > 1]
     assert len(clip_pools) == 1 and len(pools) > 1
     _, c, t, h, w = clip_pools[0]
     clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=9)
