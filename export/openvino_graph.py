@@ -17,27 +17,28 @@ from onnx import helper
 from evad.errors import ConfigError
 from evad.fused_attention import decompose_fused_attention
 
-__all__ = ["ROW_CHUNK", "int8_matmul_weights", "openvino_graph", "tensor_dims",
-           "unroll_pruning"]
+__all__ = ["ROW_CHUNK", "int8_matmul_weights", "openvino_graph", "patchify_convolutions",
+           "tensor_dims", "unroll_pruning"]
 
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
-#: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``), because OpenVINO runs each chunk's MatMul,
-#: bf16 -> f32 Reorder, Softmax and ReduceSum as separate passes over a (1, 12, rows, N) slab:
-#: at 256 rows (57 MB in f32 for vit_b at 288x512, against 226 MB) more of it is still in cache
-#: for the next pass. Measured on vit_b_ktp bf16, 2-core Xeon (AMX), one clip: those four
-#: layers 484 ms -> 335 ms, the clip 1.74 s -> 1.62 s; 128 rows gave no more (1.62 s). Only
-#: where the partial sums are cut changes.
+#: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): OpenVINO fuses each chunk's logits MatMul,
+#: Softmax and row sum into one kernel whose partial sums leave it in bf16 under the bf16 hint;
+#: more chunks add more of them up in f32 outside it. One vit_b_ktp importance at N = 4608 on
+#: the 2-core AMX Xeon, bf16: 256 rows 177-205 ms and at most 0.28 % off an f32 importance
+#: (relative to its mean), 128 rows 186 ms, 1024 rows 188-206 ms and 0.44 %, one chunk of all
+#: 4608 rows 320 ms and 0.56 %. Only where the partial sums are cut changes.
 ROW_CHUNK = 256
 
 
 def openvino_graph(model: onnx.ModelProto, int8_weights: bool = False) -> onnx.ModelProto:
     """The copy of an export that OpenVINO reads: attention decomposed, each KeyframeTopKPrune
     unrolled over its static row chunks (:func:`unroll_pruning`), the other local functions
-    inlined (RoIAlign3D becomes its standard-op body); with ``int8_weights`` every MatMul weight
-    stored as int8 (:func:`int8_matmul_weights`)."""
+    inlined (RoIAlign3D becomes its standard-op body), the patch embedding's convolution
+    written as a matrix product (:func:`patchify_convolutions`); with ``int8_weights`` every
+    MatMul weight stored as int8 (:func:`int8_matmul_weights`)."""
     from onnx import inliner
 
-    graph = unroll_pruning(decompose_fused_attention(model))
+    graph = patchify_convolutions(unroll_pruning(decompose_fused_attention(model)))
     if int8_weights:
         graph = int8_matmul_weights(graph)
     return inliner.inline_local_functions(graph)
@@ -81,6 +82,92 @@ def int8_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def patchify_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with each convolution whose kernel is its stride (no padding, dilation or groups)
+    over a graph input with static spatial dims written as the matrix product it is: the input
+    cut into patches (Reshape, Transpose), one MatMul with the weight as (C_in * kernel, C_out),
+    the bias added, and the result put back in the convolution's (B, C_out, *spatial) layout.
+
+    Why: the patch embedding (kernel = stride = (2, 16, 16) over the clip) ran as OpenVINO
+    2026.4's AMX convolution at about a fifth of the rate its FullyConnected reaches on the same
+    product (vit_b_ktp 288x512, 5.4 GMACs: 46 ms of a 1.7 s bf16 clip on the AMX Xeon). The
+    same terms, summed in another order. A convolution whose input is not a graph input (a
+    dequantized one in a Q/DQ export) is left as it is.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inputs = {vi.name for vi in out.graph.input}
+    nodes: list[onnx.NodeProto] = []
+    for i, node in enumerate(out.graph.node):
+        plan = _patch_plan(out, node) if node.op_type == "Conv" and node.input[0] in inputs \
+            else None
+        if plan is None:
+            nodes.append(node)
+            continue
+        nodes += _patch_product(out, node, *plan, prefix=f"_patch{i}_")
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _patch_plan(model: onnx.ModelProto,
+                node: onnx.NodeProto) -> tuple[list[int], list[int]] | None:
+    """(input channels and spatial dims, kernel) of a convolution that is a patch product,
+    else None."""
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    dims = tensor_dims(model, node.input[0])
+    kernel = list(a.get("kernel_shape", []))
+    spatial = dims[2:]
+    if (len(node.input) < 2 or not kernel or list(a.get("strides", [])) != kernel
+            or any(a.get("pads", [0])) or any(d != 1 for d in a.get("dilations", [1]))
+            or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+            or len(spatial) != len(kernel) or dims[1] is None
+            or any(d is None or d % k for d, k in zip(spatial, kernel, strict=True))):
+        return None
+    return [dims[1], *spatial], kernel  # type: ignore[list-item]
+
+
+def _patch_product(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
+                   kernel: list[int], prefix: str) -> list[onnx.NodeProto]:
+    c_in, spatial = dims[0], dims[1:]
+    grid = [d // k for d, k in zip(spatial, kernel, strict=True)]
+    r = len(kernel)
+    # (B, C, g0, k0, g1, k1, ...) -> (B, g0, g1, ..., C, k0, k1, ...): each patch's
+    # C * prod(k) values in the weight's (C_in, k0, k1, ...) order
+    split = [0, c_in] + [x for g, k in zip(grid, kernel, strict=True) for x in (g, k)]
+    perm = [0, *range(2, 2 + 2 * r, 2), 1, *range(3, 3 + 2 * r, 2)]
+    patch = c_in * int(np.prod(kernel))
+    tokens = int(np.prod(grid))
+
+    def const(name: str, value: list[int]) -> str:
+        out.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.array(value, np.int64), prefix + name))
+        return prefix + name
+
+    x, w = node.input[0], node.input[1]
+    nodes = [
+        helper.make_node("Reshape", [x, const("split_shape", split)], [prefix + "cut"]),
+        helper.make_node("Transpose", [prefix + "cut"], [prefix + "patches"], perm=perm),
+        helper.make_node("Reshape", [prefix + "patches", const("rows_shape", [0, tokens, patch])],
+                         [prefix + "rows"]),
+        # the weight (C_out, C_in, *k) as (C_out, C_in * prod(k)), transposed for the
+        # product: OpenVINO folds both into its FullyConnected weight
+        helper.make_node("Reshape", [w, const("w2_shape", [0, patch])], [prefix + "w2"]),
+        helper.make_node("Transpose", [prefix + "w2"], [prefix + "wt"], perm=[1, 0]),
+        helper.make_node("MatMul", [prefix + "rows", prefix + "wt"], [prefix + "product"]),
+    ]
+    product = prefix + "product"
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(helper.make_node("Add", [product, node.input[2]], [prefix + "biased"]))
+        product = prefix + "biased"
+    nodes += [
+        helper.make_node("Transpose", [product], [prefix + "channels"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", [prefix + "channels", const("grid_shape", [0, 0, *grid])],
+                         [node.output[0]]),
+    ]
+    return nodes
+
+
 def tensor_dims(model: onnx.ModelProto, name: str) -> list[int | None]:
     """The declared shape of tensor ``name`` (a graph input, output or value_info): each
     dimension's size, None where it is symbolic (the batch).
@@ -101,12 +188,14 @@ def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
     :data:`ROW_CHUNK` query-row chunks unrolled (N is static in an export).
 
     Why: OpenVINO runs an ONNX Loop as an opaque node without its bf16 kernels (0.9 s of a
-    4.3 s vit_b_ktp clip); unrolled, each chunk's MatMul and Softmax are ordinary nodes. The maths
-    is the op's contract (``evad.models.keyframe_topk_prune.importance``); the chunks are also
-    cut where the keyframe rows end, and each chunk's rows are summed over every key before the
+    4.3 s vit_b_ktp clip); unrolled, each chunk's logits MatMul, Softmax and row sum (a MatMul
+    with a ones row) are ordinary nodes, which OpenVINO fuses into one kernel. The maths is the
+    op's contract (``evad.models.keyframe_topk_prune.importance``); the chunks are also cut where
+    the keyframe rows end, and each chunk's rows are summed over every key before the
     non-keyframe columns are taken (the same terms, added in another order). Under OpenVINO's
-    bf16 hint the Casts to fp32 do not hold: the importance products run in bf16 too, which
-    the reduced-precision parity measures (kept-token Jaccard >= 0.988 on vit_b_ktp).
+    bf16 hint the Casts to fp32 do not hold: the importance products run in bf16 too, and each
+    chunk's row sums leave the fused kernel in bf16, which the reduced-precision parity
+    measures (``evad-parity --backend openvino --precision bf16``).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -143,23 +232,40 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
 
     nodes += [helper.make_node("Cast", [q], [p + "qf"], to=onnx.TensorProto.FLOAT),
               helper.make_node("Cast", [k], [p + "kf"], to=onnx.TensorProto.FLOAT),
-              helper.make_node("Transpose", [p + "kf"], [p + "kt"], perm=[0, 1, 3, 2])]
+              helper.make_node("Transpose", [p + "kf"], [p + "kt"], perm=[0, 1, 3, 2]),
+              # A zero computed from q, not a constant: the row sums below are products with
+              # a ones row, and OpenVINO fuses MatMul -> Softmax -> MatMul(ones, probs) into
+              # one kernel only where that row is not a constant. q * 0 is 0 wherever the
+              # importance is finite (where q is not, the softmax is NaN anyway).
+              helper.make_node("Slice", [p + "qf", const("zero_i", np.array([0, 0], np.int64)),
+                                         const("one_i", np.array([1, 1], np.int64)),
+                                         const("axes23", np.array([2, 3], np.int64))],
+                               [p + "q00"]),
+              helper.make_node("Mul", [p + "q00", const("zero_f", np.array(0.0, np.float32))],
+                               [p + "zero"])]
     # Chunks of ROW_CHUNK rows, split where the keyframe rows end, so each chunk has one
-    # row weight: sum its softmax rows over every key (B, H, N), weight that sum, and take
-    # the non-keyframe columns once at the end (no (rows, N) slice or product per chunk).
+    # row weight: sum its softmax rows over every key (B, H, N) as a product with a ones row
+    # (1, rows) (exact in bf16: the weight is applied after, in f32), and take the
+    # non-keyframe columns once at the end (no (rows, N) slice or product per chunk).
     cuts = sorted({*range(0, n, ROW_CHUNK), s if 0 < s < n else 0, n})
     total = None
     for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
         tag = f"{p}c{r0}_"
         weight = float(a["keyframe_weight"]) if r0 < s else 1.0
+        ones = f"ones{r1 - r0}"
+        if ones not in made:  # one runtime ones row per chunk height
+            nodes.append(helper.make_node(
+                "Add", [p + "zero", const(ones, np.ones((1, 1, 1, r1 - r0), np.float32))],
+                [p + ones + "_rt"]))
         nodes += [
             helper.make_node("Slice", [p + "qf", const(f"r0_{r0}", np.array([r0], np.int64)),
                                        const(f"r1_{r0}", np.array([r1], np.int64)),
                                        const("axis2", np.array([2], np.int64))], [tag + "q"]),
             helper.make_node("MatMul", [tag + "q", p + "kt"], [tag + "logits"]),
             helper.make_node("Softmax", [tag + "logits"], [tag + "probs"], axis=-1),
-            helper.make_node("ReduceSum", [tag + "probs", const("axis2", np.array([2], np.int64))],
-                             [tag + "sum"], keepdims=0),
+            helper.make_node("MatMul", [p + ones + "_rt", tag + "probs"], [tag + "sum4"]),
+            helper.make_node("Squeeze", [tag + "sum4", const("axis2", np.array([2], np.int64))],
+                             [tag + "sum"]),
         ]
         part = tag + "sum"
         if weight != 1.0:

@@ -4,6 +4,7 @@ the export's and the rewrite's SHA-256, written whole or not at all."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -185,6 +186,32 @@ def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
                    if op.get_rt_info()["layerType"].astype(str) == "ROIAlign"}
         assert sorted(ran.values()) == ["bf16"] * (len(pools) - 1) + ["f32"], cache
         assert ran[marked[0].get("name")] == "f32", cache
+
+
+def test_the_importance_chunks_and_the_patch_embedding_compile_to_fused_kernels(
+        ov, tiny_onnx, monkeypatch) -> None:
+    """What the rewrite is for, in the compiled model: each unrolled importance chunk's logits
+    MatMul, Softmax and row sum (a product with a ones row) become one fused ``Subgraph``
+    (none is left as a MatMul, Softmax or Reduce layer of its own), and the patch embedding's
+    convolution runs as a FullyConnected. Checked at fp32 (the same fusion as under the bf16
+    hint, on any CPU). A constant ones row would leave the product unfused (the reason it is
+    computed from q): that is the regression this catches."""
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
+    model = onnx.load(str(tiny_onnx), load_external_data=False)
+    prunes = sum(n.op_type == "KeyframeTopKPrune" for n in model.graph.node)
+    (patch_conv,) = [n for n in model.graph.node
+                     if n.op_type == "Conv" and n.input[0] == model.graph.input[0].name]
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        layers = [(op.get_friendly_name(), op.get_rt_info()["layerType"].astype(str))
+                  for op in runner.compiled.get_runtime_model().get_ops()]
+    chunk_types = {t for name, t in layers if re.search(r"_prune\d+_c\d+_", name)}
+    fused = [name for name, t in layers if "_prune" in name and t == "Subgraph"]
+    assert prunes > 0 and len(fused) >= prunes
+    assert not chunk_types & {"MatMul", "Softmax", "Reduce", "FullyConnected"}, chunk_types
+    assert "Convolution" not in {t for name, t in layers if name.startswith(patch_conv.name)}
+    assert any(t == "FullyConnected" and name.startswith("_patch") for name, t in layers)
 
 
 def test_only_a_multi_slice_fold_is_marked(ov) -> None:

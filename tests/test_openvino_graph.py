@@ -1,7 +1,8 @@
 """The graph rewrites OpenVINO is given (``evad.export.openvino_graph``), checked without OpenVINO:
-the int8 MatMul weights run in ONNX Runtime within their quantization bound, and a tensor
-without a declared shape is refused in one line. (The unrolled pruning is checked against the
-op in tests/test_export_attention.py.)"""
+the int8 MatMul weights run in ONNX Runtime within their quantization bound, a patch convolution
+becomes its matrix product (same values, in ONNX Runtime), and a tensor without a declared shape
+is refused in one line. (The unrolled pruning is checked against the op in
+tests/test_export_attention.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from evad.errors import ConfigError
-from evad.export.openvino_graph import int8_matmul_weights, tensor_dims
+from evad.export.openvino_graph import int8_matmul_weights, patchify_convolutions, tensor_dims
 
 
 def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
@@ -54,3 +55,57 @@ def test_tensor_dims_reads_the_signature_and_refuses_an_undeclared_tensor() -> N
     assert tensor_dims(model, "y") == [None, 8]
     with pytest.raises(ConfigError, match="no shape for 'z': re-export the model"):
         tensor_dims(model, "z")
+
+
+def _conv_model(x_shape: list, w: np.ndarray, b: np.ndarray | None, **attrs) -> onnx.ModelProto:
+    """y = Conv(x, w, b), x a graph input of shape x_shape (its batch symbolic)."""
+    inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(b, "b")]
+                                                 if b is not None else [])
+    node = helper.make_node("Conv", ["x", "w", "b"] if b is not None else ["x", "w"], ["y"],
+                            **attrs)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(("spatial", "kernel", "bias"), [
+    ((4, 12, 20), (2, 4, 5), True),   # the patch embedding's form: a tubelet per token
+    ((6, 8), (3, 2), False),           # 2-D, no bias
+])
+def test_a_patch_convolution_becomes_its_matrix_product(spatial, kernel, bias) -> None:
+    """A convolution whose kernel is its stride is rewritten as patches times the weight and
+    gives the convolution's values and layout, batch 2 (the batch stays symbolic)."""
+    rng = np.random.default_rng(len(spatial))
+    w = rng.standard_normal((5, 3, *kernel)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32) if bias else None
+    model = _conv_model(["B", 3, *spatial], w, b, kernel_shape=list(kernel),
+                        strides=list(kernel))
+    patched = patchify_convolutions(model)
+    assert "Conv" not in {n.op_type for n in patched.graph.node}
+    x = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
+    want, got = _run(model, x), _run(patched, x)
+    grid = [d // k for d, k in zip(spatial, kernel, strict=True)]
+    assert got.shape == want.shape == (2, 5, *grid)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [2, 2], "strides": [1, 1]},                      # overlapping windows
+    {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [2, 2]},
+    {"kernel_shape": [4, 4], "strides": [4, 4]},                      # 6 is not a multiple of 4
+])
+def test_other_convolutions_are_left_alone(attrs) -> None:
+    model = _conv_model(["B", 3, 6, 8], np.ones((5, 3, *attrs["kernel_shape"]), np.float32),
+                        None, **attrs)
+    assert [n.op_type for n in patchify_convolutions(model).graph.node] == ["Conv"]
+
+
+def test_a_convolution_of_a_computed_tensor_is_left_alone() -> None:
+    """Only a graph input is cut into patches (a Q/DQ export's dequantized clip is not)."""
+    model = _conv_model(["B", 3, 6, 8], np.ones((5, 3, 2, 2), np.float32), None,
+                        kernel_shape=[2, 2], strides=[2, 2])
+    model.graph.node[0].input[0] = "xr"
+    model.graph.node.insert(0, helper.make_node("Relu", ["x"], ["xr"]))
+    assert [n.op_type for n in patchify_convolutions(model).graph.node] == ["Relu", "Conv"]
