@@ -1,6 +1,7 @@
 """The copy of an evad export that OpenVINO reads, rewritten in memory: the fused attention
-decomposed, each ``KeyframeTopKPrune`` unrolled over its static row chunks, the other local
-functions inlined and, optionally, every MatMul weight stored as int8.
+decomposed, each ``KeyframeTopKPrune`` unrolled over its static row chunks, the patch
+embedding's convolution written as a matrix product, the other local functions inlined and,
+optionally, every MatMul weight stored as int8.
 
 Why a rewrite at all: OpenVINO binds no model-local function of a custom domain and runs an ONNX
 ``Loop`` as an opaque node without its bf16 kernels; the runner
@@ -88,11 +89,12 @@ def patchify_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     cut into patches (Reshape, Transpose), one MatMul with the weight as (C_in * kernel, C_out),
     the bias added, and the result put back in the convolution's (B, C_out, *spatial) layout.
 
-    Why: the patch embedding (kernel = stride = (2, 16, 16) over the clip) ran as OpenVINO
-    2026.4's AMX convolution at about a fifth of the rate its FullyConnected reaches on the same
-    product (vit_b_ktp 288x512, 5.4 GMACs: 46 ms of a 1.7 s bf16 clip on the AMX Xeon). The
-    same terms, summed in another order. A convolution whose input is not a graph input (a
-    dequantized one in a Q/DQ export) is left as it is.
+    Why: the patch embedding (kernel = stride = (2, 16, 16) over the clip, 5.4 GMACs for
+    vit_b_ktp at 288x512) took 40 ms as OpenVINO 2026.4's AMX convolution in bf16 on the AMX
+    Xeon, 15 ms as this product. The same terms, summed in another order. Only a convolution
+    of a graph input is rewritten: the calibrated INT8 export keeps its patch embedding float
+    (``evad.export.int8``), so its Conv of the clip is rewritten too; a graph that quantizes the
+    clip first convolves a computed tensor and keeps its Conv.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -120,7 +122,7 @@ def _patch_plan(model: onnx.ModelProto,
     spatial = dims[2:]
     if (len(node.input) < 2 or not kernel or list(a.get("strides", [])) != kernel
             or any(a.get("pads", [0])) or any(d != 1 for d in a.get("dilations", [1]))
-            or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+            or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") != b"NOTSET"
             or len(spatial) != len(kernel) or dims[1] is None
             or any(d is None or d % k for d, k in zip(spatial, kernel, strict=True))):
         return None
@@ -129,6 +131,10 @@ def _patch_plan(model: onnx.ModelProto,
 
 def _patch_product(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
                    kernel: list[int], prefix: str) -> list[onnx.NodeProto]:
+    """The nodes that compute Conv ``node`` as patches times its weight: input
+    (B, C_in, *spatial) -> output (B, C_out, *spatial // kernel), under the Conv's output name.
+    ``dims`` is (C_in, *spatial); the shape constants go into ``out``'s initializers, named
+    with ``prefix``."""
     c_in, spatial = dims[0], dims[1:]
     grid = [d // k for d, k in zip(spatial, kernel, strict=True)]
     r = len(kernel)
@@ -245,7 +251,7 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
                                [p + "zero"])]
     # Chunks of ROW_CHUNK rows, split where the keyframe rows end, so each chunk has one
     # row weight: sum its softmax rows over every key (B, H, N) as a product with a ones row
-    # (1, rows) (exact in bf16: the weight is applied after, in f32), and take the
+    # (1, rows) (ones are exact in bf16; the keyframe weight is applied after, in f32), take the
     # non-keyframe columns once at the end (no (rows, N) slice or product per chunk).
     cuts = sorted({*range(0, n, ROW_CHUNK), s if 0 < s < n else 0, n})
     total = None

@@ -6,8 +6,10 @@ one SDPA node) holds no (B, heads, N, N) scores; ONNX Runtime has no bf16 CPU ke
 CPU attention does not speed up in bf16 (``README.md``, "Speed on a CPU", has the figures).
 
 What OpenVINO is given: the export with its ``evad`` local functions inlined (OpenVINO binds
-no model-local function of a custom domain) and the fused ``com.microsoft`` attention
-decomposed, built in memory from the file by ``evad.export.openvino_graph``; the file is not
+no model-local function of a custom domain), the fused ``com.microsoft`` attention
+decomposed, the pruning importance unrolled into fused row chunks and the patch embedding
+written as a matrix product, built in memory from the file by ``evad.export.openvino_graph``;
+the file is not
 changed. This module compiles that graph for one clip, through an IR file in the model cache
 (:func:`_compile`), and runs it. Torch-free.
 """

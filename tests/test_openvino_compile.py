@@ -4,6 +4,7 @@ the export's and the rewrite's SHA-256, written whole or not at all."""
 
 from __future__ import annotations
 
+import platform
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -194,9 +195,14 @@ def test_the_importance_chunks_and_the_patch_embedding_compile_to_fused_kernels(
     MatMul, Softmax and row sum (a product with a ones row) become one fused ``Subgraph``
     (none is left as a MatMul, Softmax or Reduce layer of its own), and the patch embedding's
     convolution runs as a FullyConnected. Checked at fp32 (the same fusion as under the bf16
-    hint, on any CPU). A constant ones row would leave the product unfused (the reason it is
-    computed from q): that is the regression this catches."""
+    hint). A constant ones row would leave the chunks unfused (the reason it is computed from
+    q): that is the regression this catches. OpenVINO's CPU plugin builds this fused kernel on
+    x86-64 with AVX2 only (not on ARM64): elsewhere the test skips."""
     from evad.export.openvino_runner import OpenVinoRunner
+    from evad.runtime.benchmark import cpu_features
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in cpu_features():
+        pytest.skip("OpenVINO fuses attention-shaped chunks on x86-64 with AVX2 only")
 
     monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
     model = onnx.load(str(tiny_onnx), load_external_data=False)
@@ -207,8 +213,7 @@ def test_the_importance_chunks_and_the_patch_embedding_compile_to_fused_kernels(
         layers = [(op.get_friendly_name(), op.get_rt_info()["layerType"].astype(str))
                   for op in runner.compiled.get_runtime_model().get_ops()]
     chunk_types = {t for name, t in layers if re.search(r"_prune\d+_c\d+_", name)}
-    fused = [name for name, t in layers if "_prune" in name and t == "Subgraph"]
-    assert prunes > 0 and len(fused) >= prunes
+    assert prunes > 0 and "Subgraph" in chunk_types, chunk_types
     assert not chunk_types & {"MatMul", "Softmax", "Reduce", "FullyConnected"}, chunk_types
     assert "Convolution" not in {t for name, t in layers if name.startswith(patch_conv.name)}
     assert any(t == "FullyConnected" and name.startswith("_patch") for name, t in layers)

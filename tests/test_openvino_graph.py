@@ -6,6 +6,8 @@ tests/test_export_attention.py.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -57,7 +59,8 @@ def test_tensor_dims_reads_the_signature_and_refuses_an_undeclared_tensor() -> N
         tensor_dims(model, "z")
 
 
-def _conv_model(x_shape: list, w: np.ndarray, b: np.ndarray | None, **attrs) -> onnx.ModelProto:
+def _conv_model(x_shape: list, w: np.ndarray, b: np.ndarray | None,
+                **attrs: Any) -> onnx.ModelProto:
     """y = Conv(x, w, b), x a graph input of shape x_shape (its batch symbolic)."""
     inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(b, "b")]
                                                  if b is not None else [])
@@ -73,7 +76,9 @@ def _conv_model(x_shape: list, w: np.ndarray, b: np.ndarray | None, **attrs) -> 
     ((4, 12, 20), (2, 4, 5), True),   # the patch embedding's form: a tubelet per token
     ((6, 8), (3, 2), False),           # 2-D, no bias
 ])
-def test_a_patch_convolution_becomes_its_matrix_product(spatial, kernel, bias) -> None:
+def test_a_patch_convolution_becomes_its_matrix_product(spatial: tuple[int, ...],
+                                                        kernel: tuple[int, ...],
+                                                        bias: bool) -> None:
     """A convolution whose kernel is its stride is rewritten as patches times the weight and
     gives the convolution's values and layout, batch 2 (the batch stays symbolic)."""
     rng = np.random.default_rng(len(spatial))
@@ -95,17 +100,41 @@ def test_a_patch_convolution_becomes_its_matrix_product(spatial, kernel, bias) -
     {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]},
     {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [2, 2]},
     {"kernel_shape": [4, 4], "strides": [4, 4]},                      # 6 is not a multiple of 4
+    {"kernel_shape": [2, 2], "strides": [2, 2], "group": 3},
+    {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
 ])
-def test_other_convolutions_are_left_alone(attrs) -> None:
-    model = _conv_model(["B", 3, 6, 8], np.ones((5, 3, *attrs["kernel_shape"]), np.float32),
-                        None, **attrs)
+def test_other_convolutions_are_left_alone(attrs: dict[str, Any]) -> None:
+    c_in = 3 // attrs.get("group", 1)
+    model = _conv_model(["B", 3, 6, 8],
+                        np.ones((6, c_in, *attrs["kernel_shape"]), np.float32), None, **attrs)
     assert [n.op_type for n in patchify_convolutions(model).graph.node] == ["Conv"]
 
 
 def test_a_convolution_of_a_computed_tensor_is_left_alone() -> None:
-    """Only a graph input is cut into patches (a Q/DQ export's dequantized clip is not)."""
+    """Only a graph input is cut into patches: a graph that computes something from the clip
+    first (quantizes it, say) keeps its Conv."""
     model = _conv_model(["B", 3, 6, 8], np.ones((5, 3, 2, 2), np.float32), None,
                         kernel_shape=[2, 2], strides=[2, 2])
     model.graph.node[0].input[0] = "xr"
     model.graph.node.insert(0, helper.make_node("Relu", ["x"], ["xr"]))
     assert [n.op_type for n in patchify_convolutions(model).graph.node] == ["Relu", "Conv"]
+
+
+def test_a_weight_fed_as_a_graph_input_is_reshaped_in_the_graph() -> None:
+    """The runner sets the weights aside as graph inputs before the rewrite: the weight's
+    (C_out, C_in * prod(k)) layout is then computed in the graph, not read from an
+    initializer, and the product still equals the Conv."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 2, 3, 5)).astype(np.float32)
+    model = _conv_model(["B", 2, 6, 10], w, None, kernel_shape=[3, 5], strides=[3, 5])
+    del model.graph.initializer[:]
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape))
+    patched = patchify_convolutions(model)
+    assert "Conv" not in {n.op_type for n in patched.graph.node}
+    x = rng.standard_normal((1, 2, 6, 10)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x, "w": w})[0]
+
+    np.testing.assert_allclose(run(patched), run(model), rtol=1e-5, atol=1e-5)
