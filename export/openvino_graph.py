@@ -11,6 +11,8 @@ Graph surgery only: torch-free and onnx-only (no OpenVINO).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -83,6 +85,20 @@ def int8_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _constants(out: onnx.ModelProto, prefix: str) -> Callable[[str, np.ndarray], str]:
+    """A function ``const(name, value)`` that adds ``value`` to ``out``'s initializers as
+    ``prefix + name`` the first time the name is asked for, and returns that name."""
+    made: set[str] = set()
+
+    def const(name: str, value: np.ndarray) -> str:
+        if name not in made:  # one initializer per name, however often it is used
+            made.add(name)
+            out.graph.initializer.append(onnx.numpy_helper.from_array(value, prefix + name))
+        return prefix + name
+
+    return const
+
+
 def patchify_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with each convolution whose kernel is its stride (no padding, dilation or groups)
     over a graph input with static spatial dims written as the matrix product it is: the input
@@ -145,20 +161,20 @@ def _patch_product(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
     patch = c_in * int(np.prod(kernel))
     tokens = int(np.prod(grid))
 
-    def const(name: str, value: list[int]) -> str:
-        out.graph.initializer.append(onnx.numpy_helper.from_array(
-            np.array(value, np.int64), prefix + name))
-        return prefix + name
+    const = _constants(out, prefix)
+
+    def shape(name: str, dims: list[int]) -> str:
+        return const(name, np.array(dims, np.int64))
 
     x, w = node.input[0], node.input[1]
     nodes = [
-        helper.make_node("Reshape", [x, const("split_shape", split)], [prefix + "cut"]),
+        helper.make_node("Reshape", [x, shape("split_shape", split)], [prefix + "cut"]),
         helper.make_node("Transpose", [prefix + "cut"], [prefix + "patches"], perm=perm),
-        helper.make_node("Reshape", [prefix + "patches", const("rows_shape", [0, tokens, patch])],
+        helper.make_node("Reshape", [prefix + "patches", shape("rows_shape", [0, tokens, patch])],
                          [prefix + "rows"]),
         # the weight (C_out, C_in, *k) as (C_out, C_in * prod(k)), transposed for the
         # product: OpenVINO folds both into its FullyConnected weight
-        helper.make_node("Reshape", [w, const("w2_shape", [0, patch])], [prefix + "w2"]),
+        helper.make_node("Reshape", [w, shape("w2_shape", [0, patch])], [prefix + "w2"]),
         helper.make_node("Transpose", [prefix + "w2"], [prefix + "wt"], perm=[1, 0]),
         helper.make_node("MatMul", [prefix + "rows", prefix + "wt"], [prefix + "product"]),
     ]
@@ -168,7 +184,7 @@ def _patch_product(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
         product = prefix + "biased"
     nodes += [
         helper.make_node("Transpose", [product], [prefix + "channels"], perm=[0, 2, 1]),
-        helper.make_node("Reshape", [prefix + "channels", const("grid_shape", [0, 0, *grid])],
+        helper.make_node("Reshape", [prefix + "channels", shape("grid_shape", [0, 0, *grid])],
                          [node.output[0]]),
     ]
     return nodes
@@ -228,13 +244,8 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
         raise ConfigError(f"{node.name}: token count not static; re-export with evad-export")
     s = n - m
     kk = (a["keep_num"] * n + a["keep_den"] - 1) // a["keep_den"] - s
-    made: set[str] = set()
-
-    def const(name: str, value: np.ndarray) -> str:
-        if name not in made:  # one initializer per name, however often it is used
-            made.add(name)
-            out.graph.initializer.append(onnx.numpy_helper.from_array(value, p + name))
-        return p + name
+    const = _constants(out, p)
+    ones_rows: set[str] = set()
 
     nodes += [helper.make_node("Cast", [q], [p + "qf"], to=onnx.TensorProto.FLOAT),
               helper.make_node("Cast", [k], [p + "kf"], to=onnx.TensorProto.FLOAT),
@@ -259,7 +270,8 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
         tag = f"{p}c{r0}_"
         weight = float(a["keyframe_weight"]) if r0 < s else 1.0
         ones = f"ones{r1 - r0}"
-        if ones not in made:  # one runtime ones row per chunk height
+        if ones not in ones_rows:  # one runtime ones row per chunk height
+            ones_rows.add(ones)
             nodes.append(helper.make_node(
                 "Add", [p + "zero", const(ones, np.ones((1, 1, 1, r1 - r0), np.float32))],
                 [p + ones + "_rt"]))

@@ -9,9 +9,8 @@ What OpenVINO is given: the export with its ``evad`` local functions inlined (Op
 no model-local function of a custom domain), the fused ``com.microsoft`` attention
 decomposed, the pruning importance unrolled into fused row chunks and the patch embedding
 written as a matrix product, built in memory from the file by ``evad.export.openvino_graph``;
-the file is not
-changed. This module compiles that graph for one clip, through an IR file in the model cache
-(:func:`_compile`), and runs it. Torch-free.
+the file is not changed. This module compiles that graph for one clip, through an IR file in
+the model cache (:func:`_compile`), and runs it. Torch-free.
 """
 
 from __future__ import annotations
