@@ -24,12 +24,11 @@ __all__ = ["ROW_CHUNK", "int8_matmul_weights", "openvino_graph", "patchify_convo
            "tensor_dims", "unroll_pruning"]
 
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
-#: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): OpenVINO fuses each chunk's logits MatMul,
-#: Softmax and row sum into one kernel whose partial sums leave it in bf16 under the bf16 hint;
-#: more chunks add more of them up in f32 outside it. One vit_b_ktp importance at N = 4608 on
-#: the 2-core AMX Xeon, bf16: 256 rows 177-205 ms and at most 0.28 % off an f32 importance
-#: (relative to its mean), 128 rows 186 ms, 1024 rows 188-206 ms and 0.44 %, one chunk of all
-#: 4608 rows 320 ms and 0.56 %. Only where the partial sums are cut changes.
+#: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): each chunk's (B, heads, rows, N) logits and
+#: probabilities are materialized, and smaller slabs stay nearer the cores; under the bf16 hint
+#: each chunk's row sums leave their product in bf16 and more chunks add more of them up in f32.
+#: A vit_b_ktp clip's three importances on the 2-core AMX Xeon, bf16 (OpenVINO's layer counters,
+#: one profiled run each): 128 rows 224 ms, 256 rows 214 ms, 512 rows 246 ms.
 ROW_CHUNK = 256
 
 
@@ -210,14 +209,18 @@ def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
     :data:`ROW_CHUNK` query-row chunks unrolled (N is static in an export).
 
     Why: OpenVINO runs an ONNX Loop as an opaque node without its bf16 kernels (0.9 s of a
-    4.3 s vit_b_ktp clip); unrolled, each chunk's logits MatMul, Softmax and row sum (a MatMul
-    with a ones row) are ordinary nodes, which OpenVINO fuses into one kernel. The maths is the
-    op's contract (``evad.models.keyframe_topk_prune.importance``); the chunks are also cut where
-    the keyframe rows end, and each chunk's rows are summed over every key before the
-    non-keyframe columns are taken (the same terms, added in another order). Under OpenVINO's
-    bf16 hint the Casts to fp32 do not hold: the importance products run in bf16 too, and each
-    chunk's row sums leave the fused kernel in bf16, which the reduced-precision parity
-    measures (``evad-parity --backend openvino --precision bf16``).
+    4.3 s vit_b_ktp clip); unrolled, each chunk's logits MatMul, Softmax and row sum are
+    ordinary layers with OpenVINO's AMX / AVX-512 kernels. The row sum is a product of the
+    transposed probabilities with a ones column computed at run time: OpenVINO turns a product
+    with a constant into a FullyConnected (1.58 s a clip against 1.35 s), and with the ones as a
+    row in front (``MatMul(ones, probs)``) it fuses logits, Softmax and sum into one kernel that
+    is slower than the three layers (1.44 s against 1.38 s a clip, alternated, bf16, the AMX
+    Xeon). The maths is the op's contract (``evad.models.keyframe_topk_prune.importance``); the
+    chunks are also cut where the keyframe rows end, and each chunk's rows are summed over every
+    key before the non-keyframe columns are taken (the same terms, added in another order).
+    Under OpenVINO's bf16 hint the Casts to fp32 do not hold: the importance products and the
+    Softmax run in bf16 too, and each chunk's row sums leave their product in bf16, which the
+    reduced-precision parity measures (``evad-parity --backend openvino --precision bf16``).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -245,15 +248,15 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
     s = n - m
     kk = (a["keep_num"] * n + a["keep_den"] - 1) // a["keep_den"] - s
     const = _constants(out, p)
-    ones_rows: set[str] = set()
+    ones_columns: set[str] = set()
 
     nodes += [helper.make_node("Cast", [q], [p + "qf"], to=onnx.TensorProto.FLOAT),
               helper.make_node("Cast", [k], [p + "kf"], to=onnx.TensorProto.FLOAT),
               helper.make_node("Transpose", [p + "kf"], [p + "kt"], perm=[0, 1, 3, 2]),
               # A zero computed from q, not a constant: the row sums below are products with
-              # a ones row, and OpenVINO fuses MatMul -> Softmax -> MatMul(ones, probs) into
-              # one kernel only where that row is not a constant. q * 0 is 0 wherever the
-              # importance is finite (where q is not, the softmax is NaN anyway).
+              # a ones column, which OpenVINO makes a FullyConnected (slow with one output
+              # column) where the column is a constant. q * 0 is 0 wherever the importance is
+              # finite (where q is not, the softmax is NaN anyway).
               helper.make_node("Slice", [p + "qf", const("zero_i", np.array([0, 0], np.int64)),
                                          const("one_i", np.array([1, 1], np.int64)),
                                          const("axes23", np.array([2, 3], np.int64))],
@@ -261,19 +264,20 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
               helper.make_node("Mul", [p + "q00", const("zero_f", np.array(0.0, np.float32))],
                                [p + "zero"])]
     # Chunks of ROW_CHUNK rows, split where the keyframe rows end, so each chunk has one
-    # row weight: sum its softmax rows over every key (B, H, N) as a product with a ones row
-    # (1, rows) (ones are exact in bf16; the keyframe weight is applied after, in f32), take the
-    # non-keyframe columns once at the end (no (rows, N) slice or product per chunk).
+    # row weight: sum its softmax rows over every key (B, H, N) as the transposed probabilities
+    # (B, H, N, rows) times a ones column (rows, 1) (ones are exact in bf16; the keyframe weight
+    # is applied after, in f32), take the non-keyframe columns once at the end (no (rows, N)
+    # slice or product per chunk).
     cuts = sorted({*range(0, n, ROW_CHUNK), s if 0 < s < n else 0, n})
     total = None
     for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
         tag = f"{p}c{r0}_"
         weight = float(a["keyframe_weight"]) if r0 < s else 1.0
         ones = f"ones{r1 - r0}"
-        if ones not in ones_rows:  # one runtime ones row per chunk height
-            ones_rows.add(ones)
+        if ones not in ones_columns:  # one runtime ones column per chunk height
+            ones_columns.add(ones)
             nodes.append(helper.make_node(
-                "Add", [p + "zero", const(ones, np.ones((1, 1, 1, r1 - r0), np.float32))],
+                "Add", [p + "zero", const(ones, np.ones((1, 1, r1 - r0, 1), np.float32))],
                 [p + ones + "_rt"]))
         nodes += [
             helper.make_node("Slice", [p + "qf", const(f"r0_{r0}", np.array([r0], np.int64)),
@@ -281,8 +285,9 @@ def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,
                                        const("axis2", np.array([2], np.int64))], [tag + "q"]),
             helper.make_node("MatMul", [tag + "q", p + "kt"], [tag + "logits"]),
             helper.make_node("Softmax", [tag + "logits"], [tag + "probs"], axis=-1),
-            helper.make_node("MatMul", [p + ones + "_rt", tag + "probs"], [tag + "sum4"]),
-            helper.make_node("Squeeze", [tag + "sum4", const("axis2", np.array([2], np.int64))],
+            helper.make_node("Transpose", [tag + "probs"], [tag + "probs_t"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", [tag + "probs_t", p + ones + "_rt"], [tag + "sum4"]),
+            helper.make_node("Squeeze", [tag + "sum4", const("axis3", np.array([3], np.int64))],
                              [tag + "sum"]),
         ]
         part = tag + "sum"
