@@ -89,6 +89,7 @@ def _open(recipe: str, onnx_path: str, precision: str,
     import onnx
     import openvino as ov
 
+    from evad.export import openvino_cache as ovc
     from evad.export import openvino_runner as ovr
     from evad.export.openvino_graph import openvino_graph
     step("imports")
@@ -116,7 +117,7 @@ def _open(recipe: str, onnx_path: str, precision: str,
         model.reshape({"clip": [1, 3, 16, 288, 512], "image_size": [1, 2]})
     step("read_model")
     config = {"INFERENCE_PRECISION_HINT": ovr.OPENVINO_PRECISIONS[precision][0],
-              "CACHE_DIR": os.path.join(ovr.openvino_cache_dir(), precision)}
+              "CACHE_DIR": os.path.join(ovc.openvino_cache_dir(), precision)}
     compiled = core.compile_model(model, "CPU", config)
     del model
     step("compile_model")
@@ -154,7 +155,7 @@ def main() -> None:
         child(args.child, str(args.onnx), args.precision)
         return
 
-    from evad.export.openvino_runner import openvino_cache_dir
+    from evad.export.openvino_cache import openvino_cache_dir
     from evad.runtime.benchmark import cpu_features, cpu_name, package_versions
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_name(),

@@ -7,7 +7,7 @@ CPU attention does not speed up in bf16 (``README.md``, "Speed on a CPU", has th
 
 What OpenVINO is given: the export with its ``evad`` local functions inlined (OpenVINO binds
 no model-local function of a custom domain), the fused ``com.microsoft`` attention
-decomposed, the pruning importance unrolled into fused row chunks and the patch embedding
+decomposed, the pruning importance unrolled into row chunks and the patch embedding
 written as a matrix product, built in memory from the file by ``evad.export.openvino_graph``;
 the file is not changed. This module compiles that graph for one clip, through an IR file in
 the model cache (:func:`_compile`), and runs it. Torch-free.
@@ -22,15 +22,23 @@ import hashlib
 import os
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from evad.cache import cache_dir
 from evad.command import check_input_file, one_line
 from evad.errors import BackendError, ConfigError, EvadError
+from evad.export.openvino_cache import (
+    blob_names,
+    cache_keep,
+    openvino_cache_dir,
+    prune_cache,
+    record_use,
+    usable_cache,
+)
 from evad.export.openvino_graph import openvino_graph, tensor_dims
 from evad.export.ort_runner import file_precision
 from evad.hashing import onnx_sha256
@@ -43,38 +51,17 @@ if TYPE_CHECKING:
 else:
     ov = lazy_import("openvino", "pip install 'evad-deploy[openvino]' (or: pip install openvino)")
 
-__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16", "openvino_cache_dir"]
+__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16"]
 
 #: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8)
 OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
                        "bf16-int8w": ("bf16", True), "int8": ("f32", False)}
 
 
-def openvino_cache_dir() -> str:
-    """Where compiled models are kept, one folder per precision below it (OpenVINO's model
-    cache and the IR files it is compiled from: compiling vit_b_ktp takes about 2 minutes on
-    2 cores, loading it from the cache seconds): ``$EVAD_OPENVINO_CACHE``, else ``openvino``
-    in evad-deploy's cache folder (``evad.cache.cache_dir``: ``$EVAD_CACHE``, default
-    ``~/.cache/evad-deploy``); an empty ``EVAD_OPENVINO_CACHE`` turns the cache off."""
-    return os.environ.get("EVAD_OPENVINO_CACHE", str(cache_dir() / "openvino"))
-
-
 def cpu_has_bf16(core: ov.Core | None = None) -> bool:
     """Whether OpenVINO sees native bf16 on this CPU (AVX512-BF16 or AMX)."""
     core = core or ov.Core()
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def _usable_cache() -> bool:
-    """Whether the cache folder exists or can be made (an unwritable home compiles uncached)."""
-    folder = openvino_cache_dir()
-    if not folder:
-        return False
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
 
 
 #: initializers at least this large leave the ONNX proto before the graph rewrite
@@ -195,11 +182,13 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
     (a model built in memory is, only after its weights are copied in: 0.4 GB more at the
     peak). The file is named by the export's SHA-256 and the rewritten graph's, so a changed
     export or rewrite is a new file. Where the cache is off or unwritable nothing is kept: the
-    IR is compiled from a temporary folder (:func:`_build`).
+    IR is compiled from a temporary folder (:func:`_build`). Each load marks its model used and
+    the folder then keeps the most recently used ones (``evad.export.openvino_cache``).
     """
     int8_weights = OPENVINO_PRECISIONS[precision][1]
     graph, weights = _rewritten(exports.pop(), int8_weights)
-    folder = os.path.join(openvino_cache_dir(), precision) if _usable_cache() else ""
+    folder = os.path.join(openvino_cache_dir(), precision) if usable_cache() else ""
+    keep = cache_keep() if folder else 0
     key = hashlib.sha256(f"{export_sha256}/{_IR_FORMAT}/{ov.__version__}/".encode() + graph)
     if folder:
         # one folder per precision: OpenVINO's cache key does not include the inference
@@ -210,12 +199,15 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
                        for tag in ("", "-batch"))
     found = next((ir for ir in ((batched, static) if precision == "int8" else (static,))
                   if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file()), None)
+    blobs_before = blob_names(Path(folder)) if folder else set()
     try:
         if found is None:
-            return _build(core, graph, weights, static, clip_shape, config)
-        weights.clear()  # OpenVINO reads them from the IR
-        _trim_heap()
-        return core.compile_model(str(found), "CPU", config)
+            compiled, used = _build(core, graph, weights, static, clip_shape, config), static
+        else:
+            _upkeep(lambda: record_use(found))  # before compiling: a prune elsewhere keeps it
+            weights.clear()  # OpenVINO reads them from the IR
+            _trim_heap()
+            compiled, used = core.compile_model(str(found), "CPU", config), found
     except RuntimeError:
         if precision != "int8":
             raise
@@ -227,7 +219,20 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
             leftover.unlink(missing_ok=True)
         weights.clear()
         graph, weights = _rewritten(onnx.load(str(path)), int8_weights)
-        return _build(core, graph, weights, batched, None, config)
+        compiled, used = _build(core, graph, weights, batched, None, config), batched
+    if used is not None and used.is_file():  # not where a full disk compiled it in memory
+        _upkeep(lambda: record_use(used, blob_names(used.parent) - blobs_before))
+        _upkeep(lambda: prune_cache(used.parent, keep))
+    return compiled
+
+
+def _upkeep(step: Callable[[], object]) -> None:
+    """Run one step of the cache's upkeep (``evad.export.openvino_cache``); an OSError (a
+    read-only or full cache folder) skips it: upkeep never fails a run that can compile."""
+    try:
+        step()
+    except OSError:
+        pass
 
 
 def _rewritten(export: onnx.ModelProto,
@@ -313,6 +318,7 @@ class OpenVinoRunner(RunnerBase):
             raise ConfigError(f"OpenVINO precision {precision!r}: use one of "
                               f"{', '.join(OPENVINO_PRECISIONS)}")
         self.path = check_input_file(path, "ONNX model")
+        cache_keep()  # a bad EVAD_OPENVINO_CACHE_KEEP is refused before the model is read
         self.backend = "openvino"
         try:  # read once: the metadata, the signature and the graph come from one parse
             export = onnx.load(str(self.path))

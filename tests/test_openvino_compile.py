@@ -23,7 +23,7 @@ def ov():
 
 
 def _ir_files(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.rglob("evad-*"))
+    return sorted(p.name for p in cache.rglob("evad-*") if p.suffix in (".xml", ".bin"))
 
 
 def test_a_batch_runs_clip_by_clip(ov, tiny_onnx, monkeypatch) -> None:
@@ -58,10 +58,11 @@ def test_the_ir_cache(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
     assert len(files) == 2 and {Path(f).suffix for f in files} == {".xml", ".bin"}
     assert all(p.parent.name == "fp32" for p in cache.rglob("evad-*"))
     assert list((cache / "fp32").glob("*.blob")), "OpenVINO's compiled blob"
-    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")}
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*") if p.suffix != ".use"}
     with OpenVinoRunner(tiny_onnx, "fp32") as runner:
         again = runner(clips[0], sizes[0])
-    assert {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")} == stamp  # found, not made
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")
+            if p.suffix != ".use"} == stamp  # found, not made
     for name in first:
         assert np.array_equal(first[name], again[name]), name
 
@@ -72,6 +73,54 @@ def test_the_ir_cache(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
     with OpenVinoRunner(other, "fp32") as runner:
         assert all(np.array_equal(v, first[k]) for k, v in runner(clips[0], sizes[0]).items())
     assert len(_ir_files(cache)) == 4
+
+
+def test_the_cache_keeps_the_most_recently_used_models(ov, tiny_onnx, tmp_path,
+                                                        monkeypatch) -> None:
+    """With EVAD_OPENVINO_CACHE_KEEP=1 a second model's compile removes the first one's IR and
+    the blob OpenVINO made from it; what is left is the second model, its ``.use`` file naming
+    exactly the blob beside it."""
+    import json
+
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", "1")
+    other = tmp_path / "other.onnx"
+    model = onnx.load(str(tiny_onnx))
+    model.producer_version += "-other"  # same graph and weights, other file bytes: a new key
+    onnx.save(model, str(other))
+    with OpenVinoRunner(tiny_onnx, "fp32"):
+        pass
+    first = set(_ir_files(cache))
+    first_blobs = {p.name for p in (cache / "fp32").glob("*.blob")}
+    assert len(first) == 2 and len(first_blobs) == 1
+    with OpenVinoRunner(other, "fp32"):
+        pass
+    left = set(_ir_files(cache))
+    assert len(left) == 2 and not left & first
+    blobs = {p.name for p in (cache / "fp32").glob("*.blob")}
+    assert len(blobs) == 1 and not blobs & first_blobs
+    (use,) = (cache / "fp32").glob("*.use")
+    assert set(json.loads(use.read_text())["blobs"]) == blobs
+    assert use.with_suffix(".xml").name in left
+
+
+def test_a_bad_cache_keep_is_refused_before_compiling(ov, tiny_onnx, tmp_path,
+                                                      monkeypatch) -> None:
+    from evad.errors import ConfigError
+    from evad.export import openvino_runner
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", "none")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("compiled before the setting was checked")
+
+    monkeypatch.setattr(openvino_runner, "_build", no_build)
+    with pytest.raises(ConfigError, match="EVAD_OPENVINO_CACHE_KEEP='none'"):
+        openvino_runner.OpenVinoRunner(tiny_onnx, "fp32")
 
 
 def test_an_ir_that_cannot_be_written_leaves_nothing(ov, tiny_onnx, tmp_path,

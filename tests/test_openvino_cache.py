@@ -1,0 +1,111 @@
+"""The compiled-model cache's bound (``evad.export.openvino_cache``), on files made here: which
+models stay (the most recently used), what goes with a dropped one (its IR, its ``.use`` file,
+the blobs it claims) and which strays go (old unclaimed blobs, ``.tmp`` leftovers, orphaned
+``.use`` files) while a compile that may still be running elsewhere is left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from evad.errors import ConfigError
+from evad.export.openvino_cache import (
+    DEFAULT_CACHE_KEEP,
+    STRAY_AGE_S,
+    cache_keep,
+    prune_cache,
+    record_use,
+)
+
+NOW = 1_800_000_000.0
+
+
+def _at(path: Path, age_s: float, text: str = "x") -> Path:
+    """``path`` written with ``text`` and dated ``age_s`` seconds before NOW."""
+    path.write_text(text)
+    os.utime(path, (NOW - age_s, NOW - age_s))
+    return path
+
+
+def _model(folder: Path, key: str, used_s_ago: float | None, blobs: list[str]) -> Path:
+    """A cached model: its IR (written a day ago), its blobs (as old) and, unless
+    ``used_s_ago`` is None (a model cached before use files), its ``.use`` file."""
+    xml = _at(folder / f"evad-{key}.xml", 86400)
+    _at(xml.with_suffix(".bin"), 86400)
+    for blob in blobs:
+        _at(folder / blob, 86400)
+    if used_s_ago is not None:
+        _at(xml.with_suffix(".use"), used_s_ago, json.dumps({"ir": xml.name, "blobs": blobs}))
+    return xml
+
+
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_the_most_recently_used_stay_and_the_rest_go_with_their_blobs(tmp_path: Path) -> None:
+    _model(tmp_path, "a", 10, ["1.blob"])
+    _model(tmp_path, "b", 500, ["2.blob"])
+    _model(tmp_path, "c", 9000, ["3.blob", "4.blob"])
+    removed = prune_cache(tmp_path, keep=2, now=NOW)
+    assert _names(tmp_path) == {"evad-a.xml", "evad-a.bin", "evad-a.use", "1.blob",
+                                "evad-b.xml", "evad-b.bin", "evad-b.use", "2.blob"}
+    assert {p.name for p in removed} == {"evad-c.xml", "evad-c.bin", "evad-c.use", "3.blob",
+                                         "4.blob"}
+    assert prune_cache(tmp_path, keep=2, now=NOW) == []  # nothing more to do
+
+
+def test_a_model_without_a_use_file_is_dated_by_its_ir(tmp_path: Path) -> None:
+    """A model cached before use files counts as last used when its IR was written (a day
+    ago here): older than one used an hour ago, newer than one used two days ago."""
+    _model(tmp_path, "old", 2 * 86400, ["1.blob"])
+    _model(tmp_path, "legacy", None, [])
+    _model(tmp_path, "new", 3600, ["2.blob"])
+    prune_cache(tmp_path, keep=2, now=NOW)
+    assert {p.name for p in tmp_path.glob("*.xml")} == {"evad-new.xml", "evad-legacy.xml"}
+    assert not (tmp_path / "1.blob").exists()
+
+
+def test_strays_go_once_old_and_a_running_compile_is_left_alone(tmp_path: Path) -> None:
+    _model(tmp_path, "a", 10, ["1.blob"])
+    _at(tmp_path / "old.blob", STRAY_AGE_S + 60)  # nobody's, an hour old: goes
+    _at(tmp_path / "fresh.blob", 30)  # nobody's yet: a compile in another process
+    _at(tmp_path / "evad-z.4242.tmp.bin", STRAY_AGE_S + 60)  # an interrupted save
+    _at(tmp_path / "evad-y.4343.tmp.bin", 30)  # a save in progress
+    _at(tmp_path / "evad-gone.use", STRAY_AGE_S + 60, '{"blobs": []}')  # its IR was removed
+    prune_cache(tmp_path, keep=4, now=NOW)
+    assert _names(tmp_path) == {"evad-a.xml", "evad-a.bin", "evad-a.use", "1.blob",
+                                "fresh.blob", "evad-y.4343.tmp.bin"}
+
+
+def test_a_blob_a_kept_model_claims_stays_even_if_a_dropped_one_claims_it(
+        tmp_path: Path) -> None:
+    _model(tmp_path, "a", 10, ["shared.blob"])
+    _model(tmp_path, "b", 9000, ["shared.blob", "2.blob"])
+    prune_cache(tmp_path, keep=1, now=NOW)
+    assert _names(tmp_path) == {"evad-a.xml", "evad-a.bin", "evad-a.use", "shared.blob"}
+
+
+def test_record_use_dates_the_model_now_and_adds_its_new_blobs(tmp_path: Path) -> None:
+    xml = _model(tmp_path, "a", 9000, ["1.blob"])
+    record_use(xml, {"2.blob"})
+    use = xml.with_suffix(".use")
+    assert json.loads(use.read_text()) == {"ir": "evad-a.xml", "blobs": ["1.blob", "2.blob"]}
+    assert abs(use.stat().st_mtime - time.time()) < 60  # dated now, not 9000 s before NOW
+    record_use(tmp_path / "evad-new.xml")  # no use file yet: one is made, claiming nothing
+    assert json.loads((tmp_path / "evad-new.use").read_text())["blobs"] == []
+
+
+def test_cache_keep_reads_its_variable(monkeypatch) -> None:
+    monkeypatch.delenv("EVAD_OPENVINO_CACHE_KEEP", raising=False)
+    assert cache_keep() == DEFAULT_CACHE_KEEP
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", " 2 ")
+    assert cache_keep() == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", bad)
+        with pytest.raises(ConfigError, match="EVAD_OPENVINO_CACHE_KEEP=.*whole number >= 1"):
+            cache_keep()
