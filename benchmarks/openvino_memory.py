@@ -117,7 +117,7 @@ def _open(recipe: str, onnx_path: str, precision: str,
         model.reshape({"clip": [1, 3, 16, 288, 512], "image_size": [1, 2]})
     step("read_model")
     config = {"INFERENCE_PRECISION_HINT": ovr.OPENVINO_PRECISIONS[precision][0],
-              "CACHE_DIR": os.path.join(ovc.openvino_cache_dir(), precision)}
+              "CACHE_DIR": ovc.precision_folder(precision)}
     compiled = core.compile_model(model, "CPU", config)
     del model
     step("compile_model")

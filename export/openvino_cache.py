@@ -1,14 +1,15 @@
-"""Where OpenVINO's compiled models are kept, and how the folder stays bounded.
+"""Where OpenVINO's compiled models are kept, what their files are called, and how the folder
+stays bounded.
 
-Each compiled model in the cache is an IR (``evad-<key>.xml`` + ``.bin``, named by the export's
-and the rewrite's SHA-256: ``evad.export.openvino_runner._compile``) and the blob OpenVINO's
-model cache compiles from it (``<number>.blob``, named by OpenVINO); vit_b_ktp's pair is about
-1.5 GB. A changed export, rewrite or OpenVINO version is a new model, so without a bound the
-folder only grows: it held 13 GB of one model's past versions on the machine this was written
-on. Each model's ``.use`` file (JSON: the blobs its compiles made) is rewritten whenever it is
-loaded, so its modification time is the model's last use; after each compile the folder keeps
-the :func:`cache_keep` most recently used models and removes the rest with their blobs.
-Filesystem only: no OpenVINO here.
+Each compiled model in the cache is an IR (``evad-<key>.xml`` + ``.bin``, :func:`ir_path`;
+the key is the export's and the rewrite's SHA-256, ``evad.export.openvino_runner``) and the blob
+OpenVINO's model cache compiles from it (``<number>.blob``, named by OpenVINO); vit_b_ktp's pair
+is about 1.5 GB. A changed export, rewrite or OpenVINO version is a new model, so without a
+bound the folder only grows: it held 13 GB of one model's past versions on the machine this was
+written on. Each model's ``.use`` file (JSON: the blobs its compiles made) is rewritten whenever
+it is loaded, so its modification time is the model's last use, and :func:`prune_cache` keeps
+the :func:`cache_keep` most recently used models. The folders are evad-deploy's own: a blob no
+kept model claims is removed once an hour old, whoever wrote it. Filesystem only: no OpenVINO.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from evad.atomic import write_json_atomic
 from evad.cache import cache_dir
 from evad.errors import ConfigError
 
-__all__ = ["DEFAULT_CACHE_KEEP", "STRAY_AGE_S", "blob_names", "cache_keep", "openvino_cache_dir",
-           "prune_cache", "record_use", "usable_cache"]
+__all__ = ["DEFAULT_CACHE_KEEP", "IR_PREFIX", "STRAY_AGE_S", "blob_names", "cache_keep", "ir_path",
+           "openvino_cache_dir", "precision_folder", "prune_cache", "record_use", "tmp_ir",
+           "usable_cache"]
+
+#: what every file evad-deploy names in a precision folder starts with
+IR_PREFIX = "evad-"
 
 #: compiled models kept per precision folder unless ``$EVAD_OPENVINO_CACHE_KEEP`` says otherwise
 DEFAULT_CACHE_KEEP = 4
@@ -63,15 +69,34 @@ def cache_keep() -> int:
     raw = os.environ.get("EVAD_OPENVINO_CACHE_KEEP", "").strip()
     if not raw:
         return DEFAULT_CACHE_KEEP
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdecimal()) or int(raw) < 1:
         raise ConfigError(f"EVAD_OPENVINO_CACHE_KEEP={raw!r}: set it to how many compiled models "
                           "to keep per precision, a whole number >= 1 (or set "
                           "EVAD_OPENVINO_CACHE= to turn the cache off)")
     return int(raw)
 
 
+def precision_folder(precision: str) -> str:
+    """One precision's folder in the cache. One folder per precision: OpenVINO's cache key does
+    not include the inference precision hint, and a blob compiled at fp32 loaded for bf16 gave
+    wrong outputs (96x192) or a crash (288x512)."""
+    return os.path.join(openvino_cache_dir(), precision)
+
+
+def ir_path(folder: str | Path, key: str, batched: bool = False) -> Path:
+    """The cached IR (its ``.xml``; the ``.bin`` beside it) of the model named ``key``:
+    ``-batch`` for one compiled with the export's symbolic batch."""
+    return Path(folder, f"{IR_PREFIX}{key}{'-batch' if batched else ''}.xml")
+
+
+def tmp_ir(target: Path) -> Path:
+    """Where ``target`` is saved before it is renamed into place (one per process)."""
+    return target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
+
+
 def blob_names(folder: Path) -> set[str]:
-    """The OpenVINO blobs in ``folder`` now (to tell which ones a compile made)."""
+    """The OpenVINO blobs in ``folder`` now (to tell which ones a compile made; a compile of
+    another process in the same seconds is counted too, and claimed by both)."""
     return {p.name for p in folder.glob("*.blob")}
 
 
@@ -80,17 +105,21 @@ def _use_file(ir: Path) -> Path:
 
 
 def _claimed(ir: Path) -> set[str]:
-    """The blobs ``ir``'s ``.use`` file names (none for a model cached before use files)."""
+    """The blobs ``ir``'s ``.use`` file names: plain ``*.blob`` names in its folder only (none
+    for a model cached before use files, or a file that is not one)."""
     try:
-        return set(json.loads(_use_file(ir).read_text())["blobs"])
+        names = json.loads(_use_file(ir).read_text())["blobs"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+    if not isinstance(names, list):
+        return set()
+    return {b for b in names if isinstance(b, str) and b.endswith(".blob") and Path(b).name == b}
 
 
-def record_use(ir: Path, new_blobs: set[str] = frozenset()) -> None:
+def record_use(ir: Path, new_blobs: AbstractSet[str] = frozenset()) -> None:
     """Mark the cached model ``ir`` (its ``.xml``) as used now, adding ``new_blobs`` (the blobs
     its compile just made) to those it claims."""
-    write_json_atomic(_use_file(ir), {"ir": ir.name, "blobs": sorted(_claimed(ir) | new_blobs)})
+    write_json_atomic(_use_file(ir), {"blobs": sorted(_claimed(ir) | set(new_blobs))})
 
 
 def _last_use(ir: Path) -> float:
@@ -102,25 +131,35 @@ def _last_use(ir: Path) -> float:
     return 0.0
 
 
-def prune_cache(folder: Path, keep: int, now: float | None = None) -> list[Path]:
+def prune_cache(folder: Path, keep: int, protect: Path | None = None,
+                now: float | None = None) -> list[Path]:
     """Remove from ``folder`` (one precision's) every compiled model but the ``keep`` most
-    recently used, with the blobs they claim, and stray files older than :data:`STRAY_AGE_S`
-    (blobs no kept model claims, ``.tmp`` leftovers of an interrupted compile, ``.use`` files
-    whose IR is gone). A file another
-    process removed first is skipped. Returns what was removed.
+    recently used (and ``protect``, the one this process loaded, whatever its date), with the
+    blobs they claim, and stray files older than :data:`STRAY_AGE_S`: blobs no kept model
+    claims, an IR's ``.tmp`` or a ``.use`` file's temporary of an interrupted write, a ``.use``
+    or ``.bin`` whose ``.xml`` is gone. A file that cannot be removed (gone already, held by
+    another process) is skipped. Returns what was removed.
 
     A model cached before use files claims no blob: its blob goes once it is an hour old, and
     OpenVINO compiles it again (claimed then) on the model's next load.
     """
     now = time.time() if now is None else now
-    models = sorted((p for p in folder.glob("evad-*.xml") if ".tmp." not in p.name),
+    models = sorted((p for p in folder.glob(f"{IR_PREFIX}*.xml") if ".tmp." not in p.name),
                     key=_last_use, reverse=True)
-    kept, dropped = models[:keep], models[keep:]
-    claimed = set().union(*(_claimed(ir) for ir in kept)) if kept else set()
+    kept = [m for m in models if m == protect]
+    kept += [m for m in models if m != protect][:max(keep - len(kept), 0)]
+    dropped = [m for m in models if m not in kept]
+    claimed = set().union(*(_claimed(ir) for ir in kept))
+    # the .xml first: an .xml is only ever seen beside its whole .bin
     doomed = [path for ir in dropped for path in (
         ir, ir.with_suffix(".bin"), _use_file(ir), *(folder / b for b in _claimed(ir) - claimed))]
-    orphans = [u for u in folder.glob("evad-*.use") if not u.with_suffix(".xml").exists()]
-    for stray in (*folder.glob("*.blob"), *folder.glob("*.tmp.*"), *orphans):
+    names = {p.name for p in folder.glob(f"{IR_PREFIX}*.xml")}
+    strays = [*folder.glob("*.blob"), *folder.glob(f"{IR_PREFIX}*.tmp.*"),
+              *folder.glob(f".{IR_PREFIX}*.tmp"),
+              *(p for pattern in (f"{IR_PREFIX}*.use", f"{IR_PREFIX}*.bin")
+                for p in folder.glob(pattern)
+                if ".tmp." not in p.name and p.with_suffix(".xml").name not in names)]
+    for stray in strays:
         if stray.name not in claimed and stray not in doomed:
             try:
                 if now - stray.stat().st_mtime > STRAY_AGE_S:
@@ -132,6 +171,6 @@ def prune_cache(folder: Path, keep: int, now: float | None = None) -> list[Path]
         try:
             path.unlink()
             removed.append(path)
-        except FileNotFoundError:
+        except OSError:  # gone already, a folder, held open (Windows): the next prune retries
             continue
     return removed

@@ -25,10 +25,12 @@ __all__ = ["ROW_CHUNK", "int8_matmul_weights", "openvino_graph", "patchify_convo
 
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
 #: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): each chunk's (B, heads, rows, N) logits and
-#: probabilities are materialized, and smaller slabs stay nearer the cores; under the bf16 hint
-#: each chunk's row sums leave their product in bf16 and more chunks add more of them up in f32.
+#: probabilities are materialized (that smaller slabs stay in cache is a guess, not measured);
+#: under the bf16 hint each chunk's row sums leave their product in bf16 and are added in f32.
 #: A vit_b_ktp clip's three importances on the 2-core AMX Xeon, bf16 (OpenVINO's layer counters,
-#: one profiled run each): 128 rows 224 ms, 256 rows 214 ms, 512 rows 246 ms.
+#: one profiled run each): 128 rows 224 ms, 256 rows 214 ms, 512 rows 246 ms; one importance at
+#: N = 4608 is 0.29 % of its mean off an f32 importance at 256 rows, 0.36 % at 512
+#: (``benchmarks/results/openvino_row_sum_ab.json``).
 ROW_CHUNK = 256
 
 
@@ -214,10 +216,11 @@ def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
     transposed probabilities with a ones column computed at run time: OpenVINO turns a product
     with a constant into a FullyConnected (1.58 s a clip against 1.35 s), and with the ones as a
     row in front (``MatMul(ones, probs)``) it fuses logits, Softmax and sum into one kernel that
-    is slower than the three layers (1.44 s against 1.38 s a clip, alternated, bf16, the AMX
-    Xeon). The maths is the op's contract (``evad.models.keyframe_topk_prune.importance``); the
-    chunks are also cut where the keyframe rows end, and each chunk's rows are summed over every
-    key before the non-keyframe columns are taken (the same terms, added in another order).
+    is slower than the three layers (1.44 s against 1.38 s a clip; alternated, bf16, the AMX
+    Xeon: ``benchmarks/results/openvino_row_sum_ab.json``). The maths is the op's contract
+    (``evad.models.keyframe_topk_prune.importance``); the chunks are also cut where the keyframe
+    rows end, and each chunk's rows are summed over every key before the non-keyframe columns
+    are taken (the same terms, added in another order).
     Under OpenVINO's bf16 hint the Casts to fp32 do not hold: the importance products and the
     Softmax run in bf16 too, and each chunk's row sums leave their product in bf16, which the
     reduced-precision parity measures (``evad-parity --backend openvino --precision bf16``).

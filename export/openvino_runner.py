@@ -34,9 +34,12 @@ from evad.errors import BackendError, ConfigError, EvadError
 from evad.export.openvino_cache import (
     blob_names,
     cache_keep,
+    ir_path,
     openvino_cache_dir,
+    precision_folder,
     prune_cache,
     record_use,
+    tmp_ir,
     usable_cache,
 )
 from evad.export.openvino_graph import openvino_graph, tensor_dims
@@ -187,51 +190,58 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
     """
     int8_weights = OPENVINO_PRECISIONS[precision][1]
     graph, weights = _rewritten(exports.pop(), int8_weights)
-    folder = os.path.join(openvino_cache_dir(), precision) if usable_cache() else ""
+    folder = precision_folder(precision) if usable_cache() else ""
     keep = cache_keep() if folder else 0
     key = hashlib.sha256(f"{export_sha256}/{_IR_FORMAT}/{ov.__version__}/".encode() + graph)
     if folder:
-        # one folder per precision: OpenVINO's cache key does not include the inference
-        # precision hint, and a blob compiled at fp32 loaded for bf16 gave wrong outputs
-        # (96x192) or a crash (288x512)
         config = {**config, "CACHE_DIR": folder}
-    static, batched = (Path(folder, f"evad-{key.hexdigest()[:24]}{tag}.xml") if folder else None
-                       for tag in ("", "-batch"))
+    static, batched = (ir_path(folder, key.hexdigest()[:24], batch) if folder else None
+                       for batch in (False, True))
     found = next((ir for ir in ((batched, static) if precision == "int8" else (static,))
                   if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file()), None)
     blobs_before = blob_names(Path(folder)) if folder else set()
     try:
         if found is None:
+            if folder:  # room for the new model first (a full disk keeps no IR)
+                _upkeep(lambda: prune_cache(Path(folder), keep - 1))
             compiled, used = _build(core, graph, weights, static, clip_shape, config), static
         else:
-            _upkeep(lambda: record_use(found))  # before compiling: a prune elsewhere keeps it
+            _upkeep(lambda: record_use(found))  # before compiling: later prunes keep it
             weights.clear()  # OpenVINO reads them from the IR
             _trim_heap()
             compiled, used = core.compile_model(str(found), "CPU", config), found
     except RuntimeError:
-        if precision != "int8":
+        # the IR found was removed before OpenVINO read it (a prune in another process that
+        # listed the folder before this one marked its use): build it again
+        vanished = found if found is not None and not found.is_file() else None
+        if precision != "int8" and vanished is None:
             raise
         # OpenVINO 2026.4's CPU plugin refuses some Q/DQ graphs compiled for one clip (the
         # demo model's: "DequantizationMultiply contains empty child edge"); such a graph
         # compiles with the export's symbolic batch, its weights read again (the failed
         # build's Constants took them)
-        for leftover in (static, static.with_suffix(".bin")) if static else ():
-            leftover.unlink(missing_ok=True)
+        if vanished is None and static is not None:
+            for leftover in (static, static.with_suffix(".bin")):
+                leftover.unlink(missing_ok=True)
         weights.clear()
         graph, weights = _rewritten(onnx.load(str(path)), int8_weights)
-        compiled, used = _build(core, graph, weights, batched, None, config), batched
-    if used is not None and used.is_file():  # not where a full disk compiled it in memory
-        _upkeep(lambda: record_use(used, blob_names(used.parent) - blobs_before))
-        _upkeep(lambda: prune_cache(used.parent, keep))
+        used = vanished or batched
+        one_clip = vanished is not None and vanished == static
+        compiled = _build(core, graph, weights, used, clip_shape if one_clip else None, config)
+    if folder:  # also where a full disk compiled in memory: the prune is what frees it
+        if used is not None and used.is_file():
+            _upkeep(lambda: record_use(used, blob_names(Path(folder)) - blobs_before))
+        _upkeep(lambda: prune_cache(Path(folder), keep, protect=used))
     return compiled
 
 
 def _upkeep(step: Callable[[], object]) -> None:
-    """Run one step of the cache's upkeep (``evad.export.openvino_cache``); an OSError (a
-    read-only or full cache folder) skips it: upkeep never fails a run that can compile."""
+    """Run one step of the cache's upkeep (``evad.export.openvino_cache``); a failure (a
+    read-only or full cache folder, a ``.use`` path that is a folder) skips it: upkeep never
+    fails a run that can compile."""
     try:
         step()
-    except OSError:
+    except (OSError, EvadError, ValueError, TypeError):
         pass
 
 
@@ -264,7 +274,7 @@ def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path
             scratch.enter_context(tempfile.TemporaryDirectory(
                 prefix="evad-openvino-", ignore_cleanup_errors=True)),  # a mapped .bin (Windows)
             "evad.xml")
-        tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
+        tmp = tmp_ir(target)
         try:  # the .bin first: an .xml is only ever seen beside its whole .bin
             ov.save_model(model, str(tmp), compress_to_fp16=False)
             _keep_at_f32(tmp, _clip_pooling_layers(model))
@@ -318,7 +328,8 @@ class OpenVinoRunner(RunnerBase):
             raise ConfigError(f"OpenVINO precision {precision!r}: use one of "
                               f"{', '.join(OPENVINO_PRECISIONS)}")
         self.path = check_input_file(path, "ONNX model")
-        cache_keep()  # a bad EVAD_OPENVINO_CACHE_KEEP is refused before the model is read
+        if openvino_cache_dir():  # a bad EVAD_OPENVINO_CACHE_KEEP is refused before any work
+            cache_keep()
         self.backend = "openvino"
         try:  # read once: the metadata, the signature and the graph come from one parse
             export = onnx.load(str(self.path))

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import TINY_H, TINY_W
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from test_keyframe_topk_prune import _inputs
 
 from evad.export.ops import ROW_CHUNK, function_protos
@@ -177,3 +177,28 @@ def test_torch_runner_bf16_is_autocast_and_close(tiny_model) -> None:
     assert report.passed, report.lines()
     assert report.prob_max_abs > 1e-4
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16  # untouched default
+
+
+def test_each_importance_chunk_sums_its_transposed_probabilities_with_a_computed_column() -> None:
+    """The row-sum form OpenVINO runs fastest (``export/openvino_graph.py``), checked in the
+    graph, whatever the platform compiles it to: each chunk's sum is a MatMul of the Transpose
+    of its Softmax with a (1, 1, rows, 1) ones column that is computed (an Add), not a constant
+    (a FullyConnected in OpenVINO) nor a ones row in front (a slower fused kernel)."""
+    from evad.export.openvino_graph import ROW_CHUNK as CHUNK
+    from evad.export.openvino_graph import unroll_pruning
+
+    n, s = 2 * CHUNK + 10, 300
+    unrolled = unroll_pruning(_static_prune_model(n, s))
+    producer = {o: node for node in unrolled.graph.node for o in node.output}
+    constants = {t.name: numpy_helper.to_array(t) for t in unrolled.graph.initializer}
+    sums = [node for node in unrolled.graph.node if node.output[0].endswith("_sum4")]
+    cuts = sorted({*range(0, n, CHUNK), s, n})
+    assert len(sums) == len(cuts) - 1
+    for node, rows in zip(sums, np.diff(cuts), strict=True):
+        assert node.op_type == "MatMul"
+        probs_t, ones = (producer[x] for x in node.input)
+        assert probs_t.op_type == "Transpose" and list(probs_t.attribute[0].ints) == [0, 1, 3, 2]
+        assert producer[probs_t.input[0]].op_type == "Softmax"
+        assert ones.op_type == "Add" and node.input[1] not in constants
+        column = next(constants[x] for x in ones.input if x in constants)
+        assert column.shape == (1, 1, rows, 1) and (column == 1).all()

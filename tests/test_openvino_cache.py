@@ -39,7 +39,7 @@ def _model(folder: Path, key: str, used_s_ago: float | None, blobs: list[str]) -
     for blob in blobs:
         _at(folder / blob, 86400)
     if used_s_ago is not None:
-        _at(xml.with_suffix(".use"), used_s_ago, json.dumps({"ir": xml.name, "blobs": blobs}))
+        _at(xml.with_suffix(".use"), used_s_ago, json.dumps({"blobs": blobs}))
     return xml
 
 
@@ -94,7 +94,7 @@ def test_record_use_dates_the_model_now_and_adds_its_new_blobs(tmp_path: Path) -
     xml = _model(tmp_path, "a", 9000, ["1.blob"])
     record_use(xml, {"2.blob"})
     use = xml.with_suffix(".use")
-    assert json.loads(use.read_text()) == {"ir": "evad-a.xml", "blobs": ["1.blob", "2.blob"]}
+    assert json.loads(use.read_text()) == {"blobs": ["1.blob", "2.blob"]}
     assert abs(use.stat().st_mtime - time.time()) < 60  # dated now, not 9000 s before NOW
     record_use(tmp_path / "evad-new.xml")  # no use file yet: one is made, claiming nothing
     assert json.loads((tmp_path / "evad-new.use").read_text())["blobs"] == []
@@ -105,7 +105,57 @@ def test_cache_keep_reads_its_variable(monkeypatch) -> None:
     assert cache_keep() == DEFAULT_CACHE_KEEP
     monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", " 2 ")
     assert cache_keep() == 2
-    for bad in ("0", "-1", "two", "1.5"):
+    for bad in ("0", "-1", "two", "1.5", "\u00b2"):
         monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", bad)
         with pytest.raises(ConfigError, match="EVAD_OPENVINO_CACHE_KEEP=.*whole number >= 1"):
             cache_keep()
+
+
+def test_the_model_just_loaded_stays_whatever_its_date(tmp_path: Path) -> None:
+    """``protect``: a model whose use could not be recorded (an old date) is not removed by the
+    prune that follows its own load; keep 0 (room before a build) removes every other."""
+    old = _model(tmp_path, "old", 9000, ["1.blob"])
+    _model(tmp_path, "new", 10, ["2.blob"])
+    prune_cache(tmp_path, keep=1, protect=old, now=NOW)
+    assert {p.name for p in tmp_path.glob("*.xml")} == {"evad-old.xml"}
+    assert (tmp_path / "1.blob").exists() and not (tmp_path / "2.blob").exists()
+    prune_cache(tmp_path, keep=0, now=NOW)
+    assert _names(tmp_path) == set()
+
+
+def test_a_legacy_models_blob_goes_once_old_and_an_orphaned_bin_too(tmp_path: Path) -> None:
+    _model(tmp_path, "legacy", None, [])
+    _at(tmp_path / "its.blob", STRAY_AGE_S + 60)  # claimed by no use file
+    _at(tmp_path / "evad-half.bin", STRAY_AGE_S + 60)  # its .xml never renamed into place
+    _at(tmp_path / "evad-saving.bin", 30)  # renamed a moment ago, its .xml next
+    _at(tmp_path / ".evad-x.use.abc123.tmp", STRAY_AGE_S + 60)  # an interrupted record_use
+    prune_cache(tmp_path, keep=4, now=NOW)
+    assert _names(tmp_path) == {"evad-legacy.xml", "evad-legacy.bin", "evad-saving.bin"}
+
+
+def test_a_file_that_cannot_be_removed_does_not_stop_the_rest(tmp_path: Path) -> None:
+    _model(tmp_path, "a", 10, ["1.blob"])
+    _model(tmp_path, "b", 9000, ["2.blob"])
+    (tmp_path / "evad-b.bin").unlink()
+    (tmp_path / "evad-b.bin").mkdir()  # unlink() refuses a folder
+    removed = prune_cache(tmp_path, keep=1, now=NOW)
+    assert {p.name for p in removed} == {"evad-b.xml", "evad-b.use", "2.blob"}
+    assert (tmp_path / "evad-b.bin").is_dir()
+
+
+def test_a_use_file_names_only_blobs_in_its_own_folder(tmp_path: Path) -> None:
+    """What a ``.use`` file claims is trusted only as plain ``*.blob`` names: a path elsewhere
+    (or anything not a name) is neither removed with its model nor kept."""
+    outside = _at(tmp_path.parent / f"{tmp_path.name}-victim.blob", 10)
+    cache = tmp_path / "fp32"
+    cache.mkdir()
+    _model(cache, "a", 10, ["1.blob"])
+    bad = _model(cache, "b", 9000, [])
+    bad.with_suffix(".use").write_text(json.dumps(
+        {"blobs": [str(outside), "../x.blob", 7, "notes.txt"]}))
+    os.utime(bad.with_suffix(".use"), (NOW - 9000, NOW - 9000))
+    prune_cache(cache, keep=1, now=NOW)
+    assert outside.exists()
+    assert {p.name for p in cache.glob("*.xml")} == {"evad-a.xml"}
+    record_use(cache / "evad-a.xml", {"2.blob"})
+    assert json.loads((cache / "evad-a.use").read_text())["blobs"] == ["1.blob", "2.blob"]

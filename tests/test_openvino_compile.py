@@ -4,6 +4,7 @@ the export's and the rewrite's SHA-256, written whole or not at all."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -59,10 +60,13 @@ def test_the_ir_cache(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
     assert all(p.parent.name == "fp32" for p in cache.rglob("evad-*"))
     assert list((cache / "fp32").glob("*.blob")), "OpenVINO's compiled blob"
     stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*") if p.suffix != ".use"}
+    (use,) = cache.rglob("evad-*.use")
+    os.utime(use, ns=(0, 0))
     with OpenVinoRunner(tiny_onnx, "fp32") as runner:
         again = runner(clips[0], sizes[0])
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("evad-*")
             if p.suffix != ".use"} == stamp  # found, not made
+    assert use.stat().st_mtime_ns > 0  # the load dated its use
     for name in first:
         assert np.array_equal(first[name], again[name]), name
 
@@ -119,8 +123,36 @@ def test_a_bad_cache_keep_is_refused_before_compiling(ov, tiny_onnx, tmp_path,
         raise AssertionError("compiled before the setting was checked")
 
     monkeypatch.setattr(openvino_runner, "_build", no_build)
+    monkeypatch.setattr(openvino_runner.onnx, "load", no_build)
     with pytest.raises(ConfigError, match="EVAD_OPENVINO_CACHE_KEEP='none'"):
         openvino_runner.OpenVinoRunner(tiny_onnx, "fp32")
+
+
+def test_an_ir_removed_before_openvino_reads_it_is_built_again(ov, tiny_onnx, tmp_path,
+                                                               monkeypatch) -> None:
+    """Another process's prune may remove the IR this one just found (it listed the folder
+    first): the runner builds it again instead of failing, with the same outputs."""
+    from evad.export import openvino_runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+    clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=6)
+    with openvino_runner.OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        first = runner(clips[0], sizes[0])
+    record_use, calls = openvino_runner.record_use, []
+
+    def pruned_meanwhile(ir: Path, new_blobs=frozenset()) -> None:
+        if not calls:  # the first call, just before OpenVINO reads the IR it found
+            for path in (ir, ir.with_suffix(".bin"), *ir.parent.glob("*.blob")):
+                path.unlink()
+        calls.append(ir)
+        record_use(ir, new_blobs)
+
+    monkeypatch.setattr(openvino_runner, "record_use", pruned_meanwhile)
+    with openvino_runner.OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        again = runner(clips[0], sizes[0])
+    assert all(np.array_equal(again[k], v) for k, v in first.items())
+    assert len(_ir_files(cache)) == 2 and calls == [calls[0]] * 2  # found, then built again
 
 
 def test_an_ir_that_cannot_be_written_leaves_nothing(ov, tiny_onnx, tmp_path,
@@ -243,7 +275,7 @@ def test_the_importance_chunks_and_the_patch_embedding_compile_to_matrix_product
     its logits MatMul, a Softmax and its row sum as a MatMul of the transposed probabilities
     with a ones column (no Reduce layer, no FullyConnected, no fused ``Subgraph``), and the
     patch embedding's convolution runs as a FullyConnected. Two regressions are caught: a
-    constant ones column (OpenVINO turns that product into a FullyConnected, a 16 % slower
+    constant ones column (OpenVINO turns that product into a FullyConnected, a 17 % slower
     clip) and the ones row in front (``MatMul(ones, probs)``, which OpenVINO fuses with the
     logits and Softmax into one ``Subgraph``, 4 % slower on the AMX Xeon)."""
     from evad.export.openvino_runner import OpenVinoRunner
