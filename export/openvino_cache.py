@@ -24,7 +24,7 @@ from evad.atomic import write_json_atomic
 from evad.cache import cache_dir
 from evad.errors import ConfigError
 
-__all__ = ["DEFAULT_CACHE_KEEP", "IR_PREFIX", "STRAY_AGE_S", "blob_names", "cache_keep", "ir_path",
+__all__ = ["DEFAULT_CACHE_KEEP", "IR_PREFIX", "STRAY_AGE_S", "blobs_since", "cache_keep", "ir_path",
            "openvino_cache_dir", "precision_folder", "prune_cache", "record_use", "tmp_ir",
            "usable_cache"]
 
@@ -94,10 +94,20 @@ def tmp_ir(target: Path) -> Path:
     return target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
 
 
-def blob_names(folder: Path) -> set[str]:
-    """The OpenVINO blobs in ``folder`` now (to tell which ones a compile made; a compile of
-    another process in the same seconds is counted too, and claimed by both)."""
-    return {p.name for p in folder.glob("*.blob")}
+def blobs_since(folder: Path, start: float) -> set[str]:
+    """The OpenVINO blobs in ``folder`` written at or after ``start`` (``time.time()``): the
+    ones a compile that began then made. By date, not by name: OpenVINO names a blob after the
+    IR's path and the compile options, so a model built again at its path writes a blob of the
+    same name. A compile of another process in the same seconds is counted too, and its blob
+    claimed by both models."""
+    names = set()
+    for blob in folder.glob("*.blob"):
+        try:
+            if blob.stat().st_mtime >= start - 1.0:  # coarse file dates (1 s on some systems)
+                names.add(blob.name)
+        except OSError:
+            continue
+    return names
 
 
 def _use_file(ir: Path) -> Path:
@@ -122,6 +132,13 @@ def record_use(ir: Path, new_blobs: AbstractSet[str] = frozenset()) -> None:
     write_json_atomic(_use_file(ir), {"blobs": sorted(_claimed(ir) | set(new_blobs))})
 
 
+def _age_ref(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _last_use(ir: Path) -> float:
     for path in (_use_file(ir), ir):  # a model cached before use files: when it was written
         try:
@@ -134,7 +151,8 @@ def _last_use(ir: Path) -> float:
 def prune_cache(folder: Path, keep: int, protect: Path | None = None,
                 now: float | None = None) -> list[Path]:
     """Remove from ``folder`` (one precision's) every compiled model but the ``keep`` most
-    recently used (and ``protect``, the one this process loaded, whatever its date), with the
+    recently used (and ``protect``, the one this process loaded, whatever its date, and any IR
+    still being built: no ``.use`` file yet and younger than :data:`STRAY_AGE_S`), with the
     blobs they claim, and stray files older than :data:`STRAY_AGE_S`: blobs no kept model
     claims, an IR's ``.tmp`` or a ``.use`` file's temporary of an interrupted write, a ``.use``
     or ``.bin`` whose ``.xml`` is gone. A file that cannot be removed (gone already, held by
@@ -146,8 +164,11 @@ def prune_cache(folder: Path, keep: int, protect: Path | None = None,
     now = time.time() if now is None else now
     models = sorted((p for p in folder.glob(f"{IR_PREFIX}*.xml") if ".tmp." not in p.name),
                     key=_last_use, reverse=True)
-    kept = [m for m in models if m == protect]
-    kept += [m for m in models if m != protect][:max(keep - len(kept), 0)]
+    # an IR without a .use file younger than STRAY_AGE_S is being built (renamed into place,
+    # its compile not yet done) by this or another process: never dropped
+    building = [m for m in models if not _use_file(m).exists() and now - _age_ref(m) < STRAY_AGE_S]
+    kept = [m for m in models if m == protect or m in building]
+    kept += [m for m in models if m not in kept][:max(keep - len(kept), 0)]
     dropped = [m for m in models if m not in kept]
     claimed = set().union(*(_claimed(ir) for ir in kept))
     # the .xml first: an .xml is only ever seen beside its whole .bin

@@ -21,6 +21,7 @@ import ctypes.util
 import hashlib
 import os
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ import onnx
 from evad.command import check_input_file, one_line
 from evad.errors import BackendError, ConfigError, EvadError
 from evad.export.openvino_cache import (
-    blob_names,
+    blobs_since,
     cache_keep,
     ir_path,
     openvino_cache_dir,
@@ -199,7 +200,7 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
                        for batch in (False, True))
     found = next((ir for ir in ((batched, static) if precision == "int8" else (static,))
                   if ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file()), None)
-    blobs_before = blob_names(Path(folder)) if folder else set()
+    started = time.time()
     try:
         if found is None:
             if folder:  # room for the new model first (a full disk keeps no IR)
@@ -230,18 +231,18 @@ def _compile(core: ov.Core, exports: list[onnx.ModelProto], path: Path, precisio
         compiled = _build(core, graph, weights, used, clip_shape if one_clip else None, config)
     if folder:  # also where a full disk compiled in memory: the prune is what frees it
         if used is not None and used.is_file():
-            _upkeep(lambda: record_use(used, blob_names(Path(folder)) - blobs_before))
+            _upkeep(lambda: record_use(used, blobs_since(Path(folder), started)))
         _upkeep(lambda: prune_cache(Path(folder), keep, protect=used))
     return compiled
 
 
 def _upkeep(step: Callable[[], object]) -> None:
-    """Run one step of the cache's upkeep (``evad.export.openvino_cache``); a failure (a
-    read-only or full cache folder, a ``.use`` path that is a folder) skips it: upkeep never
+    """Run one step of the cache's upkeep (``evad.export.openvino_cache``); a filesystem failure
+    (a read-only or full cache folder, a ``.use`` path that is a folder) skips it: upkeep never
     fails a run that can compile."""
     try:
         step()
-    except (OSError, EvadError, ValueError, TypeError):
+    except (OSError, EvadError):
         pass
 
 

@@ -16,6 +16,7 @@ from evad.errors import ConfigError
 from evad.export.openvino_cache import (
     DEFAULT_CACHE_KEEP,
     STRAY_AGE_S,
+    blobs_since,
     cache_keep,
     prune_cache,
     record_use,
@@ -157,5 +158,27 @@ def test_a_use_file_names_only_blobs_in_its_own_folder(tmp_path: Path) -> None:
     prune_cache(cache, keep=1, now=NOW)
     assert outside.exists()
     assert {p.name for p in cache.glob("*.xml")} == {"evad-a.xml"}
-    record_use(cache / "evad-a.xml", {"2.blob"})
-    assert json.loads((cache / "evad-a.use").read_text())["blobs"] == ["1.blob", "2.blob"]
+    record_use(bad, set())  # rewritten with what is valid of it: nothing
+    assert json.loads(bad.with_suffix(".use").read_text())["blobs"] == []
+
+
+def test_an_ir_still_being_built_is_never_dropped(tmp_path: Path) -> None:
+    """An IR renamed into place whose compile has not finished has no ``.use`` file yet: a
+    prune (keep 0: another process making room) leaves it while it is younger than
+    STRAY_AGE_S, and treats it as any old model after."""
+    _model(tmp_path, "a", 10, ["1.blob"])
+    fresh = _at(tmp_path / "evad-fresh.xml", 30)
+    _at(fresh.with_suffix(".bin"), 30)
+    prune_cache(tmp_path, keep=0, now=NOW)
+    assert _names(tmp_path) == {"evad-fresh.xml", "evad-fresh.bin"}
+    prune_cache(tmp_path, keep=0, now=NOW + STRAY_AGE_S)
+    assert _names(tmp_path) == set()
+
+
+def test_blobs_since_counts_by_date_not_by_name(tmp_path: Path) -> None:
+    """A model built again at its path gets a blob of the same name: the blobs a compile made
+    are those dated from its start."""
+    _at(tmp_path / "old.blob", 600)
+    _at(tmp_path / "same-name.blob", 0)
+    _at(tmp_path / "notes.txt", 0)
+    assert blobs_since(tmp_path, NOW - 1) == {"same-name.blob"}

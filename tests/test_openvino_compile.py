@@ -4,6 +4,7 @@ the export's and the rewrite's SHA-256, written whole or not at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -111,6 +112,41 @@ def test_the_cache_keeps_the_most_recently_used_models(ov, tiny_onnx, tmp_path,
     assert use.with_suffix(".xml").name in left
 
 
+def test_a_build_first_makes_room_for_itself(ov, tiny_onnx, tmp_path, monkeypatch) -> None:
+    """With EVAD_OPENVINO_CACHE_KEEP=1 the first model is gone before the second is built (on a
+    full disk that is what lets the new IR be written), not only after."""
+    from evad.export import openvino_runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(cache))
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", "1")
+    other = tmp_path / "other.onnx"
+    model = onnx.load(str(tiny_onnx))
+    model.producer_version += "-other"
+    onnx.save(model, str(other))
+    with openvino_runner.OpenVinoRunner(tiny_onnx, "fp32"):
+        pass
+    build, seen = openvino_runner._build, []
+
+    def build_watched(*args, **kwargs):
+        seen.append((_ir_files(cache), sorted(p.name for p in cache.rglob("*.blob"))))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(openvino_runner, "_build", build_watched)
+    with openvino_runner.OpenVinoRunner(other, "fp32"):
+        pass
+    assert seen == [([], [])]
+
+
+def test_a_bad_cache_keep_is_ignored_with_the_cache_off(ov, tiny_onnx, monkeypatch) -> None:
+    from evad.export.openvino_runner import OpenVinoRunner
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE_KEEP", "none")
+    with OpenVinoRunner(tiny_onnx, "fp32") as runner:
+        assert runner.precision == "fp32"
+
+
 def test_a_bad_cache_keep_is_refused_before_compiling(ov, tiny_onnx, tmp_path,
                                                       monkeypatch) -> None:
     from evad.errors import ConfigError
@@ -142,17 +178,23 @@ def test_an_ir_removed_before_openvino_reads_it_is_built_again(ov, tiny_onnx, tm
     record_use, calls = openvino_runner.record_use, []
 
     def pruned_meanwhile(ir: Path, new_blobs=frozenset()) -> None:
-        if not calls:  # the first call, just before OpenVINO reads the IR it found
-            for path in (ir, ir.with_suffix(".bin"), *ir.parent.glob("*.blob")):
+        record_use(ir, new_blobs)
+        if not calls:  # the first call, just before OpenVINO reads the IR it found: the other
+            for path in (ir, ir.with_suffix(".bin"), ir.with_suffix(".use"),  # process's prune
+                         *ir.parent.glob("*.blob")):
                 path.unlink()
         calls.append(ir)
-        record_use(ir, new_blobs)
 
     monkeypatch.setattr(openvino_runner, "record_use", pruned_meanwhile)
     with openvino_runner.OpenVinoRunner(tiny_onnx, "fp32") as runner:
         again = runner(clips[0], sizes[0])
     assert all(np.array_equal(again[k], v) for k, v in first.items())
     assert len(_ir_files(cache)) == 2 and calls == [calls[0]] * 2  # found, then built again
+    # the blob of the build again has the old one's name (OpenVINO names it after the path):
+    # claimed all the same
+    (use,) = cache.rglob("*.use")
+    blobs = {p.name for p in use.parent.glob("*.blob")}
+    assert blobs and set(json.loads(use.read_text())["blobs"]) == blobs
 
 
 def test_an_ir_that_cannot_be_written_leaves_nothing(ov, tiny_onnx, tmp_path,
