@@ -100,14 +100,8 @@ def blobs_since(folder: Path, start: float) -> set[str]:
     IR's path and the compile options, so a model built again at its path writes a blob of the
     same name. A compile of another process in the same seconds is counted too, and its blob
     claimed by both models."""
-    names = set()
-    for blob in folder.glob("*.blob"):
-        try:
-            if blob.stat().st_mtime >= start - 1.0:  # coarse file dates (1 s on some systems)
-                names.add(blob.name)
-        except OSError:
-            continue
-    return names
+    # start - 1 s: coarse file dates (1 s on some systems)
+    return {b.name for b in folder.glob("*.blob") if (_mtime(b) or 0.0) >= start - 1.0}
 
 
 def _use_file(ir: Path) -> Path:
@@ -132,20 +126,17 @@ def record_use(ir: Path, new_blobs: AbstractSet[str] = frozenset()) -> None:
     write_json_atomic(_use_file(ir), {"blobs": sorted(_claimed(ir) | set(new_blobs))})
 
 
-def _age_ref(path: Path) -> float:
+def _mtime(path: Path) -> float | None:
+    """``path``'s modification time, None where it is gone."""
     try:
         return path.stat().st_mtime
     except OSError:
-        return 0.0
+        return None
 
 
 def _last_use(ir: Path) -> float:
-    for path in (_use_file(ir), ir):  # a model cached before use files: when it was written
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            continue
-    return 0.0
+    used = _mtime(_use_file(ir))  # a model cached before use files: when its IR was written
+    return used if used is not None else _mtime(ir) or 0.0
 
 
 def prune_cache(folder: Path, keep: int, protect: Path | None = None,
@@ -166,7 +157,8 @@ def prune_cache(folder: Path, keep: int, protect: Path | None = None,
                     key=_last_use, reverse=True)
     # an IR without a .use file younger than STRAY_AGE_S is being built (renamed into place,
     # its compile not yet done) by this or another process: never dropped
-    building = [m for m in models if not _use_file(m).exists() and now - _age_ref(m) < STRAY_AGE_S]
+    building = [m for m in models
+                if not _use_file(m).exists() and now - (_mtime(m) or 0.0) < STRAY_AGE_S]
     kept = [m for m in models if m == protect or m in building]
     kept += [m for m in models if m not in kept][:max(keep - len(kept), 0)]
     dropped = [m for m in models if m not in kept]
@@ -174,19 +166,17 @@ def prune_cache(folder: Path, keep: int, protect: Path | None = None,
     # the .xml first: an .xml is only ever seen beside its whole .bin
     doomed = [path for ir in dropped for path in (
         ir, ir.with_suffix(".bin"), _use_file(ir), *(folder / b for b in _claimed(ir) - claimed))]
-    names = {p.name for p in folder.glob(f"{IR_PREFIX}*.xml")}
+    names = {m.name for m in models}
     strays = [*folder.glob("*.blob"), *folder.glob(f"{IR_PREFIX}*.tmp.*"),
               *folder.glob(f".{IR_PREFIX}*.tmp"),
               *(p for pattern in (f"{IR_PREFIX}*.use", f"{IR_PREFIX}*.bin")
                 for p in folder.glob(pattern)
                 if ".tmp." not in p.name and p.with_suffix(".xml").name not in names)]
     for stray in strays:
-        if stray.name not in claimed and stray not in doomed:
-            try:
-                if now - stray.stat().st_mtime > STRAY_AGE_S:
-                    doomed.append(stray)
-            except OSError:
-                continue
+        written = _mtime(stray)
+        if stray.name not in claimed and stray not in doomed and written is not None \
+                and now - written > STRAY_AGE_S:
+            doomed.append(stray)
     removed = []
     for path in doomed:
         try:
