@@ -117,8 +117,9 @@ def test_default_tiny_passes_evad_export(default_tiny) -> None:
     # well-conditioned model's (calmed tiny: ~1e-4 px)
     assert d["oracle"]["boxes"]["reference_max_abs"] > 1e-3
     assert all(d["oracle"][o]["conclusive"] for o in OUTPUTS)  # yet not so far it hides errors
-    # the absolute bars this judge replaced (boxes 1e-2 px, probabilities 1e-4) failed it
-    assert d["box_max_abs"] > 1e-2 or d["prob_max_abs"] > 1e-4
+    # not asserted: that the absolute bars this judge replaced (boxes 1e-2 px, probabilities
+    # 1e-4) fail it. They did on the AMX Xeon; on an AMD EPYC (2026-12-07) the export was
+    # 0.0024 px and 2.0e-5 off: a fixed bar says which CPU ran it, the ratio above does not
 
 
 def test_default_tiny_standard_attention_passes(default_tiny) -> None:
