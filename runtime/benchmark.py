@@ -16,7 +16,6 @@ else goes to stdout.
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import platform
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,6 +37,7 @@ from evad.errors import EvadError
 from evad.lazy import lazy_import
 from evad.models.presets import Preset
 from evad.runner import BACKEND_TABLE, KEPT_IDX_PREFIX, Runner
+from evad.runtime.gemm_rate import GEMM_SHAPE, gemm_rates
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +52,7 @@ else:  # a child for ONNX Runtime or OpenVINO never loads torch
     backends = lazy_import("evad.runtime.backends", "pip install -e .")
 
 __all__ = ["CPU_FEATURES", "GEMM_PRECISION", "PATHS", "BenchPath", "BenchSettings",
-           "cpu_features", "cpu_name", "gemm_rate", "int8_product", "keep_rate_ratios", "p95",
+           "cpu_features", "cpu_name", "keep_rate_ratios", "p95",
            "package_versions", "run_benchmark", "settle_warmups", "summarise"]
 
 
@@ -254,64 +253,6 @@ def cpu_features() -> list[str]:
     return []
 
 
-def gemm_rate(precision: str, threads: int, m: int = 4608, k: int = 768, n: int = 3072,
-              seconds: float = 1.5) -> float:
-    """This machine's GEMM rate now, GMAC/s, at ViT-B's MLP shape (4608 x 768 @ 768 x 3072):
-    the yardstick the achieved rate of each path is a fraction of. torch's oneDNN / MKL kernels
-    on the CPU; ``precision`` fp32, bf16 or int8 (:func:`int8_product`)."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(0)
-        if precision == "int8":
-            mm = int8_product(m, k, n, g)
-        else:
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-            a = torch.randn(m, k, generator=g).to(dtype)
-            b = torch.randn(k, n, generator=g).to(dtype)
-            mm = functools.partial(torch.mm, a, b)
-        mm()
-        best, spent = float("inf"), 0.0
-        while spent < seconds:
-            t0 = time.perf_counter()
-            mm()
-            dt = time.perf_counter() - t0
-            best, spent = min(best, dt), spent + dt
-        return m * k * n / best / 1e9
-    finally:
-        torch.set_num_threads(old)
-
-
-def int8_product(m: int, k: int, n: int, g: torch.Generator) -> Callable[[], Any]:
-    """A (m, k) u8 x (k, n) s8 product, as a call: torch's oneDNN quantized linear, the kernel
-    that runs AMX-INT8 or AVX512-VNNI where the CPU has them (what an INT8 path's quantized
-    products can reach); ``torch._int_mm`` only where torch has no oneDNN engine. The weight is
-    packed for oneDNN and keeps that engine: torch's quantized engine is left as it was.
-
-    Why not ``torch._int_mm`` everywhere: on the 2-core Xeon with AMX-INT8 it ran at about
-    400 GMAC/s against about 2100-2460 for the oneDNN linear and 1280-1395 for bf16 ``torch.mm``
-    (2026-12-06), so fractions of it flattered the int8 paths five-fold.
-    """
-    if "onednn" not in torch.backends.quantized.supported_engines:
-        a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
-        b = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)
-        return functools.partial(torch._int_mm, a, b)
-    engine = torch.backends.quantized.engine
-    try:
-        torch.backends.quantized.engine = "onednn"
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated
-            warnings.simplefilter("ignore")
-            x = torch.quantize_per_tensor(torch.randn(m, k, generator=g), 0.05, 128,
-                                          torch.quint8)
-            w = torch.quantize_per_tensor(torch.randn(n, k, generator=g), 0.05, 0, torch.qint8)
-            packed = torch.ops.quantized.linear_prepack(w, None)
-    finally:
-        if torch.backends.quantized.engine != engine:
-            torch.backends.quantized.engine = engine
-    return functools.partial(torch.ops.quantized.linear, x, packed, 0.1, 0)
-
-
 def summarise(times: list[float]) -> dict[str, float]:
     """median and p95 of the timed runs, seconds."""
     return {"median_s": statistics.median(times), "p95_s": p95(times)}
@@ -450,10 +391,13 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
     the others go on. ``log`` receives one line per step (the command prints it on stderr).
 
     Returns:
-        ``{"machine", "versions", "date", "model", "settings", "gemm_gmac_per_s", "results",
-        "keep_rate_ratios"}``: per path and rate, seconds (median, p95, each run), clips/s,
-        peak RSS (GB), GMAC per clip and per second, its fraction of this machine's GEMM rate
-        at that precision, and the tokens after each pruning block.
+        ``{"machine", "versions", "date", "model", "settings", "gemm_gmac_per_s",
+        "gemm_gmac_per_s_by_kernel", "results", "keep_rate_ratios"}``: this machine's GEMM
+        rate per precision (the best of torch's and OpenVINO's kernels,
+        :func:`evad.runtime.gemm_rate.gemm_rates`; each kernel's too); per path and rate,
+        seconds (median, p95, each run), clips/s, peak RSS (GB), GMAC per clip and per second,
+        its fraction of that GEMM rate at its precision, and the tokens after each pruning
+        block.
     """
     flops, token_counts = model_flops.flops, model_flops.token_counts
     paths, threads = s.paths, s.threads
@@ -470,19 +414,24 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
         "settings": {"runs": s.runs, "max_warmup": s.max_warmup,
                      "warmup_rule": "until two runs in a row agree within 10%",
                      "interleaved": True, "one_process_per_path": True},
-        "gemm_gmac_per_s": {}, "results": [],
+        "gemm_gmac_per_s": {}, "gemm_gmac_per_s_by_kernel": {}, "results": [],
     }
     log(f"CPU {report['machine']['cpu']}: "
         f"{', '.join(report['machine']['cpu_features']) or 'none of ' + ', '.join(CPU_FEATURES)}")
-    try:
-        for prec in sorted({GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
-                            for p in paths if PATHS[p].device == "cpu"}):
-            rate = gemm_rate(prec, threads)
-            report["gemm_gmac_per_s"][prec] = round(rate, 1)
-            log(f"GEMM rate now, 4608x768 @ 768x3072, {prec}, {threads} threads: "
-                 f"{rate:.0f} GMAC/s")
-    except ImportError:
-        log("torch not installed: no GEMM yardstick (fraction of peak left out)")
+    m, k, n = GEMM_SHAPE
+    for prec in sorted({GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
+                        for p in paths if PATHS[p].device == "cpu"}):
+        by_kernel = gemm_rates(prec, threads)
+        if not by_kernel:
+            log(f"neither torch nor OpenVINO installed: no {prec} GEMM yardstick (fraction of "
+                "the GEMM rate left out)")
+            continue
+        report["gemm_gmac_per_s"][prec] = round(max(by_kernel.values()), 1)
+        report["gemm_gmac_per_s_by_kernel"][prec] = {
+            kernel: round(rate, 1) for kernel, rate in by_kernel.items()}
+        log(f"GEMM rate now, {m}x{k} @ {k}x{n}, {prec}, {threads} threads: "
+            f"{max(by_kernel.values()):.0f} GMAC/s (the best of "
+            + ", ".join(f"{kernel} {rate:.0f}" for kernel, rate in by_kernel.items()) + ")")
     for rate in rates:
         p = preset.replace(keep_rate=rate) if rate else preset
         gmac = flops(p, s.height, s.width)["total"]

@@ -60,7 +60,8 @@ TORCH_FREE = ["evad", "evad.errors", "evad.lazy", "evad.op_contracts", "evad.run
               "evad.fused_attention", "evad.export.openvino_runner", "evad.engines.onnx_prep",
               "evad.export.openvino_graph", "evad.models.checkpoint_cfg",
               "evad.runtime.bench_report", "evad.export.int8", "evad.runtime.calibration",
-              "evad.runtime.benchmark", "evad.cli.bench", "evad.runtime.job",
+              "evad.runtime.benchmark", "evad.runtime.gemm_rate", "evad.cli.bench",
+              "evad.runtime.job",
               "evad.runtime.video_run", "evad.runtime.source", "evad.runtime.ray_job",
               "evad.runtime.staging", "evad.serving.triton_repo", "evad.serving.triton_model",
               "evad.serving.triton_server", "evad.serving.triton_client", "evad.cli.triton_repo"]
