@@ -11,6 +11,7 @@ Graph surgery only: torch-free and onnx-only (no OpenVINO).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -20,8 +21,8 @@ from onnx import helper
 from evad.errors import ConfigError
 from evad.fused_attention import decompose_fused_attention
 
-__all__ = ["ROW_CHUNK", "int8_matmul_weights", "openvino_graph", "patchify_convolutions",
-           "tensor_dims", "unroll_pruning"]
+__all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_pruning_layer", "openvino_graph",
+           "patchify_convolutions", "tensor_dims", "unroll_pruning"]
 
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
 #: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): each chunk's (B, heads, rows, N) logits and
@@ -232,10 +233,21 @@ def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain != "evad" or node.op_type != "KeyframeTopKPrune":
             nodes.append(node)
         else:
-            nodes += _unrolled_prune(out, node, f"_prune{i}_")
+            nodes += _unrolled_prune(out, node, f"{_PRUNE_PREFIX}{i}_")
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+#: the prefix of every tensor :func:`unroll_pruning` writes (``_prune<i>_``, ``i`` the node's
+#: position); OpenVINO names each layer after its output
+_PRUNE_PREFIX = "_prune"
+
+
+def is_pruning_layer(name: str) -> bool:
+    """Whether ``name`` (an OpenVINO layer's) is one of an unrolled KeyframeTopKPrune's
+    (:func:`unroll_pruning`): its importance, TopK and gathers."""
+    return re.search(rf"{_PRUNE_PREFIX}\d+_", name) is not None
 
 
 def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,

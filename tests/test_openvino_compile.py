@@ -366,3 +366,60 @@ def test_only_a_multi_slice_fold_is_marked(ov) -> None:
             pool("old_single", 1, c=8, transposed=True)]
     model = ov.Model([r for _, r in made], [x for x, _ in made])
     assert _clip_pooling_layers(model) == ["clip/roi"]
+
+
+def _runtime_precisions(runner) -> list[tuple[str, str, str]]:
+    """(name, layer type, runtime precision) of each layer OpenVINO compiled."""
+    return [(op.get_friendly_name(), op.get_rt_info()["layerType"].astype(str),
+             op.get_rt_info()["runtimePrecision"].astype(str))
+            for op in runner.compiled.get_runtime_model().get_ops()]
+
+
+def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_pruning_at_f32(
+        ov, tiny_int8_onnx, tmp_path, monkeypatch) -> None:
+    """--precision int8 on a CPU with native bf16: the Q/DQ products in int8, the float rest in
+    bf16, but the unrolled pruning's layers marked f32 (its products, logits and row sums, run
+    f32; OpenVINO keeps the Softmax and the slices of q bf16), with the cache on and off;
+    asked fp32 (or where the IR cannot be written, so no layer can be marked), no layer runs
+    bf16. The two runs agree to int8's and bf16's rounding."""
+    from evad.export import openvino_runner
+    from evad.export.openvino_graph import is_pruning_layer
+    from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("no native bf16 on this CPU: the int8 export's float rest runs at f32")
+    clips, sizes = seeded_inputs(1, 1, 16, TINY_H, TINY_W, seed=12)
+    outs = {}
+    for cache in (str(tmp_path / "cache"), ""):
+        monkeypatch.setenv("EVAD_OPENVINO_CACHE", cache)
+        with OpenVinoRunner(tiny_int8_onnx, "int8") as runner:
+            assert runner.name == "openvino (CPU, int8 + bf16)"
+            layers = _runtime_precisions(runner)
+            outs[cache] = runner(clips[0], sizes[0])
+        pruning = [(t, p) for n, t, p in layers if is_pruning_layer(n)]
+        products = {p for t, p in pruning if t == "MatMul"}  # logits and row sums
+        assert len(pruning) > 20 and products == {"f32"}, (cache, products)
+        # OpenVINO 2026.4 keeps the marked Softmax in bf16, and the slices of the bf16 q
+        assert {t for t, p in pruning if p == "bf16"} <= {"Softmax", "Reorder",
+                                                          "StridedSlice"}, cache
+        rest = {p for n, _, p in layers if not is_pruning_layer(n)}
+        assert "bf16" in rest and rest & {"i8", "u8"}, (cache, rest)
+    for name in outs[""]:
+        assert np.array_equal(outs[""][name], outs[str(tmp_path / "cache")][name]), name
+    with OpenVinoRunner(tiny_int8_onnx, "fp32") as runner:
+        assert runner.name == "openvino (CPU, int8)"
+        assert "bf16" not in {p for _, _, p in _runtime_precisions(runner)}
+        f32_rest = runner(clips[0], sizes[0])
+    bf16_rest = outs[""]
+    for name in ("boxes", "person_scores", "action_probs"):
+        diff = np.abs(bf16_rest[name].astype(np.float64) - f32_rest[name])
+        scale = 1.0 if name != "boxes" else float(max(TINY_H, TINY_W))
+        assert 0 < diff.max() <= 0.05 * scale, (name, diff.max())
+
+    def full_disk(model, path: str, compress_to_fp16: bool = True) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(tmp_path / "full"))
+    monkeypatch.setattr(openvino_runner.ov, "save_model", full_disk)
+    with OpenVinoRunner(tiny_int8_onnx, "int8") as runner:
+        assert "bf16" not in {p for _, _, p in _runtime_precisions(runner)}
