@@ -116,7 +116,7 @@ def _open(recipe: str, onnx_path: str, precision: str,
     if recipe == "static-batch1":  # every shape static: OpenVINO plans its buffers once
         model.reshape({"clip": [1, 3, 16, 288, 512], "image_size": [1, 2]})
     step("read_model")
-    config = {"INFERENCE_PRECISION_HINT": ovr.OPENVINO_PRECISIONS[precision][0],
+    config = {"INFERENCE_PRECISION_HINT": ovr.precision_hint(precision, precision == "int8", core),
               "CACHE_DIR": ovc.precision_folder(precision)}
     compiled = core.compile_model(model, "CPU", config)
     del model

@@ -24,6 +24,11 @@ from evad.fused_attention import decompose_fused_attention
 __all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_pruning_layer", "openvino_graph",
            "patchify_convolutions", "tensor_dims", "unroll_pruning"]
 
+#: the prefix of every tensor :func:`unroll_pruning` writes (``_prune<i>_``, ``i`` the node's
+#: position); OpenVINO names each layer after its output
+_PRUNE_PREFIX = "_prune"
+
+
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
 #: (``evad.op_contracts.IMPORTANCE_ROW_CHUNK``): each chunk's (B, heads, rows, N) logits and
 #: probabilities are materialized (that smaller slabs stay in cache is a guess, not measured);
@@ -237,11 +242,6 @@ def unroll_pruning(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
-
-
-#: the prefix of every tensor :func:`unroll_pruning` writes (``_prune<i>_``, ``i`` the node's
-#: position); OpenVINO names each layer after its output
-_PRUNE_PREFIX = "_prune"
 
 
 def is_pruning_layer(name: str) -> bool:

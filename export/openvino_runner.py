@@ -55,12 +55,12 @@ if TYPE_CHECKING:
 else:
     ov = lazy_import("openvino", "pip install 'evad-deploy[openvino]' (or: pip install openvino)")
 
-__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16"]
+__all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16", "precision_hint"]
 
 #: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8). The
 #: calibrated INT8 export ("int8") runs its Q/DQ products in int8 and its float rest at the hint:
 #: bf16 where the CPU has it natively, but its pruning importance at f32 (:func:`_f32_layers`);
-#: f32 on a CPU without bf16 or when fp32 is asked (:class:`OpenVinoRunner`)
+#: f32 on a CPU without bf16 or when fp32 is asked (:func:`precision_hint`)
 OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
                        "bf16-int8w": ("bf16", True), "int8": ("bf16", False)}
 
@@ -69,6 +69,16 @@ def cpu_has_bf16(core: ov.Core | None = None) -> bool:
     """Whether OpenVINO sees native bf16 on this CPU (AVX512-BF16 or AMX)."""
     core = core or ov.Core()
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def precision_hint(precision: str, int8_file: bool, core: ov.Core | None = None) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a run at ``precision`` (a key of
+    :data:`OPENVINO_PRECISIONS`): the table's; for the calibrated INT8 export (``int8_file``)
+    the hint of its float rest, bf16 only when ``int8`` is asked on a CPU with native bf16 and
+    f32 otherwise (``fp32`` asked: the conservative run of the same file)."""
+    if int8_file:
+        return "bf16" if precision == "int8" and cpu_has_bf16(core) else "f32"
+    return OPENVINO_PRECISIONS[precision][0]
 
 
 #: initializers at least this large leave the ONNX proto before the graph rewrite
@@ -155,7 +165,10 @@ def _is_quantized(model: ov.Model) -> bool:
 
 def _f32_layers(model: ov.Model) -> list[str]:
     """The layers that run at f32 whatever the precision hint (:func:`_keep_at_f32`): the action
-    pooler's RoIAlign (:func:`_clip_pooling_layers`, for speed) and, in the calibrated Q/DQ
+    pooler's RoIAlign (:func:`_clip_pooling_layers`) for speed: OpenVINO 2026.4's bf16 ROIAlign
+    is slow on its (1, 3072, 18, 32) map (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a
+    clip in bf16, 85 ms at f32; the clip 1.78 -> 1.65 s), while the actor localization's 24
+    small RoIAligns stay bf16 (at f32 each ran 5x slower); and, in the calibrated Q/DQ
     export, every layer of the unrolled pruning (its importance, TopK and gathers), for
     accuracy (OpenVINO 2026.4 honours the mark on the importance's products, the logits and
     the row sums; it keeps the Softmax, and the slices of the bf16 q, in bf16).
@@ -176,12 +189,10 @@ def _keep_at_f32(ir: Path, layers: list[str]) -> None:
     """Mark ``layers`` (names of top-level layers, each marked only where the name is unique)
     in the IR file ``ir`` to run at f32 whatever the precision hint.
 
-    Why: OpenVINO 2026.4's bf16 ROIAlign is slow on the action pooler's (1, 3072, 18, 32) map
-    (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a clip in bf16, 85 ms at f32; the clip
-    1.78 -> 1.65 s, the same IR otherwise). The mark goes into the file because only a
-    deserialized IR carries it as the typed attribute the CPU plugin reads (set from Python, it
-    is a plain string the plugin ignores). The actor localization's 24 small RoIAligns stay
-    bf16: at f32 each ran 5x slower.
+    Why marks at all: :func:`_f32_layers` says which layers and why (the action pooler's
+    RoIAlign for speed, an INT8 model's pruning for accuracy). The mark goes into the file
+    because only a deserialized IR carries it as the typed attribute the CPU plugin reads (set
+    from Python, it is a plain string the plugin ignores).
 
     Raises:
         OSError, xml.etree.ElementTree.ParseError: the file cannot be read or written.
@@ -189,7 +200,8 @@ def _keep_at_f32(ir: Path, layers: list[str]) -> None:
     if not layers:
         return
     tree = ET.parse(ir)
-    found = [x for x in tree.getroot().findall("./layers/layer") if x.get("name") in layers]
+    wanted = set(layers)
+    found = [x for x in tree.getroot().findall("./layers/layer") if x.get("name") in wanted]
     names = [x.get("name") for x in found]
     for layer in found:
         if names.count(layer.get("name")) != 1:
@@ -296,8 +308,8 @@ def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path
     when ``clip_shape`` is given, saved as the IR file ``ir`` with :func:`_keep_at_f32`'s marks
     and compiled from it. ``ir`` None (the cache off): the IR goes to a temporary folder,
     removed once compiled, so the marks hold there too; where it cannot be written (a full
-    disk) the model is compiled in memory, and the action pooler's RoIAlign runs at the
-    precision hint."""
+    disk) the model is compiled in memory, unmarked: the action pooler's RoIAlign runs at the
+    precision hint, and an INT8 model (whose pruning must not run bf16) at f32 throughout."""
     model = core.read_model(graph, ov.Tensor(np.empty(0, np.uint8)))
     _inputs_to_constants(model, weights)
     if clip_shape is not None:
@@ -385,9 +397,7 @@ class OpenVinoRunner(RunnerBase):
         if is_int8 and precision not in ("fp32", "int8"):
             raise ConfigError(f"{self.path} is the INT8 export: run it with --precision int8")
         core = ov.Core()
-        hint, int8_weights = OPENVINO_PRECISIONS["int8" if is_int8 else precision]
-        if is_int8 and (precision == "fp32" or not cpu_has_bf16(core)):
-            hint = "f32"
+        hint = precision_hint(precision, is_int8, core)
         precision = "int8" if is_int8 else precision
         self.precision = precision
         if hint == "bf16" and not cpu_has_bf16(core):
@@ -409,7 +419,10 @@ class OpenVinoRunner(RunnerBase):
             raise BackendError(f"OpenVINO cannot compile {self.path}: {one_line(e)}") from e
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-        self.name = f"openvino (CPU, {precision}{' + bf16' if is_int8 and hint == 'bf16' else ''})"
+        # the hint compiled, not the one asked: an INT8 model compiled without its marks (no IR
+        # could be written) ran at f32 (_build)
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.name = f"openvino (CPU, {precision}{' + bf16' if is_int8 and ran == 'bf16' else ''})"
         self.on_gpu = False
 
     def _infer(self, clip: np.ndarray, image_size: np.ndarray) -> dict[str, np.ndarray]:

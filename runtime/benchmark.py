@@ -421,10 +421,13 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
     m, k, n = GEMM_SHAPE
     for prec in sorted({GEMM_PRECISION.get(PATHS[p].precision, PATHS[p].precision)
                         for p in paths if PATHS[p].device == "cpu"}):
-        by_kernel = gemm_rates(prec, threads)
+        failed: dict[str, str] = {}
+        by_kernel = gemm_rates(prec, threads, failed=failed)
+        for kernel, why in failed.items():
+            log(f"GEMM rate, {prec}: {kernel}'s kernel left out ({why})")
         if not by_kernel:
-            log(f"neither torch nor OpenVINO installed: no {prec} GEMM yardstick (fraction of "
-                "the GEMM rate left out)")
+            log(f"no {prec} GEMM yardstick (neither torch nor OpenVINO could run it): its "
+                "fraction of the GEMM rate is left out")
             continue
         report["gemm_gmac_per_s"][prec] = round(max(by_kernel.values()), 1)
         report["gemm_gmac_per_s_by_kernel"][prec] = {

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evad.command import one_line
+from evad.export.openvino_runner import cpu_has_bf16, precision_hint
 from evad.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -44,15 +46,17 @@ GEMM_SHAPE = (4608, 768, 3072)
 _X_SCALE = 0.05
 
 
-def time_best(call: Callable[[], Any], seconds: float) -> float:
-    """The fastest of repeated calls (seconds each) within about ``seconds``, after one warm-up."""
+def time_best(call: Callable[[], Any], seconds: float,
+              measured: Callable[[], float] | None = None) -> float:
+    """The fastest of repeated calls within about ``seconds`` of wall time, after one warm-up:
+    each call's wall time (seconds), or what ``measured()`` says of the call just made."""
     call()
     best, spent = float("inf"), 0.0
     while spent < seconds:
         t0 = time.perf_counter()
         call()
         dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
+        best, spent = min(best, measured() if measured else dt), spent + dt
     return best
 
 
@@ -146,13 +150,12 @@ def openvino_product(precision: str, x: np.ndarray, weight: np.ndarray,
     cannot run it natively (bf16 on a CPU without AVX512-BF16 or AMX, which OpenVINO would run
     as fp32)."""
     core = ov.Core()
-    has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if precision == "bf16" and not has_bf16:
+    if precision == "bf16" and not cpu_has_bf16(core):
         return None
     model = core.read_model(_product_graph(precision, weight), ov.Tensor(np.empty(0, np.uint8)))
-    # an int8 product's float rest (its dequantized output) at bf16 where the CPU has it, as
-    # the int8 path runs it (evad.export.openvino_runner)
-    hint = "f32" if precision == "fp32" or not has_bf16 else "bf16"
+    model.reshape({"x": list(x.shape)})  # static, as the runner compiles its models
+    # an int8 product's float rest (its dequantized output) at the hint the int8 path uses
+    hint = precision_hint(precision, precision == "int8", core)
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -160,11 +163,12 @@ def openvino_product(precision: str, x: np.ndarray, weight: np.ndarray,
 
 
 def gemm_rates(precision: str, threads: int, shape: tuple[int, int, int] = GEMM_SHAPE,
-               seconds: float = 1.5) -> dict[str, float]:
+               seconds: float = 1.5, failed: dict[str, str] | None = None) -> dict[str, float]:
     """GMAC/s of each kernel at ``precision`` ("fp32", "bf16", "int8") on ``shape`` (m, k, n),
     ``threads`` threads (0: the library's default): ``{"torch": ..., "openvino": ...}``, a
-    library left out where it is not installed (or, for OpenVINO at bf16, where the CPU has no
-    native bf16). The yardstick is the largest."""
+    library left out where it is not installed, where it fails (a one-line reason in
+    ``failed``, when given), or, for OpenVINO at bf16, where the CPU has no native bf16. The
+    yardstick is the largest."""
     m, k, n = shape
     rates: dict[str, float] = {}
     try:
@@ -178,20 +182,22 @@ def gemm_rates(precision: str, threads: int, shape: tuple[int, int, int] = GEMM_
             torch.set_num_threads(old)
     except ImportError:
         pass
+    except Exception as e:  # a yardstick that cannot be measured must not stop the benchmark
+        if failed is not None:
+            failed["torch"] = one_line(e)
     try:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((m, k), dtype=np.float32)
         product = openvino_product(precision, x,
                                    rng.standard_normal((k, n), dtype=np.float32), threads)
         if product is not None:
-            product()
-            best, spent = float("inf"), 0.0
-            while spent < seconds:
-                t0 = time.perf_counter()
-                product()
-                spent += time.perf_counter() - t0
-                best = min(best, product.kernel_s())
+            best = time_best(product, seconds, product.kernel_s)
+            if best <= 0:
+                raise RuntimeError("no FullyConnected layer in OpenVINO's performance counters")
             rates["openvino"] = m * k * n / best / 1e9
     except ImportError:
         pass
+    except Exception as e:  # a yardstick that cannot be measured must not stop the benchmark
+        if failed is not None:
+            failed["openvino"] = one_line(e)
     return rates

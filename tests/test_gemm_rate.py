@@ -89,10 +89,11 @@ def test_openvino_int8_product_is_the_product_of_the_quantized_inputs() -> None:
     w_q = np.clip(np.round(w / w_scale), -127, 127) * w_scale
     want = x_q.astype(np.float64) @ w_q
     got = call().astype(np.float64)
+    assert call.kernel_s() > 0  # the int8 FullyConnected is in the counters
     scale = np.abs(want).max()
     off = np.abs(got - want).max() / scale
     assert off < 1e-2  # the float rest may run at bf16
-    assert np.abs(x.astype(np.float64) @ w - want).max() / scale > 4 * off
+    assert np.abs(x.astype(np.float64) @ w - want).max() / scale > 2 * off
 
 
 def test_gemm_rates_name_each_kernel() -> None:
@@ -100,3 +101,19 @@ def test_gemm_rates_name_each_kernel() -> None:
     rates = gemm_rates("fp32", threads=1, shape=(256, 128, 256), seconds=0.05)
     assert set(rates) == {"torch", "openvino"}
     assert all(r > 0.1 for r in rates.values())
+
+
+def test_a_kernel_that_fails_is_left_out_with_its_reason(monkeypatch) -> None:
+    """OpenVINO failing to compile the probe (or reporting no product layer) leaves torch's
+    rate as the yardstick and says why: it never stops the benchmark."""
+    _openvino()
+    from evad.runtime import gemm_rate
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:112:\nno CPU plugin")
+
+    monkeypatch.setattr(gemm_rate, "openvino_product", refuse)
+    failed: dict[str, str] = {}
+    rates = gemm_rates("fp32", threads=1, shape=(128, 64, 128), seconds=0.02, failed=failed)
+    assert set(rates) == {"torch"} and rates["torch"] > 0
+    assert failed == {"openvino": "Exception from src/inference/src/cpp/core.cpp:112:"}

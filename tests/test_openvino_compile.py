@@ -423,3 +423,18 @@ def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_pruning_at_f32(
     monkeypatch.setattr(openvino_runner.ov, "save_model", full_disk)
     with OpenVinoRunner(tiny_int8_onnx, "int8") as runner:
         assert "bf16" not in {p for _, _, p in _runtime_precisions(runner)}
+        assert runner.name == "openvino (CPU, int8)"  # what ran, not what was asked
+
+
+def test_the_int8_export_on_a_cpu_without_bf16_runs_its_float_rest_at_f32(
+        ov, tiny_int8_onnx, monkeypatch) -> None:
+    """Where OpenVINO sees no native bf16, --precision int8 is not refused (as bf16 is): its
+    float rest runs at f32."""
+    from evad.export import openvino_runner
+
+    monkeypatch.setenv("EVAD_OPENVINO_CACHE", "")
+    monkeypatch.setattr(openvino_runner, "cpu_has_bf16", lambda core=None: False)
+    with openvino_runner.OpenVinoRunner(tiny_int8_onnx, "int8") as runner:
+        assert runner.name == "openvino (CPU, int8)"
+        assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+        assert "bf16" not in {p for _, _, p in _runtime_precisions(runner)}
