@@ -429,12 +429,13 @@ def run_benchmark(s: BenchSettings, preset: Preset, export: Callable[[float | No
             log(f"no {prec} GEMM yardstick (neither torch nor OpenVINO could run it): its "
                 "fraction of the GEMM rate is left out")
             continue
-        report["gemm_gmac_per_s"][prec] = round(max(by_kernel.values()), 1)
-        report["gemm_gmac_per_s_by_kernel"][prec] = {
-            kernel: round(rate, 1) for kernel, rate in by_kernel.items()}
+        # the log says the figures the JSON keeps (rounded once), so the two always agree
+        kept = {kernel: round(rate, 1) for kernel, rate in by_kernel.items()}
+        report["gemm_gmac_per_s"][prec] = max(kept.values())
+        report["gemm_gmac_per_s_by_kernel"][prec] = kept
         log(f"GEMM rate now, {m}x{k} @ {k}x{n}, {prec}, {threads} threads: "
-            f"{max(by_kernel.values()):.0f} GMAC/s (the best of "
-            + ", ".join(f"{kernel} {rate:.0f}" for kernel, rate in by_kernel.items()) + ")")
+            f"{max(kept.values()):.0f} GMAC/s (the best of "
+            + ", ".join(f"{kernel} {rate:.0f}" for kernel, rate in kept.items()) + ")")
     for rate in rates:
         p = preset.replace(keep_rate=rate) if rate else preset
         gmac = flops(p, s.height, s.width)["total"]
