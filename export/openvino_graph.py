@@ -21,8 +21,8 @@ from onnx import helper
 from evad.errors import ConfigError
 from evad.fused_attention import decompose_fused_attention
 
-__all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_pruning_layer", "openvino_graph",
-           "patchify_convolutions", "tensor_dims", "unroll_pruning"]
+__all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_pruning_layer", "is_pruning_logits",
+           "openvino_graph", "patchify_convolutions", "tensor_dims", "unroll_pruning"]
 
 #: the prefix of every tensor :func:`unroll_pruning` writes (``_prune<i>_``, ``i`` the node's
 #: position); OpenVINO names each layer after its output
@@ -248,6 +248,12 @@ def is_pruning_layer(name: str) -> bool:
     """Whether ``name`` (an OpenVINO layer's) is one of an unrolled KeyframeTopKPrune's
     (:func:`unroll_pruning`): its importance, TopK and gathers."""
     return re.search(rf"{_PRUNE_PREFIX}\d+_", name) is not None
+
+
+def is_pruning_logits(name: str) -> bool:
+    """Whether ``name`` (an OpenVINO layer's) is the logits product of a chunk of an unrolled
+    KeyframeTopKPrune's importance (:func:`unroll_pruning`): q k^T for its rows."""
+    return re.search(rf"{_PRUNE_PREFIX}\d+_c\d+_logits$", name) is not None
 
 
 def _unrolled_prune(out: onnx.ModelProto, node: onnx.NodeProto,

@@ -43,7 +43,12 @@ from evad.export.openvino_cache import (
     tmp_ir,
     usable_cache,
 )
-from evad.export.openvino_graph import is_pruning_layer, openvino_graph, tensor_dims
+from evad.export.openvino_graph import (
+    is_pruning_layer,
+    is_pruning_logits,
+    openvino_graph,
+    tensor_dims,
+)
 from evad.export.ort_runner import file_precision
 from evad.hashing import onnx_sha256
 from evad.lazy import lazy_import
@@ -59,8 +64,8 @@ __all__ = ["OPENVINO_PRECISIONS", "OpenVinoRunner", "cpu_has_bf16", "precision_h
 
 #: precision name -> (OpenVINO's INFERENCE_PRECISION_HINT, MatMul weights stored as int8). The
 #: calibrated INT8 export ("int8") runs its Q/DQ products in int8 and its float rest at the hint:
-#: bf16 where the CPU has it natively, but its pruning importance at f32 (:func:`_f32_layers`);
-#: f32 on a CPU without bf16 or when fp32 is asked (:func:`precision_hint`)
+#: bf16 where the CPU has it natively, but its pruning importance's row sums at f32
+#: (:func:`_f32_layers`); f32 on a CPU without bf16 or when fp32 is asked (:func:`precision_hint`)
 OPENVINO_PRECISIONS = {"fp32": ("f32", False), "bf16": ("bf16", False),
                        "bf16-int8w": ("bf16", True), "int8": ("bf16", False)}
 
@@ -125,9 +130,10 @@ def _inputs_to_constants(model: ov.Model, weights: dict[str, np.ndarray]) -> Non
 
 #: bumped when the graph OpenVINO is given changes in a way its structure does not show
 _IR_FORMAT = 2
-#: in the key of an int8 model's IR: its pruning layers are marked f32 (:func:`_f32_layers`),
-#: which an IR cached before that did not have; the other precisions' IRs are unchanged
-_INT8_MARKS = "pruning-f32"
+#: in the key of an int8 model's IR: its pruning layers but the logits are marked f32
+#: (:func:`_f32_layers`), which an IR cached before did not have (none, or the logits too); the
+#: other precisions' IRs are unchanged
+_INT8_MARKS = "pruning-sums-f32"
 
 #: OpenVINO's runtime attribute that keeps a layer at f32 under a lower precision hint, as an
 #: IR file spells it: ``<attribute name="precise" version="0"/>`` in the layer's ``rt_info``
@@ -169,19 +175,25 @@ def _f32_layers(model: ov.Model) -> list[str]:
     is slow on its (1, 3072, 18, 32) map (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a
     clip in bf16, 85 ms at f32; the clip 1.78 -> 1.65 s), while the actor localization's 24
     small RoIAligns stay bf16 (at f32 each ran 5x slower); and, in the calibrated Q/DQ
-    export, every layer of the unrolled pruning (its importance, TopK and gathers), for
-    accuracy (OpenVINO 2026.4 honours the mark on the importance's products, the logits and
-    the row sums; it keeps the Softmax, and the slices of the bf16 q, in bf16).
+    export, the layers of the unrolled pruning (its row sums, TopK and gathers) but its
+    logits products, for accuracy (OpenVINO 2026.4 honours the mark on the row-sum products;
+    it keeps the Softmax, and the slices of the bf16 q, in bf16).
 
     Why the importance of the INT8 export stays f32: its quantized blocks use up the pruning's
     margin (vit_b_ktp, calmed random weights, seed 0: block 9's kept-token Jaccard 0.9725 in
     ONNX Runtime int8, the bar 0.97), and a bf16 importance on top of them moved it to 0.9629
-    (OpenVINO, float rest bf16; 0.9725 again with the importance at f32). The bf16 export's
-    importance stays bf16: alone, bf16 keeps 0.9881 there."""
+    (OpenVINO, float rest bf16; 0.9725 again with the importance at f32). What the f32 buys is
+    each chunk's row sums: a bf16 product leaves them rounded to 2^-9 of their size. Not the
+    logits: their inputs are the bf16 q and k and the Softmax reads them in bf16, so an f32
+    product rounds the same products to bf16 one layer later (with it in bf16 the clip took
+    2.88 s against 3.04, 2-core AMD EPYC, and the parity checks passed as before:
+    docs/design.md, "Calibrated INT8"). The bf16 export's importance stays bf16: alone, bf16
+    keeps 0.9881 there."""
     names = _clip_pooling_layers(model)
     if _is_quantized(model):
         names += [node.get_friendly_name() for node in model.get_ops()
-                  if is_pruning_layer(node.get_friendly_name())]
+                  if is_pruning_layer(node.get_friendly_name())
+                  and not is_pruning_logits(node.get_friendly_name())]
     return names
 
 
@@ -359,8 +371,8 @@ class OpenVinoRunner(RunnerBase):
             stored as int8: ``evad.export.openvino_graph.int8_matmul_weights``); bf16 needs a
             CPU with native bf16 (AVX512-BF16 or AMX); ``"int8"``: the calibrated Q/DQ export
             (``evad-export --int8``): its Q/DQ products in int8, its float rest in bf16 where
-            the CPU has it (the pruning importance at f32), else f32; asked ``"fp32"``, the
-            same file runs with its float rest at f32.
+            the CPU has it (the pruning importance's row sums at f32), else f32; asked
+            ``"fp32"``, the same file runs with its float rest at f32.
         threads: inference threads (0 = OpenVINO's default, one per core).
         perf_count: keep OpenVINO's per-layer performance counters
             (``self.request.get_profiling_info()``; ``benchmarks/op_profile.py``).
@@ -389,7 +401,7 @@ class OpenVinoRunner(RunnerBase):
                                             onnx_sha256(self.path))
         # the calibrated Q/DQ export (evad-export --int8) is int8 whatever is asked: OpenVINO
         # runs its Q/DQ pairs in int8, the float rest at bf16 where the CPU has it (the pruning
-        # importance at f32: _f32_layers), at f32 when fp32 is asked
+        # importance's row sums at f32: _f32_layers), at f32 when fp32 is asked
         is_int8 = file_precision(self.metadata) == "int8"
         if precision == "int8" and not is_int8:
             raise ConfigError(f"{self.path} is an fp32 export; --precision int8 runs the INT8 "

@@ -375,15 +375,15 @@ def _runtime_precisions(runner) -> list[tuple[str, str, str]]:
             for op in runner.compiled.get_runtime_model().get_ops()]
 
 
-def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_pruning_at_f32(
+def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_row_sums_at_f32(
         ov, tiny_int8_onnx, tmp_path, monkeypatch) -> None:
     """--precision int8 on a CPU with native bf16: the Q/DQ products in int8, the float rest in
-    bf16, but the unrolled pruning's layers marked f32 (its products, logits and row sums, run
-    f32; OpenVINO keeps the Softmax and the slices of q bf16), with the cache on and off;
-    asked fp32 (or where the IR cannot be written, so no layer can be marked), no layer runs
-    bf16. The two runs agree to int8's and bf16's rounding."""
+    bf16, but the unrolled pruning's layers but its logits marked f32 (the row-sum products run
+    f32, the logits products bf16; OpenVINO keeps the Softmax and the slices of q bf16), with
+    the cache on and off; asked fp32 (or where the IR cannot be written, so no layer can be
+    marked), no layer runs bf16. The two runs agree to int8's and bf16's rounding."""
     from evad.export import openvino_runner
-    from evad.export.openvino_graph import is_pruning_layer
+    from evad.export.openvino_graph import is_pruning_layer, is_pruning_logits
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
 
     if not cpu_has_bf16():
@@ -396,12 +396,13 @@ def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_pruning_at_f32(
             assert runner.name == "openvino (CPU, int8 + bf16)"
             layers = _runtime_precisions(runner)
             outs[cache] = runner(clips[0], sizes[0])
-        pruning = [(t, p) for n, t, p in layers if is_pruning_layer(n)]
-        products = {p for t, p in pruning if t == "MatMul"}  # logits and row sums
-        assert len(pruning) > 20 and products == {"f32"}, (cache, products)
+        pruning = [(n, t, p) for n, t, p in layers if is_pruning_layer(n)]
+        logits = {p for n, t, p in pruning if t == "MatMul" and is_pruning_logits(n)}
+        sums = {p for n, t, p in pruning if t == "MatMul" and n.endswith("_sum4")}
+        assert len(pruning) > 20 and logits == {"bf16"} and sums == {"f32"}, (cache, pruning)
         # OpenVINO 2026.4 keeps the marked Softmax in bf16, and the slices of the bf16 q
-        assert {t for t, p in pruning if p == "bf16"} <= {"Softmax", "Reorder",
-                                                          "StridedSlice"}, cache
+        assert {t for n, t, p in pruning if p == "bf16" and not is_pruning_logits(n)} <= {
+            "Softmax", "Reorder", "StridedSlice"}, cache
         rest = {p for n, _, p in layers if not is_pruning_layer(n)}
         assert "bf16" in rest and rest & {"i8", "u8"}, (cache, rest)
     for name in outs[""]:
