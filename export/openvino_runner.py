@@ -175,18 +175,18 @@ def _f32_layers(model: ov.Model) -> list[str]:
     is slow on its (1, 3072, 18, 32) map (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a
     clip in bf16, 85 ms at f32; the clip 1.78 -> 1.65 s), while the actor localization's 24
     small RoIAligns stay bf16 (at f32 each ran 5x slower); and, in the calibrated Q/DQ
-    export, the layers of the unrolled pruning (its row sums, TopK and gathers) but its
-    logits products, for accuracy (OpenVINO 2026.4 honours the mark on the row-sum products;
-    it keeps the Softmax, and the slices of the bf16 q, in bf16).
+    export, every layer of the unrolled pruning but its logits products (the row sums, their
+    sums, TopK and gathers), for accuracy (OpenVINO 2026.4 honours the mark on the row-sum
+    products; it keeps the Softmax, and the slices of the bf16 q, in bf16).
 
-    Why the importance of the INT8 export stays f32: its quantized blocks use up the pruning's
-    margin (vit_b_ktp, calmed random weights, seed 0: block 9's kept-token Jaccard 0.9725 in
-    ONNX Runtime int8, the bar 0.97), and a bf16 importance on top of them moved it to 0.9629
-    (OpenVINO, float rest bf16; 0.9725 again with the importance at f32). What the f32 buys is
-    each chunk's row sums: a bf16 product leaves them rounded to 2^-9 of their size. Not the
-    logits: their inputs are the bf16 q and k and the Softmax reads them in bf16, so an f32
-    product rounds the same products to bf16 one layer later (with it in bf16 the clip took
-    2.88 s against 3.04, 2-core AMD EPYC, and the parity checks passed as before:
+    Why the importance of the INT8 export stays f32, but for its logits: its quantized blocks
+    use up the pruning's margin (vit_b_ktp, calmed random weights, seed 0: block 9's kept-token
+    Jaccard 0.9725 in ONNX Runtime int8, the bar 0.97), and a bf16 importance on top of them
+    moved it to 0.9629 (OpenVINO, float rest bf16; 0.9725 again with the importance at f32).
+    What the f32 buys is each chunk's row sums: a bf16 product leaves them rounded to 2^-9 of
+    their size. Not the logits: their inputs are the bf16 q and k and the Softmax reads them in
+    bf16, so an f32 product rounds the same products to bf16 one layer later (with it in bf16
+    the clip took 2.88 s against 3.04, 2-core AMD EPYC, and the parity checks passed as before:
     docs/design.md, "Calibrated INT8"). The bf16 export's importance stays bf16: alone, bf16
     keeps 0.9881 there."""
     names = _clip_pooling_layers(model)

@@ -122,6 +122,27 @@ def test_unrolled_pruning_equals_the_op(n: int, s: int) -> None:
     assert np.array_equal(xk, ref_x.numpy())
 
 
+@pytest.mark.parametrize(("n", "s"), [(2500, 1100), (ROW_CHUNK + 7, 300)])
+def test_is_pruning_logits_names_each_chunks_logits_product(n: int, s: int) -> None:
+    """The layers OpenVINO's int8 path leaves at bf16 (``is_pruning_logits``): each chunk's
+    q k^T, the first MatMul of its chunk, fed by the chunk's q slice; none of the row sums
+    or anything else of the pruning."""
+    from evad.export import openvino_graph
+    from evad.export.openvino_graph import is_pruning_layer, is_pruning_logits, unroll_pruning
+
+    unrolled = unroll_pruning(_static_prune_model(n, s))
+    produced = {o: node for node in unrolled.graph.node for o in node.output}
+    matmuls = [o for node in unrolled.graph.node if node.op_type == "MatMul" for o in node.output]
+    logits = [o for node in unrolled.graph.node for o in node.output if is_pruning_logits(o)]
+    chunks = len({*range(0, n, openvino_graph.ROW_CHUNK), s, n}) - 1  # its chunks, not the op's
+    assert len(logits) == chunks and len(matmuls) == 2 * chunks
+    assert all(produced[o].op_type == "MatMul" and produced[o].input[0].endswith("_q")
+               for o in logits)
+    sums = [o for o in matmuls if o not in logits]
+    assert all(o.endswith("_sum4") and is_pruning_layer(o) for o in sums)
+    assert not is_pruning_logits("_prune0_c0_logits_f32_bf16__prune0_c0_probs")  # a reorder
+
+
 def _openvino():
     try:
         import openvino

@@ -378,10 +378,11 @@ def _runtime_precisions(runner) -> list[tuple[str, str, str]]:
 def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_row_sums_at_f32(
         ov, tiny_int8_onnx, tmp_path, monkeypatch) -> None:
     """--precision int8 on a CPU with native bf16: the Q/DQ products in int8, the float rest in
-    bf16, but the unrolled pruning's layers but its logits marked f32 (the row-sum products run
-    f32, the logits products bf16; OpenVINO keeps the Softmax and the slices of q bf16), with
-    the cache on and off; asked fp32 (or where the IR cannot be written, so no layer can be
-    marked), no layer runs bf16. The two runs agree to int8's and bf16's rounding."""
+    bf16, but every layer of the unrolled pruning except its logits products marked f32 (the
+    row-sum products run f32, the logits products bf16; OpenVINO keeps the Softmax and the
+    slices of q bf16), with the cache on and off; asked fp32 (or where the IR cannot be
+    written, so no layer can be marked), no layer runs bf16. The two runs agree to int8's and
+    bf16's rounding."""
     from evad.export import openvino_runner
     from evad.export.openvino_graph import is_pruning_layer, is_pruning_logits
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
