@@ -40,14 +40,15 @@ TORCH_MATRIX = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::
 #: the model's parts, by layer name: the first pattern that matches names the part. The names
 #: are the export's (the dynamo exporter names nodes after the aten op: ``node_linear_12``,
 #: ``node_MultiHeadAttention_184``, ``node_layer_norm_3``), the unrolled pruning's
-#: (``_prune<i>_``) and the patch product's (``_patch<i>_``); OpenVINO keeps them in its layer
+#: (``_prune<i>_``), the patch product's (``_patch<i>_``) and the action pooler's products
+#: (``_clippool<i>_``); OpenVINO keeps them in its layer
 #: names, suffixed where a pass split or fused a node (the fused attention becomes one
 #: ``Subgraph``). The export's names do not tell the MLP's linear layers from qkv / proj / the
 #: heads': they are one part.
 PARTS = (
     ("pruning importance / TopK / gathers", r"_prune\d+_|keyframe_topk"),
     ("attention (MatMul, Softmax, MatMul)", r"MultiHeadAttention"),
-    ("RoIAlign3D", r"roi_align|ROIAlign"),
+    ("RoIAlign3D", r"roi_align|ROIAlign|_clippool\d+_"),
     ("LayerNorm", r"layer_norm|LayerNorm|MVN"),
     ("linear layers (qkv, proj, MLP, heads)", r"node_linear|node_Gemm|node_MatMul|node_bmm"),
     ("GELU", r"gelu|Erf"),

@@ -1,7 +1,8 @@
 """The copy of an evad export that OpenVINO reads, rewritten in memory: the fused attention
 decomposed, each ``KeyframeTopKPrune`` unrolled over its static row chunks, the patch
-embedding's convolution written as a matrix product, the other local functions inlined and,
-optionally, every MatMul weight stored as int8.
+embedding's convolution written as a matrix product, the action pooler's ``RoIAlign3D`` written
+as two products with its bilinear weights, the other local functions inlined and, optionally,
+every MatMul weight stored as int8.
 
 Why a rewrite at all: OpenVINO binds no model-local function of a custom domain and runs an ONNX
 ``Loop`` as an opaque node without its bf16 kernels; the runner
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,13 +22,17 @@ from onnx import helper
 
 from evad.errors import ConfigError
 from evad.fused_attention import decompose_fused_attention
+from evad.op_contracts import ROI_ALIGN_3D
 
-__all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_pruning_layer", "is_pruning_logits",
-           "openvino_graph", "patchify_convolutions", "tensor_dims", "unroll_pruning"]
+__all__ = ["ROW_CHUNK", "int8_matmul_weights", "is_clip_pooling_layer", "is_pruning_layer",
+           "is_pruning_logits", "openvino_graph", "patchify_convolutions",
+           "separable_clip_pooling", "tensor_dims", "unroll_pruning"]
 
 #: the prefix of every tensor :func:`unroll_pruning` writes (``_prune<i>_``, ``i`` the node's
 #: position); OpenVINO names each layer after its output
 _PRUNE_PREFIX = "_prune"
+#: the prefix of every tensor :func:`separable_clip_pooling` writes (``_clippool<i>_``)
+_CLIP_POOL_PREFIX = "_clippool"
 
 
 #: query rows per unrolled importance chunk. Smaller than the op contract's 1024
@@ -44,11 +50,14 @@ def openvino_graph(model: onnx.ModelProto, int8_weights: bool = False) -> onnx.M
     """The copy of an export that OpenVINO reads: attention decomposed, each KeyframeTopKPrune
     unrolled over its static row chunks (:func:`unroll_pruning`), the other local functions
     inlined (RoIAlign3D becomes its standard-op body), the patch embedding's convolution
-    written as a matrix product (:func:`patchify_convolutions`); with ``int8_weights`` every
+    written as a matrix product (:func:`patchify_convolutions`), the RoIAlign3D that pools a
+    clip written as two products with its bilinear weights (:func:`separable_clip_pooling`);
+    with ``int8_weights`` every
     MatMul weight stored as int8 (:func:`int8_matmul_weights`)."""
     from onnx import inliner
 
-    graph = patchify_convolutions(unroll_pruning(decompose_fused_attention(model)))
+    graph = separable_clip_pooling(
+        patchify_convolutions(unroll_pruning(decompose_fused_attention(model))))
     if int8_weights:
         graph = int8_matmul_weights(graph)
     return inliner.inline_local_functions(graph)
@@ -197,6 +206,158 @@ def _patch_product(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
     return nodes
 
 
+def separable_clip_pooling(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with each ``evad`` RoIAlign3D node that pools a clip (T > 1: the action pooler)
+    written as the two products the torch reference computes (``evad.models.roi_align_3d``):
+    out[r, :, t] = Wy[r] @ F[b_r, :, t] @ Wx[r]^T, Wy (R, oh, H) and Wx (R, ow, W) each RoI's
+    averaged bilinear weights along one axis. Nodes with T = 1 (the actor localization's
+    pyramid levels: larger maps, where the products would cost far more than the samples),
+    nodes whose map size is not static and the legacy alignment are left to RoIAlign3D's body.
+
+    Why: OpenVINO 2026.4's ROIAlign took 128 ms of a vit_b_ktp clip for the action pooler
+    (100 RoIs over a (1, 3072, 18, 32) map, f32, 2-core AMD EPYC), the two products 38 ms
+    (docs/design.md, "The CPU paths", has the clip times). The weights come from OpenVINO's
+    own ROIAlign over two small constant maps whose channels are the map's rows (or columns)
+    as one-hot planes, so its f32 sampling places the samples: written in standard ops, the
+    box arithmetic ran in bf16 under the bf16 hint (9 % off at x ~ 370 px). The batch is
+    part of the first contraction (a RoI of element b samples only element b's rows), so one
+    product serves every batch element; W is contracted first, the longer side of a
+    landscape clip, so the intermediate (T, R * ow, B * H * C) is the smaller one. The
+    contract's batch-index rule (``evad.op_contracts.ROI_ALIGN_3D``) as RoIAlign3D's body has
+    it: a RoI whose index is invalid pools from element 0 with a box that samples nothing, so
+    its output is zeros. One difference from RoiAlign, on a broken model only: a NaN or an
+    infinity in the map reaches every RoI of its element (0 times it is NaN), not only those
+    that sample it.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes: list[onnx.NodeProto] = []
+    for i, node in enumerate(out.graph.node):
+        plan = _clip_pooling_plan(out, node)
+        if plan is None:
+            nodes.append(node)
+        else:
+            nodes += _separable_pooling(out, node, *plan, f"{_CLIP_POOL_PREFIX}{i}_")
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _clip_pooling_plan(model: onnx.ModelProto, node: onnx.NodeProto
+                       ) -> tuple[list[int], dict[str, Any]] | None:
+    """((C, T, H, W), attributes) of a RoIAlign3D node :func:`separable_clip_pooling`
+    rewrites, else None."""
+    if node.domain != "evad" or node.op_type != "RoIAlign3D":
+        return None
+    a = {**ROI_ALIGN_3D.defaults,
+         **{x.name: helper.get_attribute_value(x) for x in node.attribute}}
+    dims = tensor_dims(model, node.input[0])[1:]
+    if len(dims) != 4 or any(d is None for d in dims) or a["aligned"] != 1:
+        return None
+    c, t, h, w = dims  # type: ignore[misc]
+    return ([c, t, h, w], a) if t > 1 else None  # type: ignore[list-item]
+
+
+def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
+                       a: dict[str, Any], p: str) -> list[onnx.NodeProto]:
+    """The nodes of :func:`separable_clip_pooling` for one RoIAlign3D node: features
+    (B, C, T, H, W), rois (R, 5) -> (R, C, T, oh, ow) under the node's output name; the
+    constants go into ``out``'s initializers, named with the prefix ``p``."""
+    c, t, h, w = dims
+    oh, ow, scale = a["output_height"], a["output_width"], float(a["spatial_scale"])
+    features, rois = node.input
+    const = _constants(out, p)
+
+    def ints(name: str, value: list[int] | int) -> str:
+        return const(name, np.array(value, np.int64))
+
+    def floats(name: str, value: float) -> str:
+        return const(name, np.array(value, np.float32))
+
+    sample = dict(mode="avg", sampling_ratio=a["sampling_ratio"], spatial_scale=scale,
+                  coordinate_transformation_mode="half_pixel")
+    # a box this far up and left samples nothing (every sample below -1 feature pixel)
+    far = -(max(h, w) + 2) / scale
+    return [
+        # the contract's batch-index rule, as RoIAlign3D's body writes it
+        helper.make_node("Shape", [features], [p + "b"], start=0, end=1),
+        helper.make_node("Cast", [p + "b"], [p + "bf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Slice", [rois, ints("s0", [0]), ints("s1", [1]), ints("ax1", [1])],
+                         [p + "index"]),
+        helper.make_node("GreaterOrEqual", [p + "index", floats("zero_f", 0.0)], [p + "ge0"]),
+        helper.make_node("Less", [p + "index", p + "bf"], [p + "ltb"]),
+        helper.make_node("Floor", [p + "index"], [p + "floor"]),
+        helper.make_node("Equal", [p + "floor", p + "index"], [p + "whole"]),
+        helper.make_node("And", [p + "ge0", p + "ltb"], [p + "inside"]),
+        helper.make_node("And", [p + "inside", p + "whole"], [p + "valid"]),  # (R, 1)
+        helper.make_node("Where", [p + "valid", p + "index", floats("zero_f", 0.0)],
+                         [p + "safe"]),
+        helper.make_node("Cast", [p + "safe"], [p + "bi"], to=onnx.TensorProto.INT64),
+        helper.make_node("Reshape", [p + "bi", ints("flat", [-1])], [p + "batch"]),
+        # an invalid RoI samples nothing, so its output is zeros
+        helper.make_node("Slice", [rois, ints("s1", [1]), ints("s5", [5]), ints("ax1", [1])],
+                         [p + "raw"]),
+        helper.make_node("Where", [p + "valid", p + "raw", floats("far", far)], [p + "boxes"]),
+        helper.make_node("Split", [p + "boxes"], [p + "x1", p + "y1", p + "x2", p + "y2"],
+                         axis=1, num_outputs=4),
+        helper.make_node("Shape", [p + "index"], [p + "ishape"]),
+        helper.make_node("ConstantOfShape", [p + "ishape"], [p + "zcol"],
+                         value=onnx.numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node("Concat", [p + "zcol", p + "y1", p + "zcol", p + "y2"],
+                         [p + "yrois"], axis=1),
+        helper.make_node("Concat", [p + "x1", p + "zcol", p + "x2", p + "zcol"],
+                         [p + "xrois"], axis=1),
+        helper.make_node("Shape", [p + "index"], [p + "r"], start=0, end=1),
+        helper.make_node("ConstantOfShape", [p + "r"], [p + "batch0"],
+                         value=onnx.numpy_helper.from_array(np.zeros(1, np.int64))),
+        # The row map (B, B * H, H, 1): in batch element b, channel (b, y) is row y (ones),
+        # the channels of the other elements are zeros. A RoI (0, y1, 0, y2) of element b
+        # samples column 0 only, so RoiAlign gives its bins' weights of each (element, row):
+        # (R, B * H, oh, 1). The column map (1, W, 1, W): channel x is column x.
+        helper.make_node("Squeeze", [p + "b"], [p + "bs"]),
+        helper.make_node("Range", [ints("zero", 0), p + "bs", ints("one", 1)], [p + "range"]),
+        helper.make_node("Unsqueeze", [p + "range", ints("ax1", [1])], [p + "bcol"]),
+        helper.make_node("Unsqueeze", [p + "range", ints("ax0", [0])], [p + "brow"]),
+        helper.make_node("Equal", [p + "bcol", p + "brow"], [p + "eye_b"]),
+        helper.make_node("Cast", [p + "eye_b"], [p + "eye_bf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Reshape", [p + "eye_bf", ints("eye5_shape", [0, 0, 1, 1, 1])],
+                         [p + "eye5"]),
+        helper.make_node("Mul", [p + "eye5", const("rows", np.eye(h, dtype=np.float32)
+                                                   .reshape(1, 1, h, h, 1))], [p + "rows5"]),
+        helper.make_node("Mul", [p + "b", ints("h", [h])], [p + "bh"]),
+        helper.make_node("Concat", [p + "b", p + "bh", ints("h1", [h, 1])],
+                         [p + "rowmap_shape"], axis=0),
+        helper.make_node("Reshape", [p + "rows5", p + "rowmap_shape"], [p + "rowmap"]),
+        helper.make_node("RoiAlign", [p + "rowmap", p + "yrois", p + "batch"], [p + "wy4"],
+                         output_height=oh, output_width=1, **sample),
+        helper.make_node("RoiAlign", [const("colmap", np.eye(w, dtype=np.float32)
+                                            .reshape(1, w, 1, w)), p + "xrois", p + "batch0"],
+                         [p + "wx4"], output_height=1, output_width=ow, **sample),
+        # weights (R, B * H, oh, 1) -> (1, R, 1, oh, B * H): the batch is part of the
+        # contraction, so one product serves every batch element; (R, W, 1, ow) -> (1, R * ow, W)
+        helper.make_node("Reshape", [p + "wy4", ints("wy3_shape", [0, -1, oh])], [p + "wy3"]),
+        helper.make_node("Transpose", [p + "wy3"], [p + "wyt"], perm=[0, 2, 1]),
+        helper.make_node("Concat", [ints("wy_head", [1, -1, 1, oh]), p + "bh"],
+                         [p + "wy_shape"], axis=0),
+        helper.make_node("Reshape", [p + "wyt", p + "wy_shape"], [p + "wy"]),
+        helper.make_node("Reshape", [p + "wx4", ints("wx3_shape", [0, w, ow])], [p + "wx3"]),
+        helper.make_node("Transpose", [p + "wx3"], [p + "wxt"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", [p + "wxt", ints("wx_shape", [1, -1, w])], [p + "wx"]),
+        # x first (the longer axis of a landscape clip, so the intermediate is the smaller):
+        # the map as (T, W, B * H * C), then (T, R * ow, B * H * C) -> (T, R, ow, B * H, C)
+        # and the rows: (T, R, ow, oh, C)
+        helper.make_node("Transpose", [features], [p + "twbhc"], perm=[2, 4, 0, 3, 1]),
+        helper.make_node("Reshape", [p + "twbhc", ints("fmap_shape", [t, w, -1])],
+                         [p + "fmap"]),
+        helper.make_node("MatMul", [p + "wx", p + "fmap"], [p + "xbins"]),
+        helper.make_node("Concat", [ints("x_head", [t, -1, ow]), p + "bh", ints("c", [c])],
+                         [p + "x5_shape"], axis=0),
+        helper.make_node("Reshape", [p + "xbins", p + "x5_shape"], [p + "x5"]),
+        helper.make_node("MatMul", [p + "wy", p + "x5"], [p + "pooled"]),
+        helper.make_node("Transpose", [p + "pooled"], [node.output[0]], perm=[1, 4, 0, 3, 2]),
+    ]
+
+
 def tensor_dims(model: onnx.ModelProto, name: str) -> list[int | None]:
     """The declared shape of tensor ``name`` (a graph input, output or value_info): each
     dimension's size, None where it is symbolic (the batch).
@@ -248,6 +409,12 @@ def is_pruning_layer(name: str) -> bool:
     """Whether ``name`` (an OpenVINO layer's) is one of an unrolled KeyframeTopKPrune's
     (:func:`unroll_pruning`): its importance, TopK and gathers."""
     return re.search(rf"{_PRUNE_PREFIX}\d+_", name) is not None
+
+
+def is_clip_pooling_layer(name: str) -> bool:
+    """Whether ``name`` (an OpenVINO layer's) is one of a RoIAlign3D's written out by
+    :func:`separable_clip_pooling`: its weights' RoiAligns, masks and the two products."""
+    return re.search(rf"{_CLIP_POOL_PREFIX}\d+_", name) is not None
 
 
 def is_pruning_logits(name: str) -> bool:

@@ -7,8 +7,9 @@ CPU attention does not speed up in bf16 (``README.md``, "Speed on a CPU", has th
 
 What OpenVINO is given: the export with its ``evad`` local functions inlined (OpenVINO binds
 no model-local function of a custom domain), the fused ``com.microsoft`` attention
-decomposed, the pruning importance unrolled into row chunks and the patch embedding
-written as a matrix product, built in memory from the file by ``evad.export.openvino_graph``;
+decomposed, the pruning importance unrolled into row chunks, the patch embedding
+written as a matrix product and the action pooler as two products with its bilinear weights,
+built in memory from the file by ``evad.export.openvino_graph``;
 the file is not changed. This module compiles that graph for one clip, through an IR file in
 the model cache (:func:`_compile`), and runs it. Torch-free.
 """
@@ -44,6 +45,7 @@ from evad.export.openvino_cache import (
     usable_cache,
 )
 from evad.export.openvino_graph import (
+    is_clip_pooling_layer,
     is_pruning_layer,
     is_pruning_logits,
     openvino_graph,
@@ -140,30 +142,6 @@ _INT8_MARKS = "pruning-sums-f32"
 _KEEP_F32 = ("precise", "0")
 
 
-def _clip_pooling_layers(model: ov.Model) -> list[str]:
-    """The names of ``model``'s RoIAlign layers that pool more than one time slice at once:
-    RoIAlign3D's body (``evad.export.ops``) folds T into the channels, so such a layer reads a
-    Reshape of a (B, C, T, H, W) map to (B, C * T, H, W) with T > 1 (the action pooler; the
-    actor localization's maps have T = 1). An export made before that body (T folded into the
-    batch after a Transpose) has none: the Transpose test is what keeps its single-slice
-    layers, whose (B, 1, C, H, W) -> (B, C, H, W) Reshape is also a fold, unmarked."""
-    names = []
-    for node in model.get_ops():
-        if node.get_type_name() != "ROIAlign":
-            continue
-        fold = node.input_value(0).get_node()
-        if fold.get_type_name() != "Reshape" or \
-                fold.input_value(0).get_node().get_type_name() == "Transpose":
-            continue
-        src, dst = fold.get_input_partial_shape(0), fold.get_output_partial_shape(0)
-        if not (src.is_static and dst.is_static and len(src) == 5):
-            continue
-        b, c, t, h, w = (d.get_length() for d in src)
-        if t > 1 and [d.get_length() for d in dst] == [b, c * t, h, w]:
-            names.append(node.get_friendly_name())
-    return names
-
-
 def _is_quantized(model: ov.Model) -> bool:
     """Whether ``model`` is the calibrated Q/DQ export (its QuantizeLinear read as FakeQuantize)."""
     return any(node.get_type_name() == "FakeQuantize" for node in model.get_ops())
@@ -171,10 +149,11 @@ def _is_quantized(model: ov.Model) -> bool:
 
 def _f32_layers(model: ov.Model) -> list[str]:
     """The layers that run at f32 whatever the precision hint (:func:`_keep_at_f32`): the action
-    pooler's RoIAlign (:func:`_clip_pooling_layers`) for speed: OpenVINO 2026.4's bf16 ROIAlign
-    is slow on its (1, 3072, 18, 32) map (vit_b_ktp, 100 RoIs, 2-core Xeon with AMX: 235 ms a
-    clip in bf16, 85 ms at f32; the clip 1.78 -> 1.65 s), while the actor localization's 24
-    small RoIAligns stay bf16 (at f32 each ran 5x slower); and, in the calibrated Q/DQ
+    pooler's (``evad.export.openvino_graph.separable_clip_pooling``: the RoIAligns that find
+    its bilinear weights and its two products), so it pools at f32 as the ROIAlign it replaces
+    did (vit_b_ktp's outputs bit for bit the same in int8; its products in bf16 moved action
+    probabilities by up to 0.02 on one clip), while the actor localization's 24 small
+    RoIAligns stay bf16 (at f32 each ran 5x slower); and, in the calibrated Q/DQ
     export, every layer of the unrolled pruning but its logits products (the row sums, their
     sums, TopK and gathers), for accuracy (OpenVINO 2026.4 honours the mark on the row-sum
     products; it keeps the Softmax, and the slices of the bf16 q, in bf16).
@@ -189,7 +168,8 @@ def _f32_layers(model: ov.Model) -> list[str]:
     the clip took 2.88 s against 3.04, 2-core AMD EPYC, and the parity checks passed as before:
     docs/design.md, "Calibrated INT8"). The bf16 export's importance stays bf16: alone, bf16
     keeps 0.9881 there."""
-    names = _clip_pooling_layers(model)
+    names = [node.get_friendly_name() for node in model.get_ops()
+             if is_clip_pooling_layer(node.get_friendly_name())]
     if _is_quantized(model):
         names += [node.get_friendly_name() for node in model.get_ops()
                   if is_pruning_layer(node.get_friendly_name())

@@ -265,16 +265,17 @@ def test_an_int8_graph_openvino_refuses_for_one_clip_keeps_its_batch(ov, tiny_in
     assert [p.name.endswith("-batch.xml") for p in cache.rglob("evad-*.xml")] == [True]
 
 
-def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
-                                                     monkeypatch) -> None:
-    """RoIAlign3D's RoIAlign that pools a clip's T > 1 slices at once (the action pooler, its
-    input (1, C * T, H, W)) is marked f32 in the IR, the actor localization's (T = 1) are not;
-    the rewritten XML loses nothing else (at fp32, where the mark does nothing, the outputs
-    equal those of an IR left unmarked, bit for bit); at the bf16 hint the compiled model runs
-    the marked layer at f32 and the others at bf16, with the cache on and off (a CPU with bf16
+def test_the_action_pooler_runs_as_two_f32_products(ov, tiny_onnx, tmp_path,
+                                                    monkeypatch) -> None:
+    """The RoIAlign3D that pools a clip's T > 1 slices (the action pooler) compiles to two
+    MatMuls with each RoI's bilinear weights (``separable_clip_pooling``), no ROIAlign over its
+    (1, C * T, H, W) map; its layers are marked f32 in the IR and the rewritten XML loses
+    nothing else (at fp32, where the marks do nothing, the outputs equal those of an IR left
+    unmarked, bit for bit); at the bf16 hint both products run at f32 and the actor
+    localization's RoIAligns (T = 1) at bf16, with the cache on and off (a CPU with bf16
     only)."""
     from evad.export import openvino_runner
-    from evad.export.openvino_graph import tensor_dims
+    from evad.export.openvino_graph import is_clip_pooling_layer, tensor_dims
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
 
     model = onnx.load(str(tiny_onnx), load_external_data=False)
@@ -287,11 +288,16 @@ def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
     with OpenVinoRunner(tiny_onnx, "fp32") as runner:
         marked_out = runner(clips[0], sizes[0])
     (xml,) = (tmp_path / "marked").rglob("evad-*.xml")
-    layers = [x for x in ET.parse(xml).getroot().iter("layer") if x.get("type") == "ROIAlign"]
+    layers = list(ET.parse(xml).getroot().iter("layer"))
     marked = [x for x in layers if any(a.get("name") == "precise" for a in x.iter("attribute"))]
-    assert len(layers) == len(pools) and len(marked) == 1
-    port0 = marked[0].find("./input/port")
-    assert [int(d.text) for d in port0.findall("dim")] == [1, c * t, h, w]
+    assert marked and all(is_clip_pooling_layer(x.get("name")) for x in marked)
+    assert sorted(x.get("name").rsplit("_", 1)[1] for x in marked
+                  if x.get("type") == "MatMul") == ["pooled", "xbins"]
+    rois = [x for x in layers if x.get("type") == "ROIAlign"]
+    # the localization's, and the two that find the weights over the small one-hot maps
+    assert len(rois) == len(pools) - 1 + 2
+    assert not any([int(d.text) for d in x.find("./input/port").findall("dim")]
+                   == [1, c * t, h, w] for x in rois)
     monkeypatch.setenv("EVAD_OPENVINO_CACHE", str(tmp_path / "plain"))
     monkeypatch.setattr(openvino_runner, "_keep_at_f32", lambda ir, layers: None)
     with OpenVinoRunner(tiny_onnx, "fp32") as runner:
@@ -304,11 +310,49 @@ def test_the_action_pooler_roi_align_is_kept_at_f32(ov, tiny_onnx, tmp_path,
     for cache in (str(tmp_path / "marked"), ""):
         monkeypatch.setenv("EVAD_OPENVINO_CACHE", cache)
         with OpenVinoRunner(tiny_onnx, "bf16") as runner:
-            ran = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
-                   for op in runner.compiled.get_runtime_model().get_ops()
-                   if op.get_rt_info()["layerType"].astype(str) == "ROIAlign"}
-        assert sorted(ran.values()) == ["bf16"] * (len(pools) - 1) + ["f32"], cache
-        assert ran[marked[0].get("name")] == "f32", cache
+            ran = [(op.get_friendly_name(), op.get_rt_info()["layerType"].astype(str),
+                    op.get_rt_info()["runtimePrecision"].astype(str))
+                   for op in runner.compiled.get_runtime_model().get_ops()]
+        products = [p for name, kind, p in ran if kind == "MatMul" and is_clip_pooling_layer(name)]
+        assert products == ["f32", "f32"], (cache, products)
+        localization = [p for name, kind, p in ran
+                        if kind == "ROIAlign" and not is_clip_pooling_layer(name)]
+        assert localization == ["bf16"] * (len(pools) - 1), (cache, localization)
+
+
+def test_the_clip_pooling_products_give_the_reference_in_openvino(ov, tmp_path) -> None:
+    """OpenVINO (f32) runs ``separable_clip_pooling``'s graph to the torch reference's values
+    (within 1e-5): RoIs partly or wholly outside the map, degenerate ones, both batch
+    elements, and zeros for invalid batch indices (their RoiAlign is OpenVINO's own, whose
+    edge rules the weights come from)."""
+    import torch
+    from onnx import TensorProto, helper
+    from test_roi_align_3d import EDGE_ROIS, _rois
+
+    from evad.export.openvino_graph import separable_clip_pooling
+    from evad.models.roi_align_3d import roi_align_3d
+
+    b, c, t, h, w = 2, 6, 4, 9, 14
+    node = helper.make_node("RoIAlign3D", ["features", "rois"], ["output"], domain="evad")
+    graph = helper.make_graph(
+        [node], "pool",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", c, t, h, w]),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["R", 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    model = separable_clip_pooling(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("evad", 1)]))
+    onnx.save(model, tmp_path / "pool.onnx")
+    gen = torch.Generator().manual_seed(5)
+    feat = torch.randn(b, c, t, h, w, generator=gen)
+    bad = torch.tensor([[v, 10.0, 20.0, 100.0, 80.0] for v in (-1.0, 2.0, 0.5, float("nan"))])
+    rois = torch.cat((EDGE_ROIS, bad, _rois(20, b, (h * 16, w * 16), gen)))
+    compiled = ov.Core().compile_model(str(tmp_path / "pool.onnx"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled([feat.numpy(), rois.numpy()])[0]
+    want = roi_align_3d(feat, rois, 7, 7, 1 / 16, 2, True).numpy()
+    invalid = slice(len(EDGE_ROIS), len(EDGE_ROIS) + len(bad))
+    assert np.all(got[invalid] == 0) and np.all(want[invalid] == 0)
+    assert np.abs(got - want).max() <= 1e-5 and np.abs(want).max() > 0.5
 
 
 def test_the_importance_chunks_and_the_patch_embedding_compile_to_matrix_products(
@@ -340,32 +384,6 @@ def test_the_importance_chunks_and_the_patch_embedding_compile_to_matrix_product
     assert not chunk_types & {"Reduce", "FullyConnected"}, chunk_types
     assert "Convolution" not in {t for name, t in layers if name.startswith(patch_conv.name)}
     assert any(t == "FullyConnected" and name.startswith("_patch") for name, t in layers)
-
-
-def test_only_a_multi_slice_fold_is_marked(ov) -> None:
-    """Which RoIAlign layers are kept at f32 (``_clip_pooling_layers``): one reading a
-    (B, C, T, H, W) -> (B, C * T, H, W) Reshape with T > 1 (RoIAlign3D's body); not one with
-    T = 1, nor one after a Transpose (an export made before that body, which folded T into the
-    batch: with T = 1 its Reshape is a fold too)."""
-    import openvino.opset13 as op
-
-    from evad.export.openvino_runner import _clip_pooling_layers
-
-    def pool(name: str, t: int, c: int = 4, transposed: bool = False):
-        x = op.parameter([1, c, t, 6, 8], np.float32, name=name)
-        y = op.transpose(x, op.constant(np.array([0, 2, 1, 3, 4]))) if transposed else x
-        shape = [t, c, 6, 8] if transposed else [1, c * t, 6, 8]
-        folded = op.reshape(y, op.constant(np.array(shape)), False)
-        boxes = op.constant(np.array([[0.0, 0.0, 4.0, 4.0]], np.float32))
-        r = op.roi_align(folded, boxes, op.constant(np.zeros(1, np.int32)), 2, 2, 2, 1.0, "avg",
-                         "half_pixel")
-        r.set_friendly_name(f"{name}/roi")
-        return x, r
-
-    made = [pool("clip", 8), pool("single", 1), pool("old_clip", 8, transposed=True),
-            pool("old_single", 1, c=8, transposed=True)]
-    model = ov.Model([r for _, r in made], [x for x, _ in made])
-    assert _clip_pooling_layers(model) == ["clip/roi"]
 
 
 def _runtime_precisions(runner) -> list[tuple[str, str, str]]:

@@ -1,8 +1,9 @@
 """The graph rewrites OpenVINO is given (``evad.export.openvino_graph``), checked without OpenVINO:
 the int8 MatMul weights run in ONNX Runtime within their quantization bound, a patch convolution
-becomes its matrix product (same values, in ONNX Runtime), and a tensor without a declared shape
-is refused in one line. (The unrolled pruning is checked against the op in
-tests/test_export_attention.py.)"""
+becomes its matrix product (same values, in ONNX Runtime), a RoIAlign3D that pools a clip
+becomes two products with its bilinear weights (the torch reference's values, the contract's
+batch-index rule), and a tensor without a declared shape is refused in one line. (The unrolled
+pruning is checked against the op in tests/test_export_attention.py.)"""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
+from test_roi_align_3d import EDGE_ROIS, _rois
 
 from evad.errors import ConfigError
-from evad.export.openvino_graph import int8_matmul_weights, patchify_convolutions, tensor_dims
+from evad.export.openvino_graph import (
+    int8_matmul_weights,
+    is_clip_pooling_layer,
+    patchify_convolutions,
+    separable_clip_pooling,
+    tensor_dims,
+)
+from evad.models.roi_align_3d import roi_align_3d
 
 
 def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
@@ -138,3 +148,91 @@ def test_a_weight_fed_as_a_graph_input_is_reshaped_in_the_graph() -> None:
         return sess.run(None, {"x": x, "w": w})[0]
 
     np.testing.assert_allclose(run(patched), run(model), rtol=1e-5, atol=1e-5)
+
+
+def _pooling_model(c: int, t: int, h: int, w: int, **attrs: Any) -> onnx.ModelProto:
+    """One evad RoIAlign3D node: features (B, c, t, h, w), rois (R, 5), batch and R symbolic."""
+    node = helper.make_node("RoIAlign3D", ["features", "rois"], ["output"], domain="evad",
+                            **attrs)
+    graph = helper.make_graph(
+        [node], "pool",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", c, t, h, w]),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["R", 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid("evad", 1)])
+
+
+def _pool(model: onnx.ModelProto, features: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"features": features, "rois": rois})[0]
+
+
+@pytest.mark.parametrize(("b", "t", "h", "w", "attrs"), [
+    (1, 8, 18, 32, {}),  # the action pooler's map at 288 x 512, the contract's defaults
+    (2, 8, 6, 10, {}),
+    (3, 2, 10, 6, {}),   # portrait: H > W
+    (2, 3, 9, 7, dict(output_height=3, output_width=5, spatial_scale=0.25, sampling_ratio=3)),
+])
+def test_a_clip_pooling_becomes_two_products(b: int, t: int, h: int, w: int,
+                                             attrs: dict[str, Any]) -> None:
+    """A RoIAlign3D over T > 1 slices becomes products with each RoI's bilinear weights and
+    gives the torch reference's values (within 1e-5, ONNX Runtime): RoIs partly or wholly
+    outside the map, degenerate and sub-pixel ones, every batch element; every tensor it
+    writes is named for OpenVINO's f32 marks (``is_clip_pooling_layer``)."""
+    full = {"output_height": 7, "output_width": 7, "spatial_scale": 1 / 16,
+            "sampling_ratio": 2, **attrs}
+    gen = torch.Generator().manual_seed(b * 100 + t * 10 + h)
+    feat = torch.randn(b, 5, t, h, w, generator=gen)
+    stride = round(1 / full["spatial_scale"])
+    edge = EDGE_ROIS.clone()
+    edge[:, 0] = edge[:, 0] % b
+    rois = torch.cat((edge, _rois(20, b, (h * stride, w * stride), gen)))
+    model = _pooling_model(5, t, h, w, **attrs)
+    pooled = separable_clip_pooling(model)
+    assert "RoIAlign3D" not in {n.op_type for n in pooled.graph.node}
+    assert all(is_clip_pooling_layer(o) for n in pooled.graph.node for o in n.output
+               if o != "output")
+    got = _pool(pooled, feat.numpy(), rois.numpy())
+    want = roi_align_3d(feat, rois, full["output_height"], full["output_width"],
+                        full["spatial_scale"], full["sampling_ratio"], True).numpy()
+    assert got.shape == want.shape == (len(rois), 5, t, full["output_height"],
+                                       full["output_width"])
+    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(want).max() > 0.5  # the RoIs do sample the map
+
+
+def test_a_clip_pooling_gives_zeros_for_an_invalid_batch_index() -> None:
+    """The contract's batch-index rule in the products: a RoI whose index is not finite, not
+    an integer value or outside [0, B) gives zeros, even with NaN coordinates; the valid RoIs
+    around it still match the torch reference."""
+    gen = torch.Generator().manual_seed(31)
+    b, t, h, w = 2, 3, 6, 10
+    feat = torch.randn(b, 4, t, h, w, generator=gen)
+    nan, inf = float("nan"), float("inf")
+    bad = torch.tensor([[v, 10.0, 20.0, 100.0, 80.0] for v in
+                        (-1.0, 2.0, 0.5, 1.5, -0.5, nan, inf, -inf, 1e30, -1e30)])
+    bad[5, 1:] = nan
+    bad[7, 3] = inf
+    good = _rois(6, b, (h * 16, w * 16), gen)
+    rois = torch.cat((good[:2], bad, good[2:]))
+    invalid = np.zeros(len(rois), bool)
+    invalid[2:2 + len(bad)] = True
+    got = _pool(separable_clip_pooling(_pooling_model(4, t, h, w)), feat.numpy(), rois.numpy())
+    want = roi_align_3d(feat, rois, 7, 7, 1 / 16, 2, True).numpy()
+    assert np.all(got[invalid] == 0) and np.all(want[invalid] == 0)
+    assert np.abs(got - want).max() <= 1e-5 and np.abs(got[~invalid]).max() > 0.5
+
+
+@pytest.mark.parametrize(("dims", "attrs"), [
+    (["B", 5, 1, 18, 32], {}),             # one slice: the actor localization's levels
+    (["B", 5, 8, "H", 32], {}),            # a map size that is not static
+    (["B", 5, 8, 18, 32], {"aligned": 0}),  # the legacy alignment
+])
+def test_other_poolings_are_left_alone(dims: list, attrs: dict[str, Any]) -> None:
+    model = _pooling_model(5, 8, 18, 32, **attrs)
+    del model.graph.input[0].type.tensor_type.shape.dim[:]
+    model.graph.input[0].type.tensor_type.shape.dim.extend(
+        [onnx.TensorShapeProto.Dimension(dim_param=d) if isinstance(d, str)
+         else onnx.TensorShapeProto.Dimension(dim_value=d) for d in dims])
+    assert [n.op_type for n in separable_clip_pooling(model).graph.node] == ["RoIAlign3D"]
