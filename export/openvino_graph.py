@@ -1,8 +1,8 @@
 """The copy of an evad export that OpenVINO reads, rewritten in memory: the fused attention
 decomposed, each ``KeyframeTopKPrune`` unrolled over its static row chunks, the patch
 embedding's convolution written as a matrix product, the action pooler's ``RoIAlign3D`` written
-as two products with its bilinear weights, the other local functions inlined and, optionally,
-every MatMul weight stored as int8.
+as two products with its bilinear weights, the other local functions (the other RoIAlign3D
+nodes among them) inlined and, optionally, every MatMul weight stored as int8.
 
 Why a rewrite at all: OpenVINO binds no model-local function of a custom domain and runs an ONNX
 ``Loop`` as an opaque node without its bf16 kernels; the runner
@@ -48,12 +48,12 @@ ROW_CHUNK = 256
 
 def openvino_graph(model: onnx.ModelProto, int8_weights: bool = False) -> onnx.ModelProto:
     """The copy of an export that OpenVINO reads: attention decomposed, each KeyframeTopKPrune
-    unrolled over its static row chunks (:func:`unroll_pruning`), the other local functions
-    inlined (RoIAlign3D becomes its standard-op body), the patch embedding's convolution
-    written as a matrix product (:func:`patchify_convolutions`), the RoIAlign3D that pools a
-    clip written as two products with its bilinear weights (:func:`separable_clip_pooling`);
-    with ``int8_weights`` every
-    MatMul weight stored as int8 (:func:`int8_matmul_weights`)."""
+    unrolled over its static row chunks (:func:`unroll_pruning`), the patch embedding's
+    convolution written as a matrix product (:func:`patchify_convolutions`), the RoIAlign3D
+    that pools a clip written as two products with its bilinear weights
+    (:func:`separable_clip_pooling`), the other local functions inlined (the other
+    RoIAlign3D nodes become its standard-op body); with ``int8_weights`` every MatMul weight
+    stored as int8 (:func:`int8_matmul_weights`)."""
     from onnx import inliner
 
     graph = separable_clip_pooling(
@@ -211,23 +211,25 @@ def separable_clip_pooling(model: onnx.ModelProto) -> onnx.ModelProto:
     written as the two products the torch reference computes (``evad.models.roi_align_3d``):
     out[r, :, t] = Wy[r] @ F[b_r, :, t] @ Wx[r]^T, Wy (R, oh, H) and Wx (R, ow, W) each RoI's
     averaged bilinear weights along one axis. Nodes with T = 1 (the actor localization's
-    pyramid levels: larger maps, where the products would cost far more than the samples),
-    nodes whose map size is not static and the legacy alignment are left to RoIAlign3D's body.
+    pyramid levels: larger maps, where the products would cost far more than the samples) and
+    nodes whose map size is not static are left to RoIAlign3D's body, as is the legacy
+    alignment (``aligned`` 0, which the exporter refuses).
 
-    Why: OpenVINO 2026.4's ROIAlign took 128 ms of a vit_b_ktp clip for the action pooler
-    (100 RoIs over a (1, 3072, 18, 32) map, f32, 2-core AMD EPYC), the two products 38 ms
-    (docs/design.md, "The CPU paths", has the clip times). The weights come from OpenVINO's
-    own ROIAlign over two small constant maps whose channels are the map's rows (or columns)
-    as one-hot planes, so its f32 sampling places the samples: written in standard ops, the
-    box arithmetic ran in bf16 under the bf16 hint (9 % off at x ~ 370 px). The batch is
-    part of the first contraction (a RoI of element b samples only element b's rows), so one
-    product serves every batch element; W is contracted first, the longer side of a
-    landscape clip, so the intermediate (T, R * ow, B * H * C) is the smaller one. The
-    contract's batch-index rule (``evad.op_contracts.ROI_ALIGN_3D``) as RoIAlign3D's body has
-    it: a RoI whose index is invalid pools from element 0 with a box that samples nothing, so
-    its output is zeros. One difference from RoiAlign, on a broken model only: a NaN or an
-    infinity in the map reaches every RoI of its element (0 times it is NaN), not only those
-    that sample it.
+    Why: OpenVINO 2026.4's ROIAlign took 128 ms of a vit_b_ktp clip for the action pooler (100
+    RoIs over a (1, 3072, 18, 32) map, f32, 2-core AMD EPYC), the two products 38 ms
+    (docs/design.md, "The CPU paths", has the clip times and memory). The weights come from
+    OpenVINO's own ROIAlign over two small constant maps whose channels are the map's rows (or
+    columns) as one-hot planes, so its f32 sampling places the samples: written in standard ops,
+    the box arithmetic ran in bf16 under the bf16 hint (9 % off at x ~ 370 px). The batch is
+    part of the second contraction (a RoI of element b weighs only element b's rows), so one
+    pair of products serves every batch element, at B times the work of one (the runner runs one
+    clip at a time); W is contracted first, the longer side of a landscape clip, so the
+    intermediate (T, R * ow, B * H * C) is the smaller one. The contract's batch-index rule
+    (``evad.op_contracts.ROI_ALIGN_3D``) as RoIAlign3D's body has it: a RoI whose index is
+    invalid pools from element 0 with a box that samples nothing, so its output is zeros. One
+    difference from RoiAlign, on a broken model only: a NaN or an infinity anywhere in the map
+    reaches every RoI's output, the invalid ones' too (0 times it is NaN), not only those that
+    sample it.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -252,10 +254,10 @@ def _clip_pooling_plan(model: onnx.ModelProto, node: onnx.NodeProto
     a = {**ROI_ALIGN_3D.defaults,
          **{x.name: helper.get_attribute_value(x) for x in node.attribute}}
     dims = tensor_dims(model, node.input[0])[1:]
-    if len(dims) != 4 or any(d is None for d in dims) or a["aligned"] != 1:
+    if len(dims) != 4 or None in dims or a["aligned"] != 1:
         return None
-    c, t, h, w = dims  # type: ignore[misc]
-    return ([c, t, h, w], a) if t > 1 else None  # type: ignore[list-item]
+    static = [d for d in dims if d is not None]
+    return (static, a) if static[1] > 1 else None
 
 
 def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[int],
@@ -276,8 +278,9 @@ def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[in
 
     sample = dict(mode="avg", sampling_ratio=a["sampling_ratio"], spatial_scale=scale,
                   coordinate_transformation_mode="half_pixel")
-    # a box this far up and left samples nothing (every sample below -1 feature pixel)
-    far = -(max(h, w) + 2) / scale
+    # a box this far up and left samples nothing (every sample below -1 feature pixel; the
+    # clamp keeps it finite, and still far enough, for any spatial_scale above 1e-37)
+    far = max(-(max(h, w) + 2) / scale, -1e38)
     return [
         # the contract's batch-index rule, as RoIAlign3D's body writes it
         helper.make_node("Shape", [features], [p + "b"], start=0, end=1),
@@ -298,8 +301,8 @@ def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[in
         helper.make_node("Slice", [rois, ints("s1", [1]), ints("s5", [5]), ints("ax1", [1])],
                          [p + "raw"]),
         helper.make_node("Where", [p + "valid", p + "raw", floats("far", far)], [p + "boxes"]),
-        helper.make_node("Split", [p + "boxes"], [p + "x1", p + "y1", p + "x2", p + "y2"],
-                         axis=1, num_outputs=4),
+        helper.make_node("Split", [p + "boxes", ints("ones4", [1, 1, 1, 1])],
+                         [p + "x1", p + "y1", p + "x2", p + "y2"], axis=1),
         helper.make_node("Shape", [p + "index"], [p + "ishape"]),
         helper.make_node("ConstantOfShape", [p + "ishape"], [p + "zcol"],
                          value=onnx.numpy_helper.from_array(np.zeros(1, np.float32))),
@@ -335,14 +338,19 @@ def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[in
                          [p + "wx4"], output_height=1, output_width=ow, **sample),
         # weights (R, B * H, oh, 1) -> (1, R, 1, oh, B * H): the batch is part of the
         # contraction, so one product serves every batch element; (R, W, 1, ow) -> (1, R * ow, W)
-        helper.make_node("Reshape", [p + "wy4", ints("wy3_shape", [0, -1, oh])], [p + "wy3"]),
+        helper.make_node("Concat", [p + "r", p + "bh", ints("oh", [oh])], [p + "wy3_shape"],
+                         axis=0),  # R itself, not -1 (R may be 0), read as is (allowzero)
+        helper.make_node("Reshape", [p + "wy4", p + "wy3_shape"], [p + "wy3"], allowzero=1),
         helper.make_node("Transpose", [p + "wy3"], [p + "wyt"], perm=[0, 2, 1]),
-        helper.make_node("Concat", [ints("wy_head", [1, -1, 1, oh]), p + "bh"],
-                         [p + "wy_shape"], axis=0),
-        helper.make_node("Reshape", [p + "wyt", p + "wy_shape"], [p + "wy"]),
+        helper.make_node("Concat", [ints("one1", [1]), p + "r", ints("one_oh", [1, oh]),
+                                    p + "bh"], [p + "wy_shape"], axis=0),
+        helper.make_node("Reshape", [p + "wyt", p + "wy_shape"], [p + "wy"], allowzero=1),
         helper.make_node("Reshape", [p + "wx4", ints("wx3_shape", [0, w, ow])], [p + "wx3"]),
         helper.make_node("Transpose", [p + "wx3"], [p + "wxt"], perm=[0, 2, 1]),
-        helper.make_node("Reshape", [p + "wxt", ints("wx_shape", [1, -1, w])], [p + "wx"]),
+        helper.make_node("Mul", [p + "r", ints("ow", [ow])], [p + "rw"]),
+        helper.make_node("Concat", [ints("one1", [1]), p + "rw", ints("w", [w])],
+                         [p + "wx_shape"], axis=0),
+        helper.make_node("Reshape", [p + "wxt", p + "wx_shape"], [p + "wx"], allowzero=1),
         # x first (the longer axis of a landscape clip, so the intermediate is the smaller):
         # the map as (T, W, B * H * C), then (T, R * ow, B * H * C) -> (T, R, ow, B * H, C)
         # and the rows: (T, R, ow, oh, C)
@@ -350,9 +358,9 @@ def _separable_pooling(out: onnx.ModelProto, node: onnx.NodeProto, dims: list[in
         helper.make_node("Reshape", [p + "twbhc", ints("fmap_shape", [t, w, -1])],
                          [p + "fmap"]),
         helper.make_node("MatMul", [p + "wx", p + "fmap"], [p + "xbins"]),
-        helper.make_node("Concat", [ints("x_head", [t, -1, ow]), p + "bh", ints("c", [c])],
-                         [p + "x5_shape"], axis=0),
-        helper.make_node("Reshape", [p + "xbins", p + "x5_shape"], [p + "x5"]),
+        helper.make_node("Concat", [ints("t", [t]), p + "r", ints("ow", [ow]), p + "bh",
+                                    ints("c", [c])], [p + "x5_shape"], axis=0),
+        helper.make_node("Reshape", [p + "xbins", p + "x5_shape"], [p + "x5"], allowzero=1),
         helper.make_node("MatMul", [p + "wy", p + "x5"], [p + "pooled"]),
         helper.make_node("Transpose", [p + "pooled"], [node.output[0]], perm=[1, 4, 0, 3, 2]),
     ]
@@ -412,8 +420,10 @@ def is_pruning_layer(name: str) -> bool:
 
 
 def is_clip_pooling_layer(name: str) -> bool:
-    """Whether ``name`` (an OpenVINO layer's) is one of a RoIAlign3D's written out by
-    :func:`separable_clip_pooling`: its weights' RoiAligns, masks and the two products."""
+    """Whether ``name`` (an OpenVINO layer's) is one that :func:`separable_clip_pooling`
+    wrote for a RoIAlign3D: the RoiAligns that find its weights, their reshapes and the two
+    products. Not its last Transpose, which keeps the node's output name (OpenVINO folds it
+    into the reduction after it)."""
     return re.search(rf"{_CLIP_POOL_PREFIX}\d+_", name) is not None
 
 

@@ -182,7 +182,7 @@ def _keep_at_f32(ir: Path, layers: list[str]) -> None:
     in the IR file ``ir`` to run at f32 whatever the precision hint.
 
     Why marks at all: :func:`_f32_layers` says which layers and why (the action pooler's
-    RoIAlign for speed, an INT8 model's pruning for accuracy). The mark goes into the file
+    products and an INT8 model's pruning, for accuracy). The mark goes into the file
     because only a deserialized IR carries it as the typed attribute the CPU plugin reads (set
     from Python, it is a plain string the plugin ignores).
 
@@ -300,7 +300,7 @@ def _build(core: ov.Core, graph: bytes, weights: dict[str, np.ndarray], ir: Path
     when ``clip_shape`` is given, saved as the IR file ``ir`` with :func:`_keep_at_f32`'s marks
     and compiled from it. ``ir`` None (the cache off): the IR goes to a temporary folder,
     removed once compiled, so the marks hold there too; where it cannot be written (a full
-    disk) the model is compiled in memory, unmarked: the action pooler's RoIAlign runs at the
+    disk) the model is compiled in memory, unmarked: the action pooler's products run at the
     precision hint, and an INT8 model (whose pruning must not run bf16) at f32 throughout."""
     model = core.read_model(graph, ov.Tensor(np.empty(0, np.uint8)))
     _inputs_to_constants(model, weights)

@@ -271,9 +271,9 @@ def test_the_action_pooler_runs_as_two_f32_products(ov, tiny_onnx, tmp_path,
     MatMuls with each RoI's bilinear weights (``separable_clip_pooling``), no ROIAlign over its
     (1, C * T, H, W) map; its layers are marked f32 in the IR and the rewritten XML loses
     nothing else (at fp32, where the marks do nothing, the outputs equal those of an IR left
-    unmarked, bit for bit); at the bf16 hint both products run at f32 and the actor
-    localization's RoIAligns (T = 1) at bf16, with the cache on and off (a CPU with bf16
-    only)."""
+    unmarked, bit for bit); at the bf16 hint both products and the two RoIAligns that find
+    the weights run at f32 and the actor localization's RoIAligns (T = 1) at bf16, with the
+    cache on and off (a CPU with bf16 only)."""
     from evad.export import openvino_runner
     from evad.export.openvino_graph import is_clip_pooling_layer, tensor_dims
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
@@ -315,6 +315,8 @@ def test_the_action_pooler_runs_as_two_f32_products(ov, tiny_onnx, tmp_path,
                    for op in runner.compiled.get_runtime_model().get_ops()]
         products = [p for name, kind, p in ran if kind == "MatMul" and is_clip_pooling_layer(name)]
         assert products == ["f32", "f32"], (cache, products)
+        weights = [p for name, kind, p in ran if kind == "ROIAlign" and is_clip_pooling_layer(name)]
+        assert weights == ["f32", "f32"], (cache, weights)
         localization = [p for name, kind, p in ran
                         if kind == "ROIAlign" and not is_clip_pooling_layer(name)]
         assert localization == ["bf16"] * (len(pools) - 1), (cache, localization)

@@ -150,7 +150,8 @@ def test_a_weight_fed_as_a_graph_input_is_reshaped_in_the_graph() -> None:
     np.testing.assert_allclose(run(patched), run(model), rtol=1e-5, atol=1e-5)
 
 
-def _pooling_model(c: int, t: int, h: int, w: int, **attrs: Any) -> onnx.ModelProto:
+def _pooling_model(c: int, t: int, h: int, w: int, opset: int = 18,
+                   **attrs: Any) -> onnx.ModelProto:
     """One evad RoIAlign3D node: features (B, c, t, h, w), rois (R, 5), batch and R symbolic."""
     node = helper.make_node("RoIAlign3D", ["features", "rois"], ["output"], domain="evad",
                             **attrs)
@@ -158,8 +159,8 @@ def _pooling_model(c: int, t: int, h: int, w: int, **attrs: Any) -> onnx.ModelPr
         [node], "pool",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", c, t, h, w]),
          helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["R", 5])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["R", c, t, "oh", "ow"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                    helper.make_opsetid("evad", 1)])
 
 
@@ -224,12 +225,24 @@ def test_a_clip_pooling_gives_zeros_for_an_invalid_batch_index() -> None:
     assert np.abs(got - want).max() <= 1e-5 and np.abs(got[~invalid]).max() > 0.5
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_a_clip_pooling_of_no_rois_is_empty(opset: int) -> None:
+    """R = 0 gives an empty (0, C, T, oh, ow) output (the contract's edge case), at the
+    exporter's lowest opset as at its default (a valid graph at both)."""
+    model = separable_clip_pooling(_pooling_model(5, 3, 6, 10, opset=opset))
+    onnx.checker.check_model(model)
+    feat = np.random.default_rng(0).standard_normal((2, 5, 3, 6, 10)).astype(np.float32)
+    assert _pool(model, feat, np.zeros((0, 5), np.float32)).shape == (0, 5, 3, 7, 7)
+
+
 @pytest.mark.parametrize(("dims", "attrs"), [
     (["B", 5, 1, 18, 32], {}),             # one slice: the actor localization's levels
     (["B", 5, 8, "H", 32], {}),            # a map size that is not static
     (["B", 5, 8, 18, 32], {"aligned": 0}),  # the legacy alignment
 ])
-def test_other_poolings_are_left_alone(dims: list, attrs: dict[str, Any]) -> None:
+def test_other_poolings_are_left_alone(dims: list[int | str], attrs: dict[str, Any]) -> None:
+    """What the products are not for stays a RoIAlign3D node (its function body, inlined):
+    a single slice, a map whose size is not static, the legacy alignment."""
     model = _pooling_model(5, 8, 18, 32, **attrs)
     del model.graph.input[0].type.tensor_type.shape.dim[:]
     model.graph.input[0].type.tensor_type.shape.dim.extend(
