@@ -168,13 +168,10 @@ def _f32_layers(model: ov.Model) -> list[str]:
     the clip took 2.88 s against 3.04, 2-core AMD EPYC, and the parity checks passed as before:
     docs/design.md, "Calibrated INT8"). The bf16 export's importance stays bf16: alone, bf16
     keeps 0.9881 there."""
-    names = [node.get_friendly_name() for node in model.get_ops()
-             if is_clip_pooling_layer(node.get_friendly_name())]
-    if _is_quantized(model):
-        names += [node.get_friendly_name() for node in model.get_ops()
-                  if is_pruning_layer(node.get_friendly_name())
-                  and not is_pruning_logits(node.get_friendly_name())]
-    return names
+    quantized = _is_quantized(model)
+    return [name for name in (node.get_friendly_name() for node in model.get_ops())
+            if is_clip_pooling_layer(name)
+            or (quantized and is_pruning_layer(name) and not is_pruning_logits(name))]
 
 
 def _keep_at_f32(ir: Path, layers: list[str]) -> None:

@@ -328,22 +328,14 @@ def test_the_clip_pooling_products_give_the_reference_in_openvino(ov, tmp_path) 
     elements, and zeros for invalid batch indices (their RoiAlign is OpenVINO's own, whose
     edge rules the weights come from)."""
     import torch
-    from onnx import TensorProto, helper
+    from test_openvino_graph import _pooling_model
     from test_roi_align_3d import EDGE_ROIS, _rois
 
     from evad.export.openvino_graph import separable_clip_pooling
     from evad.models.roi_align_3d import roi_align_3d
 
     b, c, t, h, w = 2, 6, 4, 9, 14
-    node = helper.make_node("RoIAlign3D", ["features", "rois"], ["output"], domain="evad")
-    graph = helper.make_graph(
-        [node], "pool",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", c, t, h, w]),
-         helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["R", 5])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
-    model = separable_clip_pooling(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("evad", 1)]))
-    onnx.save(model, tmp_path / "pool.onnx")
+    onnx.save(separable_clip_pooling(_pooling_model(c, t, h, w)), tmp_path / "pool.onnx")
     gen = torch.Generator().manual_seed(5)
     feat = torch.randn(b, c, t, h, w, generator=gen)
     bad = torch.tensor([[v, 10.0, 20.0, 100.0, 80.0] for v in (-1.0, 2.0, 0.5, float("nan"))])
