@@ -73,8 +73,8 @@ else:
 
 __all__ = ["CALIBRATION_PERCENTILE", "CALIBRATION_STRIDE_S",
            "DEFAULT_CLIPS", "INT8_SUFFIX", "LOCALIZATION_SCOPES", "MIN_CLIPS", "QUANTIZED_OPS",
-           "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "plan_calibration",
-           "quantize"]
+           "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "name_scopes",
+           "plan_calibration", "quantize"]
 
 #: the fewest calibration clips taken: a handful of clips sets ranges that fit those scenes
 #: only (and one clip is what the bar refuses);
@@ -244,7 +244,7 @@ def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
                 todo += list(n.input)
     scoped = 0
     for n in model.graph.node:
-        scopes = _name_scopes(n)
+        scopes = name_scopes(n)
         scoped += bool(scopes)
         if n.op_type in QUANTIZED_OPS and n.name not in out and \
                 any(s.startswith(LOCALIZATION_SCOPES) for s in scopes):
@@ -256,7 +256,7 @@ def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def _name_scopes(node: onnx.NodeProto) -> list[str]:
+def name_scopes(node: onnx.NodeProto) -> list[str]:
     """The module scopes torch's exporter recorded for ``node`` (outermost first), or []."""
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
