@@ -122,7 +122,9 @@ class Thresholds:
     box_floor: float = 2.5e-4  # px
     score_floor: float = 1e-6  # person score (a probability)
     prob_floor: float = 1e-6  # action probability
-    min_jaccard: float = 1.0  # per pruning block, after near-ties are forgiven
+    #: per pruning block, |backend & reference| / |union| of the kept sets as they are (no
+    #: near-tie forgiven); 1.0: not judged (fp32 judges each decision instead)
+    min_jaccard: float = 1.0
     min_match_rate: float | None = None  # detections matched at IoU >= match_iou
     match_iou: float = 0.9
     tie_rtol: float = 1e-6  # relative score gap under which a different decision is a near-tie

@@ -30,6 +30,16 @@ README = ROOT / "README.md"
 N = r"([\d.]+)"  # a figure as printed
 
 
+def _sensitivity_range(d: Any) -> tuple[float, float]:
+    """Block 9's lowest and highest Jaccard min over the one-group rows of
+    ``benchmarks/int8_sensitivity.py`` (one block's, or one kind's, activations in float)."""
+    rows = [r for r in d["rows"][1:] if not r["weights_float"]
+            and r["variant"] != "activations of blocks 0-8"]
+    assert len(rows) == 17
+    values = [s["min_jaccard"]["9"] for r in rows for s in r["seeds"].values()]
+    return min(values), max(values)
+
+
 @dataclass(frozen=True)
 class Fig:
     """One README figure and where it comes from.
@@ -141,6 +151,8 @@ FLOPS, INT8 = "flops_paper.json", "int8_accuracy.json"
 STATIC = "bench_static_int8_vit_b_ktp_288x512.json"
 OFFICIAL_XEON = "official_vs_fast_xeon_vit_b_ktp_288x512.json"
 EPYC = "bench_epyc_vit_b_ktp_288x512.json"
+PARITY8 = "parity_int8_vit_b_ktp_288x512.json"
+SENS = "int8_sensitivity_vit_b_ktp_288x512.json"
 OV, INT8W = "openvino_bf16", "openvino_bf16-int8w"
 ACC_REPORT = f"vit_b_ktp_parity/{OV}/report"
 
@@ -440,6 +452,22 @@ FIGURES: list[Fig] = [
     Fig(r"against [\d.]+ \(" + N + r"\s+higher\) on", INT8, "delta_int8_minus_fp32/openvino",
         4),
     Fig(r"the (\d+) held-out videos, within", INT8, "heldout/videos"),
+    # ... and on vit_b_ktp, where it is a draw (parity JSON, benchmarks/int8_sensitivity.py)
+    Fig(r"calibrated on (\d+) clips passed in ONNX", PARITY8, "quantization/calibration_clips"),
+    Fig(r"Jaccard min " + N + r"\)\.\s+On the AMD", PARITY8, "report/min_jaccard/9", 4),
+    Fig(r"fails seed 0\s+\(" + N + r"\) while", PARITY8,
+        "ort_epyc_calibrated/seeds/0/min_jaccard/9", 4),
+    Fig(r"all four seeds \(min " + N + r"\); the", PARITY8,
+        lambda d: min(v["min_jaccard"]["9"] for v in
+                      d["openvino_bf16_float_rest"]["seeds"].values()), 4),
+    Fig(r"\((\d+) clips there\)", PARITY8, "epyc_default_clips/calibration_clips"),
+    Fig(r"Runtime passes \(min " + N + r"\)", PARITY8,
+        lambda d: min(v["min_jaccard"]["9"] for v in
+                      d["epyc_default_clips"]["onnxruntime"].values()), 4),
+    Fig(r"fails seed 3\s+\(" + N + r"\)", PARITY8,
+        "epyc_default_clips/openvino/3/min_jaccard/9", 4),
+    Fig(r"block 9\s+between " + N + r" and", SENS, lambda d: _sensitivity_range(d)[0], 4),
+    Fig(r"between [\d.]+ and " + N + r" \(", SENS, lambda d: _sensitivity_range(d)[1], 4),
     Fig(r"within " + N + r" of fp32 in both", INT8, "bar", 2),
     Fig(r"OpenVINO bf16 " + N + r" on this", INT8, "runs/openvino_bf16/mAP", 4),
     Fig(r"on this \d+-core ([A-Za-z ]+?)\. OpenVINO runs the INT8", INT8, cpu_family("cpu")),
@@ -539,6 +567,8 @@ NOT_FIGURES: list[tuple[str, str]] = [
     (r"at 8 x 2\)", "the clip sampling"),
     (r"16:9", "an aspect ratio"),
     (r"rho 0\.7 against 1\.0", "keep rates"),
+    (r"Jaccard of 0\.97 in every", "the reduced-precision parity bar (export/parity.py)"),
+    (r"\bseed [0-3]\b", "a clip seed of evad-parity"),
 ]
 
 
