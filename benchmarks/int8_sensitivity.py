@@ -155,8 +155,7 @@ def with_float(model: onnx.ModelProto, fp32: dict[str, onnx.TensorProto], activa
     # values the DequantizeLinear gives
     for n in kept:
         if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and \
-                n.input[1] in weight_dq and n.input[0] not in weight_dq and \
-                (producer.get(n.input[0]) is None
+                n.input[1] in weight_dq and (producer.get(n.input[0]) is None
                  or producer[n.input[0]].op_type != "DequantizeLinear"):
             name = f"{n.input[1]}_float"
             if name not in initializers:
