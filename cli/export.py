@@ -29,7 +29,13 @@ from evad.engines.cli import (
 )
 from evad.errors import ConfigError, EvadError
 from evad.export.exporter import Exporter, ParityCheck
-from evad.export.int8 import DEFAULT_CLIPS, MIN_CLIPS, Calibration, plan_calibration
+from evad.export.int8 import (
+    DEFAULT_CLIPS,
+    MIN_CLIPS,
+    Calibration,
+    plan_calibration,
+    require_quantizer,
+)
 from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
 from evad.lazy import lazy_import
 from evad.models.presets import PRESETS
@@ -154,6 +160,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ConfigError("--int8 makes an INT8 ONNX for ONNX Runtime and OpenVINO on the "
                               "CPU; an INT8 TensorRT engine is not built yet: add --onnx-only")
         plan = plan_calibration(args.calib, args.calib_clips)  # bad data: refused here
+        require_quantizer()
     if not args.onnx_only:
         missing = missing_message(precision)
         if missing:

@@ -1,28 +1,23 @@
 """Calibrated INT8: an fp32 export -> an explicit Q/DQ ONNX (``QuantizeLinear`` /
 ``DequantizeLinear`` around the matrix products), calibrated on clips of the user's data.
 
-Why ONNX Runtime's ``quantize_static`` (docs/design.md, "Calibrated INT8"): it is installed
-with the runtime already (onnxruntime), writes standard ONNX Q/DQ that ONNX Runtime, OpenVINO
-and TensorRT's explicit quantization all read, keeps the graph's ``evad`` custom nodes and their
-model-local functions, and takes the graph as exported (no ``quant_pre_process``: its symbolic
-shape inference does not know the ``evad`` ops, and the quantizer's own ONNX shape inference
-suffices). NNCF is not installed here; NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and
-onnxruntime-gpu ~= 1.24 and cannot share this environment.
+Why NNCF's ``nncf.quantize`` (docs/design.md, "Calibrated INT8"): on vit_b_ktp its file kept
+block 9's pruning within the 0.97 rule on every measured seed in ONNX Runtime and OpenVINO,
+where ONNX Runtime's ``quantize_static`` (the quantizer before it) passed or failed by which file
+a calibration happened to write (0.963-0.984). What it does that ``quantize_static`` does not:
+SmoothQuant (each MatMul input channel's range moved into its weight, so one per-tensor
+activation scale fits every channel) and a bias correction of the weights' rounding. It writes
+standard ONNX Q/DQ that ONNX Runtime, OpenVINO and TensorRT's explicit quantization all read,
+and keeps the ``evad`` custom nodes and their model-local functions (with one fix,
+:func:`_nncf_quietly`). NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and onnxruntime-gpu ~= 1.24
+and cannot share this environment.
 
 The settings are those TensorRT's explicit quantization needs (and ONNX Runtime's CPU kernels
-take): QDQ format, int8 activations and weights, both symmetric (zero point 0), weights per
-output channel, biases left float (``QuantizeBias`` off: ORT's default int32 bias feeds a
-``DequantizeLinear`` that TensorRT's parser refuses, "input has type Int32 but must have type
-FP8, FP4, Int4, Int8, or UInt8"; ORT fuses the same ``QLinearConv`` / ``QGemm`` either way);
-Percentile calibration: each tensor's range is the 99.99th percentile of its |x| over the
-calibration clips (a histogram), not its extreme, so one outlier does not coarsen every step
-(vit_b_ktp, 16 clips: block 9's kept-token Jaccard 0.9725 against MinMax's 0.9687, which
-missed the 0.97 rule; docs/design.md, "Calibrated INT8"). The histogram calibrator keeps every
-clip's activations (a vit_b_ktp 288x512 clip's: over 2 GiB) until it bins them, so the clips
-go to it one at a time (ORT's ``CalibStridedMinMax`` of 1: despite the name, any calibrator;
-each clip's histograms are merged into the running ones): the calibration's memory does not grow
-with the clip count (vit_b_ktp, 16 clips: 6.0 GiB peak; all 16 at once, or 8 at a time, were
-killed at 23 GiB).
+take): Q/DQ on the products' inputs, int8 activations and weights, both symmetric (zero point
+0; activations forced signed), weights per output channel, biases left float; each activation's
+range the mean over the clips of each clip's extreme (NNCF's MEAN_MINMAX for per-tensor
+activations; a weight's range its own extreme). NNCF reads the clips in two statistics passes
+(SmoothQuant's, then the ranges'), each decoding them anew: no clip is held in memory.
 
 What stays float, and why: only ``MatMul``, ``Gemm`` and ``Conv`` are quantized, so the ``evad``
 ops (``KeyframeTopKPrune``, ``RoIAlign3D``), attention's softmax, LayerNorm and every other op
@@ -45,9 +40,11 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,23 +53,25 @@ from evad.ava_csv import read_rows
 from evad.command import check_input_dir, one_line
 from evad.errors import ConfigError, EvadError
 from evad.hashing import file_sha256
-from evad.lazy import lazy_import
+from evad.lazy import MissingDependency, available, lazy_import
 from evad.metadata import read_metadata
 from evad.runner import INPUT_CLIP, INPUT_IMAGE_SIZE, ModelSpec
 from evad.sampling import expected_keyframes
 from evad.video import VIDEO_EXTENSIONS, open_video, sniff_container
 
-if TYPE_CHECKING:
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime import quantization as ortq
-else:
-    onnx = lazy_import("onnx", "pip install onnx")
-    ort = lazy_import("onnxruntime", "pip install onnxruntime")
-    ortq = lazy_import("onnxruntime.quantization", "pip install onnxruntime")
+#: how to install the quantizer (the ``int8`` extra pins the NNCF :func:`_nncf_quietly` fixes)
+INSTALL_QUANTIZER = "pip install 'evad-deploy[int8]'"
 
-__all__ = ["CALIBRATION_PERCENTILE", "CALIBRATION_STRIDE_S",
-           "DEFAULT_CLIPS", "INT8_SUFFIX", "LOCALIZATION_SCOPES", "MIN_CLIPS", "QUANTIZED_OPS",
+if TYPE_CHECKING:
+    import nncf
+    import onnx
+else:
+    nncf = lazy_import("nncf", INSTALL_QUANTIZER)
+    onnx = lazy_import("onnx", "pip install onnx")
+
+__all__ = ["CALIBRATION_STRIDE_S", "DEFAULT_CLIPS", "INT8_SUFFIX", "LOCALIZATION_SCOPES",
+           "MIN_CLIPS", "QUANTIZED_OPS", "SMOOTH_QUANT_ALPHA",
+           "INSTALL_QUANTIZER", "require_quantizer",
            "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "name_scopes",
            "plan_calibration", "quantize"]
 
@@ -83,8 +82,10 @@ __all__ = ["CALIBRATION_PERCENTILE", "CALIBRATION_STRIDE_S",
 MIN_CLIPS = 8
 #: clips taken by default (at most; spread evenly over the data)
 DEFAULT_CLIPS = 32
-#: the percentile of |x| that sets an activation tensor's range
-CALIBRATION_PERCENTILE = 99.99
+#: SmoothQuant's migration strength on the MatMuls (NNCF's for transformers): each input
+#: channel's range is moved into the weight by s_j = max|x_j|^a / max|w_j|^(1-a), so one
+#: per-tensor activation scale fits every channel
+SMOOTH_QUANT_ALPHA = 0.95
 #: the INT8 file's suffix: ``<name>.int8.onnx`` beside ``<name>.onnx``
 INT8_SUFFIX = ".int8.onnx"
 #: the op types quantized; everything else runs in float
@@ -268,56 +269,116 @@ def name_scopes(node: onnx.NodeProto) -> list[str]:
     return []
 
 
-class _Reader:
-    """The calibration clips as ONNX Runtime's ``CalibrationDataReader`` wants them (one feed
-    per ``get_next``), counting them on ``step``."""
+def require_quantizer() -> None:
+    """Refuse an INT8 export before any work when its quantizer (NNCF) is not installed.
 
-    def __init__(self, clips: Iterator[tuple[np.ndarray, np.ndarray]], count: int,
-                 step: Callable[[], None]) -> None:
-        self.clips, self.count, self.step = clips, count, step
-        #: clips handed out so far; the current range's end (``set_range``)
-        self.read, self.end = 0, count
+    Raises:
+        MissingDependency: one line naming the extra to install.
+    """
+    if not available(nncf):
+        raise MissingDependency("nncf", INSTALL_QUANTIZER, "the INT8 export's quantizer")
 
-    def __len__(self) -> int:
-        return self.count
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        """The quantizer's strided calibration asks for clips ``start_index`` to ``end_index``,
-        in order: the clips come from one pass over the data."""
-        if start_index != self.read:
-            raise EvadError(f"calibration asked for clips from {start_index}, after "
-                            f"{self.read}: ONNX Runtime's quantizer changed; pin onnxruntime")
-        self.end = end_index
+class _Clips:
+    """The calibration clips as NNCF's ``Dataset`` wants them: re-iterable (its statistics
+    passes each read the data again, and each pass decodes the videos anew, so no clip is held),
+    one feed per clip; the clips each pass read are counted (``passes``)."""
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.read >= self.end:
-            return None
-        nxt = next(self.clips, None)
-        if nxt is None:
-            return None
-        self.read += 1
-        self.step()
-        return {INPUT_CLIP: nxt[0], INPUT_IMAGE_SIZE: nxt[1]}
+    def __init__(self, calibration: Calibration, spec: ModelSpec) -> None:
+        self.calibration, self.spec = calibration, spec
+        #: clips read by each pass so far, in order
+        self.passes: list[int] = []
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        while (feed := self.get_next()) is not None:
-            yield feed
+        self.passes.append(0)
+        for clip, size in self.calibration.clips(self.calibration.plan, self.spec):
+            self.passes[-1] += 1
+            yield {INPUT_CLIP: clip, INPUT_IMAGE_SIZE: size}
 
 
 @contextlib.contextmanager
-def _without_preprocess_advice() -> Iterator[None]:
-    """Drop the quantizer's "Please consider to run pre-processing" warnings (it logs them on
-    the root logger, twice a run): this export needs no ``quant_pre_process`` (module
-    docstring), and a user should not be told to run it."""
-    def keep(record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+def _nncf_quietly(progress: bool) -> Iterator[None]:
+    """NNCF as a step of a command: its progress bars (rich, drawn on stdout) go to stderr, or
+    nowhere without ``progress``, so stdout stays the command's; its per-node INFO lines are
+    dropped; its telemetry (a Google Analytics event per ``nncf.quantize``, sent through
+    openvino_telemetry unless the user opted out) is answered here, so nothing leaves the
+    machine. NNCF 3.4's output insertion (``ONNXModelTransformer._insert_outputs``, used by
+    every statistics pass) rebuilds the model without its model-local functions, so ONNX
+    Runtime then refuses the ``evad`` nodes ("evad:KeyframeTopKPrune(-1) is not a registered
+    function/op"); they are put back (openvinotoolkit/nncf pull request 3260 carries the same
+    fix upstream)."""
+    from nncf.common.logging.logger import nncf_logger
+    from nncf.onnx.graph.model_transformer import ONNXModelTransformer
+    from nncf.telemetry import decorator
 
-    root = logging.getLogger()
-    root.addFilter(keep)
+    insert_outputs = ONNXModelTransformer.__dict__["_insert_outputs"]
+
+    def keep_functions(model: onnx.ModelProto, outputs: Any) -> onnx.ModelProto:
+        new = insert_outputs.__func__(model, outputs)
+        if not new.functions:
+            new.functions.extend(model.functions)
+        return new
+
+    def nothing(*_: Any, **__: Any) -> None:
+        return None
+
+    level, telemetry = nncf_logger.level, decorator.telemetry
+    nncf_logger.setLevel(logging.WARNING)
+    decorator.telemetry = SimpleNamespace(start_session=nothing, send_event=nothing,
+                                          end_session=nothing)
+    ONNXModelTransformer._insert_outputs = staticmethod(keep_functions)  # type: ignore[method-assign]
     try:
-        yield
+        with open(os.devnull, "w") if not progress else contextlib.nullcontext(sys.stderr) as out, \
+                contextlib.redirect_stdout(out):
+            yield
     finally:
-        root.removeFilter(keep)
+        ONNXModelTransformer._insert_outputs = insert_outputs  # type: ignore[method-assign]
+        decorator.telemetry = telemetry
+        nncf_logger.setLevel(level)
+
+
+def _signed_activations(model: onnx.ModelProto) -> int:
+    """Re-express, in place, each uint8 activation pair NNCF wrote as int8; return how many.
+
+    NNCF quantizes a tensor it saw non-negative (a ReLU's output) as uint8 with zero point 0,
+    range [0, 255 s]; TensorRT's explicit quantization takes signed int8 only, and NNCF's
+    ``signedness_to_force`` for activations conflicts with every hardware config it has. Signed
+    with the same top, its range is [-128 s', 127 s'] with s' = 255 s / 127: what NNCF computes
+    for a signed tensor of the same statistics (``fake_quantize.symmetric_range``).
+
+    Raises:
+        EvadError: a uint8 pair with a non-zero zero point, or sharing its scale with another
+            node (not what NNCF 3.4 writes).
+    """
+    init = {t.name: t for t in model.graph.initializer}
+    users: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, set()).add(n.name)
+    pairs: dict[tuple[str, str], set[str]] = {}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) == 3 \
+                and n.input[2] in init and init[n.input[2]].data_type == onnx.TensorProto.UINT8:
+            pairs.setdefault((n.input[1], n.input[2]), set()).add(n.name)
+    for (scale, zero), nodes in pairs.items():
+        zp = onnx.numpy_helper.to_array(init[zero])
+        if zp.any() or users[scale] != nodes or users[zero] != nodes or scale not in init:
+            raise EvadError(f"NNCF wrote a uint8 quantizer ({sorted(nodes)}) this export cannot "
+                            "make int8 for TensorRT: pin nncf 3.4 (pip install "
+                            "'evad-deploy[int8]')")
+        s = onnx.numpy_helper.to_array(init[scale])
+        init[scale].CopyFrom(onnx.numpy_helper.from_array(
+            (s.astype(np.float64) * 255 / 127).astype(s.dtype), scale))
+        init[zero].CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(zp, np.int8), zero))
+    # the recorded types of the quantized tensors and zero points follow (ONNX Runtime and
+    # strict type inference check them)
+    retyped = {o for n in model.graph.node if n.op_type == "QuantizeLinear"
+               and n.name in set().union(*pairs.values()) for o in n.output}
+    retyped |= {zero for _, zero in pairs}
+    for v in model.graph.value_info:
+        if v.name in retyped:
+            v.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    return len(pairs)
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,
@@ -329,7 +390,8 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
     Args:
         calibration: the plan and its clip source.
         exclude: nodes to keep in float, by name, with why (default :func:`float_nodes`).
-        progress: draw a progress bar (stderr), one step per clip.
+        progress: show NNCF's progress bars (stderr): two statistics passes over the clips,
+            then SmoothQuant and the bias correction, one step per node.
 
     Returns:
         The ``quantization`` record for the metadata (method, calibration data, clip count and
@@ -337,44 +399,50 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
         ``dst`` with the rest of the metadata.
 
     Raises:
-        EvadError: ONNX Runtime's quantizer failed (one line).
+        EvadError: NNCF failed, or a pass read fewer clips than planned (one line).
     """
-    from tqdm import tqdm
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
     src, dst, plan = Path(src), Path(dst), calibration.plan
-    meta = read_metadata(src)
-    spec = ModelSpec.from_metadata(meta, f"ONNX model {src}")
+    spec = ModelSpec.from_metadata(read_metadata(src), f"ONNX model {src}")
+    model = onnx.load(str(src))
     if exclude is None:
-        exclude = float_nodes(onnx.load(str(src), load_external_data=False))
-    with tqdm(total=plan.clips, desc="calibrate", unit="clip", disable=not progress,
-              leave=False) as bar, _without_preprocess_advice():
-        reader = _Reader(calibration.clips(plan, spec), plan.clips, lambda: bar.update())
+        exclude = float_nodes(model)
+    float_types = sorted({n.op_type for n in model.graph.node} - set(QUANTIZED_OPS))
+    clips = _Clips(calibration, spec)
+    with _nncf_quietly(progress):
         try:
-            ortq.quantize_static(
-                str(src), str(dst), reader, quant_format=ortq.QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                activation_type=ortq.QuantType.QInt8, weight_type=ortq.QuantType.QInt8,
-                nodes_to_exclude=sorted(exclude),
-                calibrate_method=ortq.CalibrationMethod.Percentile,
-                use_external_data_format=Path(f"{src}.data").is_file(),
-                # no CalibMaxIntermediateOutputs: in ORT 1.32 a calibrator clears the collected
-                # outputs at that count without using them (all but the last clips are lost)
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "QuantizeBias": False, "CalibStridedMinMax": 1,
-                               "CalibPercentile": CALIBRATION_PERCENTILE,
-                               "CalibTensorRangeSymmetric": True})
+            quantized = nncf.quantize(
+                model, nncf.Dataset(clips), preset=nncf.QuantizationPreset.PERFORMANCE,
+                model_type=nncf.ModelType.TRANSFORMER, subset_size=plan.clips,
+                fast_bias_correction=True,
+                ignored_scope=nncf.IgnoredScope(names=sorted(exclude), types=float_types,
+                                                validate=False),
+                advanced_parameters=AdvancedQuantizationParameters(
+                    smooth_quant_alphas=AdvancedSmoothQuantParameters(
+                        matmul=SMOOTH_QUANT_ALPHA, convolution=-1)))
         except (KeyboardInterrupt, EvadError):
             raise
-        except Exception as e:  # the quantizer raises what onnx / onnxruntime raise
-            raise EvadError(f"ONNX Runtime's quantizer failed on {src}: {one_line(e)}") from e
-    if reader.read != plan.clips:
-        raise EvadError(f"calibration read {reader.read} of the {plan.clips} clips planned from "
-                        f"{plan.data}: a video ended early; check it")
+        except Exception as e:  # NNCF raises what onnx / onnxruntime / numpy raise
+            raise EvadError(f"NNCF's quantizer failed on {src}: {one_line(e)}") from e
+    if not clips.passes or any(n != plan.clips for n in clips.passes):
+        raise EvadError(f"calibration read {clips.passes} of the {plan.clips} clips planned "
+                        f"from {plan.data} per pass: a video ended early; check it")
+    signed = _signed_activations(quantized)
+    external = Path(f"{src}.data").is_file()
+    onnx.save_model(quantized, str(dst), save_as_external_data=external,
+                    location=f"{dst.name}.data" if external else None)
     return {
-        "method": f"onnxruntime.quantization.quantize_static (onnxruntime "
-                  f"{ort.__version__}), QDQ, calibration Percentile {CALIBRATION_PERCENTILE:g} "
-                  f"(symmetric: the percentile of |x|), one clip at a time",
-        "activations": "int8, per tensor, symmetric",
+        "method": f"nncf.quantize (NNCF {nncf.__version__}, ONNX backend), preset PERFORMANCE, "
+                  f"model type TRANSFORMER: SmoothQuant alpha {SMOOTH_QUANT_ALPHA:g} on the "
+                  f"MatMuls, activation ranges the mean of each clip's min/max, fast bias "
+                  f"correction; QDQ on the products' inputs",
+        "activations": "int8, per tensor, symmetric" + (
+            f" ({signed} non-negative tensor(s) NNCF made uint8 re-expressed as int8: the same "
+            "range, scale x 255/127)" if signed else ""),
         "weights": "int8, per output channel, symmetric; biases float",
         "quantized_ops": list(QUANTIZED_OPS),
         "calibration_data": plan.kind, "calibration_clips": plan.clips,

@@ -4,12 +4,13 @@ against the torch fp32 reference on held-out clips, its metadata, the refusals o
 calibration data before torch loads, and an interrupted calibration leaving nothing.
 
 Measured (tiny model, calmed seed-0 weights, 96 x 192, 16 calibration clips of 4 synthetic
-4 s videos, 8 held-out clips of 2 others; ORT 1.32 int8 against torch fp32, Percentile 99.99,
-the localization float; 2026-12-06): kept-token Jaccard per pruning block min 0.988 / 0.972 /
-0.939 (blocks 3 / 6 / 9), mean 0.996 / 0.984 / 0.967, action probability max error 0.045,
-person score 0.009 (0.056 with the localization quantized). The bounds below leave room for
-the torch-vs-ORT fp32 difference, not for a broken quantizer (an unquantized graph scores 1.0
-and ~1e-6; a graph quantized with garbage ranges scores far below them).
+4 s videos, 8 held-out clips of 2 others; NNCF 3.4 int8 in ORT 1.32 against torch fp32, the
+localization float; 2026-12-07): kept-token Jaccard per pruning block min 0.994 / 0.972 / 0.939
+(blocks 3 / 6 / 9), mean 0.998 / 0.980 / 0.961, action probability max error 0.070, person score
+0.009 (ORT's quantize_static before it: min 0.988 / 0.972 / 0.939, 0.045; 0.056 person with the
+localization quantized). The bounds below leave room for the torch-vs-ORT fp32 difference, not
+for a broken quantizer (an unquantized graph scores 1.0 and ~1e-6; a graph quantized with
+garbage ranges scores far below them).
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ def test_metadata(quantized, data, tiny_onnx) -> None:
     assert {k: v for k, v in meta.items() if k != "quantization"} == base | {"precision": "int8"}
     q = meta["quantization"]
     assert meta["precision"] == "int8"
-    assert q["method"].startswith("onnxruntime.quantization.quantize_static")
-    assert "QDQ" in q["method"] and "Percentile 99.99" in q["method"]
+    assert q["method"].startswith("nncf.quantize (NNCF 3.4")
+    # the tiny decoder's ReLU output feeds a product: NNCF's uint8 pair, re-expressed as int8
+    assert "1 non-negative tensor(s) NNCF made uint8 re-expressed as int8" in q["activations"]
+    assert "SmoothQuant alpha 0.95" in q["method"] and "QDQ" in q["method"]
     assert q["calibration_clips"] == 16 and q["calibration_data"] == "folder of videos"
     again = int8.plan_calibration(data["calib"] / "videos", 16)
     assert q["calibration_sha256"] == again.sha256 and len(again.sha256) == 64
@@ -187,10 +190,11 @@ def test_clip_path_matches_the_dataset_clips(data, tiny_onnx) -> None:
         assert tuple(size[0]) == ds.pre[key[0]].resized
 
 
-def _refused(args: list[str], cwd: Path) -> str:
-    """evad-export's one-line refusal (exit 2) in a process where torch cannot load."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from evad.cli.export import main\nraise SystemExit(main(sys.argv[1:]))")
+def _refused(args: list[str], cwd: Path, blocked: tuple[str, ...] = ("torch",)) -> str:
+    """evad-export's one-line refusal (exit 2) in a process where torch (and ``blocked``)
+    cannot load."""
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+            + "from evad.cli.export import main\nraise SystemExit(main(sys.argv[1:]))")
     out = subprocess.run([sys.executable, "-c", code, "--preset", "tiny", "--onnx-only",
                           "--out", str(cwd / "out"), *args], cwd=cwd, capture_output=True,
                          text=True, timeout=60, check=False)
@@ -222,6 +226,10 @@ def test_bad_calibration_data_is_refused_before_torch(tmp_path, data) -> None:
     assert "--calib-clips" in _refused(["--int8", "--calib", str(data["calib"]),
                                         "--calib-clips", "1"], tmp_path)
     assert "go together" in _refused(["--int8"], tmp_path)
+    # good data, but no quantizer: refused before torch, naming the extra
+    assert "nncf is not installed (the INT8 export's quantizer): pip install " \
+        "'evad-deploy[int8]'" in _refused(["--int8", "--calib", str(data["calib"])], tmp_path,
+                                          ("torch", "nncf"))
     with pytest.raises(ConfigError, match="at least 8"):
         int8.plan_calibration(data["calib"], 1)
     with pytest.raises(EvadError, match="gives 4 clip"):
@@ -244,6 +252,83 @@ def test_interrupted_calibration_leaves_nothing(tmp_path, tiny_onnx, data) -> No
                       int8.Calibration(plan, interrupted))
     assert list(tmp_path.iterdir()) == []
     assert json.dumps(plan.clips) == "8"
+
+
+def test_quantize_keeps_stdout_and_nncf_as_they_were(tmp_path, tiny_onnx, data, capfd,
+                                                     monkeypatch) -> None:
+    """Without progress nothing reaches stdout (NNCF draws its bars there) or stderr; NNCF's
+    telemetry gets no call (nothing leaves the machine); NNCF's output insertion and telemetry
+    are its own again afterwards; a clip source that runs short in a pass is refused rather than
+    calibrated on fewer clips than the metadata would record."""
+    from nncf.onnx.graph.model_transformer import ONNXModelTransformer
+    from nncf.telemetry import decorator
+
+    class Recorder:
+        calls: list[str] = []
+
+        def __getattr__(self, name: str):
+            return lambda *a, **k: self.calls.append(name)
+
+    recorder = Recorder()
+    monkeypatch.setattr(decorator, "telemetry", recorder)
+    before = ONNXModelTransformer.__dict__["_insert_outputs"]
+    plan = int8.plan_calibration(data["calib"] / "videos", 8)
+    record = int8.quantize(tiny_onnx, tmp_path / "q.int8.onnx",
+                           int8.Calibration(plan, calibration_clips))
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert ONNXModelTransformer.__dict__["_insert_outputs"] is before
+    assert decorator.telemetry is recorder and recorder.calls == []
+    assert record["calibration_clips"] == 8
+
+    def short(plan, spec):
+        for i, clip in enumerate(calibration_clips(plan, spec)):
+            if i < 5:
+                yield clip
+
+    with pytest.raises(EvadError, match=r"calibration read \[5, .*of the 8 clips"):
+        int8.quantize(tiny_onnx, tmp_path / "short.int8.onnx", int8.Calibration(plan, short))
+    assert ONNXModelTransformer.__dict__["_insert_outputs"] is before
+
+
+def test_uint8_pairs_become_int8_of_the_same_range(tmp_path) -> None:
+    """A uint8 activation pair with zero point 0 (what NNCF writes for a ReLU's output) is
+    re-expressed as int8 with scale x 255/127: the same top of range, TensorRT's type. ORT
+    runs both: the int8 pair rounds x in [0, 255 s] to a step of 255 s / 127."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = np.float32(0.02)
+
+    def graph(zp: np.ndarray) -> onnx.ModelProto:
+        g = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="Q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="DQ")],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])],
+            [numpy_helper.from_array(np.array(scale), "s"), numpy_helper.from_array(zp, "z")],
+            value_info=[helper.make_tensor_value_info("q", TensorProto.UINT8, [64]),
+                        helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    model = graph(np.array(0, np.uint8))
+    assert int8._signed_activations(model) == 1
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert init["z"].dtype == np.int8 and init["z"] == 0
+    assert init["s"] == np.float32(np.float64(scale) * 255 / 127)
+    assert {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info} == \
+        {"q": TensorProto.INT8, "z": TensorProto.INT8}
+    onnx.checker.check_model(model, full_check=True)
+    x = np.linspace(0, 255 * scale, 64, dtype=np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]
+                             ).run(None, {"x": x})[0]
+    step = float(init["s"])
+    np.testing.assert_allclose(y, np.clip(np.round(x / step), -128, 127) * step, rtol=0,
+                               atol=1e-6)
+    assert float(np.abs(y - x).max()) <= step / 2 + 1e-6
+    # not a pair this export knows how to re-express: refused
+    with pytest.raises(EvadError, match="uint8 quantizer.*pin nncf 3.4"):
+        int8._signed_activations(graph(np.array(3, np.uint8)))
 
 
 def test_int8_on_an_fp32_export_is_refused_in_one_line(tiny_onnx, sample_mp4, tmp_path,

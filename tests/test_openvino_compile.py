@@ -392,10 +392,10 @@ def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_row_sums_at_f32(
     """--precision int8 on a CPU with native bf16: the Q/DQ products in int8, the float rest in
     bf16, but every layer of the unrolled pruning except its logits products marked f32 (the
     row-sum products run f32, the logits products bf16; OpenVINO keeps the Softmax and the
-    slices of q bf16), and a fused attention reading its q and k as int8 (the Q/DQ on the qkv
-    products' outputs), with the cache on and off; asked fp32 (or where the IR cannot be
-    written, so no layer can be marked), no layer runs bf16. The two runs agree to int8's and
-    bf16's rounding."""
+    slices of q bf16), and the fused attention in bf16 (NNCF puts Q/DQ on the products' inputs
+    only, so q and k reach it as bf16), with the cache on and off; asked fp32 (or where the IR
+    cannot be written, so no layer can be marked), no layer runs bf16. The two runs agree to
+    int8's and bf16's rounding."""
     from evad.export import openvino_runner
     from evad.export.openvino_graph import is_pruning_layer, is_pruning_logits
     from evad.export.openvino_runner import OpenVinoRunner, cpu_has_bf16
@@ -419,10 +419,10 @@ def test_the_int8_export_runs_its_float_rest_in_bf16_and_its_row_sums_at_f32(
             "Softmax", "Reorder", "StridedSlice"}, cache
         rest = {p for n, _, p in layers if not is_pruning_layer(n)}
         assert "bf16" in rest and rest & {"i8", "u8"}, (cache, rest)
-        # the Q/DQ on the qkv products' outputs reach the fused attention of the blocks that do
-        # not prune: q k^T runs int8 there (docs/design.md, "What 6x the official code needs")
+        # no Q/DQ on the qkv products' outputs: the fused attention reads bf16 q and k
+        # (docs/design.md, "What 6x the official code needs")
         attention = {p for n, t, p in layers if t == "Subgraph" and "MultiHeadAttention" in n}
-        assert "i8" in attention, (cache, attention)
+        assert attention == {"bf16"}, (cache, attention)
     for name in outs[""]:
         assert np.array_equal(outs[""][name], outs[str(tmp_path / "cache")][name]), name
     with OpenVinoRunner(tiny_int8_onnx, "fp32") as runner:
