@@ -32,7 +32,8 @@ N = r"([\d.]+)"  # a figure as printed
 
 def _sensitivity_range(d: Any) -> tuple[float, float]:
     """Block 9's lowest and highest Jaccard min over the one-group rows of
-    ``benchmarks/int8_sensitivity.py`` (one block's, or one kind's, activations in float)."""
+    ``benchmarks/int8_sensitivity.py`` (commit c09a575: one block's, or one kind's, activations
+    in float)."""
     one_block, one_kind = r"block\d\\\.\.\*", r"block\[0-8\]\\\.[a-z0-9_]+"
     rows = [r for r in d["rows"] if not r["weights_float"]
             and re.fullmatch(f"{one_block}|{one_kind}", r["activations_float"])]
@@ -351,6 +352,31 @@ FIGURES: list[Fig] = [
         lambda d: d["median_s"]["official"] / 6, 2),
     Fig(r"official code needs [\d.]+ s \(" + N + r" s in\s+the second run\)", OFFICIAL,
         lambda d: d["second_run_same_hour"]["median_s"]["official"] / 6, 2),
+    # ... NNCF's INT8 file beside it
+    Fig(r"rates then bf16 (\d+) and int8", EPYC, "nncf_int8/gemm_gmac_per_s/bf16", 0),
+    Fig(r"then bf16 \d+ and int8 (\d+)\s+GMAC/s\) measured", EPYC,
+        "nncf_int8/gemm_gmac_per_s/int8", 0),
+    Fig(r"GMAC/s\) measured " + N + r" s and", EPYC,
+        "nncf_int8/results/path=openvino-int8/median_s", 2),
+    Fig(r"GMAC/s\) measured [\d.]+ s and " + N + r" GB a clip", EPYC,
+        "nncf_int8/results/path=openvino-int8/peak_rss_gb", 2),
+    Fig(r"GB a clip, (\d+) % of the int8 rate", EPYC,
+        lambda d: 100 * get(d, "nncf_int8/results/path=openvino-int8/fraction_of_gemm_rate"), 0),
+    Fig(r"int8 rate\s+\(torch fp32 " + N + r" s and", EPYC,
+        "nncf_int8/results/path=torch-fp32/median_s", 2),
+    Fig(r"int8 rate\s+\(torch fp32 [\d.]+ s and " + N + r" GB, OpenVINO", EPYC,
+        "nncf_int8/results/path=torch-fp32/peak_rss_gb", 2),
+    Fig(r"GB, OpenVINO bf16 " + N + r" s\); alternated", EPYC,
+        "nncf_int8/results/path=openvino-bf16/median_s", 2),
+    Fig(r"(\d+) rounds\): official [\d.]+ s, NNCF", OFFICIAL, "nncf_int8/rounds"),
+    Fig(r"rounds\): official " + N + r" s, NNCF", OFFICIAL, "nncf_int8/median_s/official", 2),
+    Fig(r"NNCF's file " + N + r" s \(", OFFICIAL, "nncf_int8/median_s/int8_nncf", 2),
+    Fig(r"NNCF's file [\d.]+ s \(" + N + r"x\)", OFFICIAL,
+        "nncf_int8/speedup_vs_official/int8_nncf", 2),
+    Fig(r"`quantize_static`'s " + N + r" s \([\d.]+x\)\.", OFFICIAL,
+        "nncf_int8/median_s/int8_quantize_static", 2),
+    Fig(r"`quantize_static`'s [\d.]+ s \(" + N + r"x\)\.", OFFICIAL,
+        "nncf_int8/speedup_vs_official/int8_quantize_static", 2),
     Fig(r"bf16 `mm` measured (\d+) GMAC/s \(", EPYC,
         "earlier_run_torch_yardstick/gemm_gmac_per_s/bf16", 0),
     Fig(r"GMAC/s \((\d+) in the run above\)", EPYC, "gemm_gmac_per_s_by_kernel/bf16/torch", 0),
@@ -453,22 +479,19 @@ FIGURES: list[Fig] = [
     Fig(r"against [\d.]+ \(" + N + r"\s+higher\) on", INT8, "delta_int8_minus_fp32/openvino",
         4),
     Fig(r"the (\d+) held-out videos, within", INT8, "heldout/videos"),
-    # ... and on vit_b_ktp, where it is a draw (parity JSON, benchmarks/int8_sensitivity.py)
-    Fig(r"calibrated on (\d+) clips passed in ONNX", PARITY8, "quantization/calibration_clips"),
-    Fig(r"Jaccard min " + N + r"\)\.\s+On the AMD", PARITY8,
-        lambda d: min([d["report"]["min_jaccard"]["9"]]
-                      + [v["min_jaccard"]["9"] for v in d["other_seeds"].values()]), 4),
-    Fig(r"fails seed 0\s+\(" + N + r"\) while", PARITY8,
+    # ... and on vit_b_ktp: NNCF's file passes; quantize_static's was a draw (parity JSON;
+    # benchmarks/int8_sensitivity.py at commit c09a575)
+    Fig(r"in ONNX Runtime \(block 9's Jaccard min " + N + r"\)", PARITY8,
+        lambda d: min(v["min_jaccard"]["9"] for v in d["nncf"]["onnxruntime"].values()), 4),
+    Fig(r"and in OpenVINO\s+\(min " + N + r"\)", PARITY8,
+        lambda d: min(v["min_jaccard"]["9"] for v in d["nncf"]["openvino"].values()), 4),
+    Fig(r"calibrated on (\d+) clips on this AMD", PARITY8,
+        "nncf/quantization/calibration_clips"),
+    Fig(r"failed seed 0\s+\(" + N + r"\) while", PARITY8,
         "ort_epyc_calibrated/seeds/0/min_jaccard/9", 4),
-    Fig(r"all four seeds \(min " + N + r"\); the", PARITY8,
+    Fig(r"passed all four seeds \(min " + N + r"\), and", PARITY8,
         lambda d: min(v["min_jaccard"]["9"] for v in
                       d["openvino_bf16_float_rest"]["seeds"].values()), 4),
-    Fig(r"\((\d+) clips there\)", PARITY8, "epyc_default_clips/calibration_clips"),
-    Fig(r"Runtime passes \(min " + N + r"\)", PARITY8,
-        lambda d: min(v["min_jaccard"]["9"] for v in
-                      d["epyc_default_clips"]["onnxruntime"].values()), 4),
-    Fig(r"fails seed 3\s+\(" + N + r"\)", PARITY8,
-        "epyc_default_clips/openvino/3/min_jaccard/9", 4),
     Fig(r"block 9\s+between " + N + r" and", SENS, lambda d: _sensitivity_range(d)[0], 4),
     Fig(r"between [\d.]+ and " + N + r" on seeds", SENS, lambda d: _sensitivity_range(d)[1],
         4),
