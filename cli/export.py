@@ -105,15 +105,15 @@ def _export_parser() -> argparse.ArgumentParser:
     q = ap.add_argument_group("calibrated INT8 (ONNX Runtime / OpenVINO on the CPU, "
                               "--precision int8)")
     q.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx: the "
-                   "export as explicit Q/DQ INT8 (ONNX Runtime's quantize_static), calibrated on "
-                   "--calib; needs --onnx-only")
+                   "export as explicit Q/DQ INT8 (NNCF: pip install 'evad-deploy[int8]'), "
+                   "calibrated on --calib; needs --onnx-only")
     q.add_argument("--calib", type=Path, default=None, metavar="DATA", help="calibration data: "
                    "a folder of videos (a clip each second) or an AVA-format dataset (its "
                    "annotated keyframes; evad-train --make-data makes one)")
     q.add_argument("--calib-clips", type=number(MIN_CLIPS, 100000, integer=True),
                    default=DEFAULT_CLIPS, metavar="N", help=f"calibration clips, spread evenly "
-                   f"over DATA (default {DEFAULT_CLIPS}, at least {MIN_CLIPS}); each clip is "
-                   "binned as it comes, so memory does not grow with N")
+                   f"over DATA (default {DEFAULT_CLIPS}, at least {MIN_CLIPS}); read twice, "
+                   "decoded each time, so memory does not grow with N")
     add_engine_arguments(ap.add_argument_group("engine step (as evad-build-engine)"))
     ap.add_argument("--parity-clips", type=number(0, 1000, integer=True), default=1,
                     help="seeded clips for the ONNX Runtime parity check (0 skips it); the "

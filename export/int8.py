@@ -1,12 +1,14 @@
 """Calibrated INT8: an fp32 export -> an explicit Q/DQ ONNX (``QuantizeLinear`` /
 ``DequantizeLinear`` around the matrix products), calibrated on clips of the user's data.
 
-Why NNCF's ``nncf.quantize`` (docs/design.md, "Calibrated INT8"): on vit_b_ktp its file kept
-block 9's pruning within the 0.97 rule on every measured seed in ONNX Runtime and OpenVINO,
-where ONNX Runtime's ``quantize_static`` (the quantizer before it) passed or failed by which file
-a calibration happened to write (0.963-0.984). What it does that ``quantize_static`` does not:
-SmoothQuant (each MatMul input channel's range moved into its weight, so one per-tensor
-activation scale fits every channel) and a bias correction of the weights' rounding. It writes
+Why NNCF's ``nncf.quantize`` (docs/design.md, "Calibrated INT8"): on vit_b_ktp the file it
+calibrated kept block 9's pruning within the 0.97 rule on every measured seed in ONNX Runtime
+and OpenVINO (min 0.980), where the files of ONNX Runtime's ``quantize_static`` (the quantizer
+before it) passed or failed by which file a calibration happened to write (0.963-0.984). What it
+does that ``quantize_static`` did not: Q/DQ on the products' inputs only, SmoothQuant (each
+MatMul input channel's range moved into its weight, so one per-tensor activation scale fits
+every channel; measured apart: +0.004 at block 9's minimum), mean-of-clips ranges and a bias
+correction of the weights' rounding (their shares not measured apart). It writes
 standard ONNX Q/DQ that ONNX Runtime, OpenVINO and TensorRT's explicit quantization all read,
 and keeps the ``evad`` custom nodes and their model-local functions (with one fix,
 :func:`_nncf_quietly`). NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and onnxruntime-gpu ~= 1.24
@@ -24,7 +26,9 @@ ops (``KeyframeTopKPrune``, ``RoIAlign3D``), attention's softmax, LayerNorm and 
 run in float; the linear layers whose outputs feed a pruning block's importance (the qkv
 projection before each ``KeyframeTopKPrune``) stay float too, so int8 rounding cannot move which
 tokens survive, and so does the actor localization (FPN and Sparse R-CNN stages), whose person
-score meets a threshold (:func:`float_nodes`). The list goes into the metadata.
+score meets a threshold (:func:`float_nodes`). The list goes into the metadata. NNCF 3.4's
+SmoothQuant takes no ignored scope, so float MatMuls get its scaling too (a ``Mul`` on the
+input, the weight scaled back): the same product in float arithmetic, one more rounding.
 
 :func:`plan_calibration` checks the data and picks the keyframes without torch or a model (bad
 input is refused before any work); :func:`quantize` runs the calibration on the clips a
@@ -300,13 +304,13 @@ class _Clips:
 def _nncf_quietly(progress: bool) -> Iterator[None]:
     """NNCF as a step of a command: its progress bars (rich, drawn on stdout) go to stderr, or
     nowhere without ``progress``, so stdout stays the command's; its per-node INFO lines are
-    dropped; its telemetry (a Google Analytics event per ``nncf.quantize``, sent through
-    openvino_telemetry unless the user opted out) is answered here, so nothing leaves the
-    machine. NNCF 3.4's output insertion (``ONNXModelTransformer._insert_outputs``, used by
-    every statistics pass) rebuilds the model without its model-local functions, so ONNX
-    Runtime then refuses the ``evad`` nodes ("evad:KeyframeTopKPrune(-1) is not a registered
-    function/op"); they are put back (openvinotoolkit/nncf pull request 3260 carries the same
-    fix upstream)."""
+    dropped and its warnings go where the bars go; its telemetry (a Google Analytics event per
+    ``nncf.quantize``, sent through openvino_telemetry unless the user opted out) is answered
+    here, so nothing leaves the machine. NNCF 3.4's output insertion
+    (``ONNXModelTransformer._insert_outputs``, used by every statistics pass) rebuilds the model
+    without its model-local functions, so ONNX Runtime then refuses the ``evad`` nodes
+    ("evad:KeyframeTopKPrune(-1) is not a registered function/op"); they are put back
+    (openvinotoolkit/nncf pull request 3260 carries the same fix upstream)."""
     from nncf.common.logging.logger import nncf_logger
     from nncf.onnx.graph.model_transformer import ONNXModelTransformer
     from nncf.telemetry import decorator
@@ -324,13 +328,23 @@ def _nncf_quietly(progress: bool) -> Iterator[None]:
 
     level, telemetry = nncf_logger.level, decorator.telemetry
     nncf_logger.setLevel(logging.WARNING)
+    # NNCF's log handler took sys.stdout when NNCF was imported: its warnings ("Dataset
+    # contains only N samples") follow the bars
+    streams = [h for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler)]
     decorator.telemetry = SimpleNamespace(start_session=nothing, send_event=nothing,
                                           end_session=nothing)
     ONNXModelTransformer._insert_outputs = staticmethod(keep_functions)  # type: ignore[method-assign]
     try:
         with open(os.devnull, "w") if not progress else contextlib.nullcontext(sys.stderr) as out, \
                 contextlib.redirect_stdout(out):
-            yield
+            before = [h.stream for h in streams]
+            for h in streams:
+                h.setStream(out)
+            try:
+                yield
+            finally:
+                for h, stream in zip(streams, before, strict=True):
+                    h.setStream(stream)
     finally:
         ONNXModelTransformer._insert_outputs = insert_outputs  # type: ignore[method-assign]
         decorator.telemetry = telemetry
@@ -406,7 +420,12 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
         AdvancedSmoothQuantParameters,
     )
 
+    require_quantizer()
     src, dst, plan = Path(src), Path(dst), calibration.plan
+    if Path(f"{src}.data").is_file():
+        raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): NNCF 3.4 "
+                        "hands the model to ONNX Runtime as one protobuf, which holds 2 GB at "
+                        "most; export a smaller input size or model for --int8")
     spec = ModelSpec.from_metadata(read_metadata(src), f"ONNX model {src}")
     model = onnx.load(str(src))
     if exclude is None:
@@ -432,14 +451,13 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
         raise EvadError(f"calibration read {clips.passes} of the {plan.clips} clips planned "
                         f"from {plan.data} per pass: a video ended early; check it")
     signed = _signed_activations(quantized)
-    external = Path(f"{src}.data").is_file()
-    onnx.save_model(quantized, str(dst), save_as_external_data=external,
-                    location=f"{dst.name}.data" if external else None)
+    onnx.save_model(quantized, str(dst))
     return {
         "method": f"nncf.quantize (NNCF {nncf.__version__}, ONNX backend), preset PERFORMANCE, "
                   f"model type TRANSFORMER: SmoothQuant alpha {SMOOTH_QUANT_ALPHA:g} on the "
-                  f"MatMuls, activation ranges the mean of each clip's min/max, fast bias "
-                  f"correction; QDQ on the products' inputs",
+                  f"MatMuls (the float ones too: NNCF's SmoothQuant takes no ignored scope), "
+                  f"activation ranges the mean over the clips of each clip's max |x|, fast "
+                  f"bias correction; QDQ on the products' inputs",
         "activations": "int8, per tensor, symmetric" + (
             f" ({signed} non-negative tensor(s) NNCF made uint8 re-expressed as int8: the same "
             "range, scale x 255/127)" if signed else ""),
