@@ -145,12 +145,12 @@ class Exported:
 
 def write_int8(src: Path, dst: Path, calibration: int8.Calibration, *,
                progress: bool = False) -> dict[str, Any]:
-    """The INT8 Q/DQ ONNX of the fp32 export ``src`` at ``dst`` (``evad.export.int8.quantize``),
-    with its metadata: ``src``'s, ``precision`` int8 and the ``quantization`` record. Returns
-    that metadata. Write ``dst`` into a staging folder (an interrupt then leaves nothing)."""
-    meta = metadata.int8_metadata(read_metadata(src), int8.quantize(src, dst, calibration,
-                                                                     progress=progress))
-    model = onnx.load(str(dst))
+    """The INT8 Q/DQ ONNX of the fp32 export ``src`` at ``dst``
+    (``evad.export.int8.quantized_model``), with its metadata: ``src``'s, ``precision`` int8 and
+    the ``quantization`` record. Returns that metadata. Write ``dst`` into a staging folder (an
+    interrupt then leaves nothing)."""
+    model, record = int8.quantized_model(src, calibration, progress=progress)
+    meta = metadata.int8_metadata(read_metadata(src), record)
     write_metadata(model, meta)
     onnx.save_model(model, str(dst))
     return meta

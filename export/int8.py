@@ -77,7 +77,7 @@ __all__ = ["CALIBRATION_STRIDE_S", "DEFAULT_CLIPS", "INT8_SUFFIX", "LOCALIZATION
            "MIN_CLIPS", "QUANTIZED_OPS", "SMOOTH_QUANT_ALPHA",
            "INSTALL_QUANTIZER", "require_quantizer",
            "Calibration", "CalibrationPlan", "ClipSource", "float_nodes", "name_scopes",
-           "plan_calibration", "quantize"]
+           "plan_calibration", "quantize", "quantized_model"]
 
 #: the fewest calibration clips taken: a handful of clips sets ranges that fit those scenes
 #: only (and one clip is what the bar refuses);
@@ -386,8 +386,9 @@ def _signed_activations(model: onnx.ModelProto) -> int:
         init[zero].CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(zp, np.int8), zero))
     # the recorded types of the quantized tensors and zero points follow (ONNX Runtime and
     # strict type inference check them)
+    converted = set().union(*pairs.values())
     retyped = {o for n in model.graph.node if n.op_type == "QuantizeLinear"
-               and n.name in set().union(*pairs.values()) for o in n.output}
+               and n.name in converted for o in n.output}
     retyped |= {zero for _, zero in pairs}
     for v in model.graph.value_info:
         if v.name in retyped:
@@ -397,9 +398,17 @@ def _signed_activations(model: onnx.ModelProto) -> int:
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,
              exclude: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Calibrate the fp32 export ``src`` on the calibration's clips and write the Q/DQ model
-    to ``dst`` (write it into a staging folder: an interrupted calibration then leaves
-    nothing).
+    """:func:`quantized_model`, written to ``dst`` (write it into a staging folder: an
+    interrupted calibration then leaves nothing); returns its ``quantization`` record."""
+    model, record = quantized_model(src, calibration, exclude=exclude, progress=progress)
+    onnx.save_model(model, str(dst))
+    return record
+
+
+def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
+                    exclude: dict[str, str] | None = None, progress: bool = False
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Calibrate the fp32 export ``src`` on the calibration's clips: its Q/DQ model, in memory.
 
     Args:
         calibration: the plan and its clip source.
@@ -408,9 +417,9 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
             then SmoothQuant and the bias correction, one step per node.
 
     Returns:
-        The ``quantization`` record for the metadata (method, calibration data, clip count and
-        hash, the nodes kept in float); ``evad.export.exporter.write_int8`` writes it into
-        ``dst`` with the rest of the metadata.
+        (the model, the ``quantization`` record for the metadata: method, calibration data,
+        clip count and hash, the nodes kept in float); ``evad.export.exporter.write_int8``
+        writes the record into the model with the rest of the metadata and saves it once.
 
     Raises:
         EvadError: NNCF failed, or a pass read fewer clips than planned (one line).
@@ -421,7 +430,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
     )
 
     require_quantizer()
-    src, dst, plan = Path(src), Path(dst), calibration.plan
+    src, plan = Path(src), calibration.plan
     if Path(f"{src}.data").is_file():
         raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): NNCF 3.4 "
                         "hands the model to ONNX Runtime as one protobuf, which holds 2 GB at "
@@ -451,8 +460,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
         raise EvadError(f"calibration read {clips.passes} of the {plan.clips} clips planned "
                         f"from {plan.data} per pass: a video ended early; check it")
     signed = _signed_activations(quantized)
-    onnx.save_model(quantized, str(dst))
-    return {
+    return quantized, {
         "method": f"nncf.quantize (NNCF {nncf.__version__}, ONNX backend), preset PERFORMANCE, "
                   f"model type TRANSFORMER: SmoothQuant alpha {SMOOTH_QUANT_ALPHA:g} on the "
                   f"MatMuls (the float ones too: NNCF's SmoothQuant takes no ignored scope), "
