@@ -27,8 +27,8 @@ run in float; the linear layers whose outputs feed a pruning block's importance 
 projection before each ``KeyframeTopKPrune``) stay float too, so int8 rounding cannot move which
 tokens survive, and so does the actor localization (FPN and Sparse R-CNN stages), whose person
 score meets a threshold (:func:`float_nodes`). The list goes into the metadata. NNCF 3.4's
-SmoothQuant takes no ignored scope, so float MatMuls get its scaling too (a ``Mul`` on the
-input, the weight scaled back): the same product in float arithmetic, one more rounding.
+SmoothQuant takes no ignored scope and scales the float products' inputs too; that is undone
+(:func:`_unsmooth_float_nodes`), so each float product reads what it reads in the fp32 export.
 
 :func:`plan_calibration` checks the data and picks the keyframes without torch or a model (bad
 input is refused before any work); :func:`quantize` runs the calibration on the clips a
@@ -396,6 +396,59 @@ def _signed_activations(model: onnx.ModelProto) -> int:
     return len(pairs)
 
 
+def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
+                          exclude: dict[str, str]) -> int:
+    """Undo, in place, NNCF's SmoothQuant on the nodes kept float; return how many of its
+    ``Mul`` nodes went.
+
+    NNCF 3.4's SmoothQuant takes no ignored scope: it also puts a ``Mul`` (x / s per input
+    channel) before the float products and scales their weights by s, the same product in
+    float with one more rounding of its input and weight, on exactly the nodes kept float for
+    their precision (the pruning importance, the localization). Their consumers read the
+    ``Mul``'s input again and their initializers are the fp32 export's (``source``, by name);
+    a ``Mul`` that feeds no other node goes with its scale.
+
+    Raises:
+        EvadError: a float product's weights are not the fp32 export's initializers of the
+            same names (not what NNCF 3.4 writes).
+    """
+    init = {t.name: t for t in model.graph.initializer}
+    source_init = {t.name: t for t in source.graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    gone = []
+    for mul in model.graph.node:
+        if mul.op_type != "Mul" or not mul.name.endswith("/nncf_smooth_quant"):
+            continue
+        consumers = users.get(mul.output[0], [])
+        floats = [c for c in consumers if c.name in exclude]
+        x = [i for i in mul.input if i not in init]
+        if not floats or len(x) != 1:
+            continue
+        for c in floats:
+            weights = [i for i in c.input if i in init]
+            if not weights or any(w not in source_init for w in weights):
+                raise EvadError(f"NNCF's SmoothQuant rewrote the weight of {c.name} under a "
+                                "new name: pin nncf 3.4 (pip install 'evad-deploy[int8]')")
+            for w in weights:
+                init[w].CopyFrom(source_init[w])
+            c.input[:] = [x[0] if i == mul.output[0] else i for i in c.input]
+        if len(floats) == len(consumers):
+            gone.append(mul)
+    for mul in gone:
+        model.graph.node.remove(mul)
+    outputs = {o for mul in gone for o in mul.output}
+    still = {i for n in model.graph.node for i in n.input}
+    unused = {i for mul in gone for i in mul.input if i in init and i not in still}
+    for name in unused:
+        model.graph.initializer.remove(init[name])
+    for v in [v for v in model.graph.value_info if v.name in outputs]:
+        model.graph.value_info.remove(v)
+    return len(gone)
+
+
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,
              exclude: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
     """:func:`quantized_model`, written to ``dst`` (write it into a staging folder: an
@@ -459,11 +512,13 @@ def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
     if not clips.passes or any(n != plan.clips for n in clips.passes):
         raise EvadError(f"calibration read {clips.passes} of the {plan.clips} clips planned "
                         f"from {plan.data} per pass: a video ended early; check it")
+    unsmoothed = _unsmooth_float_nodes(quantized, model, exclude)
     signed = _signed_activations(quantized)
     return quantized, {
         "method": f"nncf.quantize (NNCF {nncf.__version__}, ONNX backend), preset PERFORMANCE, "
                   f"model type TRANSFORMER: SmoothQuant alpha {SMOOTH_QUANT_ALPHA:g} on the "
-                  f"MatMuls (the float ones too: NNCF's SmoothQuant takes no ignored scope), "
+                  f"quantized MatMuls (NNCF's SmoothQuant takes no ignored scope: its {unsmoothed} "
+                  f"Mul(s) before float products removed, their weights the fp32 export's), "
                   f"activation ranges the mean over the clips of each clip's max |x|, fast "
                   f"bias correction; QDQ on the products' inputs",
         "activations": "int8, per tensor, symmetric" + (

@@ -334,6 +334,84 @@ def test_uint8_pairs_become_int8_of_the_same_range(tmp_path) -> None:
         int8._signed_activations(graph(np.array(3, np.uint8)))
 
 
+def test_float_products_read_the_fp32_exports_inputs(quantized, tiny_onnx) -> None:
+    """NNCF 3.4's SmoothQuant scales every MatMul's input (it takes no ignored scope); on the
+    nodes kept float that is undone: each reads the tensors the fp32 export feeds it, weights
+    byte for byte, and no SmoothQuant ``Mul`` is left without a quantized reader."""
+    path, meta = quantized
+    m, src = onnx.load(str(path)), onnx.load(str(tiny_onnx))
+    kept = meta["quantization"]["float_nodes"]
+    nodes, src_nodes = {n.name: n for n in m.graph.node}, {n.name: n for n in src.graph.node}
+    init, src_init = ({t.name: t.SerializeToString() for t in g.graph.initializer}
+                      for g in (m, src))
+    for name in kept:
+        assert list(nodes[name].input) == list(src_nodes[name].input), name
+        assert all(init[i] == src_init[i] for i in nodes[name].input if i in src_init), name
+    users: dict[str, set[str]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            users.setdefault(i, set()).add(n.op_type)
+    smooth = [n for n in m.graph.node if n.name.endswith("/nncf_smooth_quant")]
+    # one per quantized MatMul input (56); the 24 that fed only the float products went
+    assert len(smooth) == 56 and all(users[n.output[0]] == {"QuantizeLinear"} for n in smooth)
+    assert "its 24 Mul(s) before float products removed" in meta["quantization"]["method"]
+
+
+def test_unsmoothing_keeps_a_mul_a_quantized_product_still_reads(tmp_path) -> None:
+    """One SmoothQuant ``Mul`` feeding a float and a quantized product: the float one reads x
+    and the fp32 weight again (its output equals the fp32 graph's, run in ORT), the ``Mul``
+    stays for the other; a float weight NNCF renamed is refused."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wa, wb = rng.normal(size=(2, 8, 4)).astype(np.float32)
+    s = rng.uniform(0.5, 2, 8).astype(np.float32)
+
+    def graph(nodes: list, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, [3, 4]) for o in ("a", "b")],
+            [numpy_helper.from_array(v, k) for k, v in weights.items()])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    source = graph([helper.make_node("MatMul", ["x", "wa"], ["a"], name="A"),
+                    helper.make_node("MatMul", ["x", "wb"], ["b"], name="B")],
+                   {"wa": wa, "wb": wb})
+    mul = "x_0_0/nncf_smooth_quant"
+
+    def smoothed() -> onnx.ModelProto:
+        return graph([helper.make_node("Mul", ["x", "inv_s"], ["xs"], name=mul),
+                      helper.make_node("MatMul", ["xs", "wa"], ["a"], name="A"),
+                      helper.make_node("MatMul", ["xs", "wb"], ["b"], name="B")],
+                     {"inv_s": 1 / s, "wa": wa * s[:, None], "wb": wb * s[:, None]})
+
+    model = smoothed()
+    assert int8._unsmooth_float_nodes(model, source, {"A": "kept float"}) == 0
+    nodes = {n.name: n for n in model.graph.node}
+    assert list(nodes["A"].input) == ["x", "wa"] and list(nodes["B"].input) == ["xs", "wb"]
+    assert mul in nodes
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]
+                                    ).run(None, {"x": x})
+
+    (a, b), (a0, b0) = run(model), run(source)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_allclose(b, b0, rtol=1e-5)
+    # both float: the Mul and its scale go
+    model = smoothed()
+    assert int8._unsmooth_float_nodes(model, source, {"A": "", "B": ""}) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
+    assert {t.name for t in model.graph.initializer} == {"wa", "wb"}
+    np.testing.assert_array_equal(run(model)[1], b0)
+    renamed = smoothed()
+    renamed.graph.node[1].input[1] = "wb"
+    with pytest.raises(EvadError, match="weight of A under a new name.*pin nncf 3.4"):
+        int8._unsmooth_float_nodes(renamed, graph([], {"wa": wa}), {"A": ""})
+
+
 def test_int8_on_an_fp32_export_is_refused_in_one_line(tiny_onnx, sample_mp4, tmp_path,
                                                       capfd) -> None:
     from evad.runtime.cli import main as run_main
