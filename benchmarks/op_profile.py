@@ -37,6 +37,9 @@ OV_MATRIX = ("FullyConnected", "MatMul")
 TORCH_MATRIX = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
                 "aten::linear")
 
+#: the part the linear layers are counted in
+LINEAR_PART = "linear layers (qkv, proj, MLP, heads)"
+
 #: the model's parts, by layer name: the first pattern that matches names the part. The names
 #: are the export's (the dynamo exporter names nodes after the aten op: ``node_linear_12``,
 #: ``node_MultiHeadAttention_184``, ``node_layer_norm_3``), the unrolled pruning's
@@ -50,7 +53,7 @@ PARTS = (
     ("attention (MatMul, Softmax, MatMul)", r"MultiHeadAttention"),
     ("RoIAlign3D", r"roi_align|ROIAlign|_clippool\d+_"),
     ("LayerNorm", r"layer_norm|LayerNorm|MVN"),
-    ("linear layers (qkv, proj, MLP, heads)", r"node_linear|node_Gemm|node_MatMul|node_bmm"),
+    (LINEAR_PART, r"node_linear|node_Gemm|node_MatMul|node_bmm"),
     ("GELU", r"gelu|Erf"),
     ("patch embedding (its Conv, or the patch product OpenVINO is given)",
      r"_patch\d+_|node_conv3d"),
@@ -60,12 +63,16 @@ PARTS = (
 
 def part_of(name: str, layer_type: str) -> str:
     """The model part a layer belongs to (``PARTS``), ``reorders / converts`` for layout and
-    precision changes OpenVINO inserted, else ``other``."""
+    precision changes OpenVINO inserted, else ``other``. A fully connected layer of no part by
+    name is a linear layer: OpenVINO names an int8 product after the ``Multiply`` it fused in
+    (``Multiply_80970``: the dequantization, or a SmoothQuant scale)."""
     if layer_type in ("Reorder", "Convert"):
         return "reorders / converts"
     for part, pattern in PARTS:
         if re.search(pattern, f"{name} {layer_type}"):
             return part
+    if layer_type.startswith("FullyConnected"):
+        return LINEAR_PART
     return "other"
 
 
