@@ -3,16 +3,16 @@
 
 Why NNCF's ``nncf.quantize`` (docs/design.md, "Calibrated INT8"): on vit_b_ktp the file it
 calibrated kept block 9's pruning within the 0.97 rule on every measured seed in ONNX Runtime
-and OpenVINO (min 0.980), where the files of ONNX Runtime's ``quantize_static`` (the quantizer
-before it) passed or failed by which file a calibration happened to write (0.963-0.984). What it
-does that ``quantize_static`` did not: Q/DQ on the products' inputs only, SmoothQuant (each
-MatMul input channel's range moved into its weight, so one per-tensor activation scale fits
-every channel; measured apart: +0.004 at block 9's minimum), mean-of-clips ranges and a bias
-correction of the weights' rounding (their shares not measured apart). It writes
-standard ONNX Q/DQ that ONNX Runtime, OpenVINO and TensorRT's explicit quantization all read,
-and keeps the ``evad`` custom nodes and their model-local functions (with one fix,
-:func:`_nncf_quietly`). NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and onnxruntime-gpu ~= 1.24
-and cannot share this environment.
+and OpenVINO (min 0.980 and 0.976), where the files of ONNX Runtime's ``quantize_static`` (the
+quantizer before it) passed or failed by which file a calibration happened to write
+(0.963-0.984). What it does that ``quantize_static`` did not: Q/DQ on the products' inputs only,
+SmoothQuant (each quantized MatMul's input channels' ranges moved into its weight, so one
+per-tensor activation scale fits every channel; measured apart: +0.004 at block 9's minimum),
+mean-of-clips ranges and a bias correction of the weights' rounding (their shares not measured
+apart). It writes standard ONNX Q/DQ that ONNX Runtime, OpenVINO and TensorRT's explicit
+quantization all read, and keeps the ``evad`` custom nodes and their model-local functions (with
+one fix, :func:`_nncf_quietly`). NVIDIA ModelOpt's ONNX PTQ pins onnx ~= 1.21 and
+onnxruntime-gpu ~= 1.24 and cannot share this environment.
 
 The settings are those TensorRT's explicit quantization needs (and ONNX Runtime's CPU kernels
 take): Q/DQ on the products' inputs, int8 activations and weights, both symmetric (zero point
@@ -403,21 +403,30 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
 
     NNCF 3.4's SmoothQuant takes no ignored scope: it also puts a ``Mul`` (x / s per input
     channel) before the float products and scales their weights by s, the same product in
-    float with one more rounding of its input and weight, on exactly the nodes kept float for
+    float with its input and weight rounded once more, on exactly the nodes kept float for
     their precision (the pruning importance, the localization). Their consumers read the
     ``Mul``'s input again and their initializers are the fp32 export's (``source``, by name);
-    a ``Mul`` that feeds no other node goes with its scale.
+    a ``Mul`` that feeds no other node (nor the graph's outputs) goes with its scale. Then
+    every float node must read what it reads in ``source``: the same tensors, its
+    initializers and ``Constant`` weights byte for byte.
 
     Raises:
-        EvadError: a float product's weights are not the fp32 export's initializers of the
-            same names (not what NNCF 3.4 writes).
+        EvadError: a float product shares a weight with a quantized one, or a float node
+            does not read what it reads in the fp32 export afterwards (not what NNCF 3.4
+            writes).
     """
+    def refused(what: str) -> EvadError:
+        return EvadError(f"NNCF {nncf.__version__} wrote {what}: this export undoes NNCF "
+                         "3.4's SmoothQuant on the float products (pip install "
+                         "'evad-deploy[int8]')")
+
     init = {t.name: t for t in model.graph.initializer}
     source_init = {t.name: t for t in source.graph.initializer}
     users: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
     gone = []
     for mul in model.graph.node:
         if mul.op_type != "Mul" or not mul.name.endswith("/nncf_smooth_quant"):
@@ -428,14 +437,14 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
         if not floats or len(x) != 1:
             continue
         for c in floats:
-            weights = [i for i in c.input if i in init]
-            if not weights or any(w not in source_init for w in weights):
-                raise EvadError(f"NNCF's SmoothQuant rewrote the weight of {c.name} under a "
-                                "new name: pin nncf 3.4 (pip install 'evad-deploy[int8]')")
-            for w in weights:
-                init[w].CopyFrom(source_init[w])
+            for w in (i for i in c.input if i in init):
+                if any(u.name not in exclude for u in users[w]):
+                    raise refused(f"{c.name}, kept float, sharing its weight {w} with a "
+                                  "quantized node")
+                if w in source_init:
+                    init[w].CopyFrom(source_init[w])
             c.input[:] = [x[0] if i == mul.output[0] else i for i in c.input]
-        if len(floats) == len(consumers):
+        if len(floats) == len(consumers) and mul.output[0] not in graph_outputs:
             gone.append(mul)
     for mul in gone:
         model.graph.node.remove(mul)
@@ -446,7 +455,30 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
         model.graph.initializer.remove(init[name])
     for v in [v for v in model.graph.value_info if v.name in outputs]:
         model.graph.value_info.remove(v)
+    _check_float_nodes(model, source, exclude, refused)
     return len(gone)
+
+
+def _check_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
+                       exclude: dict[str, str], refused: Callable[[str], EvadError]) -> None:
+    """Raise ``refused(...)`` unless each node of ``exclude`` reads in ``model`` what it reads
+    in ``source``: the same input names, each initializer and ``Constant`` byte for byte."""
+    def fixed(m: onnx.ModelProto) -> dict[str, Any]:
+        out: dict[str, Any] = {t.name: t for t in m.graph.initializer}
+        out |= {n.output[0]: n for n in m.graph.node if n.op_type == "Constant"}
+        return out
+
+    nodes = {n.name: n for n in model.graph.node}
+    source_nodes = {n.name: n for n in source.graph.node}
+    have, want = fixed(model), fixed(source)
+    for name in exclude:
+        if name not in source_nodes:
+            continue
+        if name not in nodes or list(nodes[name].input) != list(source_nodes[name].input) or \
+                any(i not in have or have[i].SerializeToString() != want[i].SerializeToString()
+                    for i in nodes[name].input if i in want):
+            raise refused(f"{name}, kept float, reading other tensors or weights than in the "
+                          "fp32 export")
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,

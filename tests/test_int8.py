@@ -3,14 +3,15 @@ around the matrix products with the pruning importance left in float, ONNX Runti
 against the torch fp32 reference on held-out clips, its metadata, the refusals of bad
 calibration data before torch loads, and an interrupted calibration leaving nothing.
 
-Measured (tiny model, calmed seed-0 weights, 96 x 192, 16 calibration clips of 4 synthetic
-4 s videos, 8 held-out clips of 2 others; NNCF 3.4 int8 in ORT 1.32 against torch fp32, the
+Measured (tiny model, calmed seed-0 weights, 96 x 192, 16 calibration clips of 4 synthetic 4 s
+videos, 8 held-out clips of 2 others; NNCF 3.4 int8 in ORT 1.32 against torch fp32, the
 localization float; 2026-12-07): kept-token Jaccard per pruning block min 0.994 / 0.972 / 0.939
 (blocks 3 / 6 / 9), mean 0.998 / 0.980 / 0.961, action probability max error 0.070, person score
-0.009 (ORT's quantize_static before it: min 0.988 / 0.972 / 0.939, 0.045; 0.056 person with the
-localization quantized). The bounds below leave room for the torch-vs-ORT fp32 difference, not
-for a broken quantizer (an unquantized graph scores 1.0 and ~1e-6; a graph quantized with
-garbage ranges scores far below them).
+0.009, the same before and after SmoothQuant was undone on the float products (ORT's
+quantize_static before it: min 0.988 / 0.972 / 0.939, 0.045; 0.056 person with the localization
+quantized). The bounds below leave room for the torch-vs-ORT fp32 difference, not for a broken
+quantizer (an unquantized graph scores 1.0 and ~1e-6; a graph quantized with garbage ranges
+scores far below them).
 """
 
 from __future__ import annotations
@@ -357,59 +358,86 @@ def test_float_products_read_the_fp32_exports_inputs(quantized, tiny_onnx) -> No
     assert "its 24 Mul(s) before float products removed" in meta["quantization"]["method"]
 
 
-def test_unsmoothing_keeps_a_mul_a_quantized_product_still_reads(tmp_path) -> None:
+def test_unsmoothing_keeps_a_mul_a_quantized_product_still_reads() -> None:
     """One SmoothQuant ``Mul`` feeding a float and a quantized product: the float one reads x
     and the fp32 weight again (its output equals the fp32 graph's, run in ORT), the ``Mul``
-    stays for the other; a float weight NNCF renamed is refused."""
+    stays for the other; a ``Mul`` that is also a graph output stays. Refused: a float weight
+    shared with a quantized product, and a float product that still reads a scaled weight
+    afterwards (a ``Constant``, which NNCF's weight update also rewrites)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     wa, wb = rng.normal(size=(2, 8, 4)).astype(np.float32)
     s = rng.uniform(0.5, 2, 8).astype(np.float32)
+    mul = "x_0_0/nncf_smooth_quant"
 
-    def graph(nodes: list, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    def graph(nodes: list, weights: dict[str, np.ndarray], outputs=("a", "b")
+              ) -> onnx.ModelProto:
         g = helper.make_graph(
             nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, [3, 4]) for o in ("a", "b")],
-            [numpy_helper.from_array(v, k) for k, v in weights.items()])
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, [3, 8 if o == "xs" else 4])
+             for o in outputs],
+            [numpy_helper.from_array(v, k) for k, v in weights.items()],
+            value_info=[helper.make_tensor_value_info("xs", TensorProto.FLOAT, [3, 8])]
+            if any(n.name == mul for n in nodes) else [])
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
     source = graph([helper.make_node("MatMul", ["x", "wa"], ["a"], name="A"),
                     helper.make_node("MatMul", ["x", "wb"], ["b"], name="B")],
                    {"wa": wa, "wb": wb})
-    mul = "x_0_0/nncf_smooth_quant"
 
-    def smoothed() -> onnx.ModelProto:
+    def smoothed(outputs=("a", "b")) -> onnx.ModelProto:
         return graph([helper.make_node("Mul", ["x", "inv_s"], ["xs"], name=mul),
                       helper.make_node("MatMul", ["xs", "wa"], ["a"], name="A"),
                       helper.make_node("MatMul", ["xs", "wb"], ["b"], name="B")],
-                     {"inv_s": 1 / s, "wa": wa * s[:, None], "wb": wb * s[:, None]})
+                     {"inv_s": 1 / s, "wa": wa * s[:, None], "wb": wb * s[:, None]}, outputs)
 
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]
+                                    ).run(["a", "b"], {"x": x})
+
+    a0, b0 = run(source)
     model = smoothed()
     assert int8._unsmooth_float_nodes(model, source, {"A": "kept float"}) == 0
     nodes = {n.name: n for n in model.graph.node}
     assert list(nodes["A"].input) == ["x", "wa"] and list(nodes["B"].input) == ["xs", "wb"]
     assert mul in nodes
-    x = rng.normal(size=(3, 8)).astype(np.float32)
-
-    def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]
-                                    ).run(None, {"x": x})
-
-    (a, b), (a0, b0) = run(model), run(source)
+    a, b = run(model)
     np.testing.assert_array_equal(a, a0)
     np.testing.assert_allclose(b, b0, rtol=1e-5)
-    # both float: the Mul and its scale go
+    # both float: the Mul, its scale and its value_info go
     model = smoothed()
     assert int8._unsmooth_float_nodes(model, source, {"A": "", "B": ""}) == 1
     assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul"]
     assert {t.name for t in model.graph.initializer} == {"wa", "wb"}
-    np.testing.assert_array_equal(run(model)[1], b0)
-    renamed = smoothed()
-    renamed.graph.node[1].input[1] = "wb"
-    with pytest.raises(EvadError, match="weight of A under a new name.*pin nncf 3.4"):
-        int8._unsmooth_float_nodes(renamed, graph([], {"wa": wa}), {"A": ""})
+    assert not model.graph.value_info
+    onnx.checker.check_model(model, full_check=True)
+    for got, want in zip(run(model), (a0, b0), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # the Mul's output is a graph output too: it stays
+    model = smoothed(("a", "b", "xs"))
+    assert int8._unsmooth_float_nodes(model, source, {"A": "", "B": ""}) == 0
+    onnx.checker.check_model(model, full_check=True)
+    # a weight both products read, one of them quantized: refused, not overwritten
+    shared = smoothed()
+    shared.graph.node[2].input[1] = "wa"
+    with pytest.raises(EvadError, match="A, kept float, sharing its weight wa with a "
+                                        "quantized node.*evad-deploy\\[int8\\]"):
+        int8._unsmooth_float_nodes(shared, source, {"A": ""})
+    # a scaled weight that is no initializer (a Constant) cannot be restored: refused
+    constant = smoothed()
+    constant.graph.node.insert(0, helper.make_node(
+        "Constant", [], ["wa"], value=numpy_helper.from_array(wa * s[:, None])))
+    constant.graph.initializer.remove(next(t for t in constant.graph.initializer
+                                           if t.name == "wa"))
+    with_constant = graph([helper.make_node("Constant", [], ["wa"],
+                                            value=numpy_helper.from_array(wa)),
+                           *source.graph.node], {"wb": wb})
+    with pytest.raises(EvadError, match="A, kept float, reading other tensors or weights"):
+        int8._unsmooth_float_nodes(constant, with_constant, {"A": ""})
 
 
 def test_int8_on_an_fp32_export_is_refused_in_one_line(tiny_onnx, sample_mp4, tmp_path,
