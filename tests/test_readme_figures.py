@@ -154,6 +154,7 @@ STATIC = "bench_static_int8_vit_b_ktp_288x512.json"
 OFFICIAL_XEON = "official_vs_fast_xeon_vit_b_ktp_288x512.json"
 EPYC = "bench_epyc_vit_b_ktp_288x512.json"
 PARITY8 = "parity_int8_vit_b_ktp_288x512.json"
+CALIB_MEM = "int8_calibration_memory.json"
 SENS = "int8_sensitivity_vit_b_ktp_288x512.json"
 OV, INT8W = "openvino_bf16", "openvino_bf16-int8w"
 ACC_REPORT = f"vit_b_ktp_parity/{OV}/report"
@@ -478,6 +479,12 @@ FIGURES: list[Fig] = [
         f"vit_b_ktp_parity/{INT8W}/report/min_jaccard/9", 4),
     Fig(r"block 9, probabilities mean abs ([\de.-]+)\.", ACC,
         f"vit_b_ktp_parity/{INT8W}/report/prob_mean_abs", "e2"),
+    # ... the INT8 export's calibration memory
+    Fig(r"in memory about (\d+)x the fp32 ONNX", CALIB_MEM,
+        "ratio_peak_to_onnx_size/vit_b_ktp_int8_step_alone", 0),
+    Fig(r"size: " + N + r" GiB for ViT-B", CALIB_MEM, "vit_b_ktp/int8_step_alone/peak_rss_gib", 2),
+    Fig(r"more than (\d+) GiB for ViT-L", CALIB_MEM,
+        lambda d: int(d["vit_l_ktp"]["max_rss_gib_by_time"])),
     # ... calibrated INT8 on the demo model (benchmarks/int8_accuracy.py)
     Fig(r"calibrated on (\d+) clips of \d+ of its training", INT8, "calibration/clips"),
     Fig(r"clips of (\d+) of its training\s+videos", INT8, "calibration/set/videos"),
