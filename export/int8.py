@@ -407,19 +407,13 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
     their precision (the pruning importance, the localization). Their consumers read the
     ``Mul``'s input again and their initializers are the fp32 export's (``source``, by name);
     a ``Mul`` that feeds no other node (nor the graph's outputs) goes with its scale. Then
-    every float node must read what it reads in ``source``: the same tensors, its
-    initializers and ``Constant`` weights byte for byte.
+    every float node must read what it reads in ``source`` (:func:`_check_float_nodes`).
 
     Raises:
-        EvadError: a float product shares a weight with a quantized one, or a float node
-            does not read what it reads in the fp32 export afterwards (not what NNCF 3.4
-            writes).
+        EvadError: a float product's initializer is also read by a node not kept float
+            (copying it back would change that node; NNCF 3.4 does not smooth such a
+            product), or :func:`_check_float_nodes` refused.
     """
-    def refused(what: str) -> EvadError:
-        return EvadError(f"NNCF {nncf.__version__} wrote {what}: this export undoes NNCF "
-                         "3.4's SmoothQuant on the float products (pip install "
-                         "'evad-deploy[int8]')")
-
     init = {t.name: t for t in model.graph.initializer}
     source_init = {t.name: t for t in source.graph.initializer}
     users: dict[str, list[onnx.NodeProto]] = {}
@@ -438,9 +432,10 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
             continue
         for c in floats:
             for w in (i for i in c.input if i in init):
-                if any(u.name not in exclude for u in users[w]):
-                    raise refused(f"{c.name}, kept float, sharing its weight {w} with a "
-                                  "quantized node")
+                others = sorted(u.name for u in users[w] if u.name not in exclude)
+                if others:
+                    raise _unsmooth_refused(f"{c.name}, kept float, shares {w} with "
+                                            f"{', '.join(others)}, not kept float")
                 if w in source_init:
                     init[w].CopyFrom(source_init[w])
             c.input[:] = [x[0] if i == mul.output[0] else i for i in c.input]
@@ -455,30 +450,61 @@ def _unsmooth_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
         model.graph.initializer.remove(init[name])
     for v in [v for v in model.graph.value_info if v.name in outputs]:
         model.graph.value_info.remove(v)
-    _check_float_nodes(model, source, exclude, refused)
+    _check_float_nodes(model, source, exclude)
     return len(gone)
 
 
+def _unsmooth_refused(what: str) -> EvadError:
+    """The one-line refusal of an INT8 file whose float products cannot be made the fp32
+    export's again."""
+    fix = ("report it with the model: this export is not one the INT8 step handles"
+           if nncf.__version__.startswith("3.4.") else
+           f"this export handles NNCF 3.4's output: {INSTALL_QUANTIZER}")
+    return EvadError(f"cannot undo NNCF {nncf.__version__}'s SmoothQuant on the products kept "
+                     f"float: {what}; {fix}")
+
+
 def _check_float_nodes(model: onnx.ModelProto, source: onnx.ModelProto,
-                       exclude: dict[str, str], refused: Callable[[str], EvadError]) -> None:
-    """Raise ``refused(...)`` unless each node of ``exclude`` reads in ``model`` what it reads
-    in ``source``: the same input names, each initializer and ``Constant`` byte for byte."""
-    def fixed(m: onnx.ModelProto) -> dict[str, Any]:
-        out: dict[str, Any] = {t.name: t for t in m.graph.initializer}
-        out |= {n.output[0]: n for n in m.graph.node if n.op_type == "Constant"}
+                       exclude: dict[str, str]) -> None:
+    """Raise unless each node of ``exclude`` reads in ``model`` what it reads in ``source``:
+    the same tensors (or, where NNCF removed a ``Cast`` to the type it already had, the
+    ``Cast``'s input), each initializer byte for byte and each ``Constant``'s value.
+
+    Raises:
+        EvadError: the node and the first input that differs (one line).
+    """
+    def fixed(m: onnx.ModelProto) -> dict[str, bytes]:
+        """Each constant tensor by name, as bytes: an initializer whole; a ``Constant`` by
+        its attributes (NNCF names unnamed nodes, so the node itself may differ)."""
+        out = {t.name: t.SerializeToString() for t in m.graph.initializer
+               if t.name in wanted}
+        out |= {n.output[0]: b"".join(a.SerializeToString() for a in n.attribute)
+                for n in m.graph.node if n.op_type == "Constant" and n.output[0] in wanted}
         return out
 
     nodes = {n.name: n for n in model.graph.node}
     source_nodes = {n.name: n for n in source.graph.node}
+    source_producer = {o: n for n in source.graph.node for o in n.output}
+    names = [n for n in exclude if n in source_nodes]
+    wanted = {i for n in names for i in source_nodes[n].input} | \
+        {i for n in names if n in nodes for i in nodes[n].input}
     have, want = fixed(model), fixed(source)
-    for name in exclude:
-        if name not in source_nodes:
-            continue
-        if name not in nodes or list(nodes[name].input) != list(source_nodes[name].input) or \
-                any(i not in have or have[i].SerializeToString() != want[i].SerializeToString()
-                    for i in nodes[name].input if i in want):
-            raise refused(f"{name}, kept float, reading other tensors or weights than in the "
-                          "fp32 export")
+    for name in names:
+        if name not in nodes:
+            raise _unsmooth_refused(f"{name}, kept float, is missing from NNCF's output")
+        got, expected = list(nodes[name].input), list(source_nodes[name].input)
+        if len(got) != len(expected):
+            raise _unsmooth_refused(f"{name}, kept float, has {len(got)} inputs where the "
+                                    f"fp32 export has {len(expected)}")
+        for g, e in zip(got, expected, strict=True):
+            cast = source_producer.get(e)
+            if g != e and not (cast is not None and cast.op_type == "Cast" and
+                               cast.input[0] == g):
+                raise _unsmooth_refused(f"{name}, kept float, reads {g} where the fp32 "
+                                        f"export reads {e}")
+            if e in want and have.get(g) != want[e]:
+                raise _unsmooth_refused(f"{name}, kept float, reads a {e} that differs from "
+                                        "the fp32 export's")
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibration, *,

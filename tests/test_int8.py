@@ -361,9 +361,10 @@ def test_float_products_read_the_fp32_exports_inputs(quantized, tiny_onnx) -> No
 def test_unsmoothing_keeps_a_mul_a_quantized_product_still_reads() -> None:
     """One SmoothQuant ``Mul`` feeding a float and a quantized product: the float one reads x
     and the fp32 weight again (its output equals the fp32 graph's, run in ORT), the ``Mul``
-    stays for the other; a ``Mul`` that is also a graph output stays. Refused: a float weight
-    shared with a quantized product, and a float product that still reads a scaled weight
-    afterwards (a ``Constant``, which NNCF's weight update also rewrites)."""
+    stays for the other; a ``Mul`` that is also a graph output stays. Refused, in one line: a
+    float weight shared with a node not kept float, and a float product that afterwards reads
+    another tensor or a changed weight (a ``Constant``, which NNCF's weight update also
+    rewrites), or is missing; passed: what NNCF changes without changing values."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -417,27 +418,64 @@ def test_unsmoothing_keeps_a_mul_a_quantized_product_still_reads() -> None:
     onnx.checker.check_model(model, full_check=True)
     for got, want in zip(run(model), (a0, b0), strict=True):
         np.testing.assert_array_equal(got, want)
-    # the Mul's output is a graph output too: it stays
+    # the Mul's output is a graph output too: it stays, the products read x again
     model = smoothed(("a", "b", "xs"))
     assert int8._unsmooth_float_nodes(model, source, {"A": "", "B": ""}) == 0
     onnx.checker.check_model(model, full_check=True)
-    # a weight both products read, one of them quantized: refused, not overwritten
+    assert [list(n.input) for n in model.graph.node] == [["x", "inv_s"], ["x", "wa"],
+                                                         ["x", "wb"]]
+    for got, want in zip(run(model), (a0, b0), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    def refused(model: onnx.ModelProto, source: onnx.ModelProto, message: str) -> None:
+        with pytest.raises(EvadError, match=f"^cannot undo NNCF 3.4.*: {message}; report it"):
+            int8._unsmooth_float_nodes(model, source, {"A": ""})
+
+    # a weight both products read, B not kept float: refused, B's weight not overwritten
     shared = smoothed()
     shared.graph.node[2].input[1] = "wa"
-    with pytest.raises(EvadError, match="A, kept float, sharing its weight wa with a "
-                                        "quantized node.*evad-deploy\\[int8\\]"):
-        int8._unsmooth_float_nodes(shared, source, {"A": ""})
-    # a scaled weight that is no initializer (a Constant) cannot be restored: refused
+    refused(shared, source, "A, kept float, shares wa with B, not kept float")
+    assert numpy_helper.to_array(next(t for t in shared.graph.initializer if t.name == "wa")
+                                 ).tobytes() == (wa * s[:, None]).tobytes()
+    # a float product reading a weight under another name than in the fp32 export
+    renamed = smoothed()
+    renamed.graph.node[1].input[1] = "wz"
+    renamed.graph.initializer.append(numpy_helper.from_array(wa * s[:, None], "wz"))
+    refused(renamed, source, "A, kept float, reads wz where the fp32 export reads wa")
+    # a float product missing from NNCF's output
+    missing = smoothed()
+    missing.graph.node.remove(missing.graph.node[1])
+    with pytest.raises(EvadError, match="A, kept float, is missing from NNCF's output"):
+        int8._unsmooth_float_nodes(missing, source, {"A": ""})
+    # a scaled weight that is no initializer (a Constant) is not restored: refused
+    def constant_weight(value: np.ndarray, name: str = "") -> onnx.ModelProto:
+        m = graph([helper.make_node("Constant", [], ["wa"], name=name,
+                                    value=numpy_helper.from_array(value)),
+                   helper.make_node("MatMul", ["x", "wa"], ["a"], name="A"),
+                   helper.make_node("MatMul", ["x", "wb"], ["b"], name="B")], {"wb": wb})
+        return m
+
     constant = smoothed()
     constant.graph.node.insert(0, helper.make_node(
         "Constant", [], ["wa"], value=numpy_helper.from_array(wa * s[:, None])))
     constant.graph.initializer.remove(next(t for t in constant.graph.initializer
                                            if t.name == "wa"))
-    with_constant = graph([helper.make_node("Constant", [], ["wa"],
-                                            value=numpy_helper.from_array(wa)),
-                           *source.graph.node], {"wb": wb})
-    with pytest.raises(EvadError, match="A, kept float, reading other tensors or weights"):
-        int8._unsmooth_float_nodes(constant, with_constant, {"A": ""})
+    refused(constant, constant_weight(wa), "A, kept float, reads a wa that differs from the "
+                                           "fp32 export's")
+    # what NNCF 3.4 changes without changing values passes: the name it gives an unnamed
+    # Constant, and a Cast to the type its input has, removed (its reader rewired)
+    named = constant_weight(wa, "Constant_nncf_0")
+    int8._check_float_nodes(named, constant_weight(wa), {"A": ""})
+    with_cast = graph([helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT),
+                       helper.make_node("MatMul", ["xc", "wa"], ["a"], name="A"),
+                       helper.make_node("MatMul", ["x", "wb"], ["b"], name="B")],
+                      {"wa": wa, "wb": wb})
+    int8._check_float_nodes(source, with_cast, {"A": ""})
+    with pytest.raises(EvadError, match="A, kept float, reads x where the fp32 export reads "
+                                        "xc"):
+        int8._check_float_nodes(source, graph([helper.make_node("Relu", ["x"], ["xc"]),
+                                               *with_cast.graph.node[1:]],
+                                              {"wa": wa, "wb": wb}), {"A": ""})
 
 
 def test_int8_on_an_fp32_export_is_refused_in_one_line(tiny_onnx, sample_mp4, tmp_path,
