@@ -149,7 +149,8 @@ def write_int8(src: Path, dst: Path, calibration: int8.Calibration, *,
     (``evad.export.int8.quantized_model``), with its metadata: ``src``'s, ``precision`` int8 and
     the ``quantization`` record. Returns that metadata. Write ``dst`` into a staging folder (an
     interrupt then leaves nothing)."""
-    model, record = int8.quantized_model(src, calibration, progress=progress)
+    model, record = int8.quantized_model(src, calibration, workdir=dst.parent,
+                                         progress=progress)
     meta = metadata.int8_metadata(read_metadata(src), record)
     write_metadata(model, meta)
     onnx.save_model(model, str(dst))
@@ -256,6 +257,7 @@ class Exporter:
             self._log("export", f"wrote {out} ({staging.size_mb():.1f} MB, opset {self.opset}) "
                       f"in {export_s:.1f} s")
             report = self._check(model, staged, staging.folder, out) if self.parity else None
+            del model  # the torch weights: the INT8 calibration next needs the memory
             done = Exported(out, meta, p, gflops, export_s, report)
             if done.written and self.calibration is not None:
                 done = self._int8(done, staged, staging.folder)

@@ -19,7 +19,9 @@ take): Q/DQ on the products' inputs, int8 activations and weights, both symmetri
 0; activations forced signed), weights per output channel, biases left float; each activation's
 range the mean over the clips of each clip's extreme (NNCF's MEAN_MINMAX for per-tensor
 activations; a weight's range its own extreme). NNCF reads the clips in two statistics passes
-(SmoothQuant's, then the ranges'), each decoding them anew: no clip is held in memory.
+(SmoothQuant's, then the ranges'), each decoding them anew: no clip is held in memory; it reads
+the fp32 weights from a working copy on disk beside the result, so its copies of the model are
+copies of the graph and of the weights SmoothQuant rewrote (:func:`_weights_on_disk`).
 
 What stays float, and why: only ``MatMul``, ``Gemm`` and ``Conv`` are quantized, so the ``evad``
 ops (``KeyframeTopKPrune``, ``RoIAlign3D``), attention's softmax, LayerNorm and every other op
@@ -44,7 +46,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -511,18 +515,91 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, calibration: Calibr
              exclude: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
     """:func:`quantized_model`, written to ``dst`` (write it into a staging folder: an
     interrupted calibration then leaves nothing); returns its ``quantization`` record."""
-    model, record = quantized_model(src, calibration, exclude=exclude, progress=progress)
+    model, record = quantized_model(src, calibration, workdir=Path(dst).parent,
+                                    exclude=exclude, progress=progress)
     onnx.save_model(model, str(dst))
     return record
 
 
+@contextlib.contextmanager
+def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto, str]]:
+    """``src`` re-saved into a temporary folder in ``workdir`` with its initializers in one
+    external data file, and loaded without them: (the graph, the folder's absolute path). NNCF
+    copies the model at each step (its pre-processing, each statistics pass, SmoothQuant); until
+    SmoothQuant rewrites the quantized products' weights (NNCF holds those in memory) each copy
+    is the graph alone, and NNCF and ONNX Runtime read the weights from the file (NNCF's
+    ``BackendParameters.EXTERNAL_DATA_DIR``). On vit_b_ktp this took the INT8 step's peak from
+    9.64 to 7.55 GiB (docs/design.md, "Calibrated INT8"). The folder is deleted on leaving,
+    also on an error or an interrupt; ``workdir`` should be the staging folder of the result.
+
+    Raises:
+        EvadError: ``workdir`` lacks the room for the copy, or the copy cannot be written.
+    """
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    size = src.stat().st_size
+    what = f"the calibration's working copy of {src.name}'s weights ({size / 1e6:.0f} MB)"
+    try:
+        free = shutil.disk_usage(workdir).free
+        folder = tempfile.TemporaryDirectory(prefix=".int8-weights-", dir=workdir,
+                                             ignore_cleanup_errors=True)
+    except OSError as e:
+        raise EvadError(f"{what} could not be written into {workdir}: {one_line(e)}") from e
+    if free < size:
+        raise EvadError(f"{what} does not fit in {workdir}: {free / 1e6:.0f} MB free there; "
+                        "free some disk space")
+    with folder as tmp:
+        model = onnx.load(str(src))
+        # initializers of about 1 KiB or more go to the file, Constants' values stay inline; a
+        # name of the folder's own, since onnx refuses one that exists in the current folder
+        convert_model_to_external_data(model, all_tensors_to_one_file=True,
+                                       location=f"{Path(tmp).name}.data", size_threshold=1024)
+        graph = Path(tmp).resolve() / "fp32.onnx"
+        try:
+            onnx.save_model(model, str(graph))
+        except OSError as e:  # the disk filled meanwhile
+            raise EvadError(f"{what} could not be written into {workdir}: {one_line(e)}") \
+                from e
+        del model
+        yield onnx.load(str(graph), load_external_data=False), str(graph.parent)
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The graph's initializers and those of its nodes' subgraphs: what
+    ``onnx.external_data_helper.convert_model_to_external_data`` moves to the file."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from _initializers(g)
+
+
+def _load_weights(model: onnx.ModelProto, weights_dir: str, what: str) -> None:
+    """Read ``model``'s external initializers from ``weights_dir`` into it, each then byte for
+    byte what the export wrote (the folder is deleted next; the file written from the model
+    must hold them)."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(model, weights_dir)
+    except (OSError, ValueError) as e:  # onnx's ValidationError is a ValueError
+        raise EvadError(f"cannot read {what}'s weights back from the calibration's working "
+                        f"copy: {one_line(e)}") from e
+    for t in _initializers(model.graph):
+        # the loader sets data_location to its default, which protobuf then writes out
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
+            t.ClearField("data_location")
+
+
 def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
-                    exclude: dict[str, str] | None = None, progress: bool = False
-                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    workdir: str | os.PathLike, exclude: dict[str, str] | None = None,
+                    progress: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Calibrate the fp32 export ``src`` on the calibration's clips: its Q/DQ model, in memory.
 
     Args:
         calibration: the plan and its clip source.
+        workdir: a folder for a working copy of ``src``'s weights while NNCF runs (as large as
+            ``src``; deleted after): the staging folder the result goes to.
         exclude: nodes to keep in float, by name, with why (default :func:`float_nodes`).
         progress: show NNCF's progress bars (stderr): two statistics passes over the clips,
             then SmoothQuant and the bias correction, one step per node.
@@ -533,8 +610,10 @@ def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
         writes the record into the model with the rest of the metadata and saves it once.
 
     Raises:
-        EvadError: NNCF failed, or a pass read fewer clips than planned (one line).
+        EvadError: NNCF failed, a pass read fewer clips than planned, or ``workdir`` has no
+            room for the working copy (one line).
     """
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
@@ -543,16 +622,16 @@ def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
     require_quantizer()
     src, plan = Path(src), calibration.plan
     if Path(f"{src}.data").is_file():
-        raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): NNCF 3.4 "
-                        "hands the model to ONNX Runtime as one protobuf, which holds 2 GB at "
-                        "most; export a smaller input size or model for --int8")
+        raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): the INT8 "
+                        "file is written as one protobuf, which holds 2 GB at most; export a "
+                        "smaller input size or model for --int8")
     spec = ModelSpec.from_metadata(read_metadata(src), f"ONNX model {src}")
-    model = onnx.load(str(src))
-    if exclude is None:
-        exclude = float_nodes(model)
-    float_types = sorted({n.op_type for n in model.graph.node} - set(QUANTIZED_OPS))
     clips = _Clips(calibration, spec)
-    with _nncf_quietly(progress):
+    with _weights_on_disk(src, Path(workdir)) as (model, weights_dir), \
+            _nncf_quietly(progress):
+        if exclude is None:
+            exclude = float_nodes(model)
+        float_types = sorted({n.op_type for n in model.graph.node} - set(QUANTIZED_OPS))
         try:
             quantized = nncf.quantize(
                 model, nncf.Dataset(clips), preset=nncf.QuantizationPreset.PERFORMANCE,
@@ -562,11 +641,15 @@ def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
                                                 validate=False),
                 advanced_parameters=AdvancedQuantizationParameters(
                     smooth_quant_alphas=AdvancedSmoothQuantParameters(
-                        matmul=SMOOTH_QUANT_ALPHA, convolution=-1)))
+                        matmul=SMOOTH_QUANT_ALPHA, convolution=-1),
+                    backend_params={BackendParameters.EXTERNAL_DATA_DIR: weights_dir}))
         except (KeyboardInterrupt, EvadError):
             raise
         except Exception as e:  # NNCF raises what onnx / onnxruntime / numpy raise
             raise EvadError(f"NNCF's quantizer failed on {src}: {one_line(e)}") from e
+        # NNCF loads its result's weights itself; the fp32 graph's are the unsmoothing's source
+        _load_weights(quantized, weights_dir, "NNCF's result")
+        _load_weights(model, weights_dir, "the fp32 export")
     if not clips.passes or any(n != plan.clips for n in clips.passes):
         raise EvadError(f"calibration read {clips.passes} of the {plan.clips} clips planned "
                         f"from {plan.data} per pass: a video ended early; check it")

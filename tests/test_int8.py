@@ -16,6 +16,7 @@ scores far below them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -23,6 +24,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# NNCF's log handler keeps the stdout of its import: imported here, not under a test's capfd
+# (which closes its stdout after the test)
+import nncf  # noqa: F401
 import numpy as np
 import onnx
 import pytest
@@ -249,9 +253,12 @@ def test_interrupted_calibration_leaves_nothing(tmp_path, tiny_onnx, data) -> No
 
     out = tmp_path / "tiny.onnx"
     with pytest.raises(KeyboardInterrupt), Staging(out) as staging:
-        int8.quantize(tiny_onnx, staging.folder / "tiny.int8.onnx",
-                      int8.Calibration(plan, interrupted))
-    assert list(tmp_path.iterdir()) == []
+        try:
+            int8.quantize(tiny_onnx, staging.folder / "tiny.int8.onnx",
+                          int8.Calibration(plan, interrupted))
+        finally:  # the working copy of the weights went with the interrupt, before staging's
+            left = list(staging.folder.iterdir())
+    assert left == [] and list(tmp_path.iterdir()) == []
     assert json.dumps(plan.clips) == "8"
 
 
@@ -290,9 +297,85 @@ def test_quantize_keeps_stdout_and_nncf_as_they_were(tmp_path, tiny_onnx, data, 
     with pytest.raises(EvadError, match=r"calibration read \[5, .*of the 8 clips"):
         int8.quantize(tiny_onnx, tmp_path / "short.int8.onnx", int8.Calibration(plan, short))
     assert ONNXModelTransformer.__dict__["_insert_outputs"] is before
+    # the working copy of the weights went after the success and after the failure
+    assert [p.name for p in tmp_path.iterdir()] == ["q.int8.onnx"]
     # NNCF warns of the short data set ("Dataset contains only 5 samples"): not on stdout
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_weights_on_disk_give_the_same_file(quantized, tiny_onnx, data, tmp_path,
+                                            monkeypatch) -> None:
+    """NNCF reads the fp32 weights from a working copy on disk, beside the result, to hold less
+    memory: it gets a graph whose weights are in that file, and the INT8 file is byte for byte
+    the one it writes from the whole model in memory (each tensor as the export wrote it); the
+    copy is gone after."""
+    from onnx.external_data_helper import uses_external_data
+
+    path, _ = quantized
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    on_disk, seen = int8._weights_on_disk, []
+
+    @contextlib.contextmanager
+    def watched(src: Path, workdir: Path):
+        with on_disk(src, workdir) as (model, weights_dir):
+            files = [f for f in Path(weights_dir).iterdir() if f.suffix == ".data"]
+            seen.append((sum(uses_external_data(t) for t in model.graph.initializer),
+                         model.ByteSize(), sum(f.stat().st_size for f in files)))
+            yield model, weights_dir
+
+    @contextlib.contextmanager
+    def in_memory(src: Path, workdir: Path):
+        yield onnx.load(str(src)), None
+
+    plan = int8.plan_calibration(data["calib"] / "videos", 16)
+    made = {}
+    for name, how in (("disk", watched), ("memory", in_memory)):
+        monkeypatch.setattr(int8, "_weights_on_disk", how)
+        made[name] = tmp_path / name / path.name
+        made[name].parent.mkdir()
+        write_int8(tiny_onnx, made[name], int8.Calibration(plan, calibration_clips))
+        assert [p.name for p in made[name].parent.iterdir()] == [path.name]
+    [(external, graph_bytes, file_bytes)] = seen
+    size = tiny_onnx.stat().st_size
+    assert external > 100 and graph_bytes < 0.2 * size and 0.8 * size < file_bytes < size
+    assert made["disk"].read_bytes() == made["memory"].read_bytes() == path.read_bytes()
+
+
+def test_no_room_for_the_weights_copy_is_refused_in_one_line(tmp_path, tiny_onnx, data,
+                                                             monkeypatch) -> None:
+    """The working copy of the weights cannot be written (no such folder, too little free
+    space, a disk that fills while it is written): one line naming the file, its size and the
+    folder, before any clip is read, and nothing is left behind."""
+    plan = int8.plan_calibration(data["calib"] / "videos", 8)
+    read: list[int] = []
+
+    def counted(plan, spec):
+        for clip in calibration_clips(plan, spec):
+            read.append(1)
+            yield clip
+
+    calibration = int8.Calibration(plan, counted)
+    copy = r"^the calibration's working copy of tiny\.onnx's weights \((\d+) MB\) "
+    with pytest.raises(EvadError, match=copy + r"could not be written into .*missing: .*No such"):
+        int8.quantized_model(tiny_onnx, calibration, workdir=tmp_path / "missing")
+
+    real_usage = int8.shutil.disk_usage
+    monkeypatch.setattr(int8.shutil, "disk_usage",
+                        lambda p: real_usage(p)._replace(free=tiny_onnx.stat().st_size - 1))
+    with pytest.raises(EvadError, match=copy + r"does not fit in .*: \d+ MB free there; free "):
+        int8.quantized_model(tiny_onnx, calibration, workdir=tmp_path)
+    monkeypatch.setattr(int8.shutil, "disk_usage", real_usage)
+
+    def fills(model, f, *_, **__):  # half the bytes, then the disk is full
+        Path(f).write_bytes(model.SerializeToString()[: model.ByteSize() // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", fills)
+    with pytest.raises(EvadError, match=copy + r"could not be written into .*: .*no space left "
+                       r"on the device$"):
+        int8.quantized_model(tiny_onnx, calibration, workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == [] and read == []
 
 
 def test_uint8_pairs_become_int8_of_the_same_range(tmp_path) -> None:
