@@ -60,6 +60,7 @@ import numpy as np
 from evad.ava_csv import read_rows
 from evad.command import check_input_dir, one_line
 from evad.errors import ConfigError, EvadError
+from evad.export.external_data import initializers, save_with_weights_file
 from evad.hashing import file_sha256
 from evad.lazy import MissingDependency, available, lazy_import
 from evad.metadata import read_metadata
@@ -535,8 +536,6 @@ def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto
     Raises:
         EvadError: ``workdir`` lacks the room for the copy, or the copy cannot be written.
     """
-    from onnx.external_data_helper import convert_model_to_external_data
-
     size = src.stat().st_size
     what = f"the calibration's working copy of {src.name}'s weights ({size / 1e6:.0f} MB)"
     try:
@@ -550,28 +549,14 @@ def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto
                         "free some disk space")
     with folder as tmp:
         model = onnx.load(str(src))
-        # initializers of about 1 KiB or more go to the file, Constants' values stay inline; a
-        # name of the folder's own, since onnx refuses one that exists in the current folder
-        convert_model_to_external_data(model, all_tensors_to_one_file=True,
-                                       location=f"{Path(tmp).name}.data", size_threshold=1024)
         graph = Path(tmp).resolve() / "fp32.onnx"
-        try:
-            onnx.save_model(model, str(graph))
+        try:  # initializers of 1 KiB or more go to the file
+            save_with_weights_file(model, graph, min_bytes=1024)
         except OSError as e:  # the disk filled meanwhile
             raise EvadError(f"{what} could not be written into {workdir}: {one_line(e)}") \
                 from e
         del model
         yield onnx.load(str(graph), load_external_data=False), str(graph.parent)
-
-
-def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """The graph's initializers and those of its nodes' subgraphs: what
-    ``onnx.external_data_helper.convert_model_to_external_data`` moves to the file."""
-    yield from graph.initializer
-    for node in graph.node:
-        for a in node.attribute:
-            for g in [a.g] if a.HasField("g") else list(a.graphs):
-                yield from _initializers(g)
 
 
 def _load_weights(model: onnx.ModelProto, weights_dir: str, what: str) -> None:
@@ -582,10 +567,10 @@ def _load_weights(model: onnx.ModelProto, weights_dir: str, what: str) -> None:
 
     try:
         load_external_data_for_model(model, weights_dir)
-    except (OSError, ValueError) as e:  # onnx's ValidationError is a ValueError
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:  # a missing or bad file
         raise EvadError(f"cannot read {what}'s weights back from the calibration's working "
                         f"copy: {one_line(e)}") from e
-    for t in _initializers(model.graph):
+    for t in initializers(model.graph):
         # the loader sets data_location to its default, which protobuf then writes out
         if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
             t.ClearField("data_location")

@@ -28,6 +28,7 @@ from torch import nn
 from evad.command import one_line
 from evad.errors import ConfigError, EvadError
 from evad.export import attention
+from evad.export.external_data import save_with_weights_file
 from evad.export.ops import DOMAIN, TRANSLATIONS, function_protos
 from evad.export.sizes import DEFAULT_OPSET, MAX_SIDE, validate_size
 from evad.models.evad import EVAD
@@ -169,9 +170,7 @@ class Staging:
     def write(self, proto: onnx.ModelProto) -> Path:
         """Write ``proto`` into the staging folder; returns the staged ``.onnx``."""
         if proto.ByteSize() >= _TWO_GB:
-            onnx.save_model(proto, str(self.model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=self.path.name + ".data",
-                            size_threshold=0)
+            save_with_weights_file(proto, self.model, min_bytes=0)
         else:
             onnx.save_model(proto, str(self.model))
         return self.model

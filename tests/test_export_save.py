@@ -47,3 +47,17 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="disk full"):
         save_model(_model(), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_model_saves_from_a_folder_holding_an_older_one(tmp_path, monkeypatch) -> None:
+    """Re-exporting past the limit from the folder that holds the last export: onnx's own
+    external-data writer refuses when ``m.onnx.data`` exists in the current folder (it checks
+    the name there, not in the model's folder); ours writes beside the model, and the old file
+    in the current folder stays as it was."""
+    monkeypatch.setattr(onnx_export, "_TWO_GB", 16)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx.data").write_bytes(b"an older export's weights")
+    out = save_model(_model(), tmp_path / "exports" / "m.onnx")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    np.testing.assert_array_equal(_run(out), np.ones((2, 3)) @ np.arange(12).reshape(3, 4))
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"an older export's weights"
