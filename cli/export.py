@@ -107,7 +107,7 @@ def _export_parser() -> argparse.ArgumentParser:
     q.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx: the "
                    "export as explicit Q/DQ INT8 (NNCF: pip install 'evad-deploy[int8]'), "
                    "calibrated on --calib; needs --onnx-only, memory about 13x the fp32 ONNX's "
-                   "size at 288x512 (more at larger inputs) and, while it calibrates, as much "
+                   "size (measured at 288x512) and, while it calibrates, as much "
                    "disk again as that ONNX in the output's folder")
     q.add_argument("--calib", type=Path, default=None, metavar="DATA", help="calibration data: "
                    "a folder of videos (a clip each second) or an AVA-format dataset (its "

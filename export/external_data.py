@@ -43,7 +43,8 @@ def save_with_weights_file(proto: onnx.ModelProto, path: str | Path, *,
 
     Raises:
         FileExistsError: the data file is already there (onnx would append to it).
-        OSError: as writing a file does (a full disk).
+        OSError: as writing a file does (a full disk), also where onnx raises its
+            ``ValidationError`` for a data file it cannot open.
     """
     path = Path(path)
     data = path.with_name(path.name + ".data")
@@ -54,5 +55,8 @@ def save_with_weights_file(proto: onnx.ModelProto, path: str | Path, *,
     for t in initializers(proto.graph):
         if t.HasField("raw_data") and len(t.raw_data) >= min_bytes:
             set_external_data(t, data.name)
-    onnx.save_model(proto, str(path))
+    try:
+        onnx.save_model(proto, str(path))
+    except onnx.checker.ValidationError as e:  # onnx's word for a data file it cannot open
+        raise OSError(f"cannot write {data}: {e}") from e
     return data

@@ -538,23 +538,30 @@ def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto
     """
     size = src.stat().st_size
     what = f"the calibration's working copy of {src.name}'s weights ({size / 1e6:.0f} MB)"
+
+    def unwritable(e: OSError) -> EvadError:
+        return EvadError(f"{what} could not be written into {workdir} ({one_line(e)}): check "
+                         "the folder and its free space")
+
     try:
         free = shutil.disk_usage(workdir).free
-        folder = tempfile.TemporaryDirectory(prefix=".int8-weights-", dir=workdir,
-                                             ignore_cleanup_errors=True)
     except OSError as e:
-        raise EvadError(f"{what} could not be written into {workdir}: {one_line(e)}") from e
+        raise unwritable(e) from e
     if free < size:
         raise EvadError(f"{what} does not fit in {workdir}: {free / 1e6:.0f} MB free there; "
                         "free some disk space")
+    try:
+        folder = tempfile.TemporaryDirectory(prefix=".int8-weights-", dir=workdir,
+                                             ignore_cleanup_errors=True)
+    except OSError as e:
+        raise unwritable(e) from e
     with folder as tmp:
         model = onnx.load(str(src))
         graph = Path(tmp).resolve() / "fp32.onnx"
         try:  # initializers of 1 KiB or more go to the file
             save_with_weights_file(model, graph, min_bytes=1024)
         except OSError as e:  # the disk filled meanwhile
-            raise EvadError(f"{what} could not be written into {workdir}: {one_line(e)}") \
-                from e
+            raise unwritable(e) from e
         del model
         yield onnx.load(str(graph), load_external_data=False), str(graph.parent)
 
@@ -607,9 +614,10 @@ def quantized_model(src: str | os.PathLike, calibration: Calibration, *,
     require_quantizer()
     src, plan = Path(src), calibration.plan
     if Path(f"{src}.data").is_file():
-        raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): the INT8 "
-                        "file is written as one protobuf, which holds 2 GB at most; export a "
-                        "smaller input size or model for --int8")
+        raise EvadError(f"{src} keeps its weights in {src.name}.data (over 2 GB): NNCF 3.4's "
+                        "statistics passes hand ONNX Runtime the model, with the weights "
+                        "SmoothQuant rewrote, as one protobuf, which holds 2 GB at most (not "
+                        "tried); export a smaller input size or model for --int8")
     spec = ModelSpec.from_metadata(read_metadata(src), f"ONNX model {src}")
     clips = _Clips(calibration, spec)
     with _weights_on_disk(src, Path(workdir)) as (model, weights_dir), \

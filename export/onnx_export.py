@@ -181,9 +181,11 @@ class Staging:
 
     def commit(self) -> Path:
         """Move every staged file into the destination folder, the model last; returns
-        :attr:`path`."""
+        :attr:`path`. A folder in the staging folder is a step's working folder that could not
+        be removed (``evad.export.int8``'s copy of the weights): it goes with the staging
+        folder, not into the destination."""
         for x in self.folder.iterdir():
-            if x != self.model:
+            if x != self.model and not x.is_dir():
                 os.replace(x, self.path.parent / x.name)
         os.replace(self.model, self.path)
         return self.path

@@ -357,7 +357,8 @@ def test_no_room_for_the_weights_copy_is_refused_in_one_line(tmp_path, tiny_onnx
 
     calibration = int8.Calibration(plan, counted)
     copy = r"^the calibration's working copy of tiny\.onnx's weights \((\d+) MB\) "
-    with pytest.raises(EvadError, match=copy + r"could not be written into .*missing: .*No such"):
+    with pytest.raises(EvadError, match=copy + r"could not be written into .*missing \(.*No "
+                       r"such.*\): check the folder and its free space$"):
         int8.quantized_model(tiny_onnx, calibration, workdir=tmp_path / "missing")
 
     real_usage = int8.shutil.disk_usage
@@ -372,10 +373,30 @@ def test_no_room_for_the_weights_copy_is_refused_in_one_line(tmp_path, tiny_onnx
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx, "save_model", fills)
-    with pytest.raises(EvadError, match=copy + r"could not be written into .*: .*no space left "
-                       r"on the device$"):
+    with pytest.raises(EvadError, match=copy + r"could not be written into .* \(.*no space left "
+                       r"on the device\): check"):
         int8.quantized_model(tiny_onnx, calibration, workdir=tmp_path)
     assert list(tmp_path.iterdir()) == [] and read == []
+
+
+def test_weights_that_cannot_be_read_back_are_refused_in_one_line(tmp_path) -> None:
+    """The working copy's weights file is gone when the weights are read back: one line that
+    says which model's weights, not onnx's own error."""
+    from evad.export.external_data import save_with_weights_file
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        initializer=[w])
+    data = save_with_weights_file(onnx.helper.make_model(graph), tmp_path / "m.onnx",
+                                  min_bytes=0)
+    model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    data.unlink()
+    with pytest.raises(EvadError, match=r"^cannot read NNCF's result's weights back from the "
+                       r"calibration's working copy: .*m\.onnx\.data"):
+        int8._load_weights(model, str(tmp_path), "NNCF's result")
 
 
 def test_uint8_pairs_become_int8_of_the_same_range(tmp_path) -> None:

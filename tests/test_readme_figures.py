@@ -480,12 +480,12 @@ FIGURES: list[Fig] = [
     Fig(r"block 9, probabilities mean abs ([\de.-]+)\.", ACC,
         f"vit_b_ktp_parity/{INT8W}/report/prob_mean_abs", "e2"),
     # ... the INT8 export's calibration memory
-    Fig(r"peaked at " + N + r" GiB for ViT-B", CALIB_MEM, "vit_b_ktp/whole_export_peak_rss_gib",
+    Fig(r"peaked at\s+" + N + r" GiB for ViT-B", CALIB_MEM, "vit_b_ktp/whole_export_peak_rss_gib",
         2),
     Fig(r"and at " + N + r" GiB for ViT-L", CALIB_MEM, "vit_l_ktp/whole_export_peak_rss_gib", 2),
     Fig(r"ViT-L at 288x512 \((\d+) min on", CALIB_MEM,
         lambda d: d["vit_l_ktp"]["whole_export_s"] / 60, 0),
-    Fig(r"2-core VM with (\d+) GiB\)", CALIB_MEM,
+    Fig(r"2-core VM\s+with (\d+) GiB\)", CALIB_MEM,
         lambda d: int(re.search(r"(\d+) GiB memory", d["machine"])[1])),
     # ... calibrated INT8 on the demo model (benchmarks/int8_accuracy.py)
     Fig(r"calibrated on (\d+) clips of \d+ of its training", INT8, "calibration/clips"),
