@@ -527,11 +527,12 @@ def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto
     """``src`` re-saved into a temporary folder in ``workdir`` with its initializers in one
     external data file, and loaded without them: (the graph, the folder's absolute path). NNCF
     copies the model at each step (its pre-processing, each statistics pass, SmoothQuant); until
-    SmoothQuant rewrites the quantized products' weights (NNCF holds those in memory) each copy
-    is the graph alone, and NNCF and ONNX Runtime read the weights from the file (NNCF's
-    ``BackendParameters.EXTERNAL_DATA_DIR``). On vit_b_ktp this took the INT8 step's peak from
-    9.64 to 7.55 GiB (docs/design.md, "Calibrated INT8"). The folder is deleted on leaving,
-    also on an error or an interrupt; ``workdir`` should be the staging folder of the result.
+    SmoothQuant rewrites the products' weights (NNCF holds those in memory, the float products'
+    too, restored afterwards) each copy is the graph alone, and NNCF and ONNX Runtime read the
+    weights from the file (NNCF's ``BackendParameters.EXTERNAL_DATA_DIR``). On vit_b_ktp this
+    took the INT8 step's peak from 9.64 to 7.55 GiB (docs/design.md, "Calibrated INT8"). The
+    folder is deleted on leaving, also on an error or an interrupt; ``workdir`` should be the
+    staging folder of the result.
 
     Raises:
         EvadError: ``workdir`` lacks the room for the copy, or the copy cannot be written.
