@@ -563,6 +563,8 @@ def _weights_on_disk(src: Path, workdir: Path) -> Iterator[tuple[onnx.ModelProto
             save_with_weights_file(model, graph, min_bytes=1024)
         except OSError as e:  # the disk filled meanwhile
             raise unwritable(e) from e
+        # read back rather than kept: protobuf's arena keeps the cleared weights' memory until
+        # the whole message goes (kept, the INT8 step's peak was 8.16 GiB, not 7.58, on vit_b)
         del model
         yield onnx.load(str(graph), load_external_data=False), str(graph.parent)
 

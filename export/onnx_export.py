@@ -138,7 +138,7 @@ def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
                                                      data_prop=True)
         with tempfile.TemporaryDirectory() as tmp:  # > 2 GB: check through a file
             path = os.path.join(tmp, "model.onnx")
-            onnx.save_model(proto, path, save_as_external_data=True)
+            save_with_weights_file(proto, path, min_bytes=1024)
             onnx.checker.check_model(path, full_check=True)
             onnx.shape_inference.infer_shapes_path(path, path, check_type=True, strict_mode=True,
                                                    data_prop=True)
